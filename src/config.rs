@@ -1,0 +1,1 @@
+//! Resolved training configuration (in progress).
