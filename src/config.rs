@@ -1,1 +1,341 @@
-//! Resolved training configuration (in progress).
+//! One resolved training configuration. A run is described completely by a [`TrainConfig`]: presets and
+//! `--config FILE.toml` give a base, command-line flags override single fields, and the resolved value is
+//! written to `DIR/config.toml` and into every checkpoint's metadata.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    /// Built-in procedurally generated long-tailed set (no files needed).
+    Synthetic,
+    #[serde(rename = "cifar10-lt")]
+    #[value(name = "cifar10-lt")]
+    Cifar10Lt,
+    #[serde(rename = "cifar100-lt")]
+    #[value(name = "cifar100-lt")]
+    Cifar100Lt,
+    ImagenetLt,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    Resnet32,
+    Resnet50,
+    #[serde(rename = "resnext50_32x4d")]
+    #[value(name = "resnext50_32x4d")]
+    Resnext50_32x4d,
+}
+
+/// Expert widths of ResNet-32: full (32/64 channels in layer2/layer3) or reduced (24/48, as RIDE/SADE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExpertWidth {
+    Full,
+    Reduced,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// Linear warm-up, then x`lr_decay` at each milestone.
+    Multistep,
+    /// Linear warm-up, then cosine annealing to 0 at the last epoch.
+    Cosine,
+}
+
+/// The loss family (paper Tables 1, 6, 8). All but `ce` use the logit-adjusted loss (Eq. 7); the
+/// reweighting of `la-*` starts at `reweight_epoch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossKind {
+    /// Plain softmax cross-entropy.
+    Ce,
+    /// Logit adjustment only.
+    La,
+    /// LA + inverse class frequency weights.
+    LaRw,
+    /// LA + class-balanced weights (effective number, `cb_beta`).
+    LaCb,
+    /// LA + focal loss (`gamma`).
+    LaFl,
+    /// LA + sample logit-aware reweighting (the paper's method).
+    LaSla,
+}
+
+/// How the per-class cos-max table S of SLA is refreshed (the paper leaves it open).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlaTableRule {
+    /// Weights use the table of the previous epoch while the next one is accumulated.
+    Epoch,
+    /// The table is updated in place, batch by batch, within the epoch.
+    Running,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+    /// CUDA when a usable GPU is found, otherwise the CPU (with a one-line notice).
+    Auto,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Name of the preset this configuration started from, if any.
+    pub preset: Option<String>,
+
+    // ---- data ----
+    pub dataset: DatasetKind,
+    /// CIFAR: a `cifar-10-batches-bin` / `cifar-100-binary` directory or the official `.tar.gz`;
+    /// ImageNet-LT: the image root.
+    pub data_dir: Option<PathBuf>,
+    /// CIFAR record file for training (e.g. `train_lt_r10.bin`); overrides `data_dir` for training.
+    pub train_file: Option<PathBuf>,
+    /// CIFAR record file for testing (e.g. `test.bin`).
+    pub test_file: Option<PathBuf>,
+    /// ImageNet-LT list files (`relative/path.JPEG label` per line).
+    pub train_list: Option<PathBuf>,
+    pub test_list: Option<PathBuf>,
+    /// Imbalance ratio rho = n_max / n_min of the long-tailed training set.
+    pub imbalance: f64,
+    /// Synthetic set: images of the most frequent class, test images per class, classes.
+    pub synthetic_max_per_class: usize,
+    pub synthetic_test_per_class: usize,
+    pub synthetic_classes: usize,
+    /// ImageNet-LT training / evaluation resolution (224 in the paper).
+    pub image_size: usize,
+    /// ImageNet-LT: skip unreadable images with a warning instead of failing.
+    pub skip_bad_images: bool,
+
+    // ---- model ----
+    pub model: ModelKind,
+    pub experts: usize,
+    pub expert_width: ExpertWidth,
+
+    // ---- optimisation ----
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f32,
+    pub momentum: f32,
+    pub nesterov: bool,
+    pub weight_decay: f32,
+    pub warmup_epochs: usize,
+    pub schedule: Schedule,
+    /// Multistep milestones (epochs) and factor.
+    pub milestones: Vec<usize>,
+    pub lr_decay: f32,
+    pub seed: u64,
+
+    // ---- method ----
+    pub loss: LossKind,
+    /// Logit-adjustment scale (Menon et al.'s tau; the paper's Eq. 7 uses 1).
+    pub la_tau: f32,
+    /// SLA temperature tau of paper Eq. 12 (Table 7 varies 1/tau).
+    pub tau: f32,
+    /// Exponent gamma of (1 - p)^gamma in SLA (Eq. 12) and in the focal loss.
+    pub gamma: f32,
+    /// Class-balanced loss beta (effective number of samples).
+    pub cb_beta: f64,
+    /// First epoch (0-based) of stage 2: no augmentation, no mixup. `None` = single stage.
+    pub stage2_epoch: Option<usize>,
+    /// First epoch (0-based) at which the reweighting of `la-*` losses applies (default: stage 2).
+    pub reweight_epoch: Option<usize>,
+    /// Mixup Beta(alpha, alpha) in stage 1; 0 disables mixup.
+    pub mixup_alpha: f32,
+    /// Per-expert augmentation levels in stage 1 (off: every expert sees the plain image).
+    pub augment: bool,
+    pub sla_table_rule: SlaTableRule,
+    /// Divide the weighted loss by the batch's summed weight instead of the batch size.
+    pub normalize_weights: bool,
+    /// Expert loss weights eps_k of Eq. 18 (empty = all 1).
+    pub expert_loss_weights: Vec<f32>,
+
+    // ---- running ----
+    pub device: DeviceKind,
+    /// CPU threads (0 = all cores).
+    pub threads: usize,
+    /// Evaluate every k epochs (the last epoch is always evaluated).
+    pub eval_every: usize,
+    /// cuBLAS may use TF32 tensor cores for fp32 GEMMs.
+    pub tf32: bool,
+}
+
+impl Default for TrainConfig {
+    /// The built-in default: a three-expert ResNet-32 on the synthetic set, sized to finish in about
+    /// five minutes on two CPU cores, with the paper's method (two stages, LA, SLA, mixup).
+    fn default() -> Self {
+        Self {
+            preset: None,
+            dataset: DatasetKind::Synthetic,
+            data_dir: None,
+            train_file: None,
+            test_file: None,
+            train_list: None,
+            test_list: None,
+            imbalance: 100.0,
+            synthetic_max_per_class: 500,
+            synthetic_test_per_class: 100,
+            synthetic_classes: 10,
+            image_size: 224,
+            skip_bad_images: false,
+            model: ModelKind::Resnet32,
+            experts: 3,
+            expert_width: ExpertWidth::Full,
+            epochs: 12,
+            batch_size: 128,
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 5e-4,
+            warmup_epochs: 2,
+            schedule: Schedule::Multistep,
+            milestones: vec![8, 10],
+            lr_decay: 0.1,
+            seed: 0,
+            loss: LossKind::LaSla,
+            la_tau: 1.0,
+            tau: 1.0,
+            gamma: 1.0,
+            cb_beta: 0.9999,
+            stage2_epoch: Some(8),
+            reweight_epoch: None,
+            mixup_alpha: 0.2,
+            augment: true,
+            sla_table_rule: SlaTableRule::Epoch,
+            normalize_weights: false,
+            expert_loss_weights: Vec::new(),
+            device: DeviceKind::Cpu,
+            threads: 0,
+            eval_every: 1,
+            tf32: true,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Parses a TOML configuration; unknown keys are errors (a typo must not be silently ignored).
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self> {
+        let cfg: TrainConfig = toml::from_str(text).with_context(|| {
+            format!("{origin}: not a valid ltrain configuration (see `ltrain train --help` for the keys)")
+        })?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read config file {}: check the path given to --config",
+                path.display()
+            )
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).context("serialising the configuration to TOML")
+    }
+
+    /// The epoch from which stage-2 reweighting applies, if the loss reweights at all.
+    pub fn reweight_start(&self) -> Option<usize> {
+        match self.loss {
+            LossKind::Ce | LossKind::La => None,
+            _ => self.reweight_epoch.or(self.stage2_epoch).or(Some(0)),
+        }
+    }
+
+    /// Whether `epoch` (0-based) belongs to stage 2 (no augmentation, no mixup).
+    pub fn in_stage2(&self, epoch: usize) -> bool {
+        self.stage2_epoch.is_some_and(|s| epoch >= s)
+    }
+
+    /// eps_k of Eq. 18 for expert k.
+    pub fn expert_loss_weight(&self, k: usize) -> f32 {
+        self.expert_loss_weights.get(k).copied().unwrap_or(1.0)
+    }
+
+    /// Checks ranges and combinations; every message names the offending key/flag.
+    pub fn validate(&self) -> Result<()> {
+        if self.experts == 0 {
+            bail!("experts must be at least 1 (--experts)");
+        }
+        if self.epochs == 0 {
+            bail!("epochs must be at least 1 (--epochs)");
+        }
+        if self.batch_size == 0 {
+            bail!("batch_size must be at least 1 (--batch-size)");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("lr must be a positive number (--lr), got {}", self.lr);
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            bail!(
+                "momentum must be in [0, 1) (--momentum), got {}",
+                self.momentum
+            );
+        }
+        if self.nesterov && self.momentum == 0.0 {
+            bail!("nesterov needs a non-zero momentum (--nesterov with --momentum > 0)");
+        }
+        if self.weight_decay < 0.0 {
+            bail!("weight_decay must be >= 0 (--weight-decay)");
+        }
+        if self.imbalance < 1.0 || !self.imbalance.is_finite() {
+            bail!(
+                "imbalance must be a ratio >= 1 (--imbalance), got {}",
+                self.imbalance
+            );
+        }
+        if self.mixup_alpha < 0.0 {
+            bail!("mixup_alpha must be >= 0 (--mixup-alpha; 0 disables mixup)");
+        }
+        if self.eval_every == 0 {
+            bail!("eval_every must be at least 1 (--eval-every)");
+        }
+        if !(0.0..1.0).contains(&self.cb_beta) {
+            bail!("cb_beta must be in [0, 1) (--cb-beta)");
+        }
+        if self.lr_decay <= 0.0 {
+            bail!("lr_decay must be positive (--lr-decay)");
+        }
+        if let Some(s) = self.stage2_epoch {
+            if s > self.epochs {
+                bail!(
+                    "stage2_epoch {s} is after the last epoch {} (--stage2-epoch)",
+                    self.epochs
+                );
+            }
+        }
+        if !self.expert_loss_weights.is_empty() && self.expert_loss_weights.len() != self.experts {
+            bail!(
+                "expert_loss_weights has {} values for {} experts",
+                self.expert_loss_weights.len(),
+                self.experts
+            );
+        }
+        if self.dataset == DatasetKind::Synthetic && self.synthetic_classes < 2 {
+            bail!("synthetic_classes must be at least 2");
+        }
+        if self.model == ModelKind::Resnet32 && self.dataset == DatasetKind::ImagenetLt {
+            bail!("--model resnet32 is a CIFAR network; use resnet50 or resnext50_32x4d for imagenet-lt");
+        }
+        if self.dataset == DatasetKind::ImagenetLt {
+            for (name, v) in [
+                ("--data-dir", &self.data_dir),
+                ("--train-list", &self.train_list),
+                ("--test-list", &self.test_list),
+            ] {
+                if v.is_none() {
+                    bail!("--dataset imagenet-lt needs {name}");
+                }
+            }
+        }
+        Ok(())
+    }
+}
