@@ -1,0 +1,112 @@
+//! The SLA benchmark table S (paper Eqs. 10-12, Algorithm 1 lines 7-12), one per expert.
+//!
+//! For each class y, S holds cos theta_{y*}: the cosine between the classifier row W_y and the feature of
+//! the training sample of class y with the largest true-class logit f_y. The paper leaves open when S
+//! is refreshed. ltrain's rule (`sla_table_rule = "epoch"`, the default): at the stage switch one
+//! no-gradient pass over the training set fills S; during every later epoch the weights use the S of the
+//! previous epoch while the next S is accumulated batch by batch (per class, the batch's sample with the
+//! largest true-class logit, merged into the epoch's running winner), and it replaces S when the epoch
+//! ends. The alternative (`"running"`) merges each batch into S in place before the batch's weights are
+//! formed, so S only ever moves to a larger logit.
+
+use crate::backend::Backend;
+use crate::config::SlaTableRule;
+use anyhow::Result;
+
+pub struct SlaTable<B: Backend> {
+    classes: usize,
+    rule: SlaTableRule,
+    /// `[c]` winning true-class logit and its cosine, used for the weights.
+    current_logit: B::Buf,
+    current_cos: B::Buf,
+    /// `[c]` the table being accumulated this epoch (epoch rule only).
+    next_logit: B::Buf,
+    next_cos: B::Buf,
+}
+
+impl<B: Backend> SlaTable<B> {
+    /// An empty table: every class's logit is -inf (any sample beats it), its cosine 0.
+    pub fn new(be: &B, classes: usize, rule: SlaTableRule) -> Result<Self> {
+        Ok(Self {
+            classes,
+            rule,
+            current_logit: empty_logits(be, classes)?,
+            current_cos: be.zeros(classes)?,
+            next_logit: empty_logits(be, classes)?,
+            next_cos: be.zeros(classes)?,
+        })
+    }
+
+    /// `[c]` cos theta_{y*} per class, as the weights of this batch must see it.
+    pub fn cos_star(&self) -> &B::Buf {
+        &self.current_cos
+    }
+
+    /// Merges one batch (`logits [n, c]`, `cos [n]` = cos theta_{y_i}, labels) into the table the rule
+    /// says is being accumulated.
+    pub fn observe(
+        &mut self,
+        be: &B,
+        logits: &B::Buf,
+        cos: &B::Buf,
+        labels: &B::Index,
+        n: usize,
+    ) -> Result<()> {
+        let (table_logit, table_cos) = match self.rule {
+            SlaTableRule::Epoch => (&mut self.next_logit, &mut self.next_cos),
+            SlaTableRule::Running => (&mut self.current_logit, &mut self.current_cos),
+        };
+        be.cosmax_update(logits, cos, labels, n, self.classes, table_logit, table_cos)
+    }
+
+    /// Fills the table from a complete pass (call `observe` for every batch first, then this): with the
+    /// epoch rule the accumulated table becomes current.
+    pub fn end_epoch(&mut self, be: &B) -> Result<()> {
+        if self.rule == SlaTableRule::Epoch {
+            std::mem::swap(&mut self.current_logit, &mut self.next_logit);
+            std::mem::swap(&mut self.current_cos, &mut self.next_cos);
+            self.next_logit = empty_logits(be, self.classes)?;
+            self.next_cos = be.zeros(self.classes)?;
+        }
+        Ok(())
+    }
+
+    /// Host copies `(logit, cos)` of the current table, for checkpoints and reports.
+    pub fn current(&self, be: &B) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((
+            be.download(&self.current_logit)?,
+            be.download(&self.current_cos)?,
+        ))
+    }
+
+    /// Host copies `(logit, cos)` of the table being accumulated.
+    pub fn pending(&self, be: &B) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((be.download(&self.next_logit)?, be.download(&self.next_cos)?))
+    }
+
+    /// Restores a table saved with [`current`](Self::current) / [`pending`](Self::pending).
+    pub fn restore(
+        &mut self,
+        be: &B,
+        current: (&[f32], &[f32]),
+        pending: (&[f32], &[f32]),
+    ) -> Result<()> {
+        for part in [current.0, current.1, pending.0, pending.1] {
+            anyhow::ensure!(
+                part.len() == self.classes,
+                "SLA table has {} entries, expected {} classes",
+                part.len(),
+                self.classes
+            );
+        }
+        self.current_logit = be.upload(current.0)?;
+        self.current_cos = be.upload(current.1)?;
+        self.next_logit = be.upload(pending.0)?;
+        self.next_cos = be.upload(pending.1)?;
+        Ok(())
+    }
+}
+
+fn empty_logits<B: Backend>(be: &B, classes: usize) -> Result<B::Buf> {
+    be.upload(&vec![f32::NEG_INFINITY; classes])
+}

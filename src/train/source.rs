@@ -1,0 +1,36 @@
+//! What the training loop needs of a dataset, independent of where the pixels come from (the
+//! synthetic set, CIFAR records, ImageNet-LT JPEGs).
+
+use anyhow::Result;
+
+/// A labelled image set that produces normalised `f32` batches.
+pub trait ImageSource: Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// `[len]` class of every sample.
+    fn labels(&self) -> &[u32];
+    fn num_classes(&self) -> usize;
+    /// `(h, w)` of the produced images.
+    fn image_hw(&self) -> (usize, usize);
+    /// `[indices.len(), 3, h, w]` normalised pixels. `level` picks an augmentation level (0 weak,
+    /// 1 medium, 2 strong) drawn from the counter-based generator at `(seed, epoch, sample)`; `None`
+    /// is the plain evaluation transform.
+    fn load(
+        &self,
+        indices: &[usize],
+        level: Option<usize>,
+        seed: u64,
+        epoch: usize,
+    ) -> Result<Vec<f32>>;
+
+    /// Images per class.
+    fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.num_classes()];
+        for &y in self.labels() {
+            counts[y as usize] += 1;
+        }
+        counts
+    }
+}
