@@ -228,14 +228,35 @@ impl TrainConfig {
         Ok(cfg)
     }
 
+    /// Applies the keys of a TOML document over `self` (keys it does not name keep their value), so
+    /// defaults, a preset and a config file layer in that order.
+    pub fn overlay_toml(&self, text: &str, origin: &str) -> Result<Self> {
+        let overrides: toml::Table =
+            toml::from_str(text).with_context(|| format!("{origin}: not valid TOML"))?;
+        let mut merged = toml::Table::try_from(self).context("serialising the configuration")?;
+        merged.extend(overrides);
+        merged.try_into().map_err(|e: toml::de::Error| {
+            anyhow::anyhow!(
+                "{origin}: not a valid ltrain configuration: {}(see `ltrain train --help` and README for the keys)",
+                e.message()
+            )
+        })
+    }
+
+    /// Loads a configuration file over the built-in defaults.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::default().overlay_file(path)
+    }
+
+    /// Applies a configuration file over `self`.
+    pub fn overlay_file(&self, path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| {
             format!(
                 "cannot read config file {}: check the path given to --config",
                 path.display()
             )
         })?;
-        Self::from_toml_str(&text, &path.display().to_string())
+        self.overlay_toml(&text, &path.display().to_string())
     }
 
     pub fn to_toml(&self) -> Result<String> {
@@ -337,5 +358,75 @@ impl TrainConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_round_trip_is_identity() {
+        let cfg = TrainConfig {
+            dataset: DatasetKind::Cifar100Lt,
+            loss: LossKind::LaCb,
+            milestones: vec![320, 360],
+            ..TrainConfig::default()
+        };
+        let text = cfg.to_toml().unwrap();
+        assert_eq!(TrainConfig::from_toml_str(&text, "t").unwrap(), cfg);
+    }
+
+    #[test]
+    fn overlay_changes_only_named_keys() {
+        let base = TrainConfig {
+            epochs: 200,
+            lr: 0.05,
+            ..TrainConfig::default()
+        };
+        let cfg = base
+            .overlay_toml("epochs = 400\nloss = \"la-fl\"\n", "x.toml")
+            .unwrap();
+        assert_eq!(cfg.epochs, 400);
+        assert_eq!(cfg.loss, LossKind::LaFl);
+        assert_eq!(cfg.lr, 0.05);
+    }
+
+    #[test]
+    fn unknown_or_mistyped_keys_are_errors_naming_the_origin() {
+        let err = TrainConfig::default()
+            .overlay_toml("epoch = 3\n", "my.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("my.toml") && err.contains("epoch"), "{err}");
+        let err = TrainConfig::default()
+            .overlay_toml("loss = \"bogus\"\n", "my.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("my.toml"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_flag() {
+        let cfg = TrainConfig {
+            stage2_epoch: Some(50),
+            epochs: 10,
+            ..TrainConfig::default()
+        };
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--stage2-epoch"));
+        let cfg = TrainConfig {
+            batch_size: 0,
+            ..TrainConfig::default()
+        };
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--batch-size"));
+        TrainConfig::default().validate().unwrap();
     }
 }
