@@ -1,1 +1,426 @@
-//! (in progress)
+//! Multi-expert ResNets (paper Sec. 4.2.2): early layers shared by all experts, deep layers and
+//! classifier per expert, with PyTorch state-dict names (`shared.*`, `experts.{k}.*`).
+//!
+//! - ResNet-32 (CIFAR): `shared` = conv3x3(3→16) + BN + ReLU + `layer1` (5 basic blocks, 16 ch);
+//!   each expert = `layer2` (5 blocks, stride 2), `layer3` (5 blocks, stride 2), pooling, `fc`.
+//!   Option-A shortcuts. Same structure and names as `shared/peers/torch_resnet32_3e.py`.
+//! - ResNet-50 / ResNeXt-50 32x4d (ImageNet): `shared` = torchvision's stem (conv7x7 s2 + BN +
+//!   ReLU + maxpool 3x3 s2) + `layer1` + `layer2`; each expert = `layer3` + `layer4` + `fc`.
+//!   torchvision v1.5 bottlenecks (stride on the 3x3), projection shortcuts.
+//!
+//! Training: [`MultiExpertNet::forward_train`] runs the trunk once on all views concatenated
+//! (batch-norm statistics over all of them, as the PyTorch peer does), splits the activation per
+//! expert, and [`MultiExpertNet::backward`] returns the gradient of the sum of the experts' losses.
+
+mod parts;
+mod state;
+
+use crate::backend::Backend;
+use crate::config::{ExpertWidth, ModelKind, TrainConfig};
+use crate::nn::{
+    BatchNorm2d, Conv2d, Linear, MaxPool2d, Module, Nchw, Param, Stage, StateMut, StateRef,
+};
+use anyhow::{bail, ensure, Context, Result};
+use parts::{Expert, Stem, Trunk};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+/// The backbone of a multi-expert network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// CIFAR ResNet-32; `w2`, `w3` are the widths of the experts' `layer2` and `layer3`
+    /// (32 and 64 in the original, 24 and 48 for the reduced variant).
+    ResNet32 { w2: usize, w3: usize },
+    /// torchvision's ResNet-50.
+    ResNet50,
+    /// torchvision's ResNeXt-50 32x4d.
+    ResNeXt50_32x4d,
+}
+
+impl Arch {
+    pub fn name(&self) -> String {
+        match self {
+            Arch::ResNet32 { w2: 32, w3: 64 } => "resnet32".to_string(),
+            Arch::ResNet32 { w2, w3 } => format!("resnet32 (widths {w2}/{w3})"),
+            Arch::ResNet50 => "resnet50".to_string(),
+            Arch::ResNeXt50_32x4d => "resnext50_32x4d".to_string(),
+        }
+    }
+}
+
+/// One expert's training output.
+pub struct ExpertOut<B: Backend> {
+    /// `[batch, classes]` raw logits.
+    pub logits: B::Buf,
+    /// `[batch, d]` penultimate features (after global average pooling).
+    pub features: B::Buf,
+}
+
+/// Evaluation output.
+pub struct EvalOut<B: Backend> {
+    /// Per expert `[batch, classes]` raw logits.
+    pub logits: Vec<B::Buf>,
+    /// `[batch, classes]` mean of the experts' softmax (paper Eq. 19 with equal `eps_k`).
+    pub probs: B::Buf,
+}
+
+/// How the trunk output of the last training forward reaches the experts.
+enum ExpertInputs<B: Backend> {
+    /// One view for all experts: every expert reads the trunk output itself.
+    Shared,
+    /// One view per expert: expert `k` reads its own copy of rows `k * batch .. (k + 1) * batch`.
+    Split(Vec<B::Buf>),
+}
+
+/// What the network keeps between `forward_train` and `backward`.
+struct NetSaved<B: Backend> {
+    batch: usize,
+    inputs: ExpertInputs<B>,
+}
+
+/// A ResNet with shared early layers and `experts` independent deep branches + classifiers.
+pub struct MultiExpertNet<B: Backend> {
+    arch: Arch,
+    num_classes: usize,
+    shared: Trunk<B>,
+    experts: Vec<Expert<B>>,
+    saved: Option<NetSaved<B>>,
+}
+
+impl<B: Backend> MultiExpertNet<B> {
+    /// The network `cfg` asks for (`model`, `experts`, `expert_width`, `seed`).
+    pub fn from_config(be: &B, cfg: &TrainConfig, num_classes: usize) -> Result<Self> {
+        let arch = match cfg.model {
+            ModelKind::Resnet32 => match cfg.expert_width {
+                ExpertWidth::Full => Arch::ResNet32 { w2: 32, w3: 64 },
+                ExpertWidth::Reduced => Arch::ResNet32 { w2: 24, w3: 48 },
+            },
+            ModelKind::Resnet50 => Arch::ResNet50,
+            ModelKind::Resnext50_32x4d => Arch::ResNeXt50_32x4d,
+        };
+        Self::new(be, arch, num_classes, cfg.experts, cfg.seed)
+    }
+
+    /// CIFAR ResNet-32 with `experts` experts whose `layer2`/`layer3` have `widths = (w2, w3)`
+    /// channels. Initialisation is deterministic in `seed`.
+    pub fn resnet32(
+        be: &B,
+        num_classes: usize,
+        experts: usize,
+        widths: (usize, usize),
+        seed: u64,
+    ) -> Result<Self> {
+        Self::new(
+            be,
+            Arch::ResNet32 {
+                w2: widths.0,
+                w3: widths.1,
+            },
+            num_classes,
+            experts,
+            seed,
+        )
+    }
+
+    /// torchvision's ResNet-50 split after `layer2`.
+    pub fn resnet50(be: &B, num_classes: usize, experts: usize, seed: u64) -> Result<Self> {
+        Self::new(be, Arch::ResNet50, num_classes, experts, seed)
+    }
+
+    /// torchvision's ResNeXt-50 32x4d split after `layer2`.
+    pub fn resnext50_32x4d(be: &B, num_classes: usize, experts: usize, seed: u64) -> Result<Self> {
+        Self::new(be, Arch::ResNeXt50_32x4d, num_classes, experts, seed)
+    }
+
+    /// Builds `arch` with Kaiming-normal convolution and linear weights, PyTorch's default
+    /// uniform linear bias, BN weight 1 / bias 0; the trunk is initialised first, then the
+    /// experts in order, all from one RNG seeded with `seed`.
+    pub fn new(be: &B, arch: Arch, num_classes: usize, experts: usize, seed: u64) -> Result<Self> {
+        ensure!(
+            experts >= 1,
+            "a multi-expert network needs at least one expert"
+        );
+        ensure!(num_classes >= 1, "a classifier needs at least one class");
+        let mut rng = StdRng::seed_from_u64(seed);
+        let rng = &mut rng;
+        let (shared, expert_list) = match arch {
+            Arch::ResNet32 { w2, w3 } => {
+                ensure!(
+                    w2 >= 16 && w3 >= w2 && (w2 - 16).is_multiple_of(2) && (w3 - w2).is_multiple_of(2),
+                    "resnet32 widths {w2}/{w3}: option-A shortcuts need 16 <= w2 <= w3 with even steps"
+                );
+                let stem = Stem::new(
+                    Conv2d::new(be, rng, "shared.conv1", 3, 16, 3, 1, 1, 1)?,
+                    BatchNorm2d::new(be, "shared.bn1", 16)?,
+                    None,
+                );
+                let layer1 = Stage::basic(be, rng, "shared.layer1", 16, 16, 5, 1)?;
+                let shared = Trunk {
+                    stem,
+                    stages: vec![layer1],
+                };
+                let experts = (0..experts)
+                    .map(|k| {
+                        let p = format!("experts.{k}");
+                        let stages = vec![
+                            Stage::basic(be, rng, &format!("{p}.layer2"), 16, w2, 5, 2)?,
+                            Stage::basic(be, rng, &format!("{p}.layer3"), w2, w3, 5, 2)?,
+                        ];
+                        let fc = Linear::new(be, rng, &format!("{p}.fc"), w3, num_classes)?;
+                        Ok(Expert::new(stages, fc))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                (shared, experts)
+            }
+            Arch::ResNet50 | Arch::ResNeXt50_32x4d => {
+                let (groups, base_width) = match arch {
+                    Arch::ResNeXt50_32x4d => (32, 4),
+                    _ => (1, 64),
+                };
+                let stem = Stem::new(
+                    Conv2d::new(be, rng, "shared.conv1", 3, 64, 7, 2, 3, 1)?,
+                    BatchNorm2d::new(be, "shared.bn1", 64)?,
+                    Some(MaxPool2d::new(3, 2, 1)),
+                );
+                let stage = |rng: &mut StdRng, name: &str, c_in, planes, count, stride| {
+                    Stage::bottleneck(
+                        be, rng, name, c_in, planes, count, stride, groups, base_width,
+                    )
+                };
+                let shared = Trunk {
+                    stem,
+                    stages: vec![
+                        stage(rng, "shared.layer1", 64, 64, 3, 1)?,
+                        stage(rng, "shared.layer2", 256, 128, 4, 2)?,
+                    ],
+                };
+                let experts = (0..experts)
+                    .map(|k| {
+                        let p = format!("experts.{k}");
+                        let stages = vec![
+                            stage(rng, &format!("{p}.layer3"), 512, 256, 6, 2)?,
+                            stage(rng, &format!("{p}.layer4"), 1024, 512, 3, 2)?,
+                        ];
+                        let fc = Linear::new(be, rng, &format!("{p}.fc"), 2048, num_classes)?;
+                        Ok(Expert::new(stages, fc))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                (shared, experts)
+            }
+        };
+        Ok(Self {
+            arch,
+            num_classes,
+            shared,
+            experts: expert_list,
+            saved: None,
+        })
+    }
+
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+    pub fn experts(&self) -> usize {
+        self.experts.len()
+    }
+    /// Width `d` of the penultimate features (the classifier input).
+    pub fn feature_dim(&self) -> usize {
+        self.experts[0].fc.d_in
+    }
+    /// `[classes, d]` classifier weight of expert `k` (for SLA's cosines). Panics if
+    /// `k >= self.experts()`.
+    pub fn classifier_weight(&self, k: usize) -> &B::Buf {
+        &self.experts[k].fc.weight.value
+    }
+
+    /// Trainable parameters in PyTorch's `model.parameters()` order.
+    pub fn params(&self) -> Vec<&Param<B>> {
+        let mut out = Vec::new();
+        self.visit(&mut |s| {
+            if let StateRef::Param(p) = s {
+                out.push(p)
+            }
+        });
+        out
+    }
+
+    pub fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        let mut out = Vec::new();
+        self.visit_mut(&mut |s| {
+            if let StateMut::Param(p) = s {
+                out.push(p)
+            }
+        });
+        out
+    }
+
+    pub fn num_parameters(&self) -> usize {
+        self.params().iter().map(|p| p.numel()).sum()
+    }
+
+    /// Training forward. `views` holds one `[batch, 3, h, w]` input per expert, or a single one
+    /// that all experts share (stage 2). The trunk runs once, on the views concatenated into
+    /// `[views * batch, 3, h, w]`; expert `k` gets its view's rows. Returns per expert the logits
+    /// `[batch, classes]` and the features `[batch, d]`; keeps what `backward` needs.
+    pub fn forward_train(
+        &mut self,
+        be: &B,
+        views: &[&B::Buf],
+        batch: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<ExpertOut<B>>> {
+        let experts = self.experts.len();
+        ensure!(
+            views.len() == experts || views.len() == 1,
+            "forward_train: {} input views for {experts} experts (give one per expert, or one for all)",
+            views.len()
+        );
+        ensure!(batch >= 1, "forward_train: empty batch");
+        self.saved = None;
+        let per_view = batch * 3 * h * w;
+        let mut x = be.zeros(views.len() * per_view)?; // [views * batch, 3, h, w]
+        for (k, view) in views.iter().enumerate() {
+            ensure!(
+                be.len(view) == per_view,
+                "forward_train: view {k} holds {} values, [{batch}, 3, {h}, {w}] needs {per_view}",
+                be.len(view)
+            );
+            be.copy_range(view, 0, &mut x, k * per_view, per_view)?;
+        }
+        let trunk_shape =
+            self.shared
+                .forward_train(be, x, Nchw::new(views.len() * batch, 3, h, w))?;
+        let (trunk_out, _) = self.shared.output()?;
+        let expert_shape = trunk_shape.with_n(batch);
+        let mut outs = Vec::with_capacity(experts);
+        let inputs = if views.len() == 1 {
+            for expert in &mut self.experts {
+                let (logits, features) = expert.forward_train(be, trunk_out, expert_shape)?;
+                outs.push(ExpertOut { logits, features });
+            }
+            ExpertInputs::Shared
+        } else {
+            let len = expert_shape.len();
+            let mut split = Vec::with_capacity(experts);
+            for (k, expert) in self.experts.iter_mut().enumerate() {
+                let mut input = be.zeros(len)?;
+                be.copy_range(trunk_out, k * len, &mut input, 0, len)?;
+                let (logits, features) = expert.forward_train(be, &input, expert_shape)?;
+                outs.push(ExpertOut { logits, features });
+                split.push(input);
+            }
+            ExpertInputs::Split(split)
+        };
+        self.saved = Some(NetSaved { batch, inputs });
+        Ok(outs)
+    }
+
+    /// Backward of the last `forward_train`: `dlogits[k]` (`[batch, classes]`) is the gradient
+    /// of the total loss with respect to expert `k`'s logits (already scaled by the caller).
+    /// Overwrites every parameter's `grad`.
+    pub fn backward(&mut self, be: &B, dlogits: &[B::Buf]) -> Result<()> {
+        let saved = self
+            .saved
+            .take()
+            .context("backward called without a preceding forward_train")?;
+        ensure!(
+            dlogits.len() == self.experts.len(),
+            "backward: {} logit gradients for {} experts",
+            dlogits.len(),
+            self.experts.len()
+        );
+        let want = saved.batch * self.num_classes;
+        for (k, d) in dlogits.iter().enumerate() {
+            ensure!(
+                be.len(d) == want,
+                "backward: dlogits[{k}] holds {} values, [{}, {}] needs {want}",
+                be.len(d),
+                saved.batch,
+                self.num_classes
+            );
+        }
+        let (trunk_out, trunk_shape) = self.shared.output()?;
+        let dtrunk = match saved.inputs {
+            ExpertInputs::Shared => {
+                // Every expert read the same activation: its gradient is the sum of theirs.
+                let mut acc: Option<B::Buf> = None;
+                for (expert, d) in self.experts.iter_mut().zip(dlogits) {
+                    let dk = expert.backward(be, trunk_out, d)?;
+                    match &mut acc {
+                        Some(a) => be.add_assign(a, &dk)?,
+                        None => acc = Some(dk),
+                    }
+                }
+                acc.context("a network has at least one expert")?
+            }
+            ExpertInputs::Split(inputs) => {
+                let mut dtrunk = be.zeros(trunk_shape.len())?;
+                for (k, ((expert, d), input)) in
+                    self.experts.iter_mut().zip(dlogits).zip(inputs).enumerate()
+                {
+                    let dk = expert.backward(be, &input, d)?;
+                    let len = be.len(&dk);
+                    be.copy_range(&dk, 0, &mut dtrunk, k * len, len)?;
+                }
+                dtrunk
+            }
+        };
+        self.shared.backward(be, dtrunk)
+    }
+
+    /// Evaluation forward (batch norm with running statistics) of `x [batch, 3, h, w]`: every
+    /// expert's logits and the mean of their softmax.
+    pub fn forward_eval(
+        &self,
+        be: &B,
+        x: &B::Buf,
+        batch: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<EvalOut<B>> {
+        let xs = Nchw::new(batch, 3, h, w);
+        if be.len(x) != xs.len() {
+            bail!(
+                "forward_eval: input holds {} values, [{batch}, 3, {h}, {w}] needs {}",
+                be.len(x),
+                xs.len()
+            );
+        }
+        let (trunk_out, trunk_shape) = self.shared.forward_eval(be, x, xs)?;
+        let logits = self
+            .experts
+            .iter()
+            .map(|e| e.forward_eval(be, &trunk_out, trunk_shape))
+            .collect::<Result<Vec<_>>>()?;
+        let c = self.num_classes;
+        let mut probs = be.softmax_rows(&logits[0], batch, c)?;
+        for l in &logits[1..] {
+            be.add_assign(&mut probs, &be.softmax_rows(l, batch, c)?)?;
+        }
+        if logits.len() > 1 {
+            probs = be.scale(&probs, 1.0 / logits.len() as f32)?;
+        }
+        Ok(EvalOut { logits, probs })
+    }
+}
+
+impl<B: Backend> Module<B> for MultiExpertNet<B> {
+    /// Every state tensor (parameters, running statistics, `num_batches_tracked`) in PyTorch's
+    /// `state_dict()` order: the trunk, then the experts in order.
+    fn visit<'a>(&'a self, f: &mut dyn FnMut(StateRef<'a, B>)) {
+        self.shared.visit(f);
+        for e in &self.experts {
+            e.visit(f);
+        }
+    }
+    fn visit_mut<'a>(&'a mut self, f: &mut dyn FnMut(StateMut<'a, B>)) {
+        self.shared.visit_mut(f);
+        for e in &mut self.experts {
+            e.visit_mut(f);
+        }
+    }
+}

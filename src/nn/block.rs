@@ -1,0 +1,571 @@
+//! Residual blocks (ResNet-32's `BasicBlock` with option-A shortcuts, torchvision v1.5's
+//! `Bottleneck` with projection shortcuts and ResNeXt groups) and the `Stage` that chains them.
+
+use super::{check_len, BatchNorm2d, Conv2d, Module, Nchw, StateMut, StateRef};
+use crate::backend::{Backend, ShortcutDims};
+use anyhow::{ensure, Context, Result};
+use rand::rngs::StdRng;
+
+/// Option-A shortcut parameters: subsample by `stride`, zero-pad channels `c_in` → `c_out`.
+#[derive(Clone, Copy, Debug)]
+struct ShortcutA {
+    c_in: usize,
+    c_out: usize,
+    stride: usize,
+}
+
+impl ShortcutA {
+    fn dims(&self, x: Nchw) -> ShortcutDims {
+        ShortcutDims {
+            n: x.n,
+            c_in: self.c_in,
+            h: x.h,
+            w: x.w,
+            c_out: self.c_out,
+            stride: self.stride,
+        }
+    }
+}
+
+/// Activations a `BasicBlock` keeps between its training forward and its backward.
+struct BasicSaved<B: Backend> {
+    x: Nchw,
+    mid: Nchw,
+    a1: B::Buf, // conv1 output [n, c_out, h', w']
+    r1: B::Buf, // relu(bn1(a1)), conv2 input
+    a2: B::Buf, // conv2 output
+}
+
+/// `y = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`, 3x3 convolutions, stride on conv1.
+/// The shortcut is the identity, or option A (subsample + zero-pad channels, no parameters)
+/// when the stride or the width changes.
+pub struct BasicBlock<B: Backend> {
+    pub conv1: Conv2d<B>,
+    pub bn1: BatchNorm2d<B>,
+    pub conv2: Conv2d<B>,
+    pub bn2: BatchNorm2d<B>,
+    shortcut: Option<ShortcutA>,
+    saved: Option<BasicSaved<B>>,
+}
+
+impl<B: Backend> BasicBlock<B> {
+    /// `name` is the block's state-dict prefix (`shared.layer1.0`).
+    pub fn new(
+        be: &B,
+        rng: &mut StdRng,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        stride: usize,
+    ) -> Result<Self> {
+        ensure!(
+            c_out >= c_in && (c_out - c_in).is_multiple_of(2),
+            "{name}: the option-A shortcut pads channels equally on both sides, \
+             so {c_in} → {c_out} channels must grow by an even number"
+        );
+        let shortcut = (stride != 1 || c_in != c_out).then_some(ShortcutA {
+            c_in,
+            c_out,
+            stride,
+        });
+        Ok(Self {
+            conv1: Conv2d::new(
+                be,
+                rng,
+                &format!("{name}.conv1"),
+                c_in,
+                c_out,
+                3,
+                stride,
+                1,
+                1,
+            )?,
+            bn1: BatchNorm2d::new(be, &format!("{name}.bn1"), c_out)?,
+            conv2: Conv2d::new(be, rng, &format!("{name}.conv2"), c_out, c_out, 3, 1, 1, 1)?,
+            bn2: BatchNorm2d::new(be, &format!("{name}.bn2"), c_out)?,
+            shortcut,
+            saved: None,
+        })
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.conv2.c_out
+    }
+
+    /// Adds the shortcut of `x` to `acc` (the residual branch output) in place.
+    fn add_shortcut(&self, be: &B, acc: &mut B::Buf, x: &B::Buf, s: Nchw) -> Result<()> {
+        match self.shortcut {
+            Some(sc) => be.add_assign(acc, &be.shortcut_a_forward(x, sc.dims(s))?),
+            None => be.add_assign(acc, x),
+        }
+    }
+
+    pub fn forward_train(&mut self, be: &B, x: &B::Buf, s: Nchw) -> Result<(B::Buf, Nchw)> {
+        let (a1, mid) = self.conv1.forward(be, x, s)?;
+        let r1 = be.relu_forward(&self.bn1.forward_train(be, &a1, mid)?)?;
+        let (a2, out) = self.conv2.forward(be, &r1, mid)?;
+        let mut b2 = self.bn2.forward_train(be, &a2, out)?;
+        self.add_shortcut(be, &mut b2, x, s)?;
+        let y = be.relu_forward(&b2)?;
+        self.saved = Some(BasicSaved {
+            x: s,
+            mid,
+            a1,
+            r1,
+            a2,
+        });
+        Ok((y, out))
+    }
+
+    pub fn forward_eval(&self, be: &B, x: &B::Buf, s: Nchw) -> Result<(B::Buf, Nchw)> {
+        let (a1, mid) = self.conv1.forward(be, x, s)?;
+        let r1 = be.relu_forward(&self.bn1.forward_eval(be, &a1, mid)?)?;
+        let (a2, out) = self.conv2.forward(be, &r1, mid)?;
+        let mut b2 = self.bn2.forward_eval(be, &a2, out)?;
+        self.add_shortcut(be, &mut b2, x, s)?;
+        Ok((be.relu_forward(&b2)?, out))
+    }
+
+    /// `x` and `y` are the input and output of the training forward; returns `dx`.
+    pub fn backward(&mut self, be: &B, x: &B::Buf, y: &B::Buf, dy: &B::Buf) -> Result<B::Buf> {
+        let sv = self.saved.take().with_context(|| {
+            format!(
+                "{}: backward without a training forward",
+                self.conv1.weight.name
+            )
+        })?;
+        let dsum = be.relu_backward(dy, y)?;
+        let out = self.conv2.out_shape(sv.mid);
+        let da2 = self.bn2.backward(be, &dsum, &sv.a2, out)?;
+        let dr1 = self.conv2.backward(be, &sv.r1, &da2, sv.mid)?;
+        let db1 = be.relu_backward(&dr1, &sv.r1)?;
+        let da1 = self.bn1.backward(be, &db1, &sv.a1, sv.mid)?;
+        let mut dx = self.conv1.backward(be, x, &da1, sv.x)?;
+        match self.shortcut {
+            Some(sc) => be.add_assign(&mut dx, &be.shortcut_a_backward(&dsum, sc.dims(sv.x))?)?,
+            None => be.add_assign(&mut dx, &dsum)?,
+        }
+        Ok(dx)
+    }
+}
+
+impl<B: Backend> Module<B> for BasicBlock<B> {
+    fn visit<'a>(&'a self, f: &mut dyn FnMut(StateRef<'a, B>)) {
+        self.conv1.visit(f);
+        self.bn1.visit(f);
+        self.conv2.visit(f);
+        self.bn2.visit(f);
+    }
+    fn visit_mut<'a>(&'a mut self, f: &mut dyn FnMut(StateMut<'a, B>)) {
+        self.conv1.visit_mut(f);
+        self.bn1.visit_mut(f);
+        self.conv2.visit_mut(f);
+        self.bn2.visit_mut(f);
+    }
+}
+
+/// Projection shortcut of a bottleneck: `downsample.0` (1x1 conv, stride) + `downsample.1` (BN).
+pub struct Downsample<B: Backend> {
+    pub conv: Conv2d<B>,
+    pub bn: BatchNorm2d<B>,
+}
+
+/// Activations a `Bottleneck` keeps between its training forward and its backward.
+struct BottleneckSaved<B: Backend> {
+    x: Nchw,
+    s1: Nchw, // after conv1 (input resolution)
+    s2: Nchw, // after conv2 (output resolution)
+    a1: B::Buf,
+    r1: B::Buf,
+    a2: B::Buf,
+    r2: B::Buf,
+    a3: B::Buf,
+    ad: Option<B::Buf>, // downsample conv output
+}
+
+/// torchvision's v1.5 bottleneck: 1x1 (width) → 3x3 (width, stride, groups) → 1x1 (4 * planes),
+/// BN after each, ReLU after the first two and after the residual sum; projection shortcut when
+/// the stride or the width changes.
+pub struct Bottleneck<B: Backend> {
+    pub conv1: Conv2d<B>,
+    pub bn1: BatchNorm2d<B>,
+    pub conv2: Conv2d<B>,
+    pub bn2: BatchNorm2d<B>,
+    pub conv3: Conv2d<B>,
+    pub bn3: BatchNorm2d<B>,
+    pub downsample: Option<Downsample<B>>,
+    saved: Option<BottleneckSaved<B>>,
+}
+
+impl<B: Backend> Bottleneck<B> {
+    /// Output channels are `4 * planes`; the inner width is `planes * base_width / 64 * groups`
+    /// (ResNet-50: groups 1, base width 64; ResNeXt-50 32x4d: groups 32, base width 4).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        be: &B,
+        rng: &mut StdRng,
+        name: &str,
+        c_in: usize,
+        planes: usize,
+        stride: usize,
+        groups: usize,
+        base_width: usize,
+    ) -> Result<Self> {
+        let width = planes * base_width / 64 * groups;
+        let c_out = planes * 4;
+        let downsample = if stride != 1 || c_in != c_out {
+            Some(Downsample {
+                conv: Conv2d::new(
+                    be,
+                    rng,
+                    &format!("{name}.downsample.0"),
+                    c_in,
+                    c_out,
+                    1,
+                    stride,
+                    0,
+                    1,
+                )?,
+                bn: BatchNorm2d::new(be, &format!("{name}.downsample.1"), c_out)?,
+            })
+        } else {
+            None
+        };
+        // Construction order fixes the initialisation order: the main branch, then the shortcut.
+        let conv1 = Conv2d::new(be, rng, &format!("{name}.conv1"), c_in, width, 1, 1, 0, 1)?;
+        let bn1 = BatchNorm2d::new(be, &format!("{name}.bn1"), width)?;
+        let conv2 = Conv2d::new(
+            be,
+            rng,
+            &format!("{name}.conv2"),
+            width,
+            width,
+            3,
+            stride,
+            1,
+            groups,
+        )?;
+        let bn2 = BatchNorm2d::new(be, &format!("{name}.bn2"), width)?;
+        let conv3 = Conv2d::new(be, rng, &format!("{name}.conv3"), width, c_out, 1, 1, 0, 1)?;
+        let bn3 = BatchNorm2d::new(be, &format!("{name}.bn3"), c_out)?;
+        Ok(Self {
+            conv1,
+            bn1,
+            conv2,
+            bn2,
+            conv3,
+            bn3,
+            downsample,
+            saved: None,
+        })
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.conv3.c_out
+    }
+
+    pub fn forward_train(&mut self, be: &B, x: &B::Buf, s: Nchw) -> Result<(B::Buf, Nchw)> {
+        let (a1, s1) = self.conv1.forward(be, x, s)?;
+        let r1 = be.relu_forward(&self.bn1.forward_train(be, &a1, s1)?)?;
+        let (a2, s2) = self.conv2.forward(be, &r1, s1)?;
+        let r2 = be.relu_forward(&self.bn2.forward_train(be, &a2, s2)?)?;
+        let (a3, out) = self.conv3.forward(be, &r2, s2)?;
+        let mut sum = self.bn3.forward_train(be, &a3, out)?;
+        let ad = match &mut self.downsample {
+            Some(ds) => {
+                let (ad, _) = ds.conv.forward(be, x, s)?;
+                be.add_assign(&mut sum, &ds.bn.forward_train(be, &ad, out)?)?;
+                Some(ad)
+            }
+            None => {
+                be.add_assign(&mut sum, x)?;
+                None
+            }
+        };
+        let y = be.relu_forward(&sum)?;
+        self.saved = Some(BottleneckSaved {
+            x: s,
+            s1,
+            s2,
+            a1,
+            r1,
+            a2,
+            r2,
+            a3,
+            ad,
+        });
+        Ok((y, out))
+    }
+
+    pub fn forward_eval(&self, be: &B, x: &B::Buf, s: Nchw) -> Result<(B::Buf, Nchw)> {
+        let (a1, s1) = self.conv1.forward(be, x, s)?;
+        let r1 = be.relu_forward(&self.bn1.forward_eval(be, &a1, s1)?)?;
+        let (a2, s2) = self.conv2.forward(be, &r1, s1)?;
+        let r2 = be.relu_forward(&self.bn2.forward_eval(be, &a2, s2)?)?;
+        let (a3, out) = self.conv3.forward(be, &r2, s2)?;
+        let mut sum = self.bn3.forward_eval(be, &a3, out)?;
+        match &self.downsample {
+            Some(ds) => {
+                let (ad, _) = ds.conv.forward(be, x, s)?;
+                be.add_assign(&mut sum, &ds.bn.forward_eval(be, &ad, out)?)?;
+            }
+            None => be.add_assign(&mut sum, x)?,
+        }
+        Ok((be.relu_forward(&sum)?, out))
+    }
+
+    /// `x` and `y` are the input and output of the training forward; returns `dx`.
+    pub fn backward(&mut self, be: &B, x: &B::Buf, y: &B::Buf, dy: &B::Buf) -> Result<B::Buf> {
+        let sv = self.saved.take().with_context(|| {
+            format!(
+                "{}: backward without a training forward",
+                self.conv1.weight.name
+            )
+        })?;
+        let dsum = be.relu_backward(dy, y)?;
+        let out = self.conv3.out_shape(sv.s2);
+        let da3 = self.bn3.backward(be, &dsum, &sv.a3, out)?;
+        let dr2 = self.conv3.backward(be, &sv.r2, &da3, sv.s2)?;
+        let da2 = self
+            .bn2
+            .backward(be, &be.relu_backward(&dr2, &sv.r2)?, &sv.a2, sv.s2)?;
+        let dr1 = self.conv2.backward(be, &sv.r1, &da2, sv.s1)?;
+        let da1 = self
+            .bn1
+            .backward(be, &be.relu_backward(&dr1, &sv.r1)?, &sv.a1, sv.s1)?;
+        let mut dx = self.conv1.backward(be, x, &da1, sv.x)?;
+        match (&mut self.downsample, &sv.ad) {
+            (Some(ds), Some(ad)) => {
+                let dad = ds.bn.backward(be, &dsum, ad, out)?;
+                be.add_assign(&mut dx, &ds.conv.backward(be, x, &dad, sv.x)?)?;
+            }
+            _ => be.add_assign(&mut dx, &dsum)?,
+        }
+        Ok(dx)
+    }
+}
+
+impl<B: Backend> Module<B> for Bottleneck<B> {
+    fn visit<'a>(&'a self, f: &mut dyn FnMut(StateRef<'a, B>)) {
+        self.conv1.visit(f);
+        self.bn1.visit(f);
+        self.conv2.visit(f);
+        self.bn2.visit(f);
+        self.conv3.visit(f);
+        self.bn3.visit(f);
+        if let Some(ds) = &self.downsample {
+            ds.conv.visit(f);
+            ds.bn.visit(f);
+        }
+    }
+    fn visit_mut<'a>(&'a mut self, f: &mut dyn FnMut(StateMut<'a, B>)) {
+        self.conv1.visit_mut(f);
+        self.bn1.visit_mut(f);
+        self.conv2.visit_mut(f);
+        self.bn2.visit_mut(f);
+        self.conv3.visit_mut(f);
+        self.bn3.visit_mut(f);
+        if let Some(ds) = &mut self.downsample {
+            ds.conv.visit_mut(f);
+            ds.bn.visit_mut(f);
+        }
+    }
+}
+
+/// A residual block of either kind.
+// A few dozen blocks per model, each holding device buffers: the inline size does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum ResBlock<B: Backend> {
+    Basic(BasicBlock<B>),
+    Bottleneck(Bottleneck<B>),
+}
+
+impl<B: Backend> ResBlock<B> {
+    pub fn out_channels(&self) -> usize {
+        match self {
+            ResBlock::Basic(b) => b.out_channels(),
+            ResBlock::Bottleneck(b) => b.out_channels(),
+        }
+    }
+    pub fn forward_train(&mut self, be: &B, x: &B::Buf, s: Nchw) -> Result<(B::Buf, Nchw)> {
+        match self {
+            ResBlock::Basic(b) => b.forward_train(be, x, s),
+            ResBlock::Bottleneck(b) => b.forward_train(be, x, s),
+        }
+    }
+    pub fn forward_eval(&self, be: &B, x: &B::Buf, s: Nchw) -> Result<(B::Buf, Nchw)> {
+        match self {
+            ResBlock::Basic(b) => b.forward_eval(be, x, s),
+            ResBlock::Bottleneck(b) => b.forward_eval(be, x, s),
+        }
+    }
+    pub fn backward(&mut self, be: &B, x: &B::Buf, y: &B::Buf, dy: &B::Buf) -> Result<B::Buf> {
+        match self {
+            ResBlock::Basic(b) => b.backward(be, x, y, dy),
+            ResBlock::Bottleneck(b) => b.backward(be, x, y, dy),
+        }
+    }
+}
+
+impl<B: Backend> Module<B> for ResBlock<B> {
+    fn visit<'a>(&'a self, f: &mut dyn FnMut(StateRef<'a, B>)) {
+        match self {
+            ResBlock::Basic(b) => b.visit(f),
+            ResBlock::Bottleneck(b) => b.visit(f),
+        }
+    }
+    fn visit_mut<'a>(&'a mut self, f: &mut dyn FnMut(StateMut<'a, B>)) {
+        match self {
+            ResBlock::Basic(b) => b.visit_mut(f),
+            ResBlock::Bottleneck(b) => b.visit_mut(f),
+        }
+    }
+}
+
+/// A sequence of blocks (`layer1` … `layer4`); keeps each block's training output, since it is
+/// both that block's ReLU mask and the next block's input.
+pub struct Stage<B: Backend> {
+    pub blocks: Vec<ResBlock<B>>,
+    /// `[n, c, h, w]` output of each block in the last training forward.
+    outputs: Vec<B::Buf>,
+    out_shape: Option<Nchw>,
+}
+
+impl<B: Backend> Stage<B> {
+    /// `count` basic blocks, the first with `stride`; `name` is the prefix (`experts.0.layer2`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn basic(
+        be: &B,
+        rng: &mut StdRng,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        count: usize,
+        stride: usize,
+    ) -> Result<Self> {
+        ensure!(count >= 1, "{name}: a stage needs at least one block");
+        let blocks = (0..count)
+            .map(|i| {
+                let (cin, st) = if i == 0 { (c_in, stride) } else { (c_out, 1) };
+                BasicBlock::new(be, rng, &format!("{name}.{i}"), cin, c_out, st)
+                    .map(ResBlock::Basic)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self::from_blocks(blocks))
+    }
+
+    /// `count` bottlenecks of `planes` (output `4 * planes`), the first with `stride`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bottleneck(
+        be: &B,
+        rng: &mut StdRng,
+        name: &str,
+        c_in: usize,
+        planes: usize,
+        count: usize,
+        stride: usize,
+        groups: usize,
+        base_width: usize,
+    ) -> Result<Self> {
+        ensure!(count >= 1, "{name}: a stage needs at least one block");
+        let blocks = (0..count)
+            .map(|i| {
+                let (cin, st) = if i == 0 {
+                    (c_in, stride)
+                } else {
+                    (planes * 4, 1)
+                };
+                Bottleneck::new(
+                    be,
+                    rng,
+                    &format!("{name}.{i}"),
+                    cin,
+                    planes,
+                    st,
+                    groups,
+                    base_width,
+                )
+                .map(ResBlock::Bottleneck)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self::from_blocks(blocks))
+    }
+
+    fn from_blocks(blocks: Vec<ResBlock<B>>) -> Self {
+        Self {
+            blocks,
+            outputs: Vec::new(),
+            out_shape: None,
+        }
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.blocks.last().map_or(0, |b| b.out_channels())
+    }
+
+    /// Runs every block in training mode, keeping their outputs; returns the output shape.
+    /// The output itself is [`Stage::output`].
+    pub fn forward_train(&mut self, be: &B, x: &B::Buf, s: Nchw) -> Result<Nchw> {
+        check_len(be, x, s.len(), "stage input")?;
+        self.outputs.clear();
+        self.out_shape = None;
+        let mut shape = s;
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            let input = if i == 0 { x } else { &self.outputs[i - 1] };
+            let (y, next) = block.forward_train(be, input, shape)?;
+            self.outputs.push(y);
+            shape = next;
+        }
+        self.out_shape = Some(shape);
+        Ok(shape)
+    }
+
+    /// The output of the last training forward.
+    pub fn output(&self) -> Result<(&B::Buf, Nchw)> {
+        match (self.outputs.last(), self.out_shape) {
+            (Some(y), Some(s)) => Ok((y, s)),
+            _ => anyhow::bail!("stage output requested before a training forward"),
+        }
+    }
+
+    pub fn forward_eval(&self, be: &B, x: &B::Buf, s: Nchw) -> Result<(B::Buf, Nchw)> {
+        check_len(be, x, s.len(), "stage input")?;
+        let (mut y, mut shape) = self.blocks[0].forward_eval(be, x, s)?;
+        for block in &self.blocks[1..] {
+            (y, shape) = block.forward_eval(be, &y, shape)?;
+        }
+        Ok((y, shape))
+    }
+
+    /// Backward through every block, freeing the kept outputs; `x` is the forward input.
+    pub fn backward(&mut self, be: &B, x: &B::Buf, dy: B::Buf) -> Result<B::Buf> {
+        ensure!(
+            self.outputs.len() == self.blocks.len(),
+            "stage backward without a training forward"
+        );
+        self.out_shape = None;
+        let mut d = dy;
+        for block in self.blocks.iter_mut().rev() {
+            let y = self
+                .outputs
+                .pop()
+                .context("stage outputs out of step with its blocks")?;
+            let input = self.outputs.last().unwrap_or(x);
+            d = block.backward(be, input, &y, &d)?;
+        }
+        Ok(d)
+    }
+}
+
+impl<B: Backend> Module<B> for Stage<B> {
+    fn visit<'a>(&'a self, f: &mut dyn FnMut(StateRef<'a, B>)) {
+        for b in &self.blocks {
+            b.visit(f);
+        }
+    }
+    fn visit_mut<'a>(&'a mut self, f: &mut dyn FnMut(StateMut<'a, B>)) {
+        for b in &mut self.blocks {
+            b.visit_mut(f);
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Checkpoints as safetensors files with PyTorch state-dict names and layouts.
+//!
+//! Model tensors carry the names and layouts of the equivalent PyTorch module (`shared.*`,
+//! `experts.{k}.*`; conv `[out, in / groups, kh, kw]`, linear `[out, in]`, batch norm
+//! `weight`/`bias`/`running_mean`/`running_var` as `F32 [c]` and `num_batches_tracked` as an
+//! `I64` scalar of shape `[]`), so PyTorch loads the model with
+//!
+//! ```python
+//! from safetensors.torch import load_file
+//! state = load_file("checkpoint.safetensors")
+//! model.load_state_dict({k: v for k, v in state.items() if k.startswith(("shared.", "experts."))})
+//! # or: model.load_state_dict(state, strict=False)
+//! ```
+//!
+//! A checkpoint may hold other tensors under their own prefixes (the training loop stores the
+//! optimizer's momentum buffers as `optimizer.{param}.momentum_buffer`) and string metadata
+//! (epoch, RNG state, the configuration as TOML); both are carried generically here.
+
+use crate::nn::{NamedTensor, TensorData};
+use anyhow::{bail, Context, Result};
+use safetensors::tensor::{Dtype, SafeTensors, View};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// A borrowed tensor in safetensors' little-endian byte layout.
+struct TensorBytes<'a> {
+    tensor: &'a NamedTensor,
+}
+
+impl View for TensorBytes<'_> {
+    fn dtype(&self) -> Dtype {
+        match self.tensor.data {
+            TensorData::F32(_) => Dtype::F32,
+            TensorData::I64(_) => Dtype::I64,
+        }
+    }
+    fn shape(&self) -> &[usize] {
+        &self.tensor.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        // safetensors is little-endian: borrow the values as they are on little-endian hosts.
+        match &self.tensor.data {
+            TensorData::F32(v) if cfg!(target_endian = "little") => {
+                Cow::Borrowed(bytemuck::cast_slice(v))
+            }
+            TensorData::I64(v) if cfg!(target_endian = "little") => {
+                Cow::Borrowed(bytemuck::cast_slice(v))
+            }
+            TensorData::F32(v) => Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            TensorData::I64(v) => Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        }
+    }
+    fn data_len(&self) -> usize {
+        self.tensor.data.len() * self.dtype().bitsize() / 8
+    }
+}
+
+/// Writes `tensors` and `metadata` to `path` atomically: into a temporary file in the same
+/// directory, synced to disk, then renamed over `path` (and the directory synced), so a crash
+/// leaves either the previous checkpoint or the new one, never a partial file.
+pub fn save_checkpoint(
+    path: &Path,
+    tensors: &[NamedTensor],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let mut seen = std::collections::HashSet::with_capacity(tensors.len());
+    for t in tensors {
+        if !seen.insert(t.name.as_str()) {
+            bail!("{}: tensor `{}` given twice", path.display(), t.name);
+        }
+        if t.data.len() != t.numel() {
+            bail!(
+                "{}: tensor `{}` has {} values for shape {:?}",
+                path.display(),
+                t.name,
+                t.data.len(),
+                t.shape
+            );
+        }
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .with_context(|| format!("{}: a checkpoint path must name a file", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let views = tensors
+        .iter()
+        .map(|t| (t.name.as_str(), TensorBytes { tensor: t }));
+    let info: HashMap<String, String> = metadata.clone().into_iter().collect();
+    let written = safetensors::serialize_to_file(views, Some(info), &tmp)
+        .with_context(|| format!("writing checkpoint {}", tmp.display()))
+        .and_then(|()| {
+            File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("syncing {}", tmp.display()))
+        })
+        .and_then(|()| {
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        });
+    if let Err(e) = written {
+        // Best effort: the error that matters is `e`.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // Persist the rename itself; not every platform can open a directory, so failures to open
+    // it are not errors.
+    if let Ok(d) = File::open(&dir) {
+        d.sync_all()
+            .with_context(|| format!("syncing directory {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Reads every tensor (in file order of names) and the metadata of the safetensors file `path`.
+/// Accepts `F32` and `I64` tensors; other dtypes are an error naming the tensor.
+pub fn load_checkpoint(path: &Path) -> Result<(Vec<NamedTensor>, BTreeMap<String, String>)> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let file = SafeTensors::deserialize(&bytes).with_context(|| {
+        format!(
+            "{} is not a safetensors checkpoint (or it is truncated)",
+            path.display()
+        )
+    })?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .with_context(|| format!("{}: unreadable safetensors header", path.display()))?;
+    let metadata: BTreeMap<String, String> = header
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let mut names: Vec<&str> = file.names();
+    names.sort_unstable();
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let view = file
+            .tensor(name)
+            .with_context(|| format!("{}: tensor `{name}`", path.display()))?;
+        let raw = view.data();
+        let data = match view.dtype() {
+            Dtype::F32 => TensorData::F32(
+                raw.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            Dtype::I64 => TensorData::I64(
+                raw.chunks_exact(8)
+                    .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                    .collect(),
+            ),
+            other => bail!(
+                "{}: tensor `{name}` has dtype {other:?}; ltrain reads F32 and I64 \
+                 (convert with `tensor.float()` in PyTorch before saving)",
+                path.display()
+            ),
+        };
+        tensors.push(NamedTensor {
+            name: name.to_string(),
+            shape: view.shape().to_vec(),
+            data,
+        });
+    }
+    Ok((tensors, metadata))
+}
