@@ -1,0 +1,163 @@
+//! Opens the training and test sets a configuration names, as [`ImageSource`]s.
+
+use super::source::ImageSource;
+use crate::augment::Level;
+use crate::config::{DatasetKind, TrainConfig};
+use crate::data::cifar::{self, CifarVariant};
+use crate::data::longtail::long_tail;
+use crate::data::synthetic::{self, SyntheticConfig};
+use crate::data::ImageSet;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// The opened data of a run.
+pub struct Datasets {
+    pub train: Box<dyn ImageSource + Send>,
+    pub test: Box<dyn ImageSource + Send>,
+    /// How the long-tailed training set was cut, for the report.
+    pub long_tail: String,
+}
+
+/// Expert `k`'s augmentation level (weak, medium, strong, then round again).
+pub fn level_of_index(k: usize) -> Level {
+    Level::ALL[k % Level::ALL.len()]
+}
+
+impl ImageSource for ImageSet {
+    fn len(&self) -> usize {
+        self.n
+    }
+    fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+    fn num_classes(&self) -> usize {
+        self.classes
+    }
+    fn image_hw(&self) -> (usize, usize) {
+        (self.h, self.w)
+    }
+    fn load(
+        &self,
+        indices: &[usize],
+        level: Option<usize>,
+        seed: u64,
+        epoch: usize,
+    ) -> Result<Vec<f32>> {
+        Ok(self.batch(indices, level.map(level_of_index), seed, epoch))
+    }
+}
+
+/// The synthetic set a configuration describes.
+pub fn synthetic_config(cfg: &TrainConfig) -> SyntheticConfig {
+    SyntheticConfig {
+        classes: cfg.synthetic_classes,
+        n_max: cfg.synthetic_max_per_class,
+        rho: cfg.imbalance,
+        test_per_class: cfg.synthetic_test_per_class,
+        seed: cfg.seed,
+        ..SyntheticConfig::default()
+    }
+}
+
+/// Loads the CIFAR training (full, before the long-tail cut) and test sets named by the config.
+pub fn load_cifar(cfg: &TrainConfig, variant: CifarVariant) -> Result<(ImageSet, ImageSet)> {
+    let official = match &cfg.data_dir {
+        Some(dir) => Some(if is_archive(dir) {
+            cifar::load_archive(variant, dir)?
+        } else {
+            cifar::load_official(variant, dir)?
+        }),
+        None => None,
+    };
+    let train = match (&cfg.train_file, &official) {
+        (Some(file), _) => cifar::load_record_file(variant, file)?,
+        (None, Some(data)) => data.train.clone(),
+        (None, None) => bail!(
+            "--dataset {} needs --data-dir (the official binary directory or .tar.gz) or --train-file",
+            variant.name()
+        ),
+    };
+    let test = match (&cfg.test_file, official) {
+        (Some(file), _) => cifar::load_record_file(variant, file)?,
+        (None, Some(data)) => data.test,
+        (None, None) => bail!(
+            "--dataset {} needs --data-dir or --test-file for the test set",
+            variant.name()
+        ),
+    };
+    Ok((train, test))
+}
+
+fn is_archive(path: &Path) -> bool {
+    let name = path.to_string_lossy();
+    name.ends_with(".tar.gz") || name.ends_with(".tgz")
+}
+
+/// Opens the data of a run: the long-tailed training set (cut with the protocol of the
+/// `data::longtail` module) and the balanced test set.
+pub fn open(cfg: &TrainConfig) -> Result<Datasets> {
+    if cfg.dataset == DatasetKind::ImagenetLt {
+        return open_imagenet(cfg);
+    }
+    let (train, test, long_tail) = open_in_memory(cfg)?;
+    Ok(Datasets {
+        train: Box::new(train),
+        test: Box::new(test),
+        long_tail,
+    })
+}
+
+/// The long-tailed training images alone (synthetic and CIFAR), e.g. to cut or preview them.
+pub fn open_lt_images(cfg: &TrainConfig) -> Result<ImageSet> {
+    if cfg.dataset == DatasetKind::ImagenetLt {
+        bail!(
+            "imagenet-lt images are read from their list files; this needs synthetic or CIFAR data"
+        );
+    }
+    Ok(open_in_memory(cfg)?.0)
+}
+
+/// `(long-tailed train, test, how the cut was made)` of an in-memory dataset.
+fn open_in_memory(cfg: &TrainConfig) -> Result<(ImageSet, ImageSet, String)> {
+    let variant = match cfg.dataset {
+        DatasetKind::Cifar10Lt => CifarVariant::Cifar10,
+        DatasetKind::Cifar100Lt => CifarVariant::Cifar100,
+        _ => {
+            let data = synthetic::generate(&synthetic_config(cfg));
+            let how = format!("synthetic, exponential profile rho={}", cfg.imbalance);
+            return Ok((data.train, data.test, how));
+        }
+    };
+    let (train, test) = load_cifar(cfg, variant)?;
+    let lt = long_tail(&train, Some(variant), cfg.imbalance, cfg.seed)
+        .with_context(|| format!("cutting the rho={} long-tailed training set", cfg.imbalance))?;
+    Ok((lt.set, test, lt.method.to_string()))
+}
+
+/// Opens only the test set (what `ltrain eval` needs).
+pub fn open_test(cfg: &TrainConfig) -> Result<Box<dyn ImageSource + Send>> {
+    match cfg.dataset {
+        DatasetKind::Cifar10Lt | DatasetKind::Cifar100Lt => {
+            let variant = if cfg.dataset == DatasetKind::Cifar10Lt {
+                CifarVariant::Cifar10
+            } else {
+                CifarVariant::Cifar100
+            };
+            let test = match (&cfg.test_file, &cfg.data_dir) {
+                (Some(file), _) => cifar::load_record_file(variant, file)?,
+                (None, Some(dir)) if is_archive(dir) => cifar::load_archive(variant, dir)?.test,
+                (None, Some(dir)) => cifar::load_official(variant, dir)?.test,
+                (None, None) => bail!(
+                    "--dataset {} needs --test-file or --data-dir for the test set",
+                    variant.name()
+                ),
+            };
+            Ok(Box::new(test))
+        }
+        _ => Ok(open(cfg)?.test),
+    }
+}
+
+fn open_imagenet(_cfg: &TrainConfig) -> Result<Datasets> {
+    bail!("imagenet-lt: not wired yet")
+}

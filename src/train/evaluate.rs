@@ -1,0 +1,71 @@
+//! Evaluation: the experts' softmax average (paper Eq. 19) over the test set, its metrics, and the
+//! per-sample predictions `ltrain eval --predictions` writes.
+
+use super::source::ImageSource;
+use crate::backend::Backend;
+use crate::metrics::{EvalAccumulator, EvalMetrics};
+use crate::model::MultiExpertNet;
+use anyhow::Result;
+
+/// One test sample's outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction {
+    pub label: u32,
+    pub prediction: u32,
+    /// Max of the averaged softmax.
+    pub confidence: f32,
+    /// Each expert's own argmax.
+    pub expert_predictions: Vec<u32>,
+}
+
+pub struct Evaluation {
+    pub metrics: EvalMetrics,
+    pub predictions: Vec<Prediction>,
+}
+
+/// Evaluates the model (batch norm in evaluation mode) on every sample of `test_set`.
+pub fn evaluate<B: Backend>(
+    be: &B,
+    model: &mut MultiExpertNet<B>,
+    test_set: &dyn ImageSource,
+    train_class_counts: &[usize],
+    batch_size: usize,
+) -> Result<Evaluation> {
+    let classes = test_set.num_classes();
+    let (h, w) = test_set.image_hw();
+    let mut acc = EvalAccumulator::new(train_class_counts);
+    let mut predictions = Vec::with_capacity(test_set.len());
+    let all: Vec<usize> = (0..test_set.len()).collect();
+    be.range_push("evaluate");
+    for batch in all.chunks(batch_size.max(1)) {
+        let n = batch.len();
+        let x = be.upload(&test_set.load(batch, None, 0, 0)?)?;
+        let out = model.forward_eval(be, &x, n, h, w)?;
+        let (conf, pred) = be.row_max(&out.probs, n, classes)?;
+        let (conf, pred) = (be.download(&conf)?, be.download_index(&pred)?);
+        let expert_preds = out
+            .logits
+            .iter()
+            .map(|l| {
+                be.row_max(l, n, classes)
+                    .and_then(|(_, i)| be.download_index(&i))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let probs = be.download(&out.probs)?;
+        let labels: Vec<u32> = batch.iter().map(|&i| test_set.labels()[i]).collect();
+        acc.add_batch(&probs, &labels)?;
+        for i in 0..n {
+            predictions.push(Prediction {
+                label: labels[i],
+                prediction: pred[i],
+                confidence: conf[i],
+                expert_predictions: expert_preds.iter().map(|p| p[i]).collect(),
+            });
+        }
+    }
+    be.range_pop();
+    Ok(Evaluation {
+        metrics: acc.finish()?,
+        predictions,
+    })
+}
