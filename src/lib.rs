@@ -14,5 +14,6 @@ pub mod method;
 pub mod metrics;
 pub mod model;
 pub mod nn;
+pub mod presets;
 pub mod report;
 pub mod train;

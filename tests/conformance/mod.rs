@@ -124,7 +124,8 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
     let mut worst: Option<(usize, f64)> = None;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let excess = (g as f64 - w).abs() - (atol + rtol * w.abs());
-        if !(excess <= 0.0) && worst.is_none_or(|(_, e)| excess > e || excess.is_nan()) {
+        let fails = excess > 0.0 || excess.is_nan();
+        if fails && worst.is_none_or(|(_, e)| excess > e || excess.is_nan()) {
             worst = Some((i, excess));
         }
     }
