@@ -611,3 +611,237 @@ fn batch_builder_normalises_and_keeps_labels() {
         .batch(&indices, Some(ltrain::augment::Level::Weak), 0, 0);
     assert_ne!(weak, x);
 }
+
+// ------------------------------------------------------------------------------ ImageNet-LT
+
+use ltrain::augment::Level;
+use ltrain::data::imagenet::{self, BadImagePolicy, ImageNetSet};
+
+/// Encode an RGB (interleaved) or gray image as a baseline JPEG.
+fn jpeg(data: &[u8], w: u16, h: u16, gray: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let color = if gray {
+        jpeg_encoder::ColorType::Luma
+    } else {
+        jpeg_encoder::ColorType::Rgb
+    };
+    jpeg_encoder::Encoder::new(&mut out, 95)
+        .encode(data, w, h, color)
+        .unwrap();
+    out
+}
+
+/// A tiny ImageNet-LT-format dataset: 3 classes of 48x40 JPEGs (class c is mostly colour c)
+/// with counts 4 / 2 / 1, a balanced 2-per-class test list, under `root`.
+fn write_tiny_imagenet(root: &Path) -> (PathBuf, PathBuf) {
+    let colours = [[200u8, 30, 30], [30, 200, 30], [30, 30, 200]];
+    let mut train = String::new();
+    let mut test = String::new();
+    for (c, colour) in colours.iter().enumerate() {
+        let dir = root.join("train").join(format!("n{c:04}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for k in 0..[4, 2, 1][c] + 2 {
+            let (w, h) = (48u16, 40u16);
+            let mut px = Vec::new();
+            for y in 0..h {
+                for x in 0..w {
+                    let stripe = if (x / 6 + y / 6) % 2 == 0 { 0 } else { 40 };
+                    px.extend(colour.iter().map(|&v| v.saturating_add(stripe + k as u8)));
+                }
+            }
+            let name = format!("n{c:04}_{k}.JPEG");
+            std::fs::write(dir.join(&name), jpeg(&px, w, h, false)).unwrap();
+            let line = format!("train/n{c:04}/{name} {c}\n");
+            if k < [4, 2, 1][c] {
+                train.push_str(&line);
+            } else {
+                test.push_str(&line);
+            }
+        }
+    }
+    let train_list = root.join("ImageNet_LT_train.txt");
+    let test_list = root.join("ImageNet_LT_test.txt");
+    std::fs::write(&train_list, train).unwrap();
+    std::fs::write(&test_list, test).unwrap();
+    (train_list, test_list)
+}
+
+#[test]
+fn jpeg_decoding_recovers_colours_and_expands_gray() {
+    let px: Vec<u8> = std::iter::repeat_n([120u8, 60, 200], 16 * 8)
+        .flatten()
+        .collect();
+    let img = imagenet::decode_jpeg_bytes(&jpeg(&px, 16, 8, false)).unwrap();
+    assert_eq!((img.c, img.h, img.w), (3, 8, 16));
+    for (k, want) in [120i32, 60, 200].iter().enumerate() {
+        assert!(
+            img.plane(k).iter().all(|&v| (v as i32 - want).abs() <= 4),
+            "channel {k}"
+        );
+    }
+    let gray = imagenet::decode_jpeg_bytes(&jpeg(&[90u8; 64], 8, 8, true)).unwrap();
+    assert_eq!(gray.c, 3);
+    assert!(gray.data.iter().all(|&v| (v as i32 - 90).abs() <= 2));
+    assert!(imagenet::decode_jpeg_bytes(b"\xff\xd8\xff\xe0 not a jpeg").is_err());
+}
+
+#[test]
+fn tiny_imagenet_lt_loads_and_augments_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train_list, test_list) = write_tiny_imagenet(tmp.path());
+    let (train, test) = imagenet::load_lists(tmp.path(), &train_list, &test_list).unwrap();
+    assert_eq!(train.class_counts(), vec![4, 2, 1]);
+    assert_eq!(test.class_counts(), vec![2, 2, 2]);
+    let train = ImageNetSet::new(train, 32, BadImagePolicy::Fail);
+    let indices: Vec<usize> = (0..train.len()).collect();
+    for level in [
+        None,
+        Some(Level::Weak),
+        Some(Level::Medium),
+        Some(Level::Strong),
+    ] {
+        let x = train.batch(&indices, level, 1, 0).unwrap();
+        assert_eq!(x.len(), 7 * 3 * 32 * 32);
+        assert!(
+            x.iter().all(|v| v.is_finite() && (-2.2..=2.7).contains(v)),
+            "{level:?}"
+        );
+        assert_eq!(
+            x,
+            train.batch(&indices, level, 1, 0).unwrap(),
+            "{level:?} not deterministic"
+        );
+    }
+    // evaluation: Resize(256/224 * 32 ≈ 37) + CenterCrop(32) of a red-dominated image stays red
+    let eval = train.augmented(0, None, 0, 0).unwrap();
+    assert_eq!((eval.h, eval.w), (32, 32));
+    let mean = |k: usize| eval.plane(k).iter().map(|&v| v as f64).sum::<f64>() / 1024.0;
+    assert!(mean(0) > 150.0 && mean(1) < 100.0 && mean(2) < 100.0);
+    // training levels differ across epochs
+    assert_ne!(
+        train.batch(&[0], Some(Level::Weak), 1, 0).unwrap(),
+        train.batch(&[0], Some(Level::Weak), 1, 1).unwrap()
+    );
+    // a 64 px reduced resolution works as well
+    let test = ImageNetSet::new(test, 64, BadImagePolicy::Fail);
+    assert_eq!(
+        test.batch(&[0, 5], None, 0, 0).unwrap().len(),
+        2 * 3 * 64 * 64
+    );
+}
+
+#[test]
+fn corrupt_jpegs_are_reported_by_path_or_substituted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train_list, test_list) = write_tiny_imagenet(tmp.path());
+    let bad = tmp.path().join("train/n0000/n0000_1.JPEG");
+    let bytes = std::fs::read(&bad).unwrap();
+    std::fs::write(&bad, &bytes[..bytes.len() / 3]).unwrap();
+    let (train, _) = imagenet::load_lists(tmp.path(), &train_list, &test_list).unwrap();
+    let failing = ImageNetSet::new(train.clone(), 32, BadImagePolicy::Fail);
+    let err = failing
+        .batch(&[0, 1, 2], Some(Level::Weak), 0, 0)
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("n0000_1.JPEG"), "{msg}");
+    // substitution: the next readable image of class 0 (index 2) stands in for index 1
+    let lenient = ImageNetSet::new(train, 32, BadImagePolicy::Substitute);
+    let x = lenient.batch(&[1], None, 0, 0).unwrap();
+    assert_eq!(x, lenient.batch(&[2], None, 0, 0).unwrap());
+    // a missing file is reported by path too
+    std::fs::remove_file(tmp.path().join("train/n0002/n0002_0.JPEG")).unwrap();
+    let msg = format!("{:#}", failing.batch(&[6], None, 0, 0).unwrap_err());
+    assert!(msg.contains("n0002_0.JPEG"), "{msg}");
+    // class 2 has no other training image to substitute
+    assert!(lenient.batch(&[6], None, 0, 0).is_err());
+}
+
+#[test]
+fn list_file_errors_name_the_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = tmp.path().join("list.txt");
+    std::fs::write(&list, "a/b.JPEG 0\n\na/c.JPEG x\n").unwrap();
+    let msg = format!("{:#}", imagenet::read_list(tmp.path(), &list).unwrap_err());
+    assert!(msg.contains("list.txt:3") && msg.contains("`x`"), "{msg}");
+    std::fs::write(&list, "a/b.JPEG 0\nnolabel\n").unwrap();
+    let msg = format!("{:#}", imagenet::read_list(tmp.path(), &list).unwrap_err());
+    assert!(msg.contains("list.txt:2"), "{msg}");
+    let msg = format!(
+        "{:#}",
+        imagenet::read_list(tmp.path(), &tmp.path().join("none.txt")).unwrap_err()
+    );
+    assert!(msg.contains("none.txt"), "{msg}");
+    // a test label beyond the training classes
+    let train = tmp.path().join("train.txt");
+    std::fs::write(&train, "a.JPEG 0\nb.JPEG 1\n").unwrap();
+    std::fs::write(&list, "a.JPEG 1\nb.JPEG 5\n").unwrap();
+    let msg = format!(
+        "{:#}",
+        imagenet::load_lists(tmp.path(), &train, &list).unwrap_err()
+    );
+    assert!(msg.contains("entry 2") && msg.contains("label 5"), "{msg}");
+}
+
+#[test]
+fn preview_writes_a_png_grid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synthetic::generate(&SyntheticConfig {
+        n_max: 4,
+        rho: 2.0,
+        test_per_class: 1,
+        ..Default::default()
+    });
+    let path = tmp.path().join("preview.png");
+    ltrain::data::preview::preview_set(&data.train, &[0, 4], 2, 0, &path).unwrap();
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let (width, height) = (reader.info().width, reader.info().height);
+    // 2 rows of 96 px cells; 1 + 3 x 2 columns, gaps 2 px (6 px between level groups)
+    assert_eq!(height, 2 + 2 * (96 + 2));
+    assert_eq!(width, 2 + 7 * (96 + 2) + 3 * 4);
+    // the first cell is the plain image upscaled 3x
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    reader.next_frame(&mut buf).unwrap();
+    let stride = width as usize * 3;
+    let image = data.train.image(0);
+    for (y, x) in [(0usize, 0usize), (5, 7), (31, 31)] {
+        for k in 0..3 {
+            assert_eq!(
+                buf[(2 + 3 * y) * stride + (2 + 3 * x) * 3 + k],
+                image.at(k, y, x)
+            );
+        }
+    }
+}
+
+#[test]
+fn prefetch_yields_every_batch_in_order() {
+    use ltrain::data::prefetch::Prefetch;
+    use std::sync::Arc;
+    let data = Arc::new(
+        synthetic::generate(&SyntheticConfig {
+            n_max: 8,
+            rho: 2.0,
+            test_per_class: 1,
+            ..Default::default()
+        })
+        .train,
+    );
+    let plan: Vec<Vec<usize>> = vec![vec![0, 1], vec![2, 3], vec![4]];
+    let source = Arc::clone(&data);
+    let batches: Vec<Vec<f32>> = Prefetch::spawn(
+        1,
+        plan.clone()
+            .into_iter()
+            .map(move |idx| source.batch(&idx, Some(Level::Weak), 0, 0)),
+    )
+    .collect();
+    assert_eq!(batches.len(), 3);
+    for (b, idx) in batches.iter().zip(&plan) {
+        assert!(*b == data.batch(idx, Some(Level::Weak), 0, 0));
+    }
+    // dropping a prefetcher early stops its producer
+    let mut early = Prefetch::spawn(1, (0..1_000_000).map(|i| vec![i as f32]));
+    assert_eq!(early.next(), Some(vec![0.0]));
+    drop(early);
+}
