@@ -1,1 +1,502 @@
-//! CUDA backend (in progress).
+//! CUDA backend: hand-written kernels (`kernels/*.cu`, compiled to PTX by build.rs) and cuBLAS GEMMs,
+//! written once against a small device-runtime seam ([`runtime::DeviceRuntime`]) with two
+//! implementations:
+//! - the GPU ([`CudaBackend::new_gpu`]): cudarc 0.19 with dynamically loaded `libcuda` and `libcublas`,
+//!   one stream, TF32 GEMMs by default ([`CudaOptions::tf32`]);
+//! - the emulator ([`CudaBackend::new_emulated`]): the same kernel sources compiled for the CPU and run
+//!   as a grid of blocks of fiber threads (barriers, warp shuffles and atomics emulated), launch limits
+//!   checked with the H200's values, and a CPU GEMM with cuBLAS's exact argument convention. It makes
+//!   the kernels and the backend's glue testable on a machine without a GPU.
+//!
+//! Parameters, gradients and activations stay on the device: no op reads device memory on the host.
+//! Kernels that meet an out-of-range index (labels, permutations) write NaN instead of reading out of
+//! bounds and set a bit in a device-side error word; the emulator reports it from the op itself, the
+//! GPU at the next [`Backend::synchronize`] or download.
+//!
+//! Profiler ranges: [`Backend::range_push`] / [`Backend::range_pop`] are no-ops (see `gpu.rs`).
+
+mod conv;
+mod eltwise;
+mod emulator;
+mod gpu;
+mod kernels;
+mod linear;
+mod loss;
+mod norm;
+mod optim;
+mod pool;
+mod rows;
+mod runtime;
+pub mod selftest;
+
+use std::sync::{Mutex, MutexGuard};
+
+use anyhow::{anyhow, bail, Result};
+
+pub use runtime::{DeviceBuffer, DeviceLimits, Gemm, LaunchConfig};
+
+use super::{
+    Backend, BatchNormConfig, ChannelDims, Conv2dDims, LossArgs, LossOutput, Pool2dDims, SgdConfig,
+    ShortcutDims,
+};
+use runtime::DeviceRuntime;
+
+/// A device buffer of `f32`.
+pub type CudaBuf = DeviceBuffer<f32>;
+/// A device buffer of `u32` (labels, indices, permutations).
+pub type CudaIndex = DeviceBuffer<u32>;
+
+/// Options of the CUDA backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// Let cuBLAS use TF32 tensor cores for fp32 GEMMs (about 10 mantissa bits in the products). The
+    /// emulator rounds GEMM inputs to TF32 to mimic it.
+    pub tf32: bool,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        Self { tf32: true }
+    }
+}
+
+/// Whether this build can use a CUDA GPU here: GPU kernels embedded at build time (nvcc was found),
+/// `libcuda` and `libcublas` loadable, at least one device. `Err` says why not, in one line; never
+/// panics. `--device auto` uses it to fall back to the CPU.
+pub fn cuda_available() -> std::result::Result<(), String> {
+    gpu::probe()
+}
+
+/// Bits of the device-side error word (kernels/common.cuh `ERR_*`), and what each means.
+const INDEX_ERRORS: &[(u32, &str)] = &[
+    (
+        1,
+        "fused_loss: a target label is out of range (must be < classes)",
+    ),
+    (2, "row_cosine: a label is out of range (must be < classes)"),
+    (
+        4,
+        "cosmax_update: a label is out of range (must be < classes)",
+    ),
+    (
+        8,
+        "gather_rows: an index is out of range (must be < columns)",
+    ),
+    (
+        16,
+        "mixup: a permutation entry is out of range (must be < n)",
+    ),
+];
+
+/// The CUDA backend over one device runtime (GPU or emulator).
+pub struct CudaBackend {
+    rt: Box<dyn DeviceRuntime>,
+    /// Device-side error word: kernels OR in `INDEX_ERRORS` bits.
+    error_word: Mutex<DeviceBuffer<u32>>,
+}
+
+impl CudaBackend {
+    /// The GPU `ordinal` with default options (TF32 on).
+    pub fn new_gpu(ordinal: usize) -> Result<Self> {
+        Self::new_gpu_with(ordinal, CudaOptions::default())
+    }
+
+    pub fn new_gpu_with(ordinal: usize, options: CudaOptions) -> Result<Self> {
+        Self::with_runtime(Box::new(gpu::GpuRuntime::new(ordinal, options.tf32)?))
+    }
+
+    /// The CPU emulator with strict fp32 GEMMs (no TF32 rounding), for exact comparisons with the CPU
+    /// reference backend.
+    pub fn new_emulated() -> Result<Self> {
+        Self::new_emulated_with(CudaOptions { tf32: false })
+    }
+
+    pub fn new_emulated_with(options: CudaOptions) -> Result<Self> {
+        Self::with_runtime(Box::new(emulator::EmulatorRuntime::new(options.tf32)))
+    }
+
+    fn with_runtime(rt: Box<dyn DeviceRuntime>) -> Result<Self> {
+        let word = DeviceBuffer::from_mem(rt.alloc_zeroed(4)?, 1);
+        Ok(Self {
+            rt,
+            error_word: Mutex::new(word),
+        })
+    }
+
+    /// Whether this backend runs on the CPU emulator.
+    pub fn is_emulated(&self) -> bool {
+        self.rt.is_emulated()
+    }
+
+    /// The launch limits in force.
+    pub fn limits(&self) -> DeviceLimits {
+        self.rt.limits()
+    }
+
+    fn rt(&self) -> &dyn DeviceRuntime {
+        self.rt.as_ref()
+    }
+
+    /// A zero-filled buffer of `len` elements.
+    fn alloc<T>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| anyhow!("buffer of {len} elements is too large"))?;
+        Ok(DeviceBuffer::from_mem(self.rt.alloc_zeroed(bytes)?, len))
+    }
+
+    fn upload_typed<T: bytemuck::Pod>(&self, data: &[T]) -> Result<DeviceBuffer<T>> {
+        Ok(DeviceBuffer::from_mem(
+            self.rt.upload(bytemuck::cast_slice(data))?,
+            data.len(),
+        ))
+    }
+
+    fn download_typed<T: bytemuck::Pod + Default>(&self, buf: &DeviceBuffer<T>) -> Result<Vec<T>> {
+        let mut out = vec![T::default(); buf.len()];
+        self.rt
+            .download(&buf.mem, bytemuck::cast_slice_mut(&mut out))?;
+        self.check_device_errors()?;
+        Ok(out)
+    }
+
+    /// 1-D launch for `n` grid-stride work items with `threads` per block; `None` when `n == 0`.
+    fn launch_1d(&self, n: usize, threads: u32) -> Option<LaunchConfig> {
+        if n == 0 {
+            return None;
+        }
+        let blocks = n
+            .div_ceil(threads as usize)
+            .min(self.rt.max_grid_blocks() as usize);
+        Some(LaunchConfig::linear(blocks as u32, threads))
+    }
+
+    /// Element-wise launch over `n` elements.
+    fn elementwise(&self, n: usize) -> Option<LaunchConfig> {
+        self.launch_1d(n, 256)
+    }
+
+    /// One block per row (grid-stride over rows) with enough threads for `cols` columns.
+    fn per_row(&self, rows: usize, cols: usize) -> Option<LaunchConfig> {
+        if rows == 0 {
+            return None;
+        }
+        let threads = cols.next_multiple_of(32).clamp(32, 256) as u32;
+        let blocks = rows.min(self.rt.max_grid_blocks() as usize);
+        Some(LaunchConfig::linear(blocks as u32, threads))
+    }
+
+    /// Threads of a block that reduces one channel (batch-norm statistics).
+    fn reduction_threads(&self) -> u32 {
+        if self.rt.is_emulated() {
+            128
+        } else {
+            1024
+        }
+    }
+
+    /// Validated GEMM on f32 buffers.
+    fn gemm(&self, g: &Gemm, a: &CudaBuf, b: &CudaBuf, c: &mut CudaBuf) -> Result<()> {
+        g.validate(a.len(), b.len(), c.len())?;
+        self.rt.gemm(g, &a.mem, &b.mem, &mut c.mem)
+    }
+
+    /// The error word, locked for a launch of an index-checking kernel.
+    fn error_word(&self) -> Result<MutexGuard<'_, DeviceBuffer<u32>>> {
+        self.error_word
+            .lock()
+            .map_err(|_| anyhow!("CUDA backend: error word lock poisoned"))
+    }
+
+    /// After an index-checking kernel: on the emulator (synchronous) report a raised error now; on the
+    /// GPU it is reported at the next synchronising call.
+    fn after_index_kernel(&self) -> Result<()> {
+        if self.rt.is_emulated() {
+            self.check_device_errors()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reads (and clears) the device-side error word.
+    fn check_device_errors(&self) -> Result<()> {
+        let mut word = self.error_word()?;
+        let mut bits = [0u32; 1];
+        self.rt
+            .download(&word.mem, bytemuck::cast_slice_mut(&mut bits))?;
+        if bits[0] == 0 {
+            return Ok(());
+        }
+        self.rt.memset_zero(&mut word.mem, 4)?;
+        let messages: Vec<&str> = INDEX_ERRORS
+            .iter()
+            .filter(|(bit, _)| bits[0] & bit != 0)
+            .map(|&(_, message)| message)
+            .collect();
+        bail!(
+            "CUDA kernel reported an out-of-range index: {}",
+            messages.join("; ")
+        )
+    }
+}
+
+/// Errors unless a size fits the kernels' 32-bit indexing.
+fn to_u32(op: &str, what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| anyhow!("{op}: {what} = {v} exceeds the kernels' 32-bit indexing"))
+}
+
+/// Errors unless a buffer has exactly the length its shape implies.
+fn check_len(op: &str, what: &str, actual: usize, expected: usize) -> Result<()> {
+    if actual != expected {
+        bail!("{op}: `{what}` has {actual} elements but the given shape needs {expected}");
+    }
+    Ok(())
+}
+
+impl Backend for CudaBackend {
+    type Buf = CudaBuf;
+    type Index = CudaIndex;
+
+    fn name(&self) -> String {
+        self.rt.describe()
+    }
+
+    // ---- memory ----
+    fn zeros(&self, len: usize) -> Result<CudaBuf> {
+        self.alloc(len)
+    }
+    fn upload(&self, data: &[f32]) -> Result<CudaBuf> {
+        self.upload_typed(data)
+    }
+    fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
+        self.download_typed(buf)
+    }
+    fn upload_index(&self, data: &[u32]) -> Result<CudaIndex> {
+        self.upload_typed(data)
+    }
+    fn download_index(&self, buf: &CudaIndex) -> Result<Vec<u32>> {
+        self.download_typed(buf)
+    }
+    fn len(&self, buf: &CudaBuf) -> usize {
+        buf.len()
+    }
+    fn copy_range(
+        &self,
+        src: &CudaBuf,
+        src_offset: usize,
+        dst: &mut CudaBuf,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        let src_ok = src_offset.checked_add(len).is_some_and(|e| e <= src.len());
+        let dst_ok = dst_offset.checked_add(len).is_some_and(|e| e <= dst.len());
+        if !src_ok || !dst_ok {
+            bail!(
+                "copy_range: {len} elements from offset {src_offset} of a {}-element source to offset \
+                 {dst_offset} of a {}-element destination are out of bounds",
+                src.len(),
+                dst.len()
+            );
+        }
+        self.rt.copy(
+            &src.mem,
+            4 * src_offset,
+            &mut dst.mem,
+            4 * dst_offset,
+            4 * len,
+        )
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.rt.synchronize()?;
+        self.check_device_errors()
+    }
+    fn range_push(&self, name: &str) {
+        self.rt.range_push(name)
+    }
+    fn range_pop(&self) {
+        self.rt.range_pop()
+    }
+
+    // ---- element-wise ----
+    fn add(&self, a: &CudaBuf, b: &CudaBuf) -> Result<CudaBuf> {
+        self.add_impl(a, b)
+    }
+    fn add_assign(&self, a: &mut CudaBuf, b: &CudaBuf) -> Result<()> {
+        self.add_assign_impl(a, b)
+    }
+    fn scale(&self, a: &CudaBuf, alpha: f32) -> Result<CudaBuf> {
+        self.scale_impl(a, alpha)
+    }
+    fn sum(&self, a: &CudaBuf) -> Result<CudaBuf> {
+        self.sum_impl(a)
+    }
+    fn relu_forward(&self, x: &CudaBuf) -> Result<CudaBuf> {
+        self.relu_forward_impl(x)
+    }
+    fn relu_backward(&self, dy: &CudaBuf, y: &CudaBuf) -> Result<CudaBuf> {
+        self.relu_backward_impl(dy, y)
+    }
+
+    // ---- convolution ----
+    fn conv2d_forward(&self, x: &CudaBuf, w: &CudaBuf, d: Conv2dDims) -> Result<CudaBuf> {
+        self.conv2d_forward_impl(x, w, d)
+    }
+    fn conv2d_backward_data(&self, dy: &CudaBuf, w: &CudaBuf, d: Conv2dDims) -> Result<CudaBuf> {
+        self.conv2d_backward_data_impl(dy, w, d)
+    }
+    fn conv2d_backward_weight(&self, x: &CudaBuf, dy: &CudaBuf, d: Conv2dDims) -> Result<CudaBuf> {
+        self.conv2d_backward_weight_impl(x, dy, d)
+    }
+
+    // ---- batch norm ----
+    fn batch_norm_train_forward(
+        &self,
+        x: &CudaBuf,
+        gamma: &CudaBuf,
+        beta: &CudaBuf,
+        running_mean: &mut CudaBuf,
+        running_var: &mut CudaBuf,
+        d: ChannelDims,
+        cfg: BatchNormConfig,
+    ) -> Result<(CudaBuf, CudaBuf, CudaBuf)> {
+        self.batch_norm_train_forward_impl(x, gamma, beta, running_mean, running_var, d, cfg)
+    }
+    fn batch_norm_eval_forward(
+        &self,
+        x: &CudaBuf,
+        gamma: &CudaBuf,
+        beta: &CudaBuf,
+        running_mean: &CudaBuf,
+        running_var: &CudaBuf,
+        d: ChannelDims,
+        cfg: BatchNormConfig,
+    ) -> Result<CudaBuf> {
+        self.batch_norm_eval_forward_impl(x, gamma, beta, running_mean, running_var, d, cfg)
+    }
+    fn batch_norm_backward(
+        &self,
+        dy: &CudaBuf,
+        x: &CudaBuf,
+        gamma: &CudaBuf,
+        saved_mean: &CudaBuf,
+        saved_inv_std: &CudaBuf,
+        d: ChannelDims,
+    ) -> Result<(CudaBuf, CudaBuf, CudaBuf)> {
+        self.batch_norm_backward_impl(dy, x, gamma, saved_mean, saved_inv_std, d)
+    }
+
+    // ---- shortcut and pooling ----
+    fn shortcut_a_forward(&self, x: &CudaBuf, d: ShortcutDims) -> Result<CudaBuf> {
+        self.shortcut_a_forward_impl(x, d)
+    }
+    fn shortcut_a_backward(&self, dy: &CudaBuf, d: ShortcutDims) -> Result<CudaBuf> {
+        self.shortcut_a_backward_impl(dy, d)
+    }
+    fn max_pool_forward(&self, x: &CudaBuf, d: Pool2dDims) -> Result<(CudaBuf, CudaIndex)> {
+        self.max_pool_forward_impl(x, d)
+    }
+    fn max_pool_backward(
+        &self,
+        dy: &CudaBuf,
+        argmax: &CudaIndex,
+        d: Pool2dDims,
+    ) -> Result<CudaBuf> {
+        self.max_pool_backward_impl(dy, argmax, d)
+    }
+    fn global_avg_pool_forward(&self, x: &CudaBuf, d: ChannelDims) -> Result<CudaBuf> {
+        self.global_avg_pool_forward_impl(x, d)
+    }
+    fn global_avg_pool_backward(&self, dy: &CudaBuf, d: ChannelDims) -> Result<CudaBuf> {
+        self.global_avg_pool_backward_impl(dy, d)
+    }
+
+    // ---- linear ----
+    fn linear_forward(
+        &self,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        b: &CudaBuf,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<CudaBuf> {
+        self.linear_forward_impl(x, w, b, n, d_in, d_out)
+    }
+    fn linear_backward(
+        &self,
+        dy: &CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<(CudaBuf, CudaBuf, CudaBuf)> {
+        self.linear_backward_impl(dy, x, w, n, d_in, d_out)
+    }
+
+    // ---- rows ----
+    fn softmax_rows(&self, x: &CudaBuf, n: usize, c: usize) -> Result<CudaBuf> {
+        self.softmax_rows_impl(x, n, c, false)
+    }
+    fn log_softmax_rows(&self, x: &CudaBuf, n: usize, c: usize) -> Result<CudaBuf> {
+        self.softmax_rows_impl(x, n, c, true)
+    }
+    fn add_row_bias(&self, x: &CudaBuf, bias: &CudaBuf, n: usize, c: usize) -> Result<CudaBuf> {
+        self.add_row_bias_impl(x, bias, n, c)
+    }
+    fn gather_rows(&self, x: &CudaBuf, idx: &CudaIndex, n: usize, c: usize) -> Result<CudaBuf> {
+        self.gather_rows_impl(x, idx, n, c)
+    }
+    fn row_max(&self, x: &CudaBuf, n: usize, c: usize) -> Result<(CudaBuf, CudaIndex)> {
+        self.row_max_impl(x, n, c)
+    }
+
+    // ---- the method's fused ops ----
+    fn fused_loss(&self, args: LossArgs<'_, Self>) -> Result<LossOutput<Self>> {
+        self.fused_loss_impl(args)
+    }
+    fn row_cosine(
+        &self,
+        features: &CudaBuf,
+        w: &CudaBuf,
+        labels: &CudaIndex,
+        n: usize,
+        d: usize,
+        c: usize,
+    ) -> Result<CudaBuf> {
+        self.row_cosine_impl(features, w, labels, n, d, c)
+    }
+    fn cosmax_update(
+        &self,
+        logits: &CudaBuf,
+        cos: &CudaBuf,
+        labels: &CudaIndex,
+        n: usize,
+        c: usize,
+        table_logit: &mut CudaBuf,
+        table_cos: &mut CudaBuf,
+    ) -> Result<()> {
+        self.cosmax_update_impl(logits, cos, labels, n, c, table_logit, table_cos)
+    }
+    fn mixup(
+        &self,
+        x: &CudaBuf,
+        perm: &CudaIndex,
+        lambda: f32,
+        n: usize,
+        per_sample: usize,
+    ) -> Result<CudaBuf> {
+        self.mixup_impl(x, perm, lambda, n, per_sample)
+    }
+
+    // ---- optimizer ----
+    fn sgd_step(
+        &self,
+        param: &mut CudaBuf,
+        grad: &CudaBuf,
+        velocity: &mut CudaBuf,
+        cfg: SgdConfig,
+    ) -> Result<()> {
+        self.sgd_step_impl(param, grad, velocity, cfg)
+    }
+}

@@ -1,0 +1,65 @@
+// Kernels that exercise the emulator itself (and, on a GPU, the same paths for comparison): a
+// barrier-dependent reduction, a warp-shuffle reduction, a ballot, an atomic histogram, and two
+// deliberately broken kernels that only the emulator runs (it must expose them, not hide them).
+#include "common.cuh"
+
+// out[0] = sum of x [n]: one block, classic shared-memory tree (blockDim.x a power of two <= 1024).
+KERNEL void selftest_block_tree_sum(const float* __restrict__ x, float* __restrict__ out, unsigned n) {
+    __shared__ float s[1024];
+    float acc = 0.0f;
+    for (unsigned i = threadIdx.x; i < n; i += blockDim.x) acc += x[i];
+    s[threadIdx.x] = acc;
+    __syncthreads();
+    for (unsigned stride = blockDim.x / 2; stride > 0; stride /= 2) {
+        if (threadIdx.x < stride) s[threadIdx.x] += s[threadIdx.x + stride];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[0] = s[0];
+}
+
+// The same tree without its barriers: a data race. On the emulator thread 0 runs to completion before
+// the others write their partial sums, so the result is wrong; never launched on a GPU.
+KERNEL void selftest_block_tree_sum_racy(const float* __restrict__ x, float* __restrict__ out,
+                                         unsigned n) {
+    __shared__ float s[1024];
+    float acc = 0.0f;
+    for (unsigned i = threadIdx.x; i < n; i += blockDim.x) acc += x[i];
+    s[threadIdx.x] = acc;
+    for (unsigned stride = blockDim.x / 2; stride > 0; stride /= 2)
+        if (threadIdx.x < stride) s[threadIdx.x] += s[threadIdx.x + stride];
+    if (threadIdx.x == 0) out[0] = s[0];
+}
+
+// out[w] = sum of the 32 values of global warp w (x [32 * warps]) by __shfl_down_sync.
+KERNEL void selftest_warp_sum(const float* __restrict__ x, float* __restrict__ out, unsigned n) {
+    const unsigned i = global_thread();
+    float v = i < n ? x[i] : 0.0f;
+    for (unsigned offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(FULL_MASK, v, offset);
+    if ((threadIdx.x & 31u) == 0 && i < n) out[i / 32] = v;
+}
+
+// out[w] = ballot of (x > 0) over global warp w.
+KERNEL void selftest_ballot(const float* __restrict__ x, unsigned* __restrict__ out, unsigned n) {
+    const unsigned i = global_thread();
+    const unsigned ballot = __ballot_sync(FULL_MASK, i < n && x[i] > 0.0f);
+    if ((threadIdx.x & 31u) == 0 && i < n) out[i / 32] = ballot;
+}
+
+// bins[v % n_bins] += 1 for every v of values [n], with atomics from many blocks.
+KERNEL void selftest_histogram(const unsigned* __restrict__ values, unsigned* __restrict__ bins,
+                               unsigned n, unsigned n_bins) {
+    for (unsigned i = global_thread(); i < n; i += grid_threads()) atomicAdd(&bins[values[i] % n_bins], 1u);
+}
+
+// Thread 0 leaves before a barrier the others wait at: a deadlock the emulator must report. Never
+// launched on a GPU.
+KERNEL void selftest_barrier_deadlock(float* __restrict__ out) {
+    if (threadIdx.x == 0) return;
+    __syncthreads();
+    out[threadIdx.x] = 1.0f;
+}
+
+// Does nothing; probes launch configurations (limits).
+KERNEL void selftest_noop(float* __restrict__ out) {
+    if (global_thread() == 0 && blockIdx.y == 0 && blockIdx.z == 0) out[0] = 1.0f;
+}

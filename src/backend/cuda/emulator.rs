@@ -1,0 +1,282 @@
+//! The CPU emulator runtime: "device" memory is host memory, kernels are the very `kernels/*.cu`
+//! sources compiled by the host C++ compiler through `kernels/emu/cuda_emu.h` (a grid of blocks whose
+//! threads are fibers; `__syncthreads`, warp shuffles and atomics emulated), and GEMM is a CPU loop that
+//! follows cuBLAS's column-major argument convention exactly, so an operand, transpose or
+//! leading-dimension mistake in the backend fails here as it would on the GPU.
+//!
+//! Launches run synchronously on the calling thread and are checked against the H200's launch limits
+//! first. What the emulator cannot show: timing, races that need real warp scheduling, and a kernel's
+//! static shared memory (checked by ptxas, and by the GPU runtime at launch).
+
+use std::alloc::{self, Layout};
+use std::ffi::{c_char, c_void, CStr};
+use std::ptr::NonNull;
+
+use anyhow::{bail, Result};
+
+use super::runtime::{
+    pack_args, DeviceLimits, DeviceRuntime, EmuLaunch, Gemm, KernelArg, KernelRef, LaunchConfig,
+    Mem,
+};
+
+/// cudaMalloc's alignment.
+const ALIGN: usize = 256;
+
+/// One emulated device allocation: zero-initialised host memory, accessed through raw pointers only
+/// (kernels write through them), freed on drop.
+pub(crate) struct HostMem {
+    ptr: NonNull<u8>,
+    bytes: usize,
+}
+
+// SAFETY: HostMem owns its allocation exclusively, like a Box<[u8]>; Rust code only reaches the
+// memory through &HostMem / &mut HostMem, so the borrow rules order every access.
+unsafe impl Send for HostMem {}
+unsafe impl Sync for HostMem {}
+
+impl HostMem {
+    fn zeroed(bytes: usize) -> Result<Self> {
+        let layout = Self::layout(bytes)?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        match NonNull::new(ptr) {
+            Some(ptr) => Ok(Self { ptr, bytes }),
+            None => bail!("emulator: out of host memory allocating {bytes} bytes"),
+        }
+    }
+
+    fn layout(bytes: usize) -> Result<Layout> {
+        Ok(Layout::from_size_align(bytes.max(1), ALIGN)?)
+    }
+
+    fn address(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    fn as_slice_f32(&self, len: usize) -> &[f32] {
+        assert!(len * 4 <= self.bytes);
+        // SAFETY: in bounds, 256-byte aligned, initialised (zeroed at allocation), and no &mut alias
+        // can exist while &self is borrowed.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<f32>(), len) }
+    }
+
+    fn as_mut_slice_f32(&mut self, len: usize) -> &mut [f32] {
+        assert!(len * 4 <= self.bytes);
+        // SAFETY: as above, with exclusive access through &mut self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast::<f32>(), len) }
+    }
+}
+
+impl Drop for HostMem {
+    fn drop(&mut self) {
+        let layout = Self::layout(self.bytes).expect("layout was valid at allocation");
+        // SAFETY: allocated by alloc_zeroed with this layout.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) };
+    }
+}
+
+fn host(mem: &Mem) -> Result<&HostMem> {
+    match mem {
+        Mem::Host(h) => Ok(h),
+        Mem::Gpu(_) => bail!("a GPU buffer was passed to the CUDA emulator backend"),
+    }
+}
+
+fn host_mut(mem: &mut Mem) -> Result<&mut HostMem> {
+    match mem {
+        Mem::Host(h) => Ok(h),
+        Mem::Gpu(_) => bail!("a GPU buffer was passed to the CUDA emulator backend"),
+    }
+}
+
+/// The emulator runtime.
+pub(crate) struct EmulatorRuntime {
+    /// Round GEMM inputs to TF32 (10-bit mantissa), as cuBLAS does with TF32 tensor-op math.
+    tf32: bool,
+}
+
+impl EmulatorRuntime {
+    pub(crate) fn new(tf32: bool) -> Self {
+        Self { tf32 }
+    }
+}
+
+/// Grid-stride kernels get at most this many blocks on the emulator: the result does not depend on
+/// it, and fewer, longer-running emulated threads are faster.
+const EMULATOR_MAX_GRID: u32 = 8;
+
+impl DeviceRuntime for EmulatorRuntime {
+    fn describe(&self) -> String {
+        format!(
+            "cuda emulator (CPU, H200 launch limits, TF32 {})",
+            if self.tf32 { "emulated" } else { "off" }
+        )
+    }
+    fn is_emulated(&self) -> bool {
+        true
+    }
+    fn limits(&self) -> DeviceLimits {
+        DeviceLimits::H200
+    }
+    fn max_grid_blocks(&self) -> u32 {
+        EMULATOR_MAX_GRID
+    }
+
+    fn alloc_zeroed(&self, bytes: usize) -> Result<Mem> {
+        Ok(Mem::Host(HostMem::zeroed(bytes)?))
+    }
+
+    fn upload(&self, bytes: &[u8]) -> Result<Mem> {
+        let mem = HostMem::zeroed(bytes.len())?;
+        // SAFETY: the allocation holds bytes.len() bytes and does not overlap the source.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), mem.ptr.as_ptr(), bytes.len()) };
+        Ok(Mem::Host(mem))
+    }
+
+    fn download(&self, src: &Mem, dst: &mut [u8]) -> Result<()> {
+        let src = host(src)?;
+        assert!(dst.len() <= src.bytes);
+        // SAFETY: in bounds; dst is a distinct Rust slice.
+        unsafe { std::ptr::copy_nonoverlapping(src.ptr.as_ptr(), dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    fn copy(
+        &self,
+        src: &Mem,
+        src_offset: usize,
+        dst: &mut Mem,
+        dst_offset: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        let (src, dst) = (host(src)?, host_mut(dst)?);
+        assert!(src_offset + bytes <= src.bytes && dst_offset + bytes <= dst.bytes);
+        // SAFETY: both ranges are in bounds, and &Mem / &mut Mem are distinct allocations.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                src.ptr.as_ptr().add(src_offset),
+                dst.ptr.as_ptr().add(dst_offset),
+                bytes,
+            )
+        };
+        Ok(())
+    }
+
+    fn memset_zero(&self, dst: &mut Mem, bytes: usize) -> Result<()> {
+        let dst = host_mut(dst)?;
+        assert!(bytes <= dst.bytes);
+        // SAFETY: in bounds.
+        unsafe { std::ptr::write_bytes(dst.ptr.as_ptr(), 0, bytes) };
+        Ok(())
+    }
+
+    fn launch(
+        &self,
+        kernel: &KernelRef,
+        cfg: &LaunchConfig,
+        args: &mut [KernelArg<'_>],
+    ) -> Result<()> {
+        self.limits().check(kernel.name, cfg, 0)?;
+        let mut slots = pack_args(args, |arg| match arg {
+            KernelArg::Const(mem) => Ok(host(mem)?.address()),
+            KernelArg::Mut(mem) => Ok(host_mut(mem)?.address()),
+            _ => unreachable!("pack_args only asks for buffers"),
+        })?;
+        let mut pointers: Vec<*mut c_void> = slots
+            .iter_mut()
+            .map(|slot| (slot as *mut u64).cast::<c_void>())
+            .collect();
+        let launch = EmuLaunch {
+            grid: [cfg.grid.0, cfg.grid.1, cfg.grid.2],
+            block: [cfg.block.0, cfg.block.1, cfg.block.2],
+            dynamic_smem_bytes: cfg.shared_mem_bytes,
+        };
+        let mut err = [0 as c_char; 1024];
+        // SAFETY: `pointers[i]` points at the i-th argument value, as the kernel's signature (from
+        // which this launcher was generated) expects; buffers outlive the synchronous launch.
+        let status = unsafe {
+            (kernel.emulated)(&launch, pointers.as_mut_ptr(), err.as_mut_ptr(), err.len())
+        };
+        if status != 0 {
+            // SAFETY: the C++ side NUL-terminates the message within the buffer.
+            let message = unsafe { CStr::from_ptr(err.as_ptr()) };
+            bail!(
+                "emulator (kernels/{}.cu): {}",
+                kernel.module,
+                message.to_string_lossy()
+            );
+        }
+        Ok(())
+    }
+
+    fn gemm(&self, g: &Gemm, a: &Mem, b: &Mem, c: &mut Mem) -> Result<()> {
+        let (a, b, c) = (host(a)?, host(b)?, host_mut(c)?);
+        let a = a.as_slice_f32(a.bytes / 4);
+        let b = b.as_slice_f32(b.bytes / 4);
+        let c_len = c.bytes / 4;
+        host_gemm(g, a, b, c.as_mut_slice_f32(c_len), self.tf32);
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+    fn range_push(&self, _name: &str) {}
+    fn range_pop(&self) {}
+}
+
+/// TF32: round to nearest even at 10 mantissa bits.
+fn to_tf32(x: f32) -> f32 {
+    if !x.is_finite() {
+        return x;
+    }
+    let bits = x.to_bits();
+    let round = 0x0fff + ((bits >> 13) & 1);
+    f32::from_bits(bits.wrapping_add(round) & !0x1fff)
+}
+
+/// Reference implementation of cuBLAS's `sgemmStridedBatched` (column-major). `g` is validated.
+pub(crate) fn host_gemm(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], tf32: bool) {
+    let round = |x: f32| if tf32 { to_tf32(x) } else { x };
+    let (m, n, k) = (g.m, g.n, g.k);
+    let mut op_a = vec![0.0f32; m * k]; // row i of op(A), contiguous
+    let mut op_b = vec![0.0f32; n * k]; // column j of op(B), contiguous
+    for batch in 0..g.batch {
+        let a0 = g.a_offset + batch * g.stride_a;
+        let b0 = g.b_offset + batch * g.stride_b;
+        let c0 = g.c_offset + batch * g.stride_c;
+        for i in 0..m {
+            for p in 0..k {
+                let at = if g.transa {
+                    p + i * g.lda
+                } else {
+                    i + p * g.lda
+                };
+                op_a[i * k + p] = round(a[a0 + at]);
+            }
+        }
+        for j in 0..n {
+            for p in 0..k {
+                let at = if g.transb {
+                    j + p * g.ldb
+                } else {
+                    p + j * g.ldb
+                };
+                op_b[j * k + p] = round(b[b0 + at]);
+            }
+        }
+        for j in 0..n {
+            let col_b = &op_b[j * k..(j + 1) * k];
+            for i in 0..m {
+                let row_a = &op_a[i * k..(i + 1) * k];
+                let acc: f32 = row_a.iter().zip(col_b).map(|(x, y)| x * y).sum();
+                let dst = &mut c[c0 + i + j * g.ldc];
+                *dst = if g.beta == 0.0 {
+                    g.alpha * acc
+                } else {
+                    g.alpha * acc + g.beta * *dst
+                };
+            }
+        }
+    }
+}

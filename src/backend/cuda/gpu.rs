@@ -1,0 +1,365 @@
+//! The real runtime: cudarc 0.19 (driver API, dynamically loaded) + cuBLAS, one stream. Kernels come
+//! from the PTX that build.rs embedded; they are loaded once at start-up, and launched through
+//! `cuLaunchKernel` with the argument array the generated launchers build (the same one the emulator
+//! gets). Nothing here is visible outside `backend::cuda`.
+//!
+//! cudarc panics when a library is missing, so [`probe`] checks `libcuda` and `libcublas` with
+//! `is_culib_present()` before anything else touches them.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::cublas::{self, CudaBlas};
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
+use cudarc::driver::{
+    result as driver_result, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::kernels;
+use super::runtime::{
+    pack_args, DeviceLimits, DeviceRuntime, Gemm, KernelArg, KernelRef, LaunchConfig, Mem,
+};
+
+/// One device allocation (bytes).
+pub(crate) struct GpuMem(CudaSlice<u8>);
+
+fn gpu(mem: &Mem) -> Result<&GpuMem> {
+    match mem {
+        Mem::Gpu(g) => Ok(g),
+        Mem::Host(_) => bail!("an emulator buffer was passed to the GPU backend"),
+    }
+}
+
+fn gpu_mut(mem: &mut Mem) -> Result<&mut GpuMem> {
+    match mem {
+        Mem::Gpu(g) => Ok(g),
+        Mem::Host(_) => bail!("an emulator buffer was passed to the GPU backend"),
+    }
+}
+
+/// Whether a CUDA GPU can be used by this build: kernels embedded, driver and cuBLAS libraries
+/// present, at least one device. Never panics.
+pub(crate) fn probe() -> std::result::Result<(), String> {
+    if let Err(reason) = kernels::PTX {
+        return Err(format!("this build has no GPU kernels ({reason})"));
+    }
+    // SAFETY: only tries to dlopen the library.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err("the NVIDIA driver library (libcuda.so.1) was not found".into());
+    }
+    // SAFETY: as above.
+    if !unsafe { cublas::sys::is_culib_present() } {
+        return Err(
+            "cuBLAS (libcublas.so.13) was not found; install CUDA 13's cuBLAS (e.g. `pip install \
+             nvidia-cublas`) and add its lib directory to LD_LIBRARY_PATH"
+                .into(),
+        );
+    }
+    match CudaContext::device_count() {
+        Ok(0) => Err("the CUDA driver reports no device".into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("the CUDA driver failed to initialise: {e}")),
+    }
+}
+
+struct LoadedKernel {
+    function: CudaFunction,
+    static_smem: u32,
+}
+
+pub(crate) struct GpuRuntime {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    /// cuBLAS handles must not be used by two host threads at once.
+    blas_lock: Mutex<()>,
+    functions: HashMap<&'static str, LoadedKernel>,
+    limits: DeviceLimits,
+    sm_count: u32,
+    description: String,
+}
+
+impl GpuRuntime {
+    pub(crate) fn new(ordinal: usize, tf32: bool) -> Result<Self> {
+        probe().map_err(|reason| anyhow!("CUDA is not available: {reason}"))?;
+        let ptx = kernels::PTX.map_err(|reason| anyhow!("no GPU kernels: {reason}"))?;
+        let ctx = CudaContext::new(ordinal)
+            .with_context(|| format!("cannot open CUDA device {ordinal}"))?;
+        // One stream, in-order: cudarc's per-buffer event tracking would only add overhead.
+        // SAFETY: no buffer is ever used on another stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().context("cannot create a CUDA stream")?;
+
+        let mut modules = HashMap::new();
+        for &(module, source) in ptx {
+            let loaded = ctx
+                .load_module(Ptx::from_src(source))
+                .with_context(|| format!("cannot load the PTX of kernels/{module}.cu"))?;
+            modules.insert(module, loaded);
+        }
+        let mut functions = HashMap::new();
+        for &(module, name) in kernels::KERNELS {
+            let function = modules[module].load_function(name).with_context(|| {
+                format!("kernel `{name}` missing from kernels/{module}.cu's PTX")
+            })?;
+            let static_smem = u32::try_from(function.shared_size_bytes()?).unwrap_or(0);
+            functions.insert(
+                name,
+                LoadedKernel {
+                    function,
+                    static_smem,
+                },
+            );
+        }
+
+        let attr = |a: CUdevice_attribute| -> Result<u32> {
+            let v = ctx.attribute(a)?;
+            Ok(u32::try_from(v).unwrap_or(0))
+        };
+        use CUdevice_attribute::*;
+        let limits = DeviceLimits {
+            max_threads_per_block: attr(CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+            max_block: [
+                attr(CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_X)?,
+                attr(CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Y)?,
+                attr(CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Z)?,
+            ],
+            max_grid: [
+                attr(CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X)?,
+                attr(CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y)?,
+                attr(CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z)?,
+            ],
+            shared_per_block: attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK)?,
+            shared_per_block_optin: attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,
+        };
+        let sm_count = attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let (major, minor) = ctx.compute_capability()?;
+
+        let blas = CudaBlas::new(stream.clone()).context("cannot create a cuBLAS handle")?;
+        let math = if tf32 {
+            cublas::sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
+        } else {
+            cublas::sys::cublasMath_t::CUBLAS_DEFAULT_MATH
+        };
+        // SAFETY: a valid handle; cudarc has no safe wrapper for the math mode.
+        unsafe { cublas::sys::cublasSetMathMode(*blas.handle(), math) }
+            .result()
+            .context("cublasSetMathMode")?;
+
+        let description = format!(
+            "cuda: {} (sm_{major}{minor}, {sm_count} SMs, TF32 {})",
+            ctx.name()?,
+            if tf32 { "on" } else { "off" }
+        );
+        Ok(Self {
+            ctx,
+            stream,
+            blas,
+            blas_lock: Mutex::new(()),
+            functions,
+            limits,
+            sm_count,
+            description,
+        })
+    }
+
+    fn device_address(&self, mem: &GpuMem) -> u64 {
+        // Event tracking is off, so the guard records nothing.
+        let (ptr, _guard) = mem.0.device_ptr(&self.stream);
+        ptr
+    }
+}
+
+impl DeviceRuntime for GpuRuntime {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+    fn is_emulated(&self) -> bool {
+        false
+    }
+    fn limits(&self) -> DeviceLimits {
+        self.limits
+    }
+    fn max_grid_blocks(&self) -> u32 {
+        // Enough resident blocks to fill every SM several times over; grid-stride loops do the rest.
+        self.sm_count.max(1) * 16
+    }
+
+    fn alloc_zeroed(&self, bytes: usize) -> Result<Mem> {
+        // cudarc allocates stream-ordered (cuMemAllocAsync); a zero-byte request gets a small block
+        // so every buffer has a valid address.
+        let slice = self
+            .stream
+            .alloc_zeros::<u8>(bytes.max(4))
+            .with_context(|| format!("cannot allocate {bytes} bytes on the GPU"))?;
+        Ok(Mem::Gpu(GpuMem(slice)))
+    }
+
+    fn upload(&self, bytes: &[u8]) -> Result<Mem> {
+        let mut mem = self.alloc_zeroed(bytes.len())?;
+        if !bytes.is_empty() {
+            let dst = gpu_mut(&mut mem)?;
+            self.stream
+                .memcpy_htod(bytes, &mut dst.0.slice_mut(0..bytes.len()))
+                .context("host-to-device copy")?;
+        }
+        Ok(mem)
+    }
+
+    fn download(&self, src: &Mem, dst: &mut [u8]) -> Result<()> {
+        let src = gpu(src)?;
+        if !dst.is_empty() {
+            let len = dst.len();
+            self.stream
+                .memcpy_dtoh(&src.0.slice(0..len), dst)
+                .context("device-to-host copy")?;
+        }
+        self.stream
+            .synchronize()
+            .context("CUDA stream synchronisation after a device-to-host copy")
+    }
+
+    fn copy(
+        &self,
+        src: &Mem,
+        src_offset: usize,
+        dst: &mut Mem,
+        dst_offset: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let (src, dst) = (gpu(src)?, gpu_mut(dst)?);
+        self.stream
+            .memcpy_dtod(
+                &src.0.slice(src_offset..src_offset + bytes),
+                &mut dst.0.slice_mut(dst_offset..dst_offset + bytes),
+            )
+            .context("device-to-device copy")
+    }
+
+    fn memset_zero(&self, dst: &mut Mem, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let dst = gpu_mut(dst)?;
+        self.stream
+            .memset_zeros(&mut dst.0.slice_mut(0..bytes))
+            .context("device memset")
+    }
+
+    fn launch(
+        &self,
+        kernel: &KernelRef,
+        cfg: &LaunchConfig,
+        args: &mut [KernelArg<'_>],
+    ) -> Result<()> {
+        let loaded = self.functions.get(kernel.name).ok_or_else(|| {
+            anyhow!(
+                "kernel `{}` (kernels/{}.cu) was not loaded",
+                kernel.name,
+                kernel.module
+            )
+        })?;
+        self.limits.check(kernel.name, cfg, loaded.static_smem)?;
+        if cfg.large_shared_mem {
+            loaded
+                .function
+                .set_attribute(
+                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    cfg.shared_mem_bytes as i32,
+                )
+                .with_context(|| format!("kernel `{}`: opting in to shared memory", kernel.name))?;
+        }
+        let mut slots = pack_args(args, |arg| match arg {
+            KernelArg::Const(mem) => Ok(self.device_address(gpu(mem)?)),
+            KernelArg::Mut(mem) => Ok(self.device_address(gpu(mem)?)),
+            _ => unreachable!("pack_args only asks for buffers"),
+        })?;
+        let mut params: Vec<*mut c_void> = slots
+            .iter_mut()
+            .map(|slot| (slot as *mut u64).cast::<c_void>())
+            .collect();
+        self.ctx.bind_to_thread()?;
+        // SAFETY: `params[i]` points at the i-th argument as the kernel's signature declares it (the
+        // launcher was generated from that signature); buffers stay alive until the stream is
+        // synchronised because their frees are stream-ordered after this launch.
+        unsafe {
+            driver_result::launch_kernel(
+                loaded.function.cu_function(),
+                cfg.grid,
+                cfg.block,
+                cfg.shared_mem_bytes,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .with_context(|| {
+            format!(
+                "launching kernel `{}` (kernels/{}.cu) with {cfg:?}",
+                kernel.name, kernel.module
+            )
+        })
+    }
+
+    fn gemm(&self, g: &Gemm, a: &Mem, b: &Mem, c: &mut Mem) -> Result<()> {
+        if g.m == 0 || g.n == 0 || g.batch == 0 {
+            return Ok(());
+        }
+        let a = self.device_address(gpu(a)?) + 4 * g.a_offset as u64;
+        let b = self.device_address(gpu(b)?) + 4 * g.b_offset as u64;
+        let c = self.device_address(gpu_mut(c)?) + 4 * g.c_offset as u64;
+        let op = |t: bool| {
+            if t {
+                cublas::sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublas::sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let _serialised = self
+            .blas_lock
+            .lock()
+            .map_err(|_| anyhow!("cuBLAS lock poisoned"))?;
+        self.ctx.bind_to_thread()?;
+        // SAFETY: the caller validated the descriptor against the buffer lengths; the pointers are
+        // device addresses of live allocations on the handle's stream.
+        unsafe {
+            cublas::result::sgemm_strided_batched(
+                *self.blas.handle(),
+                op(g.transa),
+                op(g.transb),
+                g.m as i32,
+                g.n as i32,
+                g.k as i32,
+                &g.alpha,
+                a as *const f32,
+                g.lda as i32,
+                g.stride_a as i64,
+                b as *const f32,
+                g.ldb as i32,
+                g.stride_b as i64,
+                &g.beta,
+                c as *mut f32,
+                g.ldc as i32,
+                g.stride_c as i64,
+                g.batch as i32,
+            )
+        }
+        .map_err(|e| anyhow!("cuBLAS sgemm_strided_batched {g:?}: {e:?}"))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .context("CUDA stream synchronisation")
+    }
+
+    // NVTX ranges are not emitted: cudarc's nvtx feature needs libnvToolsExt, which CUDA 13 no longer
+    // ships, and the header-only NVTX 3 is not in the pip toolkit. Profile with nsys's CUDA trace.
+    fn range_push(&self, _name: &str) {}
+    fn range_pop(&self) {}
+}

@@ -1,0 +1,197 @@
+//! Batch normalisation (kernels/norm.cu): per-channel statistics one block per channel, element-wise
+//! normalisation and gradient; PyTorch semantics (see `BatchNormConfig`).
+
+use anyhow::{bail, Result};
+
+use super::{check_len, kernels, to_u32, CudaBackend, CudaBuf, LaunchConfig};
+use crate::backend::{BatchNormConfig, ChannelDims};
+
+fn check_params(op: &str, d: ChannelDims, params: &[(&str, usize)]) -> Result<()> {
+    for &(name, len) in params {
+        check_len(op, name, len, d.c)?;
+    }
+    Ok(())
+}
+
+impl CudaBackend {
+    /// One block per channel.
+    fn per_channel(&self, d: ChannelDims) -> LaunchConfig {
+        LaunchConfig::linear(d.c as u32, self.reduction_threads())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn batch_norm_train_forward_impl(
+        &self,
+        x: &CudaBuf,
+        gamma: &CudaBuf,
+        beta: &CudaBuf,
+        running_mean: &mut CudaBuf,
+        running_var: &mut CudaBuf,
+        d: ChannelDims,
+        cfg: BatchNormConfig,
+    ) -> Result<(CudaBuf, CudaBuf, CudaBuf)> {
+        const OP: &str = "batch_norm_train_forward";
+        check_len(OP, "x", x.len(), d.len())?;
+        check_params(
+            OP,
+            d,
+            &[
+                ("gamma", gamma.len()),
+                ("beta", beta.len()),
+                ("running_mean", running_mean.len()),
+                ("running_var", running_var.len()),
+            ],
+        )?;
+        let count = d.n * d.hw;
+        if count < 2 {
+            bail!(
+                "{OP}: training batch norm needs more than one value per channel (n * hw = {count}); \
+                 use a larger batch"
+            );
+        }
+        to_u32(OP, "size", d.len())?;
+        let mut y = self.alloc(d.len())?;
+        let mut mean = self.alloc(d.c)?;
+        let mut inv_std = self.alloc(d.c)?;
+        if d.c == 0 {
+            return Ok((y, mean, inv_std));
+        }
+        let (n, c, hw) = (d.n as u32, d.c as u32, d.hw as u32);
+        kernels::batch_norm_stats(
+            self.rt(),
+            self.per_channel(d),
+            x,
+            &mut mean,
+            &mut inv_std,
+            running_mean,
+            running_var,
+            n,
+            c,
+            hw,
+            cfg.eps,
+            cfg.momentum,
+        )?;
+        if let Some(launch) = self.elementwise(d.len()) {
+            kernels::batch_norm_apply(
+                self.rt(),
+                launch,
+                x,
+                &mean,
+                &inv_std,
+                gamma,
+                beta,
+                &mut y,
+                n,
+                c,
+                hw,
+            )?;
+        }
+        Ok((y, mean, inv_std))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn batch_norm_eval_forward_impl(
+        &self,
+        x: &CudaBuf,
+        gamma: &CudaBuf,
+        beta: &CudaBuf,
+        running_mean: &CudaBuf,
+        running_var: &CudaBuf,
+        d: ChannelDims,
+        cfg: BatchNormConfig,
+    ) -> Result<CudaBuf> {
+        const OP: &str = "batch_norm_eval_forward";
+        check_len(OP, "x", x.len(), d.len())?;
+        check_params(
+            OP,
+            d,
+            &[
+                ("gamma", gamma.len()),
+                ("beta", beta.len()),
+                ("running_mean", running_mean.len()),
+                ("running_var", running_var.len()),
+            ],
+        )?;
+        to_u32(OP, "size", d.len())?;
+        let mut y = self.alloc(d.len())?;
+        if let Some(launch) = self.elementwise(d.len()) {
+            kernels::batch_norm_eval(
+                self.rt(),
+                launch,
+                x,
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                &mut y,
+                d.n as u32,
+                d.c as u32,
+                d.hw as u32,
+                cfg.eps,
+            )?;
+        }
+        Ok(y)
+    }
+
+    pub(super) fn batch_norm_backward_impl(
+        &self,
+        dy: &CudaBuf,
+        x: &CudaBuf,
+        gamma: &CudaBuf,
+        saved_mean: &CudaBuf,
+        saved_inv_std: &CudaBuf,
+        d: ChannelDims,
+    ) -> Result<(CudaBuf, CudaBuf, CudaBuf)> {
+        const OP: &str = "batch_norm_backward";
+        check_len(OP, "dy", dy.len(), d.len())?;
+        check_len(OP, "x", x.len(), d.len())?;
+        check_params(
+            OP,
+            d,
+            &[
+                ("gamma", gamma.len()),
+                ("saved_mean", saved_mean.len()),
+                ("saved_inv_std", saved_inv_std.len()),
+            ],
+        )?;
+        to_u32(OP, "size", d.len())?;
+        let mut dx = self.alloc(d.len())?;
+        let mut dgamma = self.alloc(d.c)?;
+        let mut dbeta = self.alloc(d.c)?;
+        if d.c == 0 || d.n * d.hw == 0 {
+            return Ok((dx, dgamma, dbeta));
+        }
+        let (n, c, hw) = (d.n as u32, d.c as u32, d.hw as u32);
+        kernels::batch_norm_backward_reduce(
+            self.rt(),
+            self.per_channel(d),
+            dy,
+            x,
+            saved_mean,
+            saved_inv_std,
+            &mut dgamma,
+            &mut dbeta,
+            n,
+            c,
+            hw,
+        )?;
+        if let Some(launch) = self.elementwise(d.len()) {
+            kernels::batch_norm_backward_apply(
+                self.rt(),
+                launch,
+                dy,
+                x,
+                saved_mean,
+                saved_inv_std,
+                gamma,
+                &dgamma,
+                &dbeta,
+                &mut dx,
+                n,
+                c,
+                hw,
+            )?;
+        }
+        Ok((dx, dgamma, dbeta))
+    }
+}

@@ -1,0 +1,120 @@
+//! Row-wise ops on `[n, c]` matrices (kernels/loss.cu): softmax, log-softmax, bias, gather, max.
+
+use anyhow::{bail, Result};
+
+use super::{check_len, kernels, to_u32, CudaBackend, CudaBuf, CudaIndex};
+
+fn check_rows(op: &str, x: &CudaBuf, n: usize, c: usize) -> Result<()> {
+    check_len(op, "x", x.len(), n * c)?;
+    if c == 0 && n > 0 {
+        bail!("{op}: rows must have at least one column");
+    }
+    to_u32(op, "size", n * c)?;
+    Ok(())
+}
+
+impl CudaBackend {
+    pub(super) fn softmax_rows_impl(
+        &self,
+        x: &CudaBuf,
+        n: usize,
+        c: usize,
+        log: bool,
+    ) -> Result<CudaBuf> {
+        check_rows(
+            if log {
+                "log_softmax_rows"
+            } else {
+                "softmax_rows"
+            },
+            x,
+            n,
+            c,
+        )?;
+        let mut y = self.alloc(n * c)?;
+        if let Some(cfg) = self.per_row(n, c) {
+            kernels::softmax_rows(
+                self.rt(),
+                cfg,
+                x,
+                &mut y,
+                i32::from(log),
+                n as u32,
+                c as u32,
+            )?;
+        }
+        Ok(y)
+    }
+
+    pub(super) fn add_row_bias_impl(
+        &self,
+        x: &CudaBuf,
+        bias: &CudaBuf,
+        n: usize,
+        c: usize,
+    ) -> Result<CudaBuf> {
+        const OP: &str = "add_row_bias";
+        check_len(OP, "x", x.len(), n * c)?;
+        check_len(OP, "bias", bias.len(), c)?;
+        to_u32(OP, "size", n * c)?;
+        let mut y = self.alloc(n * c)?;
+        if let Some(cfg) = self.elementwise(n * c) {
+            kernels::add_row_bias(self.rt(), cfg, x, bias, &mut y, n as u32, c as u32)?;
+        }
+        Ok(y)
+    }
+
+    pub(super) fn gather_rows_impl(
+        &self,
+        x: &CudaBuf,
+        idx: &CudaIndex,
+        n: usize,
+        c: usize,
+    ) -> Result<CudaBuf> {
+        const OP: &str = "gather_rows";
+        check_len(OP, "x", x.len(), n * c)?;
+        check_len(OP, "idx", idx.len(), n)?;
+        to_u32(OP, "size", n * c)?;
+        let mut out = self.alloc(n)?;
+        if let Some(cfg) = self.elementwise(n) {
+            {
+                let mut word = self.error_word()?;
+                kernels::gather_rows(
+                    self.rt(),
+                    cfg,
+                    x,
+                    idx,
+                    &mut out,
+                    &mut word,
+                    n as u32,
+                    c as u32,
+                )?;
+            }
+            self.after_index_kernel()?;
+        }
+        Ok(out)
+    }
+
+    pub(super) fn row_max_impl(
+        &self,
+        x: &CudaBuf,
+        n: usize,
+        c: usize,
+    ) -> Result<(CudaBuf, CudaIndex)> {
+        check_rows("row_max", x, n, c)?;
+        let mut value = self.alloc(n)?;
+        let mut index = self.alloc(n)?;
+        if let Some(cfg) = self.per_row(n, c) {
+            kernels::row_max(
+                self.rt(),
+                cfg,
+                x,
+                &mut value,
+                &mut index,
+                n as u32,
+                c as u32,
+            )?;
+        }
+        Ok((value, index))
+    }
+}
