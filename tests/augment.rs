@@ -556,3 +556,50 @@ fn mixup_draws_are_deterministic_permutations() {
     assert!((mean - 0.5).abs() < 0.03, "mean {mean}");
     assert!((var - 1.0 / 12.0).abs() < 0.01, "variance {var}");
 }
+
+#[test]
+fn auto_augment_enhance_ops_use_one_plus_magnitude() {
+    let img = random_image(4, 8, 8);
+    let op = |kind, magnitude| autoaugment::apply_auto_op(&img, AutoOp { kind, magnitude });
+    assert_eq!(op(AutoOpKind::Brightness, 0.5), ops::brightness(&img, 1.5));
+    assert_eq!(op(AutoOpKind::Color, -0.25), ops::saturation(&img, 0.75));
+    assert_eq!(op(AutoOpKind::Contrast, 0.75), ops::contrast(&img, 1.75));
+    assert_eq!(op(AutoOpKind::Sharpness, -0.875), ops::sharpness(&img, 0.125));
+    assert_eq!(op(AutoOpKind::Posterize, 5.0), ops::posterize(&img, 5));
+    assert_eq!(op(AutoOpKind::Solarize, 113.8), ops::solarize(&img, 113.8));
+    assert_eq!(op(AutoOpKind::Rotate, 90.0), ops::rotate(&img, 90.0));
+}
+
+#[test]
+fn strong_level_fires_ops_at_the_policy_rates() {
+    let recipe = Recipe::cifar(32, 32);
+    let draws = 5000;
+    let expected: f32 = CIFAR10_POLICY
+        .iter()
+        .map(|p| p[0].prob + p[1].prob)
+        .sum::<f32>()
+        / 25.0;
+    let (mut fired, mut negative, mut signed) = (0usize, 0usize, 0usize);
+    for s in 0..draws {
+        let mut rng = augment::level_rng(2, 0, s, Some(Level::Strong));
+        let p = augment::sample_params(&recipe, Some(Level::Strong), 32, 32, &mut rng);
+        for op in p.auto_ops.iter().flatten() {
+            fired += 1;
+            if op.kind.signed() && op.magnitude != 0.0 {
+                signed += 1;
+                negative += (op.magnitude < 0.0) as usize;
+            }
+        }
+    }
+    let rate = fired as f32 / draws as f32;
+    // sd of the per-image count < 0.7, so 5000 draws give sd < 0.01
+    assert!(
+        (rate - expected).abs() < 0.05,
+        "rate {rate}, expected {expected}"
+    );
+    let negative_share = negative as f32 / signed as f32;
+    assert!(
+        (negative_share - 0.5).abs() < 0.05,
+        "negative share {negative_share}"
+    );
+}

@@ -94,38 +94,59 @@ fn fake_set(labels: &[u32], classes: usize, h: usize, w: usize) -> ImageSet {
 
 #[test]
 fn the_official_full_set_gives_the_embedded_ldam_subset() {
-    // a stand-in for the official train order: every index of the embedded lists carries its
-    // class, the remaining indices fill each class to 5,000 — 1x1 images keep it small
-    let superset = longtail::ldam_superset(CifarVariant::Cifar10);
-    assert_eq!(superset.iter().map(Vec::len).sum::<usize>(), 20431);
-    let mut labels = vec![u32::MAX; 50_000];
-    for (c, idx) in superset.iter().enumerate() {
-        for &i in idx {
-            assert_eq!(labels[i], u32::MAX, "index {i} listed twice");
-            labels[i] = c as u32;
+    for variant in [CifarVariant::Cifar10, CifarVariant::Cifar100] {
+        let classes = variant.classes();
+        let n_max = 50_000 / classes;
+        // a stand-in for the official train order: every index of the embedded lists carries
+        // its class, the remaining indices fill each class to n_max — 1x1 images keep it small
+        let superset = longtail::ldam_superset(variant);
+        let expect_total = if classes == 10 { 20431 } else { 19573 };
+        assert_eq!(superset.iter().map(Vec::len).sum::<usize>(), expect_total);
+        let mut labels = vec![u32::MAX; 50_000];
+        for (c, idx) in superset.iter().enumerate() {
+            for &i in idx {
+                assert_eq!(labels[i], u32::MAX, "index {i} listed twice");
+                labels[i] = c as u32;
+            }
         }
+        let mut fill =
+            (0..classes).flat_map(|c| std::iter::repeat_n(c as u32, n_max - superset[c].len()));
+        for y in labels.iter_mut().filter(|y| **y == u32::MAX) {
+            *y = fill.next().unwrap();
+        }
+        let set = fake_set(&labels, classes, 1, 1);
+        for rho in [10.0, 50.0, 100.0, 200.0] {
+            let lt = longtail::long_tail(&set, Some(variant), rho, 0).unwrap();
+            assert_eq!(lt.method, LtMethod::LdamIndex);
+            let counts = longtail::lt_counts(n_max, rho, classes);
+            assert_eq!(lt.set.class_counts(), counts);
+            let expect: Vec<usize> = superset
+                .iter()
+                .zip(&counts)
+                .flat_map(|(idx, &k)| idx[..k].to_vec())
+                .collect();
+            assert_eq!(lt.source_indices, expect);
+            assert_eq!(lt.set.n, expect.len());
+        }
+        // rho below 10 cannot use the lists: seeded shuffle, still the right counts
+        let lt = longtail::long_tail(&set, Some(variant), 5.0, 1).unwrap();
+        assert_eq!(lt.method, LtMethod::SeededShuffle { seed: 1 });
+        assert_eq!(
+            lt.set.class_counts(),
+            longtail::lt_counts(n_max, 5.0, classes)
+        );
+        // without the variant (or with labels out of the official order) no index lists are used
+        let lt = longtail::long_tail(&set, None, 100.0, 1).unwrap();
+        assert_eq!(lt.method, LtMethod::SeededShuffle { seed: 1 });
     }
-    let mut fill = (0..10).flat_map(|c| std::iter::repeat_n(c as u32, 5000 - superset[c].len()));
-    for y in labels.iter_mut().filter(|y| **y == u32::MAX) {
-        *y = fill.next().unwrap();
-    }
-    let set = fake_set(&labels, 10, 1, 1);
-    for rho in [10.0, 50.0, 100.0, 200.0] {
-        let lt = longtail::long_tail(&set, Some(CifarVariant::Cifar10), rho, 0).unwrap();
-        assert_eq!(lt.method, LtMethod::LdamIndex);
-        let counts = longtail::lt_counts(5000, rho, 10);
-        assert_eq!(lt.set.class_counts(), counts);
-        let expect: Vec<usize> = superset
-            .iter()
-            .zip(&counts)
-            .flat_map(|(idx, &k)| idx[..k].to_vec())
-            .collect();
-        assert_eq!(lt.source_indices, expect);
-    }
-    // rho below 10 cannot use the lists: seeded shuffle, still the right counts
-    let lt = longtail::long_tail(&set, Some(CifarVariant::Cifar10), 5.0, 1).unwrap();
-    assert_eq!(lt.method, LtMethod::SeededShuffle { seed: 1 });
-    assert_eq!(lt.set.class_counts(), longtail::lt_counts(5000, 5.0, 10));
+    assert_eq!(
+        longtail::lt_counts(5000, 100.0, 10).iter().sum::<usize>(),
+        12406
+    );
+    assert_eq!(
+        longtail::lt_counts(500, 100.0, 100).iter().sum::<usize>(),
+        10847
+    );
 }
 
 #[test]

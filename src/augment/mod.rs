@@ -59,6 +59,11 @@ impl Level {
         }
     }
 
+    /// The level of expert `k` in the paper's assignment (0 weak, 1 medium, 2 strong).
+    pub fn from_index(k: usize) -> Option<Level> {
+        Level::ALL.get(k).copied()
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Level::Weak => "weak",
