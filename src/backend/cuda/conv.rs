@@ -13,9 +13,6 @@ use anyhow::{bail, Result};
 use super::{check_len, kernels, to_u32, CudaBackend, CudaBuf, Gemm, LaunchConfig};
 use crate::backend::Conv2dDims;
 
-/// Images per chunk are limited so that the column buffer stays under this many floats (256 MiB).
-const MAX_COL_ELEMENTS: usize = 1 << 26;
-
 struct Geometry {
     d: Conv2dDims,
     c_in_g: usize,
@@ -30,7 +27,8 @@ struct Geometry {
 }
 
 impl Geometry {
-    fn new(op: &str, d: Conv2dDims) -> Result<Self> {
+    /// `workspace`: the most floats a column buffer may hold (whole images per chunk, at least one).
+    fn new(op: &str, d: Conv2dDims, workspace: usize) -> Result<Self> {
         if d.groups == 0 || d.k == 0 || d.stride == 0 {
             bail!("{op}: groups, kernel size and stride must be at least 1 (got {d:?})");
         }
@@ -62,7 +60,7 @@ impl Geometry {
             ckk,
             hw,
             direct: d.k == 1 && d.stride == 1 && d.pad == 0,
-            chunk: (MAX_COL_ELEMENTS / col_per_image.max(1)).clamp(1, d.n.max(1)),
+            chunk: (workspace / col_per_image.max(1)).clamp(1, d.n.max(1)),
         })
     }
 
@@ -122,7 +120,7 @@ impl CudaBackend {
         d: Conv2dDims,
     ) -> Result<CudaBuf> {
         const OP: &str = "conv2d_forward";
-        let g = Geometry::new(OP, d)?;
+        let g = Geometry::new(OP, d, self.conv_workspace)?;
         check_len(OP, "x", x.len(), d.input_len())?;
         check_len(OP, "w", w.len(), d.weight_len())?;
         let mut y = self.alloc(d.output_len())?;
@@ -170,7 +168,7 @@ impl CudaBackend {
         d: Conv2dDims,
     ) -> Result<CudaBuf> {
         const OP: &str = "conv2d_backward_data";
-        let g = Geometry::new(OP, d)?;
+        let g = Geometry::new(OP, d, self.conv_workspace)?;
         check_len(OP, "dy", dy.len(), d.output_len())?;
         check_len(OP, "w", w.len(), d.weight_len())?;
         let mut dx = self.alloc(d.input_len())?;
@@ -247,7 +245,7 @@ impl CudaBackend {
         d: Conv2dDims,
     ) -> Result<CudaBuf> {
         const OP: &str = "conv2d_backward_weight";
-        let g = Geometry::new(OP, d)?;
+        let g = Geometry::new(OP, d, self.conv_workspace)?;
         check_len(OP, "x", x.len(), d.input_len())?;
         check_len(OP, "dy", dy.len(), d.output_len())?;
         let mut dw = self.alloc(d.weight_len())?;

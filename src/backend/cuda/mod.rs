@@ -60,6 +60,9 @@ impl Default for CudaOptions {
     }
 }
 
+/// Default largest im2col workspace of one convolution call, in floats (256 MiB).
+const DEFAULT_CONV_WORKSPACE: usize = 1 << 26;
+
 /// Whether this build can use a CUDA GPU here: GPU kernels embedded at build time (nvcc was found),
 /// `libcuda` and `libcublas` loadable, at least one device. `Err` says why not, in one line; never
 /// panics. `--device auto` uses it to fall back to the CPU.
@@ -93,6 +96,8 @@ pub struct CudaBackend {
     rt: Box<dyn DeviceRuntime>,
     /// Device-side error word: kernels OR in `INDEX_ERRORS` bits.
     error_word: Mutex<DeviceBuffer<u32>>,
+    /// Largest im2col workspace of one convolution call, in floats.
+    conv_workspace: usize,
 }
 
 impl CudaBackend {
@@ -102,17 +107,19 @@ impl CudaBackend {
     }
 
     pub fn new_gpu_with(ordinal: usize, options: CudaOptions) -> Result<Self> {
-        Self::with_runtime(Box::new(gpu::GpuRuntime::new(ordinal, options.tf32)?))
+        let rt = gpu::GpuRuntime::new(ordinal, options.tf32)?;
+        Self::with_runtime(Box::new(rt))
     }
 
-    /// The CPU emulator with strict fp32 GEMMs (no TF32 rounding), for exact comparisons with the CPU
+    /// The CPU emulator with strict fp32 GEMMs (no TF32 rounding), for close comparisons with the CPU
     /// reference backend.
     pub fn new_emulated() -> Result<Self> {
         Self::new_emulated_with(CudaOptions { tf32: false })
     }
 
     pub fn new_emulated_with(options: CudaOptions) -> Result<Self> {
-        Self::with_runtime(Box::new(emulator::EmulatorRuntime::new(options.tf32)))
+        let rt = emulator::EmulatorRuntime::new(options.tf32);
+        Self::with_runtime(Box::new(rt))
     }
 
     fn with_runtime(rt: Box<dyn DeviceRuntime>) -> Result<Self> {
@@ -120,7 +127,15 @@ impl CudaBackend {
         Ok(Self {
             rt,
             error_word: Mutex::new(word),
+            conv_workspace: DEFAULT_CONV_WORKSPACE,
         })
+    }
+
+    /// Caps the im2col workspace of one convolution call at `floats` (default 64 Mi floats): a batch
+    /// whose column matrices need more is processed in chunks of whole images (at least one).
+    pub fn with_conv_workspace(mut self, floats: usize) -> Self {
+        self.conv_workspace = floats.max(1);
+        self
     }
 
     /// Whether this backend runs on the CPU emulator.

@@ -1,0 +1,548 @@
+//! The CUDA backend on the CPU emulator: the shared op conformance suite, then every op against the
+//! CPU reference backend on the same random inputs.
+
+mod conformance;
+
+use ltrain::backend::cuda::CudaBackend;
+
+fn emulated() -> CudaBackend {
+    CudaBackend::new_emulated().expect("the emulator needs no device")
+}
+
+#[test]
+fn emulated_cuda_backend_passes_the_conformance_suite() {
+    conformance::run_all(&emulated());
+}
+
+// ---- the emulated CUDA backend against the CPU reference backend, op by op ----
+
+use anyhow::Result;
+use ltrain::backend::cpu::CpuBackend;
+use ltrain::backend::{
+    Backend, BatchNormConfig, ChannelDims, Conv2dDims, LossArgs, LossReduction, LossTargets,
+    LossWeighting, Pool2dDims, SgdConfig, ShortcutDims,
+};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+fn cpu() -> CpuBackend {
+    CpuBackend::new(Some(2)).expect("a 2-thread CPU backend")
+}
+
+fn random(rng: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+fn random_labels(rng: &mut StdRng, n: usize, classes: usize) -> Vec<u32> {
+    (0..n)
+        .map(|_| rng.random_range(0..classes as u32))
+        .collect()
+}
+
+/// `|cuda - cpu| <= atol + rtol * |cpu|` element-wise, naming the worst element.
+fn assert_near(what: &str, cuda: &[f32], cpu: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(cuda.len(), cpu.len(), "{what}: lengths differ");
+    let worst = cuda
+        .iter()
+        .zip(cpu)
+        .enumerate()
+        .map(|(i, (&g, &w))| (i, (g - w).abs() - (atol + rtol * w.abs())))
+        .filter(|&(_, excess)| !(excess <= 0.0))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    if let Some((i, _)) = worst {
+        panic!(
+            "{what}: element {i}: cuda {} vs cpu {} (atol {atol:e}, rtol {rtol:e})",
+            cuda[i], cpu[i]
+        );
+    }
+}
+
+/// Evaluates an expression once per backend, binding `$be`; yields `(cuda, cpu)`.
+macro_rules! on {
+    (|$be:ident| $body:expr) => {{
+        let cuda = {
+            let $be = &emulated();
+            $body
+        };
+        let cpu = {
+            let $be = &cpu();
+            $body
+        };
+        (cuda, cpu)
+    }};
+}
+
+fn down<B: Backend>(be: &B, buf: &B::Buf) -> Vec<f32> {
+    be.download(buf).unwrap()
+}
+
+#[test]
+fn elementwise_ops_match_the_cpu() {
+    let mut g = StdRng::seed_from_u64(1);
+    let a = random(&mut g, 3001, -2.0, 2.0);
+    let b = random(&mut g, 3001, -2.0, 2.0);
+    let (cuda, cpu) = on!(|be| {
+        let (ab, bb) = (be.upload(&a).unwrap(), be.upload(&b).unwrap());
+        let mut acc = be.upload(&a).unwrap();
+        be.add_assign(&mut acc, &bb).unwrap();
+        let y = be.relu_forward(&ab).unwrap();
+        vec![
+            down(be, &be.add(&ab, &bb).unwrap()),
+            down(be, &acc),
+            down(be, &be.scale(&ab, 0.3).unwrap()),
+            down(be, &be.sum(&ab).unwrap()),
+            down(be, &y),
+            down(be, &be.relu_backward(&bb, &y).unwrap()),
+        ]
+    });
+    for (i, name) in ["add", "add_assign", "scale", "sum", "relu", "relu_backward"]
+        .iter()
+        .enumerate()
+    {
+        assert_near(name, &cuda[i], &cpu[i], 1e-4, 1e-6);
+    }
+}
+
+fn conv_cases() -> Vec<Conv2dDims> {
+    let d = |n, c_in, h, w, c_out, k, stride, pad, groups| Conv2dDims {
+        n,
+        c_in,
+        h,
+        w,
+        c_out,
+        k,
+        stride,
+        pad,
+        groups,
+    };
+    vec![
+        d(3, 3, 8, 8, 8, 3, 1, 1, 1),
+        d(2, 4, 9, 7, 6, 3, 2, 1, 2),
+        d(4, 6, 5, 5, 4, 1, 1, 0, 2), // 1x1: the input is the column matrix
+        d(2, 4, 6, 6, 8, 1, 2, 0, 1),
+        d(1, 2, 4, 4, 3, 5, 1, 2, 1),
+    ]
+}
+
+fn conv_outputs<B: Backend>(be: &B, d: Conv2dDims, seed: u64) -> Vec<Vec<f32>> {
+    let mut g = StdRng::seed_from_u64(seed);
+    let x = be
+        .upload(&random(&mut g, d.input_len(), -1.0, 1.0))
+        .unwrap();
+    let w = be
+        .upload(&random(&mut g, d.weight_len(), -1.0, 1.0))
+        .unwrap();
+    let dy = be
+        .upload(&random(&mut g, d.output_len(), -1.0, 1.0))
+        .unwrap();
+    vec![
+        down(be, &be.conv2d_forward(&x, &w, d).unwrap()),
+        down(be, &be.conv2d_backward_data(&dy, &w, d).unwrap()),
+        down(be, &be.conv2d_backward_weight(&x, &dy, d).unwrap()),
+    ]
+}
+
+#[test]
+fn convolutions_match_the_cpu() {
+    for (i, d) in conv_cases().into_iter().enumerate() {
+        let (cuda, cpu) = on!(|be| conv_outputs(be, d, i as u64));
+        for (j, name) in ["forward", "backward_data", "backward_weight"]
+            .iter()
+            .enumerate()
+        {
+            assert_near(&format!("conv {name} {d:?}"), &cuda[j], &cpu[j], 1e-4, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn convolutions_in_image_chunks_match_the_cpu() {
+    // Each image's column matrix has 4 * 3 * 3 * 5 * 4 = 720 floats: a 1000-float workspace takes
+    // one image per chunk, so the weight gradient accumulates across chunks.
+    let d = conv_cases()[1];
+    let chunked = emulated().with_conv_workspace(1000);
+    let cuda = conv_outputs(&chunked, d, 7);
+    let cpu = conv_outputs(&cpu(), d, 7);
+    for (j, name) in ["forward", "backward_data", "backward_weight"]
+        .iter()
+        .enumerate()
+    {
+        assert_near(
+            &format!("chunked conv {name}"),
+            &cuda[j],
+            &cpu[j],
+            1e-4,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn batch_norm_matches_the_cpu() {
+    let d = ChannelDims { n: 6, c: 5, hw: 13 };
+    let mut g = StdRng::seed_from_u64(2);
+    let x = random(&mut g, d.len(), -2.0, 3.0);
+    let dy = random(&mut g, d.len(), -1.0, 1.0);
+    let gamma = random(&mut g, d.c, 0.5, 1.5);
+    let beta = random(&mut g, d.c, -0.5, 0.5);
+    let cfg = BatchNormConfig {
+        momentum: 0.2,
+        eps: 1e-3,
+    };
+    let (cuda, cpu) = on!(|be| {
+        let (xb, gb, bb) = (
+            be.upload(&x).unwrap(),
+            be.upload(&gamma).unwrap(),
+            be.upload(&beta).unwrap(),
+        );
+        let mut rm = be.upload(&[0.1; 5]).unwrap();
+        let mut rv = be.upload(&[0.9; 5]).unwrap();
+        let (y, mean, inv_std) = be
+            .batch_norm_train_forward(&xb, &gb, &bb, &mut rm, &mut rv, d, cfg)
+            .unwrap();
+        let eval = be
+            .batch_norm_eval_forward(&xb, &gb, &bb, &rm, &rv, d, cfg)
+            .unwrap();
+        let (dx, dgamma, dbeta) = be
+            .batch_norm_backward(&be.upload(&dy).unwrap(), &xb, &gb, &mean, &inv_std, d)
+            .unwrap();
+        [&y, &mean, &inv_std, &rm, &rv, &eval, &dx, &dgamma, &dbeta]
+            .iter()
+            .map(|b| down(be, b))
+            .collect::<Vec<_>>()
+    });
+    let names = [
+        "y",
+        "mean",
+        "inv_std",
+        "running_mean",
+        "running_var",
+        "eval",
+        "dx",
+        "dgamma",
+        "dbeta",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        assert_near(&format!("batch norm {name}"), &cuda[i], &cpu[i], 1e-5, 1e-5);
+    }
+}
+
+#[test]
+fn pooling_and_shortcut_match_the_cpu() {
+    let pd = Pool2dDims {
+        n: 2,
+        c: 3,
+        h: 7,
+        w: 6,
+        k: 3,
+        stride: 2,
+        pad: 1,
+    };
+    let cd = ChannelDims { n: 3, c: 4, hw: 10 };
+    let sd = ShortcutDims {
+        n: 2,
+        c_in: 4,
+        h: 5,
+        w: 6,
+        c_out: 8,
+        stride: 2,
+    };
+    let mut g = StdRng::seed_from_u64(3);
+    // Coarse values so windows hold ties: the first maximum must win on both backends.
+    let x: Vec<f32> = (0..pd.n * pd.c * pd.h * pd.w)
+        .map(|_| g.random_range(0..4) as f32)
+        .collect();
+    let dy_pool = random(&mut g, pd.n * pd.c * pd.h_out() * pd.w_out(), -1.0, 1.0);
+    let xa = random(&mut g, cd.len(), -1.0, 1.0);
+    let dya = random(&mut g, cd.n * cd.c, -1.0, 1.0);
+    let xs = random(&mut g, sd.n * sd.c_in * sd.h * sd.w, -1.0, 1.0);
+    let dys = random(&mut g, sd.n * sd.c_out * sd.h_out() * sd.w_out(), -1.0, 1.0);
+    let (cuda, cpu) = on!(|be| {
+        let (y, argmax) = be.max_pool_forward(&be.upload(&x).unwrap(), pd).unwrap();
+        let dx = be
+            .max_pool_backward(&be.upload(&dy_pool).unwrap(), &argmax, pd)
+            .unwrap();
+        let argmax: Vec<f32> = be
+            .download_index(&argmax)
+            .unwrap()
+            .into_iter()
+            .map(|i| i as f32)
+            .collect();
+        vec![
+            down(be, &y),
+            argmax,
+            down(be, &dx),
+            down(
+                be,
+                &be.global_avg_pool_forward(&be.upload(&xa).unwrap(), cd)
+                    .unwrap(),
+            ),
+            down(
+                be,
+                &be.global_avg_pool_backward(&be.upload(&dya).unwrap(), cd)
+                    .unwrap(),
+            ),
+            down(
+                be,
+                &be.shortcut_a_forward(&be.upload(&xs).unwrap(), sd).unwrap(),
+            ),
+            down(
+                be,
+                &be.shortcut_a_backward(&be.upload(&dys).unwrap(), sd)
+                    .unwrap(),
+            ),
+        ]
+    });
+    let names = [
+        "max_pool",
+        "argmax",
+        "max_pool_backward",
+        "avg_pool",
+        "avg_pool_backward",
+        "shortcut",
+        "shortcut_backward",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        assert_near(name, &cuda[i], &cpu[i], 1e-6, 1e-6);
+    }
+}
+
+#[test]
+fn linear_and_rows_match_the_cpu() {
+    let (n, d_in, d_out) = (7, 9, 5);
+    let mut g = StdRng::seed_from_u64(4);
+    let x = random(&mut g, n * d_in, -1.0, 1.0);
+    let w = random(&mut g, d_out * d_in, -1.0, 1.0);
+    let b = random(&mut g, d_out, -1.0, 1.0);
+    let dy = random(&mut g, n * d_out, -1.0, 1.0);
+    let rows: Vec<f32> = (0..n * d_out)
+        .map(|_| g.random_range(0..3) as f32)
+        .collect();
+    let idx = random_labels(&mut g, n, d_out);
+    let (cuda, cpu) = on!(|be| {
+        let (xb, wb) = (be.upload(&x).unwrap(), be.upload(&w).unwrap());
+        let y = be
+            .linear_forward(&xb, &wb, &be.upload(&b).unwrap(), n, d_in, d_out)
+            .unwrap();
+        let (dx, dw, db) = be
+            .linear_backward(&be.upload(&dy).unwrap(), &xb, &wb, n, d_in, d_out)
+            .unwrap();
+        let r = be.upload(&rows).unwrap();
+        let (max, argmax) = be.row_max(&r, n, d_out).unwrap();
+        vec![
+            down(be, &y),
+            down(be, &dx),
+            down(be, &dw),
+            down(be, &db),
+            down(be, &be.softmax_rows(&y, n, d_out).unwrap()),
+            down(be, &be.log_softmax_rows(&y, n, d_out).unwrap()),
+            down(
+                be,
+                &be.add_row_bias(&y, &be.upload(&b).unwrap(), n, d_out)
+                    .unwrap(),
+            ),
+            down(
+                be,
+                &be.gather_rows(&y, &be.upload_index(&idx).unwrap(), n, d_out)
+                    .unwrap(),
+            ),
+            down(be, &max),
+            be.download_index(&argmax)
+                .unwrap()
+                .into_iter()
+                .map(|i| i as f32)
+                .collect(),
+        ]
+    });
+    let names = [
+        "linear",
+        "dx",
+        "dw",
+        "db",
+        "softmax",
+        "log_softmax",
+        "add_row_bias",
+        "gather",
+        "row_max",
+        "row_argmax",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        assert_near(name, &cuda[i], &cpu[i], 1e-5, 1e-5);
+    }
+}
+
+/// Every weighting, both reductions, single and mixed targets, with and without adjustment.
+#[test]
+fn fused_loss_matches_the_cpu() {
+    let (n, c) = (9, 6);
+    let mut g = StdRng::seed_from_u64(5);
+    let logits = random(&mut g, n * c, -3.0, 3.0);
+    let adj = random(&mut g, c, -2.0, 0.0);
+    let ya = random_labels(&mut g, n, c);
+    let yb = random_labels(&mut g, n, c);
+    let cw = random(&mut g, c, 0.2, 2.0);
+    let cos_y = random(&mut g, n, -1.0, 1.0);
+    let cos_star = random(&mut g, c, -1.0, 1.0);
+    for reduction in [LossReduction::Mean, LossReduction::WeightNormalized] {
+        for with_adj in [false, true] {
+            for case in 0..6 {
+                let (cuda, cpu) = on!(|be| {
+                    let l = be.upload(&logits).unwrap();
+                    let a = be.upload_index(&ya).unwrap();
+                    let b = be.upload_index(&yb).unwrap();
+                    let adjb = be.upload(&adj).unwrap();
+                    let cwb = be.upload(&cw).unwrap();
+                    let (cyb, csb) = (be.upload(&cos_y).unwrap(), be.upload(&cos_star).unwrap());
+                    let single = LossTargets::Single(&a);
+                    let mixed = LossTargets::Mixed {
+                        a: &a,
+                        b: &b,
+                        lambda: 0.3,
+                    };
+                    let (targets, weighting) = match case {
+                        0 => (single, LossWeighting::Unit),
+                        1 => (single, LossWeighting::PerClass(&cwb)),
+                        2 => (single, LossWeighting::Focal { gamma: 2.0 }),
+                        3 => (
+                            single,
+                            LossWeighting::Sla {
+                                cos_y: &cyb,
+                                cos_star: &csb,
+                                gamma: 0.5,
+                                tau: 1.5,
+                            },
+                        ),
+                        4 => (mixed, LossWeighting::Unit),
+                        _ => (mixed, LossWeighting::PerClass(&cwb)),
+                    };
+                    let out = be
+                        .fused_loss(LossArgs {
+                            logits: &l,
+                            n,
+                            c,
+                            targets,
+                            adjustment: with_adj.then_some(&adjb),
+                            weighting,
+                            reduction,
+                        })
+                        .unwrap();
+                    vec![
+                        down(be, &out.loss),
+                        down(be, &out.prob),
+                        down(be, &out.weight),
+                        down(be, &out.dlogits),
+                    ]
+                });
+                for (i, name) in ["loss", "prob", "weight", "dlogits"].iter().enumerate() {
+                    let what = format!(
+                        "fused_loss {name} (case {case}, {reduction:?}, adjustment {with_adj})"
+                    );
+                    assert_near(&what, &cuda[i], &cpu[i], 2e-6, 2e-5);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cosine_cosmax_mixup_and_sgd_match_the_cpu() {
+    let (n, d, c) = (12, 7, 4);
+    let mut g = StdRng::seed_from_u64(6);
+    let z = random(&mut g, n * d, -1.0, 1.0);
+    let w = random(&mut g, c * d, -1.0, 1.0);
+    let labels = random_labels(&mut g, n, c);
+    // Coarse logits so classes hold ties (the earliest sample must win) and some beat the table.
+    let logits: Vec<f32> = (0..n * c).map(|_| g.random_range(0..4) as f32).collect();
+    let table = [1.5f32, 2.0, 5.0, -1.0];
+    let mut perm: Vec<u32> = (0..n as u32).collect();
+    perm.shuffle(&mut g);
+    let p = random(&mut g, 500, -1.0, 1.0);
+    let grad = random(&mut g, 500, -1.0, 1.0);
+    let vel = random(&mut g, 500, -0.1, 0.1);
+    let (cuda, cpu) = on!(|be| {
+        let cos = be
+            .row_cosine(
+                &be.upload(&z).unwrap(),
+                &be.upload(&w).unwrap(),
+                &be.upload_index(&labels).unwrap(),
+                n,
+                d,
+                c,
+            )
+            .unwrap();
+        let (mut tl, mut tc) = (be.upload(&table).unwrap(), be.zeros(c).unwrap());
+        be.cosmax_update(
+            &be.upload(&logits).unwrap(),
+            &cos,
+            &be.upload_index(&labels).unwrap(),
+            n,
+            c,
+            &mut tl,
+            &mut tc,
+        )
+        .unwrap();
+        let mixed = be
+            .mixup(
+                &be.upload(&z).unwrap(),
+                &be.upload_index(&perm).unwrap(),
+                0.7,
+                n,
+                d,
+            )
+            .unwrap();
+        let mut out = vec![
+            down(be, &cos),
+            down(be, &tl),
+            down(be, &tc),
+            down(be, &mixed),
+        ];
+        for nesterov in [false, true] {
+            let (mut pb, mut vb) = (be.upload(&p).unwrap(), be.upload(&vel).unwrap());
+            let cfg = SgdConfig {
+                lr: 0.1,
+                momentum: 0.9,
+                weight_decay: 5e-4,
+                nesterov,
+            };
+            be.sgd_step(&mut pb, &be.upload(&grad).unwrap(), &mut vb, cfg)
+                .unwrap();
+            out.push(down(be, &pb));
+            out.push(down(be, &vb));
+        }
+        out
+    });
+    let names = [
+        "row_cosine",
+        "table_logit",
+        "table_cos",
+        "mixup",
+        "sgd param",
+        "sgd velocity",
+        "nesterov param",
+        "nesterov velocity",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        assert_near(name, &cuda[i], &cpu[i], 1e-6, 1e-6);
+    }
+}
+
+#[test]
+fn out_of_range_indices_are_errors_like_on_the_cpu() -> Result<()> {
+    let be = emulated();
+    let x = be.upload(&[0.0; 6])?;
+    let bad = be.upload_index(&[0, 3])?;
+    assert!(be.gather_rows(&x, &bad, 2, 3).is_err());
+    assert!(be.mixup(&x, &be.upload_index(&[0, 2])?, 0.5, 2, 3).is_err());
+    assert!(be
+        .row_cosine(&x, &x, &be.upload_index(&[0, 2])?, 2, 3, 2)
+        .is_err());
+    let (mut tl, mut tc) = (be.zeros(3)?, be.zeros(3)?);
+    assert!(be
+        .cosmax_update(&x, &be.zeros(2)?, &bad, 2, 3, &mut tl, &mut tc)
+        .is_err());
+    // The error is reported once and cleared: the backend stays usable.
+    let ok = be.gather_rows(&x, &be.upload_index(&[0, 2])?, 2, 3)?;
+    assert_eq!(be.download(&ok)?, vec![0.0, 0.0]);
+    be.synchronize()
+}
