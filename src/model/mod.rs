@@ -15,6 +15,8 @@
 mod parts;
 mod state;
 
+pub use state::is_model_tensor;
+
 use crate::backend::Backend;
 use crate::config::{ExpertWidth, ModelKind, TrainConfig};
 use crate::nn::{
@@ -60,6 +62,8 @@ pub struct ExpertOut<B: Backend> {
 pub struct EvalOut<B: Backend> {
     /// Per expert `[batch, classes]` raw logits.
     pub logits: Vec<B::Buf>,
+    /// Per expert `[batch, d]` penultimate features (SLA's cos-max pass needs them).
+    pub features: Vec<B::Buf>,
     /// `[batch, classes]` mean of the experts' softmax (paper Eq. 19 with equal `eps_k`).
     pub probs: B::Buf,
 }
@@ -391,11 +395,13 @@ impl<B: Backend> MultiExpertNet<B> {
             );
         }
         let (trunk_out, trunk_shape) = self.shared.forward_eval(be, x, xs)?;
-        let logits = self
+        let (logits, features): (Vec<B::Buf>, Vec<B::Buf>) = self
             .experts
             .iter()
             .map(|e| e.forward_eval(be, &trunk_out, trunk_shape))
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
         let c = self.num_classes;
         let mut probs = be.softmax_rows(&logits[0], batch, c)?;
         for l in &logits[1..] {
@@ -404,7 +410,11 @@ impl<B: Backend> MultiExpertNet<B> {
         if logits.len() > 1 {
             probs = be.scale(&probs, 1.0 / logits.len() as f32)?;
         }
-        Ok(EvalOut { logits, probs })
+        Ok(EvalOut {
+            logits,
+            features,
+            probs,
+        })
     }
 }
 

@@ -220,8 +220,8 @@ impl<B: Backend> Expert<B> {
         Ok((logits, features_out))
     }
 
-    /// `h [n, c, h, w]` → `logits [n, classes]`, batch norm in evaluation mode.
-    pub fn forward_eval(&self, be: &B, h: &B::Buf, s: Nchw) -> Result<B::Buf> {
+    /// `h [n, c, h, w]` → `(logits [n, classes], features [n, d])`, batch norm in evaluation mode.
+    pub fn forward_eval(&self, be: &B, h: &B::Buf, s: Nchw) -> Result<(B::Buf, B::Buf)> {
         let pooled = match self.stages.split_first() {
             Some((first, rest)) => {
                 let (mut y, mut shape) = first.forward_eval(be, h, s)?;
@@ -232,7 +232,8 @@ impl<B: Backend> Expert<B> {
             }
             None => global_avg_pool_forward(be, h, s)?,
         };
-        self.fc.forward(be, &pooled, s.n)
+        let logits = self.fc.forward(be, &pooled, s.n)?;
+        Ok((logits, pooled))
     }
 
     /// Fills the expert's gradients from `dlogits [n, classes]`; returns the gradient of its

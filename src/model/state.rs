@@ -11,6 +11,11 @@ use std::collections::{HashMap, HashSet};
 /// somebody else's and ignored by [`MultiExpertNet::load_state_dict`].
 const MODEL_PREFIXES: [&str; 2] = ["shared.", "experts."];
 
+/// Whether a state-dict name lies in a model's namespaces (`shared.*`, `experts.*`).
+pub fn is_model_tensor(name: &str) -> bool {
+    MODEL_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
 /// How many names an error message lists before summarising.
 const LIST_LIMIT: usize = 8;
 
@@ -101,7 +106,7 @@ impl<B: Backend> MultiExpertNet<B> {
         }
         let unexpected: Vec<String> = tensors
             .iter()
-            .filter(|t| MODEL_PREFIXES.iter().any(|p| t.name.starts_with(p)))
+            .filter(|t| is_model_tensor(&t.name))
             .filter(|t| !own.contains(&t.name))
             .map(|t| t.name.clone())
             .collect();

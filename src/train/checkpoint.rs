@@ -16,6 +16,8 @@
 //! optimizer's momentum buffers as `optimizer.{param}.momentum_buffer`) and string metadata
 //! (epoch, RNG state, the configuration as TOML); both are carried generically here.
 
+use crate::backend::Backend;
+use crate::model::{is_model_tensor, MultiExpertNet};
 use crate::nn::{NamedTensor, TensorData};
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, View};
@@ -172,4 +174,23 @@ pub fn load_checkpoint(path: &Path) -> Result<(Vec<NamedTensor>, BTreeMap<String
         });
     }
     Ok((tensors, metadata))
+}
+
+/// Loads the model tensors of the checkpoint `path` into `model`, strictly (see
+/// [`MultiExpertNet::load_state_dict`]; errors name the file and the tensors). Returns the
+/// checkpoint's other tensors (e.g. `optimizer.*`) and its metadata.
+pub fn load_model<B: Backend>(
+    be: &B,
+    model: &mut MultiExpertNet<B>,
+    path: &Path,
+) -> Result<(Vec<NamedTensor>, BTreeMap<String, String>)> {
+    let (tensors, metadata) = load_checkpoint(path)?;
+    model
+        .load_state_dict(be, &tensors)
+        .with_context(|| format!("cannot load the model from {}", path.display()))?;
+    let rest = tensors
+        .into_iter()
+        .filter(|t| !is_model_tensor(&t.name))
+        .collect();
+    Ok((rest, metadata))
 }
