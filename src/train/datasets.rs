@@ -4,6 +4,7 @@ use super::source::ImageSource;
 use crate::augment::Level;
 use crate::config::{DatasetKind, TrainConfig};
 use crate::data::cifar::{self, CifarVariant};
+use crate::data::imagenet::{self, BadImagePolicy, ImageNetSet};
 use crate::data::longtail::long_tail;
 use crate::data::synthetic::{self, SyntheticConfig};
 use crate::data::ImageSet;
@@ -158,6 +159,45 @@ pub fn open_test(cfg: &TrainConfig) -> Result<Box<dyn ImageSource + Send>> {
     }
 }
 
-fn open_imagenet(_cfg: &TrainConfig) -> Result<Datasets> {
-    bail!("imagenet-lt: not wired yet")
+fn open_imagenet(cfg: &TrainConfig) -> Result<Datasets> {
+    let (Some(root), Some(train_list), Some(test_list)) =
+        (&cfg.data_dir, &cfg.train_list, &cfg.test_list)
+    else {
+        bail!("--dataset imagenet-lt needs --data-dir, --train-list and --test-list");
+    };
+    let (train, test) = imagenet::load_lists(root, train_list, test_list)?;
+    let policy = if cfg.skip_bad_images {
+        BadImagePolicy::Substitute
+    } else {
+        BadImagePolicy::Fail
+    };
+    Ok(Datasets {
+        train: Box::new(ImageNetSet::new(train, cfg.image_size, policy)),
+        test: Box::new(ImageNetSet::new(test, cfg.image_size, policy)),
+        long_tail: format!("ImageNet-LT list {}", train_list.display()),
+    })
+}
+
+impl ImageSource for ImageNetSet {
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+    fn labels(&self) -> &[u32] {
+        &self.list.labels
+    }
+    fn num_classes(&self) -> usize {
+        self.list.classes
+    }
+    fn image_hw(&self) -> (usize, usize) {
+        (self.recipe.out_h, self.recipe.out_w)
+    }
+    fn load(
+        &self,
+        indices: &[usize],
+        level: Option<usize>,
+        seed: u64,
+        epoch: usize,
+    ) -> Result<Vec<f32>> {
+        self.batch(indices, level.map(level_of_index), seed, epoch)
+    }
 }

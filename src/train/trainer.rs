@@ -38,6 +38,9 @@ const META_TRAIN_SECONDS: &str = "ltrain.train_seconds";
 const META_SAMPLES_SEEN: &str = "ltrain.samples_seen";
 const META_CLASS_COUNTS: &str = "ltrain.class_counts";
 
+/// Batches the loader thread may prepare ahead of the trainer.
+const PREFETCH_BATCHES: usize = 2;
+
 /// Progress events for a front end (progress bar, log); the library prints nothing itself.
 pub enum Progress<'a> {
     EpochStart {
@@ -170,72 +173,87 @@ pub fn train<B: Backend>(
             lr,
         });
         let mut loss_sum = be.zeros(1)?;
-        for (step, batch) in batches.iter().enumerate() {
-            be.range_push("data");
-            let n = batch.len();
-            let labels: Vec<u32> = batch.iter().map(|&i| labels_all[i]).collect();
-            let mut views = Vec::with_capacity(cfg.experts);
-            if plan.augment {
-                for k in 0..cfg.experts {
-                    let level = k % 3;
-                    views.push(be.upload(&train_set.load(
-                        batch,
-                        Some(level),
-                        cfg.seed,
-                        epoch,
-                    )?)?);
+        // Expert k sees level k (weak, medium, strong) in stage 1; all share the plain image in stage 2.
+        let levels: Vec<Option<usize>> = if plan.augment {
+            (0..cfg.experts).map(|k| Some(k % 3)).collect()
+        } else {
+            vec![None]
+        };
+        std::thread::scope(|scope| -> Result<()> {
+            // A loader thread decodes and augments the next batches while this one trains.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Vec<f32>>>>(PREFETCH_BATCHES);
+            let (batches_ref, levels_ref) = (&batches, &levels);
+            scope.spawn(move || {
+                for batch in batches_ref {
+                    let views = levels_ref
+                        .iter()
+                        .map(|&level| train_set.load(batch, level, cfg.seed, epoch))
+                        .collect::<Result<Vec<_>>>();
+                    if tx.send(views).is_err() {
+                        break;
+                    }
                 }
-            } else {
-                views.push(be.upload(&train_set.load(batch, None, cfg.seed, epoch)?)?);
-            }
-            let labels_dev = be.upload_index(&labels)?;
-            let mut mixed = None;
-            if plan.mixup_alpha > 0.0 {
-                let (lambda, perm) =
-                    draw_mixup(cfg.seed, epoch as u32, step as u32, n, plan.mixup_alpha);
-                let perm_dev = be.upload_index(&perm)?;
-                let per_sample = 3 * h * w;
-                for v in &mut views {
-                    *v = be.mixup(v, &perm_dev, lambda, n, per_sample)?;
-                }
-                let partner: Vec<u32> = perm.iter().map(|&j| labels[j as usize]).collect();
-                mixed = Some((be.upload_index(&partner)?, lambda));
-            }
-            be.range_pop();
-
-            let batch_loss = train_step(
-                be,
-                &mut model,
-                &StepInputs {
-                    cfg,
-                    plan: &plan,
-                    adjustment: &adjustment,
-                    class_weights: class_weights.as_ref(),
-                    reduction,
-                    sgd,
-                },
-                &views,
-                &labels_dev,
-                mixed.as_ref().map(|(b, l)| (b, *l)),
-                n,
-                (h, w),
-                &mut sla_tables,
-            )?;
-            be.add_assign(&mut loss_sum, &batch_loss)?;
-
-            state.samples_seen += n as u64;
-            // Reading the loss back synchronises the device, so only every few steps.
-            let loss = if step % 20 == 19 || step + 1 == batches.len() {
-                Some(be.download(&loss_sum)?[0] / (step + 1) as f32)
-            } else {
-                None
-            };
-            progress(Progress::Step {
-                step,
-                loss,
-                samples: n,
             });
-        }
+            for (step, batch) in batches.iter().enumerate() {
+                be.range_push("data");
+                let n = batch.len();
+                let host_views = rx
+                    .recv()
+                    .context("the data loader thread stopped unexpectedly")??;
+                let mut views = host_views
+                    .iter()
+                    .map(|v| be.upload(v))
+                    .collect::<Result<Vec<_>>>()?;
+                let labels: Vec<u32> = batch.iter().map(|&i| labels_all[i]).collect();
+                let labels_dev = be.upload_index(&labels)?;
+                let mut mixed = None;
+                if plan.mixup_alpha > 0.0 {
+                    let (lambda, perm) =
+                        draw_mixup(cfg.seed, epoch as u32, step as u32, n, plan.mixup_alpha);
+                    let perm_dev = be.upload_index(&perm)?;
+                    for v in &mut views {
+                        *v = be.mixup(v, &perm_dev, lambda, n, 3 * h * w)?;
+                    }
+                    let partner: Vec<u32> = perm.iter().map(|&j| labels[j as usize]).collect();
+                    mixed = Some((be.upload_index(&partner)?, lambda));
+                }
+                be.range_pop();
+
+                let batch_loss = train_step(
+                    be,
+                    &mut model,
+                    &StepInputs {
+                        cfg,
+                        plan: &plan,
+                        adjustment: &adjustment,
+                        class_weights: class_weights.as_ref(),
+                        reduction,
+                        sgd,
+                    },
+                    &views,
+                    &labels_dev,
+                    mixed.as_ref().map(|(b, l)| (b, *l)),
+                    n,
+                    (h, w),
+                    &mut sla_tables,
+                )?;
+                be.add_assign(&mut loss_sum, &batch_loss)?;
+
+                state.samples_seen += n as u64;
+                // Reading the loss back synchronises the device, so only every few steps.
+                let loss = if step % 20 == 19 || step + 1 == batches.len() {
+                    Some(be.download(&loss_sum)?[0] / (step + 1) as f32)
+                } else {
+                    None
+                };
+                progress(Progress::Step {
+                    step,
+                    loss,
+                    samples: n,
+                });
+            }
+            Ok(())
+        })?;
         if plan.needs_sla_table() {
             for t in &mut sla_tables {
                 t.end_epoch(be)?;

@@ -1,0 +1,36 @@
+//! Picks the backend a command runs on and hands it to generic library code.
+
+use anyhow::Result;
+use ltrain::backend::cpu::CpuBackend;
+use ltrain::backend::cuda::{CudaBackend, CudaOptions};
+use ltrain::backend::Backend;
+use ltrain::config::DeviceKind;
+
+/// Work that runs on whichever backend was chosen.
+pub trait OnBackend {
+    type Output;
+    fn run<B: Backend>(self, be: &B) -> Result<Self::Output>;
+}
+
+/// Runs `job` on the requested device. `auto` uses CUDA when a usable GPU is present, otherwise the
+/// CPU with a one-line notice on stderr.
+pub fn dispatch<J: OnBackend>(
+    device: DeviceKind,
+    threads: usize,
+    tf32: bool,
+    job: J,
+) -> Result<J::Output> {
+    let cpu = || CpuBackend::new((threads > 0).then_some(threads));
+    let gpu = || CudaBackend::new_gpu_with(0, CudaOptions { tf32 });
+    match device {
+        DeviceKind::Cpu => job.run(&cpu()?),
+        DeviceKind::Cuda => job.run(&gpu()?),
+        DeviceKind::Auto => match gpu() {
+            Ok(be) => job.run(&be),
+            Err(e) => {
+                eprintln!("note: no usable CUDA GPU ({e:#}); running on the CPU");
+                job.run(&cpu()?)
+            }
+        },
+    }
+}

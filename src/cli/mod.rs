@@ -1,0 +1,47 @@
+//! The `ltrain` command line: parse, then call the library.
+
+pub mod args;
+pub mod bench;
+pub mod data;
+pub mod device;
+pub mod eval;
+pub mod presets;
+pub mod progress;
+pub mod train;
+
+use clap::{Parser, Subcommand};
+
+/// Long-tailed image classification with a multi-expert ResNet: per-expert augmentation and mixup
+/// (stage 1), logit-adjusted loss, sample logit-aware reweighting (SLA, stage 2) and softmax
+/// averaging at test time, on the CPU or an NVIDIA GPU.
+#[derive(Parser, Debug)]
+#[command(name = "ltrain", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model (with no flags: the built-in synthetic long-tailed set on the CPU, ~5 minutes).
+    Train(Box<train::TrainCmd>),
+    /// Evaluate a checkpoint: top-1, many/medium/few, ECE; optionally per-image predictions.
+    Eval(Box<eval::EvalCmd>),
+    /// Inspect, cut and preview datasets.
+    #[command(subcommand)]
+    Data(data::DataCmd),
+    /// List the presets of the paper's settings, with the paper's reported results.
+    Presets,
+    /// Measure training throughput (samples/s) of a model on a device.
+    Bench(bench::BenchCmd),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Train(cmd) => train::run(*cmd),
+        Command::Eval(cmd) => eval::run(*cmd),
+        Command::Data(cmd) => data::run(cmd),
+        Command::Presets => presets::run(),
+        Command::Bench(cmd) => bench::run(cmd),
+    }
+}

@@ -1,0 +1,219 @@
+//! `ltrain train`: resolve the configuration, open the data, train on the chosen device, write the
+//! run directory (config, metrics, checkpoint, reports).
+
+use super::args::{DataArgs, RunArgs};
+use super::device::{dispatch, OnBackend};
+use super::progress::ProgressView;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ltrain::backend::Backend;
+use ltrain::config::TrainConfig;
+use ltrain::presets::{load_preset, PaperReference};
+use ltrain::report::{write_atomic, write_report, RunSummary};
+use ltrain::train::datasets::{self, Datasets};
+use ltrain::train::trainer::{CHECKPOINT_FILE, CONFIG_FILE};
+use ltrain::train::{train, Start};
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug)]
+pub struct TrainCmd {
+    /// Start from a preset of the paper's settings (see `ltrain presets`).
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+    /// TOML configuration (keys as in config.toml of a run); applied over the preset.
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+    /// Run directory for config.toml, metrics.jsonl, checkpoint.safetensors and the reports
+    /// [default: runs/<date>-<time>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in DIR from its last checkpoint (its config.toml is used; --epochs may extend it).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["preset", "config", "out", "init"])]
+    pub resume: Option<PathBuf>,
+    /// Start from the weights of a checkpoint (fresh optimizer and schedule).
+    #[arg(long, value_name = "FILE")]
+    pub init: Option<PathBuf>,
+    /// No progress bar or per-epoch lines.
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+pub fn run(cmd: TrainCmd) -> Result<()> {
+    let (cfg, out, start, paper) = resolve(&cmd)?;
+    std::fs::create_dir_all(&out)
+        .with_context(|| format!("cannot create the run directory {}", out.display()))?;
+    write_atomic(&out.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
+    let data = datasets::open(&cfg)?;
+    if !cmd.quiet {
+        eprintln!(
+            "ltrain: {:?} x{} experts on {:?} ({} train / {} test images, {}), {} epochs -> {}",
+            cfg.model,
+            cfg.experts,
+            cfg.dataset,
+            data.train.len(),
+            data.test.len(),
+            data.long_tail,
+            cfg.epochs,
+            out.display()
+        );
+    }
+    let job = TrainJob {
+        cfg: &cfg,
+        data: &data,
+        out: &out,
+        start,
+        paper: paper.as_ref(),
+        quiet: cmd.quiet,
+    };
+    dispatch(cfg.device, cfg.threads, cfg.tf32, job)
+}
+
+/// Builds the run's configuration: defaults < preset < --config file < flags, or the saved
+/// configuration of a resumed run.
+fn resolve(cmd: &TrainCmd) -> Result<(TrainConfig, PathBuf, Start, Option<PaperReference>)> {
+    if let Some(dir) = &cmd.resume {
+        let path = dir.join(CONFIG_FILE);
+        if !dir.join(CHECKPOINT_FILE).exists() {
+            bail!(
+                "--resume {}: no {CHECKPOINT_FILE} there; it is not a run directory, or the run was \
+                 killed before its first epoch finished (start it again without --resume)",
+                dir.display()
+            );
+        }
+        let mut cfg = TrainConfig::load(&path)?;
+        // A resumed run keeps its method; only how and how long it runs may change.
+        let r = &cmd.run;
+        if let Some(epochs) = r.epochs {
+            cfg.epochs = epochs;
+        }
+        if let Some(d) = r.device {
+            cfg.device = d;
+        }
+        if let Some(t) = r.threads {
+            cfg.threads = t;
+        }
+        if let Some(k) = r.eval_every {
+            cfg.eval_every = k;
+        }
+        cfg.validate()?;
+        let paper = match &cfg.preset {
+            Some(name) => load_preset(name)?.1,
+            None => None,
+        };
+        return Ok((cfg, dir.clone(), Start::Resume, paper));
+    }
+    let (mut cfg, paper) = match &cmd.preset {
+        Some(name) => load_preset(name)?,
+        None => (TrainConfig::default(), None),
+    };
+    if let Some(file) = &cmd.config {
+        cfg = cfg.overlay_file(file)?;
+    }
+    cmd.data.apply(&mut cfg);
+    cmd.run.apply(&mut cfg);
+    cfg.validate()?;
+    let out = cmd.out.clone().unwrap_or_else(default_run_dir);
+    if out.join(CHECKPOINT_FILE).exists() {
+        bail!(
+            "{} already holds a run ({CHECKPOINT_FILE}); continue it with --resume {} or choose another --out",
+            out.display(),
+            out.display()
+        );
+    }
+    let start = match &cmd.init {
+        Some(file) => Start::Init(file.clone()),
+        None => Start::Fresh,
+    };
+    Ok((cfg, out, start, paper))
+}
+
+struct TrainJob<'a> {
+    cfg: &'a TrainConfig,
+    data: &'a Datasets,
+    out: &'a Path,
+    start: Start,
+    paper: Option<&'a PaperReference>,
+    quiet: bool,
+}
+
+impl OnBackend for TrainJob<'_> {
+    type Output = ();
+    fn run<B: Backend>(self, be: &B) -> Result<()> {
+        let mut view = ProgressView::new(self.quiet);
+        let result = train(
+            be,
+            self.cfg,
+            self.data.train.as_ref(),
+            self.data.test.as_ref(),
+            self.out,
+            self.start,
+            &mut |p| view.update(p),
+        )?;
+        view.finish();
+        let device = be.name();
+        write_report(
+            self.out,
+            &RunSummary {
+                metrics: &result.last.metrics,
+                history: &result.history,
+                class_counts: &result.class_counts,
+                config: self.cfg,
+                paper: self.paper,
+                device: &device,
+                train_seconds: result.train_seconds,
+                samples_per_second: result.samples_per_second,
+            },
+        )?;
+        if !self.quiet {
+            println!("{}", result.last.metrics.summary_line());
+            println!("reports written to {}", self.out.display());
+        }
+        Ok(())
+    }
+}
+
+/// `runs/YYYYMMDD-HHMMSS` (UTC).
+fn default_run_dir() -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    PathBuf::from(format!(
+        "runs/{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    ))
+}
+
+/// Days since 1970-01-01 to a (year, month, day) date (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::civil_from_days;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_785), (2026, 11, 28));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}
