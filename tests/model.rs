@@ -192,6 +192,68 @@ fn resnet50_and_resnext50_match_torchvision_parameter_counts() {
     assert_eq!(count_prefix(&two, "experts.1."), 25_557_032 - shared);
 }
 
+fn host_state(be: &Be, model: &MultiExpertNet<Be>) -> Vec<(String, Vec<f32>)> {
+    model
+        .state_dict(be)
+        .unwrap()
+        .into_iter()
+        .filter_map(|t| match t.data {
+            ltrain::nn::TensorData::F32(v) => Some((t.name, v)),
+            ltrain::nn::TensorData::I64(_) => None,
+        })
+        .collect()
+}
+
+fn mean_std(v: &[f32]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().map(|x| *x as f64).sum::<f64>() / n;
+    let var = v.iter().map(|x| (*x as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean, var.sqrt())
+}
+
+#[test]
+fn initialisation_follows_pytorch_defaults_and_the_seed() {
+    let be = backend();
+    let model = MultiExpertNet::resnet32(&be, 10, 3, (32, 64), 5).unwrap();
+    let state = host_state(&be, &model);
+    let get = |name: &str| &state.iter().find(|(n, _)| n == name).unwrap().1;
+    // kaiming_normal_(w): N(0, 2 / fan_in), fan_in = c_in * k * k.
+    let (mean, std) = mean_std(get("experts.0.layer3.1.conv1.weight"));
+    let expected = (2.0f64 / (64.0 * 9.0)).sqrt();
+    assert!(
+        mean.abs() < 0.05 * expected && (std / expected - 1.0).abs() < 0.03,
+        "{mean} {std}"
+    );
+    let (_, std) = mean_std(get("shared.conv1.weight"));
+    assert!((std / (2.0f64 / 27.0).sqrt() - 1.0).abs() < 0.1, "{std}");
+    let (_, std) = mean_std(get("experts.2.fc.weight"));
+    assert!((std / (2.0f64 / 64.0).sqrt() - 1.0).abs() < 0.1, "{std}");
+    // Linear bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    let bias = get("experts.1.fc.bias");
+    assert!(bias.iter().all(|b| b.abs() <= 0.125) && bias.iter().any(|b| *b != 0.0));
+    for (name, value) in &state {
+        let constant = |c: f32| value.iter().all(|v| *v == c);
+        if name.ends_with("bn1.weight")
+            || name.ends_with("bn2.weight")
+            || name.ends_with("running_var")
+        {
+            assert!(constant(1.0), "{name}");
+        } else if name.ends_with(".bias") && !name.contains("fc") || name.ends_with("running_mean")
+        {
+            assert!(constant(0.0), "{name}");
+        }
+    }
+    // Experts start from different weights; the same seed gives the same model.
+    assert_ne!(
+        get("experts.0.layer2.0.conv1.weight"),
+        get("experts.1.layer2.0.conv1.weight")
+    );
+    let again = MultiExpertNet::resnet32(&be, 10, 3, (32, 64), 5).unwrap();
+    assert_eq!(host_state(&be, &again), state);
+    let other = MultiExpertNet::resnet32(&be, 10, 3, (32, 64), 6).unwrap();
+    assert_ne!(host_state(&be, &other), state);
+}
+
 // ---------------------------------------------------------------- shapes
 
 fn shapes_of(
@@ -262,6 +324,53 @@ fn output_shapes_of_every_architecture() {
     assert!(err.to_string().contains("needs"), "{err}");
     let mut fresh = MultiExpertNet::resnet32(&be, classes, 1, (32, 64), 0).unwrap();
     assert!(fresh.backward(&be, &[x]).is_err());
+}
+
+/// The returned features are the classifier's input: `logits = features · Wᵀ + b`.
+#[test]
+fn features_are_the_classifier_input() {
+    let be = backend();
+    let (n, c, hw) = (3, 4, 8);
+    let mut model = MultiExpertNet::resnet32(&be, c, 2, (24, 48), 3).unwrap();
+    let mut rng = StdRng::seed_from_u64(4);
+    let views: Vec<Buf> = (0..2)
+        .map(|_| be.upload(&randn(&mut rng, n * 3 * hw * hw)).unwrap())
+        .collect();
+    let outs = model
+        .forward_train(&be, &[&views[0], &views[1]], n, hw, hw)
+        .unwrap();
+    let d = model.feature_dim();
+    let state = host_state(&be, &model);
+    for (k, o) in outs.iter().enumerate() {
+        let z = be.download(&o.features).unwrap();
+        let logits = be.download(&o.logits).unwrap();
+        assert_eq!(
+            be.download(model.classifier_weight(k)).unwrap().len(),
+            c * d
+        );
+        let w = &state
+            .iter()
+            .find(|(m, _)| *m == format!("experts.{k}.fc.weight"))
+            .unwrap()
+            .1;
+        let b = &state
+            .iter()
+            .find(|(m, _)| *m == format!("experts.{k}.fc.bias"))
+            .unwrap()
+            .1;
+        assert_eq!(be.download(model.classifier_weight(k)).unwrap(), *w);
+        // Features are averages of ReLU outputs.
+        assert!(z.iter().all(|v| *v >= 0.0));
+        for i in 0..n {
+            for j in 0..c {
+                let expected = b[j] + dot(&z[i * d..(i + 1) * d], &w[j * d..(j + 1) * d]) as f32;
+                assert!(
+                    (logits[i * c + j] - expected).abs() < 1e-4,
+                    "expert {k} ({i}, {j})"
+                );
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------- block gradient checks
