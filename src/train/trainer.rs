@@ -524,7 +524,9 @@ fn restore<B: Backend>(
     let (model_tensors, extra): (Vec<NamedTensor>, Vec<NamedTensor>) = tensors
         .into_iter()
         .partition(|t| !t.name.starts_with("optimizer.") && !t.name.starts_with("sla."));
-    model.load_state_dict(be, &model_tensors)?;
+    model
+        .load_state_dict(be, &model_tensors)
+        .with_context(|| format!("resuming from {}", path.display()))?;
     let extra: BTreeMap<String, NamedTensor> =
         extra.into_iter().map(|t| (t.name.clone(), t)).collect();
     let f32_of = |name: &str| -> Result<Vec<f32>> {
