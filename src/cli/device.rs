@@ -1,6 +1,6 @@
 //! Picks the backend a command runs on and hands it to generic library code.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use ltrain::backend::cpu::CpuBackend;
 use ltrain::backend::cuda::{CudaBackend, CudaOptions};
 use ltrain::backend::Backend;
@@ -24,7 +24,9 @@ pub fn dispatch<J: OnBackend>(
     let gpu = || CudaBackend::new_gpu_with(0, CudaOptions { tf32 });
     match device {
         DeviceKind::Cpu => job.run(&cpu()?),
-        DeviceKind::Cuda => job.run(&gpu()?),
+        DeviceKind::Cuda => job.run(&gpu().context(
+            "--device cuda: no usable CUDA GPU (use --device cpu, or --device auto to fall back)",
+        )?),
         DeviceKind::Auto => match gpu() {
             Ok(be) => job.run(&be),
             Err(e) => {

@@ -44,9 +44,6 @@ pub struct TrainCmd {
 
 pub fn run(cmd: TrainCmd) -> Result<()> {
     let (cfg, out, start, paper) = resolve(&cmd)?;
-    std::fs::create_dir_all(&out)
-        .with_context(|| format!("cannot create the run directory {}", out.display()))?;
-    write_atomic(&out.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
     let data = datasets::open(&cfg)?;
     if !cmd.quiet {
         eprintln!(
@@ -143,6 +140,11 @@ struct TrainJob<'a> {
 impl OnBackend for TrainJob<'_> {
     type Output = ();
     fn run<B: Backend>(self, be: &B) -> Result<()> {
+        // Written only once the data and the device are known to work, so that a run which cannot
+        // start leaves no half-made run directory behind.
+        std::fs::create_dir_all(self.out)
+            .with_context(|| format!("cannot create the run directory {}", self.out.display()))?;
+        write_atomic(&self.out.join(CONFIG_FILE), self.cfg.to_toml()?.as_bytes())?;
         let mut view = ProgressView::new(self.quiet);
         let result = train(
             be,

@@ -1,0 +1,595 @@
+//! The `ltrain` command line, run as a real process on tiny settings: the files of a run and what
+//! they hold, `--config` layering, `--resume`, `eval` predictions against the run's report, the `data`
+//! subcommands, `presets`, `bench`, `--help`, and clear non-panicking errors for bad input.
+
+use ltrain::config::{ExpertWidth, TrainConfig};
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// A synthetic set of 4 classes (16, 10, 6, 4 training images; 4 test images per class) and a
+/// reduced-width three-expert ResNet-32 for 2 epochs: a whole run takes seconds on 2 cores.
+const TINY_DATA: &[&str] = &[
+    "--synthetic-classes",
+    "4",
+    "--synthetic-max-per-class",
+    "16",
+    "--synthetic-test-per-class",
+    "4",
+    "--imbalance",
+    "4",
+];
+const TINY_RUN: &[&str] = &[
+    "--expert-width",
+    "reduced",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "8",
+    "--threads",
+    "2",
+    "--quiet",
+];
+const CLASSES: usize = 4;
+const MAX_PER_CLASS: usize = 16;
+const TEST_PER_CLASS: usize = 4;
+const RHO: f64 = 4.0;
+/// Bytes of one CIFAR-10 record: a label byte and a 3x32x32 image.
+const CIFAR10_RECORD: u64 = 1 + 3 * 32 * 32;
+
+fn ltrain<S: AsRef<str>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ltrain"))
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .expect("cannot start the ltrain binary")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn run_ok<S: AsRef<str>>(args: &[S]) -> Output {
+    let out = ltrain(args);
+    let shown: Vec<&str> = args.iter().map(|a| a.as_ref()).collect();
+    assert!(
+        out.status.success(),
+        "ltrain {} failed ({}):\n{}",
+        shown.join(" "),
+        out.status,
+        stderr(&out)
+    );
+    out
+}
+
+/// Runs a command that must fail cleanly: a non-zero exit that is not a panic's (101), no panic
+/// message, and a message on stderr that mentions every string of `mentions`. Returns stderr.
+fn run_err<S: AsRef<str>>(args: &[S], mentions: &[&str]) -> String {
+    let out = ltrain(args);
+    let shown: Vec<&str> = args.iter().map(|a| a.as_ref()).collect();
+    let err = stderr(&out);
+    let code = out.status.code();
+    assert!(
+        !out.status.success() && code.is_some() && code != Some(101),
+        "ltrain {} should fail cleanly, got {}:\n{err}",
+        shown.join(" "),
+        out.status
+    );
+    assert!(
+        !err.contains("panicked"),
+        "ltrain {} panicked:\n{err}",
+        shown.join(" ")
+    );
+    for m in mentions {
+        assert!(
+            err.contains(m),
+            "ltrain {}: stderr should mention {m:?}:\n{err}",
+            shown.join(" ")
+        );
+    }
+    err
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_str().expect("temporary paths are UTF-8").to_string()
+}
+
+/// `ltrain train` with the tiny settings and `extra` flags.
+fn train_args(extra: &[String]) -> Vec<String> {
+    let mut args = vec!["train".to_string()];
+    args.extend(TINY_DATA.iter().chain(TINY_RUN).map(|s| s.to_string()));
+    args.extend(extra.iter().cloned());
+    args
+}
+
+/// The long-tailed per-class counts of the LDAM protocol, n_max * rho^(-i / (C - 1)), floored.
+fn expected_counts() -> Vec<usize> {
+    (0..CLASSES)
+        .map(|i| (MAX_PER_CLASS as f64 * RHO.powf(-(i as f64) / (CLASSES as f64 - 1.0))) as usize)
+        .collect()
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+fn metrics_lines(dir: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect()
+}
+
+/// Decodes a PNG fully and returns (width, height).
+fn decode_png(path: &Path) -> (u32, u32) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .unwrap_or_else(|e| panic!("{} is not a PNG: {e}", path.display()));
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader
+        .next_frame(&mut buf)
+        .unwrap_or_else(|e| panic!("{}: cannot decode: {e}", path.display()));
+    assert!(info.width > 0 && info.height > 0);
+    (info.width, info.height)
+}
+
+/// One run end to end: train with `--config` + flags, check every file, evaluate the checkpoint and
+/// compare with the report, refuse to overwrite the run, then resume it to more epochs.
+#[test]
+fn train_eval_resume_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    // The file sets three keys; the flag --lr must win over its lr.
+    let config_file = tmp.path().join("base.toml");
+    std::fs::write(&config_file, "lr = 0.2\nseed = 5\nmixup_alpha = 0.3\n").unwrap();
+    run_ok(&train_args(&[
+        "--config".into(),
+        path_str(&config_file),
+        "--lr".into(),
+        "0.05".into(),
+        "--out".into(),
+        path_str(&dir),
+    ]));
+
+    for file in [
+        "config.toml",
+        "metrics.jsonl",
+        "checkpoint.safetensors",
+        "report.json",
+        "summary.md",
+        "reliability.png",
+        "per_class.png",
+        "curves.png",
+    ] {
+        assert!(dir.join(file).is_file(), "{file} is missing");
+    }
+
+    // config.toml: defaults < file < flags; --epochs 2 rescales the stage switch (8 of 12 -> 1 of 2)
+    // and the milestones ([8, 10] of 12 -> [1, 2] of 2).
+    let cfg = TrainConfig::load(&dir.join("config.toml")).unwrap();
+    let expected = TrainConfig {
+        synthetic_classes: CLASSES,
+        synthetic_max_per_class: MAX_PER_CLASS,
+        synthetic_test_per_class: TEST_PER_CLASS,
+        imbalance: RHO,
+        expert_width: ExpertWidth::Reduced,
+        epochs: 2,
+        batch_size: 8,
+        threads: 2,
+        lr: 0.05,
+        seed: 5,
+        mixup_alpha: 0.3,
+        stage2_epoch: Some(1),
+        milestones: vec![1, 2],
+        ..TrainConfig::default()
+    };
+    assert_eq!(cfg, expected);
+
+    // metrics.jsonl: one object per (evaluated) epoch, 1-based epochs, stage 2 from epoch index 1.
+    let lines = metrics_lines(&dir);
+    assert_eq!(lines.len(), 2);
+    for (i, line) in lines.iter().enumerate() {
+        for key in [
+            "epoch",
+            "stage",
+            "lr",
+            "train_loss",
+            "top1",
+            "many",
+            "medium",
+            "few",
+            "ece",
+            "seconds",
+        ] {
+            assert!(
+                line.get(key).is_some(),
+                "metrics line {i} lacks {key}: {line}"
+            );
+        }
+        assert_eq!(line["epoch"], i + 1);
+        assert_eq!(line["stage"], i + 1);
+        assert!(line["train_loss"].as_f64().unwrap().is_finite());
+        let top1 = line["top1"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&top1));
+    }
+
+    // report.json
+    let report = read_json(&dir.join("report.json"));
+    for key in [
+        "top1",
+        "many",
+        "medium",
+        "few",
+        "ece",
+        "per_class_top1",
+        "class_counts",
+        "epochs",
+        "train_seconds",
+        "samples_per_second",
+        "device",
+        "config",
+    ] {
+        assert!(report.get(key).is_some(), "report.json lacks {key}");
+    }
+    let counts: Vec<usize> = serde_json::from_value(report["class_counts"].clone()).unwrap();
+    assert_eq!(counts, expected_counts());
+    assert_eq!(report["epochs"], 2);
+    assert_eq!(report["per_class_top1"].as_array().unwrap().len(), CLASSES);
+    assert_eq!(report["top1"], lines[1]["top1"], "report = last epoch");
+    let report_cfg: TrainConfig = serde_json::from_value(report["config"].clone()).unwrap();
+    assert_eq!(report_cfg, expected);
+
+    for png in ["reliability.png", "per_class.png", "curves.png"] {
+        decode_png(&dir.join(png));
+    }
+
+    // eval: same weights, same test set -> the CSV's accuracy is the report's top-1.
+    let checkpoint = dir.join("checkpoint.safetensors");
+    let csv_path = tmp.path().join("preds.csv");
+    run_ok(&[
+        "eval".into(),
+        "--checkpoint".into(),
+        path_str(&checkpoint),
+        "--predictions".into(),
+        path_str(&csv_path),
+    ]);
+    let csv = std::fs::read_to_string(&csv_path).unwrap();
+    let mut rows = csv.lines();
+    assert_eq!(
+        rows.next(),
+        Some("index,label,prediction,confidence,expert0,expert1,expert2")
+    );
+    let rows: Vec<Vec<&str>> = rows.map(|r| r.split(',').collect()).collect();
+    assert_eq!(rows.len(), CLASSES * TEST_PER_CLASS);
+    let mut correct = 0;
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.len(), 7, "row {i}: {row:?}");
+        assert_eq!(row[0], i.to_string());
+        let label: usize = row[1].parse().unwrap();
+        let prediction: usize = row[2].parse().unwrap();
+        let confidence: f64 = row[3].parse().unwrap();
+        assert!(label < CLASSES && prediction < CLASSES);
+        // Softmax averaging over 4 classes: the top probability is at least 1/4.
+        assert!((0.25 - 1e-6..=1.0 + 1e-6).contains(&confidence), "row {i}");
+        correct += usize::from(label == prediction);
+    }
+    let csv_top1 = 100.0 * correct as f64 / rows.len() as f64;
+    let report_top1 = report["top1"].as_f64().unwrap();
+    assert!(
+        (csv_top1 - report_top1).abs() < 1e-9,
+        "CSV top-1 {csv_top1} vs report.json {report_top1}"
+    );
+
+    // The finished run is not overwritten by a fresh one.
+    run_err(
+        &train_args(&["--out".into(), path_str(&dir)]),
+        &["already holds a run", "--resume"],
+    );
+
+    // Resume the finished run with a longer schedule: it continues to epoch 3.
+    run_ok(&[
+        "train",
+        "--resume",
+        &path_str(&dir),
+        "--epochs",
+        "3",
+        "--quiet",
+    ]);
+    let lines = metrics_lines(&dir);
+    let epochs: Vec<u64> = lines.iter().map(|l| l["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs, [1, 2, 3]);
+    assert_eq!(read_json(&dir.join("report.json"))["epochs"], 3);
+    assert_eq!(
+        TrainConfig::load(&dir.join("config.toml")).unwrap().epochs,
+        3
+    );
+}
+
+#[test]
+fn data_info_cut_and_preview() {
+    let tmp = tempfile::tempdir().unwrap();
+    let with_data = |cmd: &[&str]| -> Vec<String> {
+        cmd.iter().chain(TINY_DATA).map(|s| s.to_string()).collect()
+    };
+
+    let out = run_ok(&with_data(&["data", "info", "--json"]));
+    let info: Value = serde_json::from_str(&stdout(&out)).expect("data info --json prints JSON");
+    for key in [
+        "total",
+        "class_counts",
+        "imbalance",
+        "many",
+        "medium",
+        "few",
+    ] {
+        assert!(info.get(key).is_some(), "data info lacks {key}: {info}");
+    }
+    let counts = expected_counts();
+    let total: usize = counts.iter().sum();
+    assert_eq!(
+        serde_json::from_value::<Vec<usize>>(info["class_counts"].clone()).unwrap(),
+        counts
+    );
+    assert_eq!(info["total"], total);
+    assert_eq!(info["imbalance"].as_f64(), Some(RHO));
+    // Every class has under 20 images: all few-shot.
+    assert_eq!(info["few"].as_array().unwrap().len(), CLASSES);
+    assert!(info["many"].as_array().unwrap().is_empty());
+
+    let cut = tmp.path().join("cut.bin");
+    run_ok(&with_data(&["data", "cut", "--output", &path_str(&cut)]));
+    let bytes = std::fs::metadata(&cut).unwrap().len();
+    assert_eq!(bytes, total as u64 * CIFAR10_RECORD);
+    // The record labels are the long-tailed counts.
+    let records = std::fs::read(&cut).unwrap();
+    let mut label_counts = vec![0; CLASSES];
+    for record in records.chunks(CIFAR10_RECORD as usize) {
+        label_counts[record[0] as usize] += 1;
+    }
+    assert_eq!(label_counts, counts);
+
+    let preview = tmp.path().join("preview.png");
+    run_ok(&with_data(&[
+        "data",
+        "preview",
+        "--output",
+        &path_str(&preview),
+    ]));
+    decode_png(&preview);
+}
+
+#[test]
+fn presets_lists_every_preset() {
+    let out = stdout(&run_ok(&["presets"]));
+    for name in ltrain::presets::preset_names() {
+        assert!(
+            out.lines()
+                .any(|l| l.split_whitespace().next() == Some(name)),
+            "preset {name} not listed:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn bench_prints_throughput() {
+    let out = run_ok(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--batch-size",
+        "4",
+        "--experts",
+        "1",
+        "--threads",
+        "2",
+    ]);
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.contains("samples/s"))
+        .unwrap_or_else(|| panic!("no samples/s line:\n{text}"));
+    let rate: f64 = line
+        .split(": ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number before samples/s in {line:?}"));
+    assert!(rate > 0.0 && rate.is_finite(), "{line}");
+}
+
+#[test]
+fn help_of_every_subcommand() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (&[], &["train", "eval", "data", "presets", "bench"]),
+        (
+            &["train"],
+            &[
+                "--epochs", "--loss", "--config", "--preset", "--resume", "--out", "--device",
+            ],
+        ),
+        (&["eval"], &["--checkpoint", "--predictions", "--device"]),
+        (&["data"], &["info", "cut", "preview"]),
+        (&["data", "info"], &["--json", "--dataset", "--data-dir"]),
+        (&["data", "cut"], &["--output", "--train-file"]),
+        (&["data", "preview"], &["--output", "--samples"]),
+        (&["presets"], &["Usage"]),
+        (
+            &["bench"],
+            &["--steps", "--batch-size", "--device", "--model"],
+        ),
+    ];
+    for (cmd, mentions) in cases {
+        let mut args: Vec<&str> = cmd.to_vec();
+        args.push("--help");
+        let text = stdout(&run_ok(&args));
+        for m in *mentions {
+            assert!(
+                text.contains(m),
+                "ltrain {} --help lacks {m}",
+                cmd.join(" ")
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_flag_values_are_rejected() {
+    run_err(
+        &train_args(&["--loss".into(), "bogus".into()]),
+        &["--loss", "bogus"],
+    );
+    run_err(
+        &train_args(&["--device".into(), "tpu".into()]),
+        &["--device", "tpu"],
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    run_err(
+        &train_args(&[
+            "--stage2-epoch".into(),
+            "50".into(),
+            "--out".into(),
+            path_str(&out),
+        ]),
+        &["--stage2-epoch"],
+    );
+    assert!(
+        !out.exists(),
+        "a rejected configuration leaves no run directory"
+    );
+}
+
+#[test]
+fn bad_config_files_are_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing.toml");
+    run_err(
+        &train_args(&["--config".into(), path_str(&missing)]),
+        &["missing.toml", "--config"],
+    );
+    for (name, text, mention) in [
+        ("invalid.toml", "epochs = [\n", "TOML"),
+        ("unknown.toml", "epoch = 3\n", "epoch"),
+        ("wrong_type.toml", "epochs = \"three\"\n", "three"),
+    ] {
+        let file = tmp.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        run_err(
+            &train_args(&["--config".into(), path_str(&file)]),
+            &[name, mention],
+        );
+    }
+}
+
+#[test]
+fn bad_checkpoints_and_run_directories_are_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("none.safetensors");
+    run_err(
+        &["eval", "--checkpoint", &path_str(&missing)],
+        &["none.safetensors"],
+    );
+
+    // Pseudo-random bytes: neither a valid header length nor a JSON header.
+    let corrupt = tmp.path().join("corrupt.safetensors");
+    let bytes: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&corrupt, bytes).unwrap();
+    run_err(
+        &["eval", "--checkpoint", &path_str(&corrupt)],
+        &["corrupt.safetensors"],
+    );
+
+    let empty = tmp.path().join("empty_run");
+    std::fs::create_dir(&empty).unwrap();
+    run_err(
+        &["train", "--resume", &path_str(&empty)],
+        &["--resume", "checkpoint.safetensors"],
+    );
+}
+
+#[test]
+fn missing_or_bad_data_is_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    run_err(
+        &train_args(&[
+            "--dataset".into(),
+            "cifar10-lt".into(),
+            "--out".into(),
+            path_str(&out),
+        ]),
+        &["--data-dir"],
+    );
+    assert!(!out.exists(), "a run without data leaves no run directory");
+
+    // One byte short of a record.
+    let bad = tmp.path().join("short.bin");
+    std::fs::write(&bad, vec![0u8; CIFAR10_RECORD as usize - 1]).unwrap();
+    let bad = path_str(&bad);
+    run_err(
+        &train_args(&[
+            "--dataset".into(),
+            "cifar10-lt".into(),
+            "--train-file".into(),
+            bad.clone(),
+            "--test-file".into(),
+            bad.clone(),
+            "--out".into(),
+            path_str(&out),
+        ]),
+        &["short.bin", "3073"],
+    );
+    assert!(!out.exists());
+    run_err(
+        &[
+            "data",
+            "info",
+            "--dataset",
+            "cifar10-lt",
+            "--train-file",
+            &bad,
+            "--test-file",
+            &bad,
+        ],
+        &["short.bin", "3073"],
+    );
+}
+
+#[test]
+fn cuda_without_a_gpu_is_a_clear_error() {
+    if ltrain::backend::cuda::CudaBackend::new_gpu(0).is_ok() {
+        println!("skipping: this machine has a usable GPU, --device cuda would train");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    run_err(
+        &train_args(&[
+            "--device".into(),
+            "cuda".into(),
+            "--out".into(),
+            path_str(&out),
+        ]),
+        &["--device cuda"],
+    );
+    assert!(
+        !out.exists(),
+        "a run that cannot start leaves no run directory"
+    );
+    run_err(
+        &["bench", "--device", "cuda", "--steps", "1", "--warmup", "0"],
+        &["--device cuda"],
+    );
+}
