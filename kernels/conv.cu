@@ -7,25 +7,32 @@
 // weight layout [c_out, c_in / groups, k, k].
 #include "common.cuh"
 
-// col [count, c * k * k, h_out * w_out] from images [first, first + count) of x.
+// col [count, c * k * k, h_out * w_out] from images [first, first + count) of x. One thread per
+// (image, channel, output position) writes that position's k * k column entries (as Caffe does):
+// neighbouring threads read and write neighbouring addresses, and the index arithmetic is shared by
+// the k * k entries.
 KERNEL void im2col(const float* __restrict__ x, float* __restrict__ col, unsigned first,
                    unsigned count, unsigned c, unsigned h, unsigned w, unsigned k, unsigned stride,
                    unsigned pad, unsigned h_out, unsigned w_out) {
     const unsigned hw_out = h_out * w_out;
-    const unsigned rows = c * k * k;
-    const unsigned total = count * rows * hw_out;
+    const unsigned total = count * c * hw_out;
     for (unsigned i = global_thread(); i < total; i += grid_threads()) {
-        const unsigned ow = i % w_out;
-        const unsigned oh = (i / w_out) % h_out;
-        const unsigned r = (i / hw_out) % rows;
-        const unsigned s = i / (hw_out * rows);
-        const unsigned kw = r % k, kh = (r / k) % k, ci = r / (k * k);
-        const int ih = int(oh * stride + kh) - int(pad);
-        const int iw = int(ow * stride + kw) - int(pad);
-        float v = 0.0f;
-        if (ih >= 0 && ih < int(h) && iw >= 0 && iw < int(w))
-            v = x[((size_t(first + s) * c + ci) * h + unsigned(ih)) * w + unsigned(iw)];
-        col[i] = v;
+        const unsigned pos = i % hw_out;
+        const unsigned ow = pos % w_out, oh = pos / w_out;
+        const unsigned plane = i / hw_out;  // s * c + ci
+        const float* xp = x + (size_t(first) * c + plane) * h * w;
+        float* cp = col + size_t(plane) * k * k * hw_out + pos;
+        const int h0 = int(oh * stride) - int(pad);
+        const int w0 = int(ow * stride) - int(pad);
+        for (unsigned kh = 0; kh < k; ++kh) {
+            const int ih = h0 + int(kh);
+            const bool row_in = ih >= 0 && ih < int(h);
+            for (unsigned kw = 0; kw < k; ++kw) {
+                const int iw = w0 + int(kw);
+                cp[(kh * k + kw) * hw_out] =
+                    row_in && iw >= 0 && iw < int(w) ? xp[unsigned(ih) * w + unsigned(iw)] : 0.0f;
+            }
+        }
     }
 }
 

@@ -546,3 +546,141 @@ fn out_of_range_indices_are_errors_like_on_the_cpu() -> Result<()> {
     assert_eq!(be.download(&ok)?, vec![0.0, 0.0]);
     be.synchronize()
 }
+
+/// Whole training steps (three-expert ResNet-32 forward, fused losses, backward, SGD) run on the
+/// emulated CUDA backend give the CPU backend's loss and weights: a mixup step with logit adjustment,
+/// then a class-weighted, weight-normalised step.
+#[test]
+fn training_steps_on_the_emulator_match_the_cpu() {
+    use ltrain::config::TrainConfig;
+    use ltrain::method::{EpochPlan, Reweighting};
+    use ltrain::model::MultiExpertNet;
+    use ltrain::nn::TensorData;
+    use ltrain::train::trainer::{train_step, StepInputs};
+
+    struct StepData {
+        views: Vec<Vec<f32>>,
+        labels: Vec<u32>,
+        perm: Vec<u32>,
+        adjustment: Vec<f32>,
+        class_weights: Vec<f32>,
+        classes: usize,
+        n: usize,
+        side: usize,
+    }
+    let (classes, n, side) = (5, 6, 8);
+    let mut g = StdRng::seed_from_u64(8);
+    let views = (0..3)
+        .map(|_| random(&mut g, n * 3 * side * side, -1.0, 1.0))
+        .collect();
+    let labels = random_labels(&mut g, n, classes);
+    let mut perm: Vec<u32> = (0..n as u32).collect();
+    perm.shuffle(&mut g);
+    let data = StepData {
+        views,
+        labels,
+        perm,
+        adjustment: random(&mut g, classes, -2.0, 0.0),
+        class_weights: random(&mut g, classes, 0.5, 1.5),
+        classes,
+        n,
+        side,
+    };
+    let cfg = TrainConfig::default();
+
+    fn steps<B: Backend>(be: &B, cfg: &TrainConfig, data: &StepData) -> Vec<Vec<f32>> {
+        let StepData {
+            classes, n, side, ..
+        } = *data;
+        let mut model = MultiExpertNet::resnet32(be, classes, 3, (24, 48), 3).unwrap();
+        let views: Vec<B::Buf> = data.views.iter().map(|v| be.upload(v).unwrap()).collect();
+        let labels_b: Vec<u32> = data.perm.iter().map(|&p| data.labels[p as usize]).collect();
+        let labels = be.upload_index(&data.labels).unwrap();
+        let labels_b = be.upload_index(&labels_b).unwrap();
+        let perm = be.upload_index(&data.perm).unwrap();
+        let adjustment = be.upload(&data.adjustment).unwrap();
+        let class_weights = be.upload(&data.class_weights).unwrap();
+        let sgd = SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            nesterov: false,
+        };
+        let plan = |reweighting| EpochPlan {
+            stage: 1,
+            augment: false,
+            mixup_alpha: 0.2,
+            logit_adjusted: true,
+            reweighting,
+        };
+        let (mixup_plan, weighted_plan) =
+            (plan(Reweighting::None), plan(Reweighting::InverseFrequency));
+        let mut out = Vec::new();
+        let first = StepInputs {
+            cfg,
+            plan: &mixup_plan,
+            adjustment: &adjustment,
+            class_weights: None,
+            reduction: LossReduction::Mean,
+            sgd,
+        };
+        let mixed = be.mixup(&views[0], &perm, 0.6, n, 3 * side * side).unwrap();
+        let inputs = [
+            mixed,
+            be.scale(&views[1], 1.0).unwrap(),
+            be.scale(&views[2], 1.0).unwrap(),
+        ];
+        let loss = train_step(
+            be,
+            &mut model,
+            &first,
+            &inputs,
+            &labels,
+            Some((&labels_b, 0.6)),
+            n,
+            (side, side),
+            &mut [],
+        )
+        .unwrap();
+        out.push(be.download(&loss).unwrap());
+        let second = StepInputs {
+            plan: &weighted_plan,
+            class_weights: Some(&class_weights),
+            reduction: LossReduction::WeightNormalized,
+            ..first
+        };
+        let loss = train_step(
+            be,
+            &mut model,
+            &second,
+            &views,
+            &labels,
+            None,
+            n,
+            (side, side),
+            &mut [],
+        )
+        .unwrap();
+        out.push(be.download(&loss).unwrap());
+        for t in model.state_dict(be).unwrap() {
+            if let TensorData::F32(v) = t.data {
+                out.push(v);
+            }
+        }
+        out
+    }
+    let cuda = steps(&emulated(), &cfg, &data);
+    let cpu = steps(&cpu(), &cfg, &data);
+    assert_eq!(cuda.len(), cpu.len());
+    assert_near("step 1 loss", &cuda[0], &cpu[0], 1e-5, 1e-5);
+    assert_near("step 2 loss", &cuda[1], &cpu[1], 1e-5, 1e-5);
+    for (i, (a, b)) in cuda.iter().zip(&cpu).enumerate().skip(2) {
+        assert_near(
+            &format!("state tensor {i} after two steps"),
+            a,
+            b,
+            1e-4,
+            1e-4,
+        );
+    }
+}

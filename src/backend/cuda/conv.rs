@@ -92,7 +92,7 @@ impl CudaBackend {
         count: usize,
     ) -> Result<()> {
         let d = g.d;
-        if let Some(cfg) = self.elementwise(count * g.col_rows() * g.hw) {
+        if let Some(cfg) = self.elementwise(count * d.c_in * g.hw) {
             kernels::im2col(
                 self.rt(),
                 cfg,

@@ -235,48 +235,69 @@ fn to_tf32(x: f32) -> f32 {
     f32::from_bits(bits.wrapping_add(round) & !0x1fff)
 }
 
-/// Reference implementation of cuBLAS's `sgemmStridedBatched` (column-major). `g` is validated.
+/// cuBLAS's `sgemmStridedBatched` (column-major) on the CPU through the `gemm` crate, whose arbitrary
+/// row/column strides express each operand exactly as cuBLAS reads it. `g` is validated.
 pub(crate) fn host_gemm(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], tf32: bool) {
-    let round = |x: f32| if tf32 { to_tf32(x) } else { x };
     let (m, n, k) = (g.m, g.n, g.k);
-    let mut op_a = vec![0.0f32; m * k]; // row i of op(A), contiguous
-    let mut op_b = vec![0.0f32; n * k]; // column j of op(B), contiguous
+    if m == 0 || n == 0 {
+        return;
+    }
+    let rounded;
+    let (a, b) = if tf32 {
+        rounded = (
+            a.iter().map(|&x| to_tf32(x)).collect::<Vec<_>>(),
+            b.iter().map(|&x| to_tf32(x)).collect::<Vec<_>>(),
+        );
+        (&rounded.0[..], &rounded.1[..])
+    } else {
+        (a, b)
+    };
+    // (row stride, column stride) of op(X) for a column-major X with leading dimension ld.
+    let strides = |transposed: bool, ld: usize| {
+        if transposed {
+            (ld as isize, 1)
+        } else {
+            (1, ld as isize)
+        }
+    };
+    let (a_rs, a_cs) = strides(g.transa, g.lda);
+    let (b_rs, b_cs) = strides(g.transb, g.ldb);
     for batch in 0..g.batch {
         let a0 = g.a_offset + batch * g.stride_a;
         let b0 = g.b_offset + batch * g.stride_b;
         let c0 = g.c_offset + batch * g.stride_c;
-        for i in 0..m {
-            for p in 0..k {
-                let at = if g.transa {
-                    p + i * g.lda
-                } else {
-                    i + p * g.lda
-                };
-                op_a[i * k + p] = round(a[a0 + at]);
+        if k == 0 {
+            for j in 0..n {
+                for v in &mut c[c0 + j * g.ldc..c0 + j * g.ldc + m] {
+                    *v = if g.beta == 0.0 { 0.0 } else { g.beta * *v };
+                }
             }
+            continue;
         }
-        for j in 0..n {
-            for p in 0..k {
-                let at = if g.transb {
-                    j + p * g.ldb
-                } else {
-                    p + j * g.ldb
-                };
-                op_b[j * k + p] = round(b[b0 + at]);
-            }
-        }
-        for j in 0..n {
-            let col_b = &op_b[j * k..(j + 1) * k];
-            for i in 0..m {
-                let row_a = &op_a[i * k..(i + 1) * k];
-                let acc: f32 = row_a.iter().zip(col_b).map(|(x, y)| x * y).sum();
-                let dst = &mut c[c0 + i + j * g.ldc];
-                *dst = if g.beta == 0.0 {
-                    g.alpha * acc
-                } else {
-                    g.alpha * acc + g.beta * *dst
-                };
-            }
+        // SAFETY: `g.validate` checked that every element op(A), op(B) and C address lies inside
+        // `a`, `b` and `c`; `c` is exclusively borrowed and distinct from the inputs.
+        unsafe {
+            ::gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr().add(c0),
+                g.ldc as isize,
+                1,
+                g.beta != 0.0, // C is not read when beta is 0, as in cuBLAS
+                a.as_ptr().add(a0),
+                a_cs,
+                a_rs,
+                b.as_ptr().add(b0),
+                b_cs,
+                b_rs,
+                g.beta,
+                g.alpha,
+                false,
+                false,
+                false,
+                ::gemm::Parallelism::Rayon(0),
+            );
         }
     }
 }
