@@ -8,6 +8,7 @@
 //!   (`*_assign`, running statistics, the optimizer step, the cos-max table);
 //! - every backward op is explicit and returns the gradient of its inputs for the given output gradient.
 
+pub mod augment_params;
 pub mod cpu;
 pub mod cuda;
 
@@ -196,12 +197,35 @@ pub struct LossOutput<B: Backend + ?Sized> {
     pub dlogits: B::Buf,
 }
 
+/// The augmentation level a batch of views is built under ([`Backend::augment_batch`]); `None` is
+/// the plain transform (normalisation only, no parameters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AugmentLevel {
+    None,
+    Weak,
+    Medium,
+    Strong,
+}
+
+/// What [`Backend::augment_batch`] produces: `[n, 3, h, w]` views of `h x w` u8 images (CIFAR
+/// family: output size = input size), normalised per channel as `(v / 255 - mean) / std`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AugmentSpec {
+    pub h: usize,
+    pub w: usize,
+    pub level: AugmentLevel,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
 /// The op interface. Buffers are opaque handles owned by the backend.
 pub trait Backend: Send + Sync + 'static {
     /// A device buffer of `f32`.
     type Buf: Send + Sync;
     /// A device buffer of `u32` (labels, indices, permutations).
     type Index: Send + Sync;
+    /// A device buffer of `u8` (a whole in-memory dataset, `[N, 3, h, w]`).
+    type Bytes: Send + Sync;
 
     /// Short human-readable description, e.g. `cpu (2 threads)` or `cuda: NVIDIA H200`.
     fn name(&self) -> String;
@@ -379,6 +403,22 @@ pub trait Backend: Send + Sync + 'static {
         lambda: f32,
         n: usize,
         per_sample: usize,
+    ) -> Result<Self::Buf>;
+
+    // ---- the data path ----
+    /// Copies `u8` data (an in-memory dataset) to the device once.
+    fn upload_bytes(&self, data: &[u8]) -> Result<Self::Bytes>;
+    /// Builds normalised views `[n, 3, h, w]` of the images `indices [n]` of `images [N, 3, h, w]`
+    /// under `spec.level`. `params [n, augment_params::PARAM_WORDS]` holds each sample's drawn
+    /// parameters in the layout of [`augment_params`] (drawn on the host by the same generator as the
+    /// host path, see `augment_params::draw_batch`); for `AugmentLevel::None` it must be empty. The
+    /// result equals `augment::apply` + `augment::normalize_into` on the same parameters.
+    fn augment_batch(
+        &self,
+        images: &Self::Bytes,
+        indices: &Self::Index,
+        params: &Self::Buf,
+        spec: AugmentSpec,
     ) -> Result<Self::Buf>;
 
     // ---- the unfused loss composition (benchmark baseline and cross-check of `fused_loss`) ----

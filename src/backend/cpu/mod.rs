@@ -6,6 +6,7 @@
 //! Results do not depend on the thread count: every reduction runs over a fixed partition of the data
 //! (independent of the pool size) and partial results are combined in a fixed order.
 
+mod augment;
 mod conv;
 mod eltwise;
 mod linear;
@@ -19,8 +20,10 @@ mod rows;
 use anyhow::{bail, Context, Result};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
+pub use augment::CpuBytes;
+
 use super::{
-    Backend, BatchNormConfig, ChannelDims, Conv2dDims, LossArgs, LossOutput, Pool2dDims, SgdConfig,
+    AugmentSpec, Backend, BatchNormConfig, ChannelDims, Conv2dDims, LossArgs, LossOutput, Pool2dDims, SgdConfig,
     ShortcutDims,
 };
 
@@ -78,6 +81,7 @@ pub(crate) fn check_indices(op: &str, what: &str, idx: &[u32], bound: usize) -> 
 impl Backend for CpuBackend {
     type Buf = CpuBuf;
     type Index = CpuIndex;
+    type Bytes = CpuBytes;
 
     fn name(&self) -> String {
         let threads = self.threads();
@@ -362,6 +366,20 @@ impl Backend for CpuBackend {
         self.pool
             .install(|| eltwise::mixup(&x.0, &perm.0, lambda, n, per_sample))
             .map(CpuBuf)
+    }
+
+    // ---- the data path ----
+    fn upload_bytes(&self, data: &[u8]) -> Result<CpuBytes> {
+        Ok(CpuBytes(data.to_vec()))
+    }
+    fn augment_batch(
+        &self,
+        images: &CpuBytes,
+        indices: &CpuIndex,
+        params: &CpuBuf,
+        spec: AugmentSpec,
+    ) -> Result<CpuBuf> {
+        self.augment_batch_impl(images, indices, params, spec)
     }
 
     // ---- optimizer ----

@@ -15,6 +15,7 @@
 //!
 //! Profiler ranges: [`Backend::range_push`] / [`Backend::range_pop`] are no-ops (see `gpu.rs`).
 
+mod augment;
 mod conv;
 mod eltwise;
 mod emulator;
@@ -33,10 +34,11 @@ use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{anyhow, bail, Result};
 
+pub use augment::CudaBytes;
 pub use runtime::{DeviceBuffer, DeviceLimits, Gemm, LaunchConfig};
 
 use super::{
-    Backend, BatchNormConfig, ChannelDims, Conv2dDims, LossArgs, LossOutput, Pool2dDims, SgdConfig,
+    AugmentSpec, Backend, BatchNormConfig, ChannelDims, Conv2dDims, LossArgs, LossOutput, Pool2dDims, SgdConfig,
     ShortcutDims,
 };
 use runtime::DeviceRuntime;
@@ -88,6 +90,10 @@ const INDEX_ERRORS: &[(u32, &str)] = &[
     (
         16,
         "mixup: a permutation entry is out of range (must be < n)",
+    ),
+    (
+        32,
+        "augment_batch: an image index is out of range or a parameter row is malformed",
     ),
 ];
 
@@ -271,6 +277,7 @@ fn check_len(op: &str, what: &str, actual: usize, expected: usize) -> Result<()>
 impl Backend for CudaBackend {
     type Buf = CudaBuf;
     type Index = CudaIndex;
+    type Bytes = CudaBytes;
 
     fn name(&self) -> String {
         self.rt.describe()
@@ -502,6 +509,20 @@ impl Backend for CudaBackend {
         per_sample: usize,
     ) -> Result<CudaBuf> {
         self.mixup_impl(x, perm, lambda, n, per_sample)
+    }
+
+    // ---- the data path ----
+    fn upload_bytes(&self, data: &[u8]) -> Result<CudaBytes> {
+        self.upload_bytes_impl(data)
+    }
+    fn augment_batch(
+        &self,
+        images: &CudaBytes,
+        indices: &CudaIndex,
+        params: &CudaBuf,
+        spec: AugmentSpec,
+    ) -> Result<CudaBuf> {
+        self.augment_batch_impl(images, indices, params, spec)
     }
 
     // ---- optimizer ----

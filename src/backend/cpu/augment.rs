@@ -1,0 +1,93 @@
+//! The data path of the CPU backend: the dataset stays a host byte vector and `augment_batch`
+//! decodes each packed parameter row and runs the host ops (`augment::apply`), so it is the
+//! reference the CUDA kernels are compared against.
+
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+
+use super::{check_indices, CpuBackend, CpuBuf, CpuIndex};
+use crate::augment::{self, ops::Image, Geometry, Normalization, Recipe};
+use crate::backend::augment_params::{self, PARAM_WORDS};
+use crate::backend::{AugmentLevel, AugmentSpec};
+
+/// A host buffer of `u8` (an in-memory dataset).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CpuBytes(pub(super) Vec<u8>);
+
+impl CpuBackend {
+    pub(super) fn augment_batch_impl(
+        &self,
+        images: &CpuBytes,
+        indices: &CpuIndex,
+        params: &CpuBuf,
+        spec: AugmentSpec,
+    ) -> Result<CpuBuf> {
+        const OP: &str = "augment_batch";
+        let (h, w) = (spec.h, spec.w);
+        let len = 3 * h * w;
+        if len == 0 || !images.0.len().is_multiple_of(len) {
+            bail!(
+                "{OP}: the dataset has {} bytes, not a whole number of {h}x{w} RGB images",
+                images.0.len()
+            );
+        }
+        check_indices(OP, "indices", &indices.0, images.0.len() / len)?;
+        let n = indices.0.len();
+        let rows: Vec<_> = match spec.level {
+            AugmentLevel::None => {
+                if !params.0.is_empty() {
+                    bail!(
+                        "{OP}: the plain transform takes no parameters (got {} words)",
+                        params.0.len()
+                    );
+                }
+                vec![augment::LevelParams::identity(); n]
+            }
+            _ => {
+                if params.0.len() != n * PARAM_WORDS {
+                    bail!(
+                        "{OP}: `params` has {} words but {n} samples need {}",
+                        params.0.len(),
+                        n * PARAM_WORDS
+                    );
+                }
+                let rows = params
+                    .0
+                    .chunks(PARAM_WORDS)
+                    .map(augment_params::unpack)
+                    .collect::<Result<Vec<_>>>()?;
+                for (i, p) in rows.iter().enumerate() {
+                    if let Geometry::ResizedCrop {
+                        top,
+                        left,
+                        h: ch,
+                        w: cw,
+                    } = p.geometry
+                    {
+                        if ch == 0 || cw == 0 || top + ch > h || left + cw > w {
+                            bail!("{OP}: sample {i}: crop {ch}x{cw} at ({top}, {left}) is outside the {h}x{w} image");
+                        }
+                    }
+                }
+                rows
+            }
+        };
+        let recipe = Recipe::cifar(h, w);
+        let norm = Normalization {
+            mean: spec.mean,
+            std: spec.std,
+        };
+        let mut out = vec![0f32; n * len];
+        self.pool.install(|| {
+            out.par_chunks_mut(len)
+                .zip(indices.0.par_iter().zip(rows.par_iter()))
+                .for_each(|(slot, (&i, p))| {
+                    let i = i as usize;
+                    let image =
+                        Image::from_data(3, h, w, images.0[i * len..(i + 1) * len].to_vec());
+                    augment::normalize_into(&augment::apply(&recipe, p, &image), &norm, slot);
+                })
+        });
+        Ok(CpuBuf(out))
+    }
+}

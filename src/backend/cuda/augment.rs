@@ -1,0 +1,136 @@
+//! The GPU-side data path (kernels/augment.cu): the u8 dataset resident on the device and
+//! `augment_batch`, one block per image.
+
+use anyhow::{bail, Result};
+
+use super::{
+    check_len, kernels, to_u32, CudaBackend, CudaBuf, CudaIndex, DeviceBuffer, LaunchConfig,
+};
+use crate::backend::augment_params::PARAM_WORDS;
+use crate::backend::{AugmentLevel, AugmentSpec};
+
+/// A device buffer of `u8`, stored as whole 32-bit words (the kernels' pointer types are 32-bit);
+/// the padding of the last word is zero.
+pub struct CudaBytes {
+    words: DeviceBuffer<u32>,
+    len: usize,
+}
+
+impl CudaBytes {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Dynamic shared memory of one `augment_batch` block for `h x w` images: f32 planes `[3, h, w]`,
+/// the histogram / reduction scratch, two u8 images `[3, h, w]` (kernels/augment.cu `Work`).
+fn augment_smem_bytes(h: usize, w: usize) -> usize {
+    let hw = h * w;
+    4 * 3 * hw + 4 * (3 * 256 + 8) + 2 * 3 * hw
+}
+
+impl CudaBackend {
+    pub(super) fn upload_bytes_impl(&self, data: &[u8]) -> Result<CudaBytes> {
+        let words = data.len().div_ceil(4);
+        let mem = if data.len() == 4 * words {
+            self.rt().upload(data)?
+        } else {
+            let mut padded = Vec::with_capacity(4 * words);
+            padded.extend_from_slice(data);
+            padded.resize(4 * words, 0);
+            self.rt().upload(&padded)?
+        };
+        Ok(CudaBytes {
+            words: DeviceBuffer::from_mem(mem, words),
+            len: data.len(),
+        })
+    }
+
+    pub(super) fn augment_batch_impl(
+        &self,
+        images: &CudaBytes,
+        indices: &CudaIndex,
+        params: &CudaBuf,
+        spec: AugmentSpec,
+    ) -> Result<CudaBuf> {
+        const OP: &str = "augment_batch";
+        let (h, w) = (spec.h, spec.w);
+        let image_len = 3 * h * w;
+        if image_len == 0 || !images.len.is_multiple_of(image_len) {
+            bail!(
+                "{OP}: the dataset has {} bytes, not a whole number of {h}x{w} RGB images",
+                images.len
+            );
+        }
+        let n = indices.len();
+        let with_params = spec.level != AugmentLevel::None;
+        if with_params {
+            check_len(OP, "params", params.len(), n * PARAM_WORDS)?;
+        } else if params.len() != 0 {
+            bail!(
+                "{OP}: the plain transform takes no parameters (got {} words)",
+                params.len()
+            );
+        }
+        to_u32(OP, "output size", n * image_len)?;
+        let dataset_len = to_u32(OP, "dataset size", images.len / image_len)?;
+        let smem = augment_smem_bytes(h, w);
+        let limits = self.limits();
+        if smem > limits.shared_per_block_optin as usize {
+            bail!(
+                "{OP}: {h}x{w} images need {smem} bytes of shared memory per block, more than the \
+                 device's {} (use the host data path for images this large)",
+                limits.shared_per_block_optin
+            );
+        }
+        let mut out = self.alloc(n * image_len)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        // The emulator runs a block's threads as fibers: fewer of them are faster, same result.
+        let threads = if self.is_emulated() { 64 } else { 256 };
+        let blocks = n.min(self.rt().max_grid_blocks() as usize).max(1);
+        let cfg = LaunchConfig {
+            shared_mem_bytes: smem as u32,
+            large_shared_mem: smem > limits.shared_per_block as usize,
+            ..LaunchConfig::linear(blocks as u32, threads)
+        };
+        // Exactly the host's `normalize_into` constants.
+        let scale: Vec<f32> = spec.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
+        let shift: Vec<f32> = spec
+            .mean
+            .iter()
+            .zip(&spec.std)
+            .map(|(m, s)| m / s)
+            .collect();
+        {
+            let mut word = self.error_word()?;
+            kernels::augment_batch(
+                self.rt(),
+                cfg,
+                &images.words,
+                indices,
+                with_params.then_some(params),
+                &mut out,
+                &mut word,
+                n as u32,
+                h as u32,
+                w as u32,
+                dataset_len,
+                PARAM_WORDS as u32,
+                scale[0],
+                scale[1],
+                scale[2],
+                shift[0],
+                shift[1],
+                shift[2],
+            )?;
+        }
+        self.after_index_kernel()?;
+        Ok(out)
+    }
+}
