@@ -1,0 +1,898 @@
+//! Checks of the CUDA backend shared by `emulator.rs`, `conformance_cuda_emu.rs` (the emulator) and
+//! `cuda_gpu.rs` (a real GPU); each takes the CUDA backend to test and panics on a mismatch:
+//! - the device runtime itself: barrier and warp-shuffle reductions, ballots, atomics, launch limits,
+//!   and the raw GEMM against a naive column-major reference (cuBLAS's convention);
+//! - every op against the CPU reference backend on the same random inputs, and whole training steps.
+//!
+//! GEMMs must be strict fp32 (no TF32) for the tolerances used here.
+
+#![allow(dead_code)]
+
+use anyhow::Result;
+use ltrain::backend::cpu::CpuBackend;
+use ltrain::backend::cuda::{selftest, CudaBackend, Gemm, LaunchConfig};
+use ltrain::backend::{
+    Backend, BatchNormConfig, ChannelDims, Conv2dDims, LossArgs, LossReduction, LossTargets,
+    LossWeighting, Pool2dDims, SgdConfig, ShortcutDims,
+};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+fn cpu() -> CpuBackend {
+    CpuBackend::new(Some(2)).expect("a 2-thread CPU backend")
+}
+
+fn random(rng: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+fn random_labels(rng: &mut StdRng, n: usize, classes: usize) -> Vec<u32> {
+    (0..n)
+        .map(|_| rng.random_range(0..classes as u32))
+        .collect()
+}
+
+/// `|cuda - cpu| <= atol + rtol * |cpu|` element-wise, naming the worst element.
+fn assert_near(what: &str, cuda: &[f32], cpu: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(cuda.len(), cpu.len(), "{what}: lengths differ");
+    let worst = cuda
+        .iter()
+        .zip(cpu)
+        .enumerate()
+        .map(|(i, (&g, &w))| (i, (g - w).abs() - (atol + rtol * w.abs())))
+        .filter(|&(_, excess)| excess > 0.0 || excess.is_nan())
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    if let Some((i, _)) = worst {
+        panic!(
+            "{what}: element {i}: cuda {} vs cpu {} (atol {atol:e}, rtol {rtol:e})",
+            cuda[i], cpu[i]
+        );
+    }
+}
+
+/// Evaluates an expression once per backend, binding `$be`; yields `(cuda, cpu)`.
+macro_rules! on {
+    ($cuda:expr, |$be:ident| $body:expr) => {{
+        let cuda = {
+            let $be = $cuda;
+            $body
+        };
+        let cpu = {
+            let $be = &cpu();
+            $body
+        };
+        (cuda, cpu)
+    }};
+}
+
+fn down<B: Backend>(be: &B, buf: &B::Buf) -> Vec<f32> {
+    be.download(buf).unwrap()
+}
+
+pub fn elementwise_ops_match_the_cpu(cuda: &CudaBackend) {
+    let mut g = StdRng::seed_from_u64(1);
+    let a = random(&mut g, 3001, -2.0, 2.0);
+    let b = random(&mut g, 3001, -2.0, 2.0);
+    let (cuda, cpu) = on!(cuda, |be| {
+        let (ab, bb) = (be.upload(&a).unwrap(), be.upload(&b).unwrap());
+        let mut acc = be.upload(&a).unwrap();
+        be.add_assign(&mut acc, &bb).unwrap();
+        let y = be.relu_forward(&ab).unwrap();
+        vec![
+            down(be, &be.add(&ab, &bb).unwrap()),
+            down(be, &acc),
+            down(be, &be.scale(&ab, 0.3).unwrap()),
+            down(be, &be.sum(&ab).unwrap()),
+            down(be, &y),
+            down(be, &be.relu_backward(&bb, &y).unwrap()),
+        ]
+    });
+    for (i, name) in ["add", "add_assign", "scale", "sum", "relu", "relu_backward"]
+        .iter()
+        .enumerate()
+    {
+        assert_near(name, &cuda[i], &cpu[i], 1e-4, 1e-6);
+    }
+}
+
+fn conv_cases() -> Vec<Conv2dDims> {
+    let d = |n, c_in, h, w, c_out, k, stride, pad, groups| Conv2dDims {
+        n,
+        c_in,
+        h,
+        w,
+        c_out,
+        k,
+        stride,
+        pad,
+        groups,
+    };
+    vec![
+        d(3, 3, 8, 8, 8, 3, 1, 1, 1),
+        d(2, 4, 9, 7, 6, 3, 2, 1, 2),
+        d(4, 6, 5, 5, 4, 1, 1, 0, 2), // 1x1: the input is the column matrix
+        d(2, 4, 6, 6, 8, 1, 2, 0, 1),
+        d(1, 2, 4, 4, 3, 5, 1, 2, 1),
+    ]
+}
+
+fn conv_outputs<B: Backend>(be: &B, d: Conv2dDims, seed: u64) -> Vec<Vec<f32>> {
+    let mut g = StdRng::seed_from_u64(seed);
+    let x = be
+        .upload(&random(&mut g, d.input_len(), -1.0, 1.0))
+        .unwrap();
+    let w = be
+        .upload(&random(&mut g, d.weight_len(), -1.0, 1.0))
+        .unwrap();
+    let dy = be
+        .upload(&random(&mut g, d.output_len(), -1.0, 1.0))
+        .unwrap();
+    vec![
+        down(be, &be.conv2d_forward(&x, &w, d).unwrap()),
+        down(be, &be.conv2d_backward_data(&dy, &w, d).unwrap()),
+        down(be, &be.conv2d_backward_weight(&x, &dy, d).unwrap()),
+    ]
+}
+
+pub fn convolutions_match_the_cpu(cuda: &CudaBackend) {
+    for (i, d) in conv_cases().into_iter().enumerate() {
+        let (cuda, cpu) = on!(cuda, |be| conv_outputs(be, d, i as u64));
+        for (j, name) in ["forward", "backward_data", "backward_weight"]
+            .iter()
+            .enumerate()
+        {
+            assert_near(&format!("conv {name} {d:?}"), &cuda[j], &cpu[j], 1e-4, 1e-5);
+        }
+    }
+}
+
+/// `chunked`: a CUDA backend whose conv workspace holds one image of this case at a time.
+pub fn convolutions_in_image_chunks_match_the_cpu(chunked: CudaBackend) {
+    // Each image's column matrix has 4 * 3 * 3 * 5 * 4 = 720 floats: a 1000-float workspace takes
+    // one image per chunk, so the weight gradient accumulates across chunks.
+    let d = conv_cases()[1];
+    let cuda = conv_outputs(&chunked, d, 7);
+    let cpu = conv_outputs(&cpu(), d, 7);
+    for (j, name) in ["forward", "backward_data", "backward_weight"]
+        .iter()
+        .enumerate()
+    {
+        assert_near(
+            &format!("chunked conv {name}"),
+            &cuda[j],
+            &cpu[j],
+            1e-4,
+            1e-5,
+        );
+    }
+}
+
+pub fn batch_norm_matches_the_cpu(cuda: &CudaBackend) {
+    let d = ChannelDims { n: 6, c: 5, hw: 13 };
+    let mut g = StdRng::seed_from_u64(2);
+    let x = random(&mut g, d.len(), -2.0, 3.0);
+    let dy = random(&mut g, d.len(), -1.0, 1.0);
+    let gamma = random(&mut g, d.c, 0.5, 1.5);
+    let beta = random(&mut g, d.c, -0.5, 0.5);
+    let cfg = BatchNormConfig {
+        momentum: 0.2,
+        eps: 1e-3,
+    };
+    let (cuda, cpu) = on!(cuda, |be| {
+        let (xb, gb, bb) = (
+            be.upload(&x).unwrap(),
+            be.upload(&gamma).unwrap(),
+            be.upload(&beta).unwrap(),
+        );
+        let mut rm = be.upload(&[0.1; 5]).unwrap();
+        let mut rv = be.upload(&[0.9; 5]).unwrap();
+        let (y, mean, inv_std) = be
+            .batch_norm_train_forward(&xb, &gb, &bb, &mut rm, &mut rv, d, cfg)
+            .unwrap();
+        let eval = be
+            .batch_norm_eval_forward(&xb, &gb, &bb, &rm, &rv, d, cfg)
+            .unwrap();
+        let (dx, dgamma, dbeta) = be
+            .batch_norm_backward(&be.upload(&dy).unwrap(), &xb, &gb, &mean, &inv_std, d)
+            .unwrap();
+        [&y, &mean, &inv_std, &rm, &rv, &eval, &dx, &dgamma, &dbeta]
+            .iter()
+            .map(|b| down(be, b))
+            .collect::<Vec<_>>()
+    });
+    let names = [
+        "y",
+        "mean",
+        "inv_std",
+        "running_mean",
+        "running_var",
+        "eval",
+        "dx",
+        "dgamma",
+        "dbeta",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        assert_near(&format!("batch norm {name}"), &cuda[i], &cpu[i], 1e-5, 1e-5);
+    }
+}
+
+pub fn pooling_and_shortcut_match_the_cpu(cuda: &CudaBackend) {
+    let pd = Pool2dDims {
+        n: 2,
+        c: 3,
+        h: 7,
+        w: 6,
+        k: 3,
+        stride: 2,
+        pad: 1,
+    };
+    let cd = ChannelDims { n: 3, c: 4, hw: 10 };
+    let sd = ShortcutDims {
+        n: 2,
+        c_in: 4,
+        h: 5,
+        w: 6,
+        c_out: 8,
+        stride: 2,
+    };
+    let mut g = StdRng::seed_from_u64(3);
+    // Coarse values so windows hold ties: the first maximum must win on both backends.
+    let x: Vec<f32> = (0..pd.n * pd.c * pd.h * pd.w)
+        .map(|_| g.random_range(0..4) as f32)
+        .collect();
+    let dy_pool = random(&mut g, pd.n * pd.c * pd.h_out() * pd.w_out(), -1.0, 1.0);
+    let xa = random(&mut g, cd.len(), -1.0, 1.0);
+    let dya = random(&mut g, cd.n * cd.c, -1.0, 1.0);
+    let xs = random(&mut g, sd.n * sd.c_in * sd.h * sd.w, -1.0, 1.0);
+    let dys = random(&mut g, sd.n * sd.c_out * sd.h_out() * sd.w_out(), -1.0, 1.0);
+    let (cuda, cpu) = on!(cuda, |be| {
+        let (y, argmax) = be.max_pool_forward(&be.upload(&x).unwrap(), pd).unwrap();
+        let dx = be
+            .max_pool_backward(&be.upload(&dy_pool).unwrap(), &argmax, pd)
+            .unwrap();
+        let argmax: Vec<f32> = be
+            .download_index(&argmax)
+            .unwrap()
+            .into_iter()
+            .map(|i| i as f32)
+            .collect();
+        vec![
+            down(be, &y),
+            argmax,
+            down(be, &dx),
+            down(
+                be,
+                &be.global_avg_pool_forward(&be.upload(&xa).unwrap(), cd)
+                    .unwrap(),
+            ),
+            down(
+                be,
+                &be.global_avg_pool_backward(&be.upload(&dya).unwrap(), cd)
+                    .unwrap(),
+            ),
+            down(
+                be,
+                &be.shortcut_a_forward(&be.upload(&xs).unwrap(), sd).unwrap(),
+            ),
+            down(
+                be,
+                &be.shortcut_a_backward(&be.upload(&dys).unwrap(), sd)
+                    .unwrap(),
+            ),
+        ]
+    });
+    let names = [
+        "max_pool",
+        "argmax",
+        "max_pool_backward",
+        "avg_pool",
+        "avg_pool_backward",
+        "shortcut",
+        "shortcut_backward",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        assert_near(name, &cuda[i], &cpu[i], 1e-6, 1e-6);
+    }
+}
+
+pub fn linear_and_rows_match_the_cpu(cuda: &CudaBackend) {
+    let (n, d_in, d_out) = (7, 9, 5);
+    let mut g = StdRng::seed_from_u64(4);
+    let x = random(&mut g, n * d_in, -1.0, 1.0);
+    let w = random(&mut g, d_out * d_in, -1.0, 1.0);
+    let b = random(&mut g, d_out, -1.0, 1.0);
+    let dy = random(&mut g, n * d_out, -1.0, 1.0);
+    let rows: Vec<f32> = (0..n * d_out)
+        .map(|_| g.random_range(0..3) as f32)
+        .collect();
+    let idx = random_labels(&mut g, n, d_out);
+    let (cuda, cpu) = on!(cuda, |be| {
+        let (xb, wb) = (be.upload(&x).unwrap(), be.upload(&w).unwrap());
+        let y = be
+            .linear_forward(&xb, &wb, &be.upload(&b).unwrap(), n, d_in, d_out)
+            .unwrap();
+        let (dx, dw, db) = be
+            .linear_backward(&be.upload(&dy).unwrap(), &xb, &wb, n, d_in, d_out)
+            .unwrap();
+        let r = be.upload(&rows).unwrap();
+        let (max, argmax) = be.row_max(&r, n, d_out).unwrap();
+        vec![
+            down(be, &y),
+            down(be, &dx),
+            down(be, &dw),
+            down(be, &db),
+            down(be, &be.softmax_rows(&y, n, d_out).unwrap()),
+            down(be, &be.log_softmax_rows(&y, n, d_out).unwrap()),
+            down(
+                be,
+                &be.add_row_bias(&y, &be.upload(&b).unwrap(), n, d_out)
+                    .unwrap(),
+            ),
+            down(
+                be,
+                &be.gather_rows(&y, &be.upload_index(&idx).unwrap(), n, d_out)
+                    .unwrap(),
+            ),
+            down(be, &max),
+            be.download_index(&argmax)
+                .unwrap()
+                .into_iter()
+                .map(|i| i as f32)
+                .collect(),
+        ]
+    });
+    let names = [
+        "linear",
+        "dx",
+        "dw",
+        "db",
+        "softmax",
+        "log_softmax",
+        "add_row_bias",
+        "gather",
+        "row_max",
+        "row_argmax",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        assert_near(name, &cuda[i], &cpu[i], 1e-5, 1e-5);
+    }
+}
+
+/// Every weighting, both reductions, single and mixed targets, with and without adjustment.
+pub fn fused_loss_matches_the_cpu(cuda: &CudaBackend) {
+    let (n, c) = (9, 6);
+    let mut g = StdRng::seed_from_u64(5);
+    let logits = random(&mut g, n * c, -3.0, 3.0);
+    let adj = random(&mut g, c, -2.0, 0.0);
+    let ya = random_labels(&mut g, n, c);
+    let yb = random_labels(&mut g, n, c);
+    let cw = random(&mut g, c, 0.2, 2.0);
+    let cos_y = random(&mut g, n, -1.0, 1.0);
+    let cos_star = random(&mut g, c, -1.0, 1.0);
+    for reduction in [LossReduction::Mean, LossReduction::WeightNormalized] {
+        for with_adj in [false, true] {
+            for case in 0..6 {
+                let (cuda, cpu) = on!(cuda, |be| {
+                    let l = be.upload(&logits).unwrap();
+                    let a = be.upload_index(&ya).unwrap();
+                    let b = be.upload_index(&yb).unwrap();
+                    let adjb = be.upload(&adj).unwrap();
+                    let cwb = be.upload(&cw).unwrap();
+                    let (cyb, csb) = (be.upload(&cos_y).unwrap(), be.upload(&cos_star).unwrap());
+                    let single = LossTargets::Single(&a);
+                    let mixed = LossTargets::Mixed {
+                        a: &a,
+                        b: &b,
+                        lambda: 0.3,
+                    };
+                    let (targets, weighting) = match case {
+                        0 => (single, LossWeighting::Unit),
+                        1 => (single, LossWeighting::PerClass(&cwb)),
+                        2 => (single, LossWeighting::Focal { gamma: 2.0 }),
+                        3 => (
+                            single,
+                            LossWeighting::Sla {
+                                cos_y: &cyb,
+                                cos_star: &csb,
+                                gamma: 0.5,
+                                tau: 1.5,
+                            },
+                        ),
+                        4 => (mixed, LossWeighting::Unit),
+                        _ => (mixed, LossWeighting::PerClass(&cwb)),
+                    };
+                    let out = be
+                        .fused_loss(LossArgs {
+                            logits: &l,
+                            n,
+                            c,
+                            targets,
+                            adjustment: with_adj.then_some(&adjb),
+                            weighting,
+                            reduction,
+                        })
+                        .unwrap();
+                    vec![
+                        down(be, &out.loss),
+                        down(be, &out.prob),
+                        down(be, &out.weight),
+                        down(be, &out.dlogits),
+                    ]
+                });
+                for (i, name) in ["loss", "prob", "weight", "dlogits"].iter().enumerate() {
+                    let what = format!(
+                        "fused_loss {name} (case {case}, {reduction:?}, adjustment {with_adj})"
+                    );
+                    assert_near(&what, &cuda[i], &cpu[i], 2e-6, 2e-5);
+                }
+            }
+        }
+    }
+}
+
+pub fn cosine_cosmax_mixup_and_sgd_match_the_cpu(cuda: &CudaBackend) {
+    let (n, d, c) = (12, 7, 4);
+    let mut g = StdRng::seed_from_u64(6);
+    let z = random(&mut g, n * d, -1.0, 1.0);
+    let w = random(&mut g, c * d, -1.0, 1.0);
+    let labels = random_labels(&mut g, n, c);
+    // Coarse logits so classes hold ties (the earliest sample must win) and some beat the table.
+    let logits: Vec<f32> = (0..n * c).map(|_| g.random_range(0..4) as f32).collect();
+    let table = [1.5f32, 2.0, 5.0, -1.0];
+    let mut perm: Vec<u32> = (0..n as u32).collect();
+    perm.shuffle(&mut g);
+    let p = random(&mut g, 500, -1.0, 1.0);
+    let grad = random(&mut g, 500, -1.0, 1.0);
+    let vel = random(&mut g, 500, -0.1, 0.1);
+    let (cuda, cpu) = on!(cuda, |be| {
+        let cos = be
+            .row_cosine(
+                &be.upload(&z).unwrap(),
+                &be.upload(&w).unwrap(),
+                &be.upload_index(&labels).unwrap(),
+                n,
+                d,
+                c,
+            )
+            .unwrap();
+        let (mut tl, mut tc) = (be.upload(&table).unwrap(), be.zeros(c).unwrap());
+        be.cosmax_update(
+            &be.upload(&logits).unwrap(),
+            &cos,
+            &be.upload_index(&labels).unwrap(),
+            n,
+            c,
+            &mut tl,
+            &mut tc,
+        )
+        .unwrap();
+        let mixed = be
+            .mixup(
+                &be.upload(&z).unwrap(),
+                &be.upload_index(&perm).unwrap(),
+                0.7,
+                n,
+                d,
+            )
+            .unwrap();
+        let mut out = vec![
+            down(be, &cos),
+            down(be, &tl),
+            down(be, &tc),
+            down(be, &mixed),
+        ];
+        for nesterov in [false, true] {
+            let (mut pb, mut vb) = (be.upload(&p).unwrap(), be.upload(&vel).unwrap());
+            let cfg = SgdConfig {
+                lr: 0.1,
+                momentum: 0.9,
+                weight_decay: 5e-4,
+                nesterov,
+            };
+            be.sgd_step(&mut pb, &be.upload(&grad).unwrap(), &mut vb, cfg)
+                .unwrap();
+            out.push(down(be, &pb));
+            out.push(down(be, &vb));
+        }
+        out
+    });
+    let names = [
+        "row_cosine",
+        "table_logit",
+        "table_cos",
+        "mixup",
+        "sgd param",
+        "sgd velocity",
+        "nesterov param",
+        "nesterov velocity",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        assert_near(name, &cuda[i], &cpu[i], 1e-6, 1e-6);
+    }
+}
+
+/// Out-of-range labels, indices and permutation entries are errors (reported by the op on the
+/// emulator, by the next synchronisation on a GPU), once, and the backend stays usable.
+pub fn out_of_range_indices_are_errors_like_on_the_cpu(cuda: &CudaBackend) -> Result<()> {
+    let be = cuda;
+    let x = be.upload(&[0.0; 6])?;
+    let bad = be.upload_index(&[0, 3])?;
+    let fails = |what: &str, r: Result<()>| {
+        let r = r.and_then(|()| be.synchronize());
+        assert!(r.is_err(), "{what}: expected an out-of-range error");
+    };
+    fails("gather_rows", be.gather_rows(&x, &bad, 2, 3).map(drop));
+    fails(
+        "mixup",
+        be.mixup(&x, &be.upload_index(&[0, 2])?, 0.5, 2, 3)
+            .map(drop),
+    );
+    fails(
+        "row_cosine",
+        be.row_cosine(&x, &x, &be.upload_index(&[0, 2])?, 2, 3, 2)
+            .map(drop),
+    );
+    let (mut tl, mut tc) = (be.zeros(3)?, be.zeros(3)?);
+    fails(
+        "cosmax_update",
+        be.cosmax_update(&x, &be.zeros(2)?, &bad, 2, 3, &mut tl, &mut tc),
+    );
+    let ok = be.gather_rows(&x, &be.upload_index(&[0, 2])?, 2, 3)?;
+    assert_eq!(be.download(&ok)?, vec![0.0, 0.0]);
+    be.synchronize()
+}
+
+/// Whole training steps (three-expert ResNet-32 forward, fused losses, backward, SGD) run on the
+/// CUDA backend give the CPU backend's loss and weights: a mixup step with logit adjustment,
+/// then a class-weighted, weight-normalised step.
+pub fn training_steps_match_the_cpu(cuda: &CudaBackend) {
+    use ltrain::config::TrainConfig;
+    use ltrain::method::{EpochPlan, Reweighting};
+    use ltrain::model::MultiExpertNet;
+    use ltrain::nn::TensorData;
+    use ltrain::train::trainer::{train_step, StepInputs};
+
+    struct StepData {
+        views: Vec<Vec<f32>>,
+        labels: Vec<u32>,
+        perm: Vec<u32>,
+        adjustment: Vec<f32>,
+        class_weights: Vec<f32>,
+        classes: usize,
+        n: usize,
+        side: usize,
+    }
+    let (classes, n, side) = (5, 6, 8);
+    let mut g = StdRng::seed_from_u64(8);
+    let views = (0..3)
+        .map(|_| random(&mut g, n * 3 * side * side, -1.0, 1.0))
+        .collect();
+    let labels = random_labels(&mut g, n, classes);
+    let mut perm: Vec<u32> = (0..n as u32).collect();
+    perm.shuffle(&mut g);
+    let data = StepData {
+        views,
+        labels,
+        perm,
+        adjustment: random(&mut g, classes, -2.0, 0.0),
+        class_weights: random(&mut g, classes, 0.5, 1.5),
+        classes,
+        n,
+        side,
+    };
+    let cfg = TrainConfig::default();
+
+    fn steps<B: Backend>(be: &B, cfg: &TrainConfig, data: &StepData) -> Vec<Vec<f32>> {
+        let StepData {
+            classes, n, side, ..
+        } = *data;
+        let mut model = MultiExpertNet::resnet32(be, classes, 3, (24, 48), 3).unwrap();
+        let views: Vec<B::Buf> = data.views.iter().map(|v| be.upload(v).unwrap()).collect();
+        let labels_b: Vec<u32> = data.perm.iter().map(|&p| data.labels[p as usize]).collect();
+        let labels = be.upload_index(&data.labels).unwrap();
+        let labels_b = be.upload_index(&labels_b).unwrap();
+        let perm = be.upload_index(&data.perm).unwrap();
+        let adjustment = be.upload(&data.adjustment).unwrap();
+        let class_weights = be.upload(&data.class_weights).unwrap();
+        let sgd = SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            nesterov: false,
+        };
+        let plan = |reweighting| EpochPlan {
+            stage: 1,
+            augment: false,
+            mixup_alpha: 0.2,
+            logit_adjusted: true,
+            reweighting,
+        };
+        let (mixup_plan, weighted_plan) =
+            (plan(Reweighting::None), plan(Reweighting::InverseFrequency));
+        let mut out = Vec::new();
+        let first = StepInputs {
+            cfg,
+            plan: &mixup_plan,
+            adjustment: &adjustment,
+            class_weights: None,
+            reduction: LossReduction::Mean,
+            sgd,
+        };
+        let mixed = be.mixup(&views[0], &perm, 0.6, n, 3 * side * side).unwrap();
+        let inputs = [
+            mixed,
+            be.scale(&views[1], 1.0).unwrap(),
+            be.scale(&views[2], 1.0).unwrap(),
+        ];
+        let loss = train_step(
+            be,
+            &mut model,
+            &first,
+            &inputs,
+            &labels,
+            Some((&labels_b, 0.6)),
+            n,
+            (side, side),
+            &mut [],
+        )
+        .unwrap();
+        out.push(be.download(&loss).unwrap());
+        let second = StepInputs {
+            plan: &weighted_plan,
+            class_weights: Some(&class_weights),
+            reduction: LossReduction::WeightNormalized,
+            ..first
+        };
+        let loss = train_step(
+            be,
+            &mut model,
+            &second,
+            &views,
+            &labels,
+            None,
+            n,
+            (side, side),
+            &mut [],
+        )
+        .unwrap();
+        out.push(be.download(&loss).unwrap());
+        for t in model.state_dict(be).unwrap() {
+            if let TensorData::F32(v) = t.data {
+                out.push(v);
+            }
+        }
+        out
+    }
+    let cuda = steps(cuda, &cfg, &data);
+    let cpu = steps(&cpu(), &cfg, &data);
+    assert_eq!(cuda.len(), cpu.len());
+    assert_near("step 1 loss", &cuda[0], &cpu[0], 1e-5, 1e-5);
+    assert_near("step 2 loss", &cuda[1], &cpu[1], 1e-5, 1e-5);
+    for (i, (a, b)) in cuda.iter().zip(&cpu).enumerate().skip(2) {
+        assert_near(
+            &format!("state tensor {i} after two steps"),
+            a,
+            b,
+            1e-4,
+            1e-4,
+        );
+    }
+}
+
+// ---- the device runtime itself ----
+
+/// Small integers: every partial sum is exact in f32, so any summation order gives the same value.
+fn integer_data(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-8..=8) as f32).collect()
+}
+
+pub fn barrier_dependent_tree_reduction_is_exact(be: &CudaBackend) {
+    for (n, threads) in [(1000, 256), (37, 64), (4096, 1024), (5, 32)] {
+        let x = integer_data(n, n as u64);
+        let want: f32 = x.iter().sum();
+        let got = selftest::block_tree_sum(be, &x, threads).unwrap();
+        assert_eq!(got, want, "n = {n}, {threads} threads");
+    }
+}
+
+pub fn warp_shuffle_reduction_matches_naive_sums(be: &CudaBackend) {
+    let x = integer_data(32 * 12, 7);
+    for threads in [32, 64, 128] {
+        let got = selftest::warp_sums(be, &x, threads).unwrap();
+        let want: Vec<f32> = x.chunks(32).map(|w| w.iter().sum()).collect();
+        assert_eq!(got, want, "{threads} threads per block");
+    }
+}
+
+pub fn ballot_collects_every_lane(be: &CudaBackend) {
+    let x = integer_data(32 * 5, 11);
+    let got = selftest::warp_ballots(be, &x, 64).unwrap();
+    let want: Vec<u32> = x
+        .chunks(32)
+        .map(|w| {
+            w.iter()
+                .enumerate()
+                .filter(|(_, &v)| v > 0.0)
+                .fold(0u32, |acc, (lane, _)| acc | (1 << lane))
+        })
+        .collect();
+    assert_eq!(got, want);
+}
+
+pub fn atomic_histogram_from_many_blocks(be: &CudaBackend) {
+    let mut rng = StdRng::seed_from_u64(3);
+    let values: Vec<u32> = (0..5000).map(|_| rng.random_range(0..1000)).collect();
+    let bins = 17;
+    let mut want = vec![0u32; bins as usize];
+    for v in &values {
+        want[(v % bins) as usize] += 1;
+    }
+    // 6 blocks x 96 threads, grid-stride: every thread adds into shared bins.
+    let got = selftest::histogram(be, &values, bins, LaunchConfig::linear(6, 96)).unwrap();
+    assert_eq!(got, want);
+}
+
+pub fn launches_outside_the_h200_limits_are_errors(be: &CudaBackend) {
+    let cfg =
+        |grid: (u32, u32, u32), block: (u32, u32, u32), smem: u32, large: bool| LaunchConfig {
+            grid,
+            block,
+            shared_mem_bytes: smem,
+            large_shared_mem: large,
+        };
+    let rejected = [
+        (cfg((1, 1, 1), (1025, 1, 1), 0, false), "threads per block"),
+        (cfg((1, 1, 1), (32, 32, 2), 0, false), "threads per block"),
+        (cfg((1, 1, 1), (1, 1, 65), 0, false), "block.z"),
+        (cfg((1, 65536, 1), (32, 1, 1), 0, false), "grid.y"),
+        (cfg((1, 1, 65536), (32, 1, 1), 0, false), "grid.z"),
+        (cfg((1 << 31, 1, 1), (32, 1, 1), 0, false), "grid.x"),
+        (cfg((1, 1, 1), (32, 1, 1), 48 * 1024 + 1, false), "default"),
+        (cfg((1, 1, 1), (32, 1, 1), 227 * 1024 + 1, true), "opt-in"),
+        (cfg((0, 1, 1), (32, 1, 1), 0, false), "empty launch"),
+    ];
+    for (c, what) in rejected {
+        let err = selftest::launch_noop(be, c)
+            .expect_err(&format!("{c:?} must be rejected"))
+            .to_string();
+        assert!(err.contains(what), "{c:?}: {err}");
+    }
+    let accepted = [
+        cfg((1, 1, 1), (1024, 1, 1), 0, false),
+        cfg((1, 1, 1), (16, 16, 4), 0, false),
+        cfg((1, 1, 1), (32, 1, 1), 48 * 1024, false),
+        cfg((1, 1, 1), (32, 1, 1), 227 * 1024, true),
+        cfg((2, 3, 2), (32, 2, 1), 0, false),
+    ];
+    for c in accepted {
+        selftest::launch_noop(be, c).unwrap_or_else(|e| panic!("{c:?}: {e:#}"));
+    }
+}
+
+/// Naive column-major reference: C_i = alpha op(A_i) op(B_i) + beta C_i, in f64.
+fn reference_gemm(g: &Gemm, a: &[f32], b: &[f32], c: &[f32]) -> Vec<f32> {
+    let mut out = c.to_vec();
+    for batch in 0..g.batch {
+        let (a0, b0, c0) = (
+            g.a_offset + batch * g.stride_a,
+            g.b_offset + batch * g.stride_b,
+            g.c_offset + batch * g.stride_c,
+        );
+        for i in 0..g.m {
+            for j in 0..g.n {
+                let mut acc = 0.0f64;
+                for p in 0..g.k {
+                    let av = if g.transa {
+                        a[a0 + p + i * g.lda]
+                    } else {
+                        a[a0 + i + p * g.lda]
+                    };
+                    let bv = if g.transb {
+                        b[b0 + j + p * g.ldb]
+                    } else {
+                        b[b0 + p + j * g.ldb]
+                    };
+                    acc += av as f64 * bv as f64;
+                }
+                let dst = c0 + i + j * g.ldc;
+                let prior = if g.beta == 0.0 {
+                    0.0
+                } else {
+                    g.beta as f64 * c[dst] as f64
+                };
+                out[dst] = (g.alpha as f64 * acc + prior) as f32;
+            }
+        }
+    }
+    out
+}
+
+fn random_unit(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+fn max_diff(x: &[f32], y: &[f32]) -> f32 {
+    x.iter()
+        .zip(y)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}
+
+/// A strided-batched GEMM with padded leading dimensions, offsets, alpha and beta.
+fn padded_case(transa: bool, transb: bool) -> Gemm {
+    let (m, n, k) = (5, 3, 4);
+    let (ra, _) = if transa { (k, m) } else { (m, k) };
+    let (rb, _) = if transb { (n, k) } else { (k, n) };
+    Gemm {
+        alpha: 1.5,
+        beta: -0.5,
+        a_offset: 3,
+        lda: ra + 2,
+        stride_a: 40,
+        b_offset: 1,
+        ldb: rb + 1,
+        stride_b: 30,
+        c_offset: 2,
+        ldc: m + 3,
+        stride_c: 30,
+        batch: 2,
+        ..Gemm::new(transa, transb, m, n, k)
+    }
+}
+
+pub fn gemm_follows_the_cublas_convention(be: &CudaBackend) {
+    let mut rng = StdRng::seed_from_u64(5);
+    for (transa, transb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let g = padded_case(transa, transb);
+        let (a, b, c) = (
+            random_unit(&mut rng, 90),
+            random_unit(&mut rng, 70),
+            random_unit(&mut rng, 70),
+        );
+        let got = selftest::gemm(be, &g, &a, &b, &c).unwrap();
+        let want = reference_gemm(&g, &a, &b, &c);
+        assert!(
+            max_diff(&got, &want) < 1e-5,
+            "transa {transa} transb {transb}: {got:?} vs {want:?}"
+        );
+        // Elements of C outside the m x n blocks are untouched.
+        assert_eq!(got[0], c[0]);
+        assert_eq!(
+            got[2 + 5],
+            c[2 + 5],
+            "row padding (ldc > m) must not be written"
+        );
+    }
+}
+
+pub fn a_transposed_operand_mistake_gives_a_wrong_result(be: &CudaBackend) {
+    let mut rng = StdRng::seed_from_u64(9);
+    // Square shapes, so the mistaken call is valid and only the values can tell.
+    let g = Gemm::new(false, true, 4, 4, 4);
+    let (a, b, c) = (
+        random_unit(&mut rng, 16),
+        random_unit(&mut rng, 16),
+        vec![0.0; 16],
+    );
+    let want = reference_gemm(&g, &a, &b, &c);
+    let right = selftest::gemm(be, &g, &a, &b, &c).unwrap();
+    assert!(max_diff(&right, &want) < 1e-5);
+    for wrong in [Gemm { transb: false, ..g }, Gemm { transa: true, ..g }] {
+        let got = selftest::gemm(be, &wrong, &a, &b, &c).unwrap();
+        assert!(
+            max_diff(&got, &want) > 1e-2,
+            "{wrong:?} should not match the reference"
+        );
+    }
+}
+
+pub fn gemm_with_beta_zero_does_not_read_c(be: &CudaBackend) {
+    let mut rng = StdRng::seed_from_u64(13);
+    let g = Gemm::new(false, false, 3, 2, 5);
+    let (a, b) = (random_unit(&mut rng, 15), random_unit(&mut rng, 10));
+    let got = selftest::gemm(be, &g, &a, &b, &[f32::NAN; 6]).unwrap();
+    let want = reference_gemm(&g, &a, &b, &[0.0; 6]);
+    assert!(max_diff(&got, &want) < 1e-5, "{got:?}");
+}

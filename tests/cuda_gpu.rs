@@ -1,0 +1,201 @@
+//! The CUDA backend on a real GPU: the same checks as on the emulator (the device runtime itself, the
+//! shared conformance suite, every op and whole training steps against the CPU backend), plus TF32.
+//! Every test needs a CUDA GPU and is ignored by default; run them with
+//! `cargo test --release --test cuda_gpu -- --ignored` (scripts/device-check.sh does, from a pack).
+//! The checks compare with strict-fp32 GEMMs (TF32 off); one test covers the TF32 default.
+
+mod conformance;
+mod cuda_checks;
+
+use ltrain::backend::cpu::CpuBackend;
+use ltrain::backend::cuda::{cuda_available, selftest, CudaBackend, CudaOptions, LaunchConfig};
+use ltrain::backend::{Backend, Conv2dDims};
+
+/// GPU 0 with strict fp32 GEMMs; a failure names why CUDA is unavailable.
+fn gpu() -> CudaBackend {
+    if let Err(reason) = cuda_available() {
+        panic!("CUDA is not available: {reason}");
+    }
+    CudaBackend::new_gpu_with(0, CudaOptions { tf32: false }).expect("CUDA backend on GPU 0")
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn the_gpu_backend_starts_and_describes_itself() {
+    let be = gpu();
+    println!("{}", be.name());
+    assert!(be.name().starts_with("cuda: "), "{}", be.name());
+    assert!(!be.is_emulated());
+    let limits = be.limits();
+    assert!(limits.max_threads_per_block >= 1024, "{limits:?}");
+}
+
+// ---- the device runtime itself ----
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn barrier_dependent_tree_reduction_is_exact() {
+    cuda_checks::barrier_dependent_tree_reduction_is_exact(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn warp_shuffle_reduction_matches_naive_sums() {
+    cuda_checks::warp_shuffle_reduction_matches_naive_sums(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn ballot_collects_every_lane() {
+    cuda_checks::ballot_collects_every_lane(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn atomic_histogram_from_many_blocks() {
+    cuda_checks::atomic_histogram_from_many_blocks(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn launches_outside_the_h200_limits_are_errors() {
+    cuda_checks::launches_outside_the_h200_limits_are_errors(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_large_grid_launches() {
+    // The largest grid.y, and many blocks in x: the driver accepts what our limit check lets through.
+    let be = gpu();
+    selftest::launch_noop(
+        &be,
+        LaunchConfig {
+            grid: (4, 65535, 1),
+            block: (32, 1, 1),
+            shared_mem_bytes: 0,
+            large_shared_mem: false,
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cublas_follows_the_convention_the_emulator_implements() {
+    let be = gpu();
+    cuda_checks::gemm_follows_the_cublas_convention(&be);
+    cuda_checks::a_transposed_operand_mistake_gives_a_wrong_result(&be);
+    cuda_checks::gemm_with_beta_zero_does_not_read_c(&be);
+}
+
+// ---- ops ----
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_backend_passes_the_conformance_suite() {
+    conformance::run_all(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn elementwise_ops_match_the_cpu() {
+    cuda_checks::elementwise_ops_match_the_cpu(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn convolutions_match_the_cpu() {
+    cuda_checks::convolutions_match_the_cpu(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn convolutions_in_image_chunks_match_the_cpu() {
+    cuda_checks::convolutions_in_image_chunks_match_the_cpu(gpu().with_conv_workspace(1000));
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn batch_norm_matches_the_cpu() {
+    cuda_checks::batch_norm_matches_the_cpu(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn pooling_and_shortcut_match_the_cpu() {
+    cuda_checks::pooling_and_shortcut_match_the_cpu(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn linear_and_rows_match_the_cpu() {
+    cuda_checks::linear_and_rows_match_the_cpu(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn fused_loss_matches_the_cpu() {
+    cuda_checks::fused_loss_matches_the_cpu(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cosine_cosmax_mixup_and_sgd_match_the_cpu() {
+    cuda_checks::cosine_cosmax_mixup_and_sgd_match_the_cpu(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn out_of_range_indices_are_errors_like_on_the_cpu() {
+    cuda_checks::out_of_range_indices_are_errors_like_on_the_cpu(&gpu()).unwrap();
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn training_steps_match_the_cpu() {
+    cuda_checks::training_steps_match_the_cpu(&gpu());
+}
+
+/// With the TF32 default, a ResNet-sized convolution stays within TF32's precision of the CPU.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn tf32_convolutions_stay_close_to_the_cpu() {
+    let tf32 = CudaBackend::new_gpu(0).expect("CUDA backend on GPU 0");
+    let cpu = CpuBackend::new(Some(2)).unwrap();
+    let d = Conv2dDims {
+        n: 8,
+        c_in: 16,
+        h: 32,
+        w: 32,
+        c_out: 16,
+        k: 3,
+        stride: 1,
+        pad: 1,
+        groups: 1,
+    };
+    let x: Vec<f32> = (0..d.input_len())
+        .map(|i| ((i * 7919) % 997) as f32 / 498.5 - 1.0)
+        .collect();
+    let w: Vec<f32> = (0..d.weight_len())
+        .map(|i| ((i * 104729) % 991) as f32 / 495.5 - 1.0)
+        .collect();
+    fn forward<B: Backend>(be: &B, x: &[f32], w: &[f32], d: Conv2dDims) -> Vec<f32> {
+        let y = be
+            .conv2d_forward(&be.upload(x).unwrap(), &be.upload(w).unwrap(), d)
+            .unwrap();
+        be.download(&y).unwrap()
+    }
+    let got = forward(&tf32, &x, &w, d);
+    let want = forward(&cpu, &x, &w, d);
+    // 144 products per output of O(1) values, each input rounded to 10 mantissa bits.
+    let scale = want.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst <= 1e-2 * scale,
+        "worst |tf32 - cpu| = {worst}, max |y| = {scale}"
+    );
+}
