@@ -395,3 +395,80 @@ fn bad_indices_and_parameters_are_errors() {
         .augment_batch(&images, &idx, &p, spec(AugmentLevel::Weak))
         .is_err());
 }
+
+/// The training loop's device path (the in-memory set uploaded once, views built by
+/// `augment_batch`) gives the same weights as its host path (views built by `ImageSource::load` on
+/// the loader thread): one stage-1 epoch (three levels, mixup) on the CPU backend, bit for bit.
+#[test]
+fn training_device_path_equals_host_path() {
+    use ltrain::config::{ExpertWidth, TrainConfig};
+    use ltrain::train::checkpoint::load_checkpoint;
+    use ltrain::train::{datasets, train, ImageSource, Start};
+
+    /// The same set, seen only through `load` (as ImageNet-LT is).
+    struct HostOnly<'a>(&'a dyn ImageSource);
+    impl ImageSource for HostOnly<'_> {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn labels(&self) -> &[u32] {
+            self.0.labels()
+        }
+        fn num_classes(&self) -> usize {
+            self.0.num_classes()
+        }
+        fn image_hw(&self) -> (usize, usize) {
+            self.0.image_hw()
+        }
+        fn load(
+            &self,
+            indices: &[usize],
+            level: Option<usize>,
+            seed: u64,
+            epoch: usize,
+        ) -> anyhow::Result<Vec<f32>> {
+            self.0.load(indices, level, seed, epoch)
+        }
+    }
+
+    let cfg = TrainConfig {
+        synthetic_classes: 3,
+        synthetic_max_per_class: 12,
+        synthetic_test_per_class: 2,
+        imbalance: 3.0,
+        expert_width: ExpertWidth::Reduced,
+        epochs: 1,
+        batch_size: 8,
+        warmup_epochs: 0,
+        milestones: vec![],
+        stage2_epoch: Some(1),
+        threads: 2,
+        ..TrainConfig::default()
+    };
+    let data = datasets::open(&cfg).unwrap();
+    assert!(data.train.as_image_set().is_some());
+    let be = CpuBackend::new(Some(2)).unwrap();
+    let weights = |source: &dyn ImageSource| {
+        let dir = tempfile::tempdir().unwrap();
+        train(
+            &be,
+            &cfg,
+            source,
+            data.test.as_ref(),
+            dir.path(),
+            Start::Fresh,
+            &mut |_| {},
+        )
+        .unwrap();
+        load_checkpoint(&dir.path().join("checkpoint.safetensors"))
+            .unwrap()
+            .0
+    };
+    let device = weights(data.train.as_ref());
+    let host = weights(&HostOnly(data.train.as_ref()));
+    assert_eq!(device.len(), host.len());
+    for (d, h) in device.iter().zip(&host) {
+        assert_eq!(d.name, h.name);
+        assert!(d.data == h.data, "{} differs between the paths", d.name);
+    }
+}

@@ -46,6 +46,9 @@ impl ImageSource for ImageSet {
     ) -> Result<Vec<f32>> {
         Ok(self.batch(indices, level.map(level_of_index), seed, epoch))
     }
+    fn as_image_set(&self) -> Option<&ImageSet> {
+        Some(self)
+    }
 }
 
 /// The synthetic set a configuration describes.

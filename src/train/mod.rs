@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod datasets;
+pub mod device_data;
 pub mod evaluate;
 pub mod optimizer;
 pub mod schedule;

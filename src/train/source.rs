@@ -3,6 +3,8 @@
 
 use anyhow::Result;
 
+use crate::data::ImageSet;
+
 /// A labelled image set that produces normalised `f32` batches.
 pub trait ImageSource: Sync {
     fn len(&self) -> usize;
@@ -24,6 +26,12 @@ pub trait ImageSource: Sync {
         seed: u64,
         epoch: usize,
     ) -> Result<Vec<f32>>;
+
+    /// The set itself when its images are in memory (CIFAR, synthetic): the training loop then
+    /// keeps it on the device and augments there. `None` (the default): batches come from `load`.
+    fn as_image_set(&self) -> Option<&ImageSet> {
+        None
+    }
 
     /// Images per class.
     fn class_counts(&self) -> Vec<usize> {

@@ -3,6 +3,7 @@
 //! checkpoints from which a killed run resumes with the same result.
 
 use super::checkpoint::{load_checkpoint, save_checkpoint};
+use super::device_data::{prepare as prepare_step, views as step_views, DeviceData, StepInput};
 use super::evaluate::{evaluate, Evaluation};
 use super::optimizer::sgd_update;
 use super::schedule::learning_rate;
@@ -144,6 +145,9 @@ pub fn train<B: Backend>(
     };
     let labels_all = train_set.labels();
     let mut last_eval = None;
+    // An in-memory training set lives on the device; each step's views are built there.
+    let device_data = DeviceData::new(be, train_set)?;
+    let device_hw = device_data.as_ref().map(DeviceData::hw);
 
     for epoch in state.epochs_done..cfg.epochs {
         let epoch_start = Instant::now();
@@ -180,16 +184,15 @@ pub fn train<B: Backend>(
             vec![None]
         };
         std::thread::scope(|scope| -> Result<()> {
-            // A loader thread decodes and augments the next batches while this one trains.
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Vec<f32>>>>(PREFETCH_BATCHES);
+            // A loader thread prepares the next batches while this one trains: draws the
+            // augmentation parameters (device path) or decodes and augments (host path).
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<StepInput>>(PREFETCH_BATCHES);
             let (batches_ref, levels_ref) = (&batches, &levels);
             scope.spawn(move || {
                 for batch in batches_ref {
-                    let views = levels_ref
-                        .iter()
-                        .map(|&level| train_set.load(batch, level, cfg.seed, epoch))
-                        .collect::<Result<Vec<_>>>();
-                    if tx.send(views).is_err() {
+                    let input =
+                        prepare_step(train_set, device_hw, batch, levels_ref, cfg.seed, epoch);
+                    if tx.send(input).is_err() {
                         break;
                     }
                 }
@@ -197,13 +200,10 @@ pub fn train<B: Backend>(
             for (step, batch) in batches.iter().enumerate() {
                 be.range_push("data");
                 let n = batch.len();
-                let host_views = rx
+                let input = rx
                     .recv()
                     .context("the data loader thread stopped unexpectedly")??;
-                let mut views = host_views
-                    .iter()
-                    .map(|v| be.upload(v))
-                    .collect::<Result<Vec<_>>>()?;
+                let mut views = step_views(be, device_data.as_ref(), batch, &levels, input)?;
                 let labels: Vec<u32> = batch.iter().map(|&i| labels_all[i]).collect();
                 let labels_dev = be.upload_index(&labels)?;
                 let mut mixed = None;
