@@ -4,12 +4,9 @@
 use super::device::{dispatch, OnBackend};
 use anyhow::Result;
 use clap::Args;
-use ltrain::backend::{Backend, LossReduction, SgdConfig};
-use ltrain::config::{DeviceKind, ModelKind, TrainConfig};
-use ltrain::method::{EpochPlan, SlaTable};
-use ltrain::model::MultiExpertNet;
-use ltrain::train::trainer::{train_step, StepInputs};
-use rand::{Rng, SeedableRng};
+use ltrain::backend::Backend;
+use ltrain::config::{DeviceKind, ModelKind};
+use ltrain::train::bench_step::{BenchStep, BenchStepConfig};
 use std::time::Instant;
 
 #[derive(Args, Debug)]
@@ -59,95 +56,25 @@ impl OnBackend for BenchCmd {
             } else {
                 224
             });
-        let cfg = TrainConfig {
-            model: self.model,
-            experts: self.experts,
-            batch_size: self.batch_size,
-            stage2_epoch: Some(if self.stage2 { 0 } else { 1 }),
-            epochs: 2,
-            ..TrainConfig::default()
-        };
-        let (n, c) = (self.batch_size, self.classes);
-        let plan = EpochPlan::for_epoch(&cfg, 0);
-        let mut model = MultiExpertNet::from_config(be, &cfg, c)?;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-        let per_view = n * 3 * size * size;
-        let view_count = if plan.augment { self.experts } else { 1 };
-        let views = (0..view_count)
-            .map(|_| {
-                be.upload(
-                    &(0..per_view)
-                        .map(|_| rng.random_range(-2.0..2.0))
-                        .collect::<Vec<f32>>(),
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let labels: Vec<u32> = (0..n).map(|_| rng.random_range(0..c as u32)).collect();
-        // Mixup partner of sample i: sample n-1-i.
-        let perm: Vec<u32> = (0..n as u32).rev().collect();
-        let partners: Vec<u32> = perm.iter().map(|&j| labels[j as usize]).collect();
-        let (labels, partners, perm) = (
-            be.upload_index(&labels)?,
-            be.upload_index(&partners)?,
-            be.upload_index(&perm)?,
-        );
-        let adjustment = be.upload(&vec![-(c as f32).ln(); c])?;
-        let mut tables = (0..self.experts)
-            .map(|_| SlaTable::new(be, c, cfg.sla_table_rule))
-            .collect::<Result<Vec<_>>>()?;
-        let inputs = StepInputs {
-            cfg: &cfg,
-            plan: &plan,
-            adjustment: &adjustment,
-            class_weights: None,
-            reduction: LossReduction::Mean,
-            sgd: SgdConfig {
-                lr: 0.01,
-                momentum: 0.9,
-                weight_decay: 5e-4,
-                nesterov: false,
+        let n = self.batch_size;
+        let mut step = BenchStep::new(
+            be,
+            BenchStepConfig {
+                model: self.model,
+                experts: self.experts,
+                batch_size: n,
+                classes: self.classes,
+                image_size: size,
+                stage2: self.stage2,
             },
-        };
-        let mixed = (plan.mixup_alpha > 0.0).then_some((&partners, 0.7));
-        let mut step = |model: &mut MultiExpertNet<B>| -> Result<()> {
-            if mixed.is_some() {
-                let mixed_views = views
-                    .iter()
-                    .map(|v| be.mixup(v, &perm, 0.7, n, 3 * size * size))
-                    .collect::<Result<Vec<_>>>()?;
-                train_step(
-                    be,
-                    model,
-                    &inputs,
-                    &mixed_views,
-                    &labels,
-                    mixed,
-                    n,
-                    (size, size),
-                    &mut tables,
-                )?;
-            } else {
-                train_step(
-                    be,
-                    model,
-                    &inputs,
-                    &views,
-                    &labels,
-                    None,
-                    n,
-                    (size, size),
-                    &mut tables,
-                )?;
-            }
-            Ok(())
-        };
+        )?;
         for _ in 0..self.warmup {
-            step(&mut model)?;
+            step.run(be)?;
         }
         be.synchronize()?;
         let start = Instant::now();
         for _ in 0..self.steps {
-            step(&mut model)?;
+            step.run(be)?;
         }
         be.synchronize()?;
         let secs = start.elapsed().as_secs_f64();
@@ -156,7 +83,7 @@ impl OnBackend for BenchCmd {
             "{:?} x{} experts, batch {n}, {size}x{size}, stage {}, {}: {:.1} samples/s ({:.2} ms/step over {} steps)",
             self.model,
             self.experts,
-            plan.stage,
+            step.plan().stage,
             be.name(),
             samples / secs,
             secs * 1e3 / self.steps as f64,

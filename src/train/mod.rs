@@ -1,5 +1,6 @@
 //! Training: the epoch loop, SGD and learning-rate schedules, evaluation, checkpoints and resume.
 
+pub mod bench_step;
 pub mod checkpoint;
 pub mod datasets;
 pub mod device_data;

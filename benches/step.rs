@@ -1,0 +1,53 @@
+//! One whole training step of the three-expert ResNet-32 at batch 128 in stage 1 (three augmented
+//! views, mixup, fused logit-adjusted losses, backward, SGD), on the CPU and, when one is present,
+//! the GPU. The same step as `ltrain bench`.
+
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use ltrain::backend::cpu::CpuBackend;
+use ltrain::backend::cuda::CudaBackend;
+use ltrain::backend::Backend;
+use ltrain::config::ModelKind;
+use ltrain::train::bench_step::{BenchStep, BenchStepConfig};
+use std::time::Duration;
+
+const STEP: BenchStepConfig = BenchStepConfig {
+    model: ModelKind::Resnet32,
+    experts: 3,
+    batch_size: 128,
+    classes: 10,
+    image_size: 32,
+    stage2: false,
+};
+
+fn bench_backend<B: Backend>(crit: &mut Criterion, be: &B, device: &str, slow: bool) {
+    let mut step = BenchStep::new(be, STEP).unwrap();
+    let mut group = crit.benchmark_group(format!("train_step_{device}"));
+    group.throughput(Throughput::Elements(STEP.batch_size as u64));
+    if slow {
+        // Seconds per step on a few CPU cores: one step per sample, the fewest samples criterion
+        // allows.
+        group
+            .sampling_mode(SamplingMode::Flat)
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(1))
+            .measurement_time(Duration::from_secs(1));
+    }
+    group.bench_function("resnet32x3_b128_stage1", |b| {
+        b.iter(|| {
+            step.run(be).unwrap();
+            be.synchronize().unwrap();
+        })
+    });
+    group.finish();
+}
+
+fn step_benches(crit: &mut Criterion) {
+    bench_backend(crit, &CpuBackend::new(None).unwrap(), "cpu", true);
+    match CudaBackend::new_gpu(0) {
+        Ok(gpu) => bench_backend(crit, &gpu, "cuda", false),
+        Err(e) => println!("skipping the GPU training-step benchmark: {e:#}"),
+    }
+}
+
+criterion_group!(benches, step_benches);
+criterion_main!(benches);
