@@ -170,8 +170,8 @@ fn train_eval_resume_end_to_end() {
         assert!(dir.join(file).is_file(), "{file} is missing");
     }
 
-    // config.toml: defaults < file < flags; --epochs 2 rescales the stage switch (8 of 12 -> 1 of 2)
-    // and the milestones ([8, 10] of 12 -> [1, 2] of 2).
+    // config.toml: defaults < file < flags; --epochs 2 rescales (rounding down) the warm-up (1 of 10
+    // -> 0), the stage switch (8 of 10 -> 1 of 2) and the milestones ([8, 9] of 10 -> [1, 1] of 2).
     let cfg = TrainConfig::load(&dir.join("config.toml")).unwrap();
     let expected = TrainConfig {
         synthetic_classes: CLASSES,
@@ -185,8 +185,9 @@ fn train_eval_resume_end_to_end() {
         lr: 0.05,
         seed: 5,
         mixup_alpha: 0.3,
+        warmup_epochs: 0,
         stage2_epoch: Some(1),
-        milestones: vec![1, 2],
+        milestones: vec![1, 1],
         ..TrainConfig::default()
     };
     assert_eq!(cfg, expected);

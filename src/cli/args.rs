@@ -61,8 +61,8 @@ pub struct RunArgs {
     /// ResNet-32 expert widths: full (32/64) or reduced (24/48).
     #[arg(long, value_enum)]
     pub expert_width: Option<ExpertWidth>,
-    /// Epochs. Unless also given, the stage switch, the reweighting start and the milestones scale
-    /// with it (e.g. 160/180 of 200 become 8/9 of 10).
+    /// Epochs. Unless also given, the warm-up, the stage switch, the reweighting start and the
+    /// milestones scale with it (e.g. 160/180 of 200 become 8/9 of 10).
     #[arg(long, value_name = "N")]
     pub epochs: Option<usize>,
     #[arg(long, value_name = "N")]
@@ -245,10 +245,11 @@ impl RunArgs {
     }
 }
 
-/// Moves the epoch-valued schedule keys proportionally when the run length changes.
+/// Moves the epoch-valued schedule keys proportionally (rounded down) when the run length changes.
 fn rescale_schedule(cfg: &mut TrainConfig, epochs: usize) {
     let old = cfg.epochs.max(1);
-    let scale = |e: usize| (e * epochs + old / 2) / old;
+    let scale = |e: usize| e * epochs / old;
+    cfg.warmup_epochs = scale(cfg.warmup_epochs);
     cfg.stage2_epoch = cfg.stage2_epoch.map(scale);
     cfg.reweight_epoch = cfg.reweight_epoch.map(scale);
     cfg.milestones = cfg.milestones.iter().map(|&m| scale(m)).collect();

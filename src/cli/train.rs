@@ -144,6 +144,7 @@ impl OnBackend for TrainJob<'_> {
         // start leaves no half-made run directory behind.
         std::fs::create_dir_all(self.out)
             .with_context(|| format!("cannot create the run directory {}", self.out.display()))?;
+        let _lock = RunLock::acquire(self.out)?;
         write_atomic(&self.out.join(CONFIG_FILE), self.cfg.to_toml()?.as_bytes())?;
         let mut view = ProgressView::new(self.quiet);
         let result = train(
@@ -175,6 +176,52 @@ impl OnBackend for TrainJob<'_> {
             println!("reports written to {}", self.out.display());
         }
         Ok(())
+    }
+}
+
+/// Keeps two processes from training into the same run directory: `DIR/.ltrain.lock` holds the pid
+/// of the run using it. A lock left by a killed run (its pid no longer alive) is taken over, so
+/// `--resume` after a crash just works.
+struct RunLock(PathBuf);
+
+impl RunLock {
+    fn acquire(dir: &Path) -> Result<Self> {
+        use std::io::Write;
+        let path = dir.join(".ltrain.lock");
+        let pid = std::process::id().to_string();
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => f.write_all(pid.as_bytes())?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let alive = holder
+                    .trim()
+                    .parse::<u32>()
+                    .is_ok_and(|p| Path::new(&format!("/proc/{p}")).exists());
+                if alive {
+                    bail!(
+                        "{} is in use by another ltrain run (pid {}); wait for it, or delete {} if no run is active",
+                        dir.display(),
+                        holder.trim(),
+                        path.display()
+                    );
+                }
+                std::fs::write(&path, pid)?;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot create {}", path.display()));
+            }
+        }
+        Ok(Self(path))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

@@ -167,7 +167,7 @@ fn draw_sample(class: usize, side: usize, rng: &mut PhiloxStream, out: &mut [u8]
     }
     // the object
     let hue_centre = (class as f32 * 0.618_034).fract();
-    let hue = hue_centre + rng.uniform_range(-0.12, 0.12);
+    let hue = hue_centre + rng.uniform_range(-0.04, 0.04);
     let colour = hsv_to_rgb(
         hue,
         rng.uniform_range(0.45, 1.0),

@@ -77,7 +77,7 @@ pub fn load_cifar(cfg: &TrainConfig, variant: CifarVariant) -> Result<(ImageSet,
         (Some(file), _) => cifar::load_record_file(variant, file)?,
         (None, Some(data)) => data.train.clone(),
         (None, None) => bail!(
-            "--dataset {} needs --data-dir (the official binary directory or .tar.gz) or --train-file",
+            "--dataset {}-lt needs --data-dir (the official binary directory or .tar.gz) or --train-file",
             variant.name()
         ),
     };
@@ -85,7 +85,7 @@ pub fn load_cifar(cfg: &TrainConfig, variant: CifarVariant) -> Result<(ImageSet,
         (Some(file), _) => cifar::load_record_file(variant, file)?,
         (None, Some(data)) => data.test,
         (None, None) => bail!(
-            "--dataset {} needs --data-dir or --test-file for the test set",
+            "--dataset {}-lt needs --data-dir or --test-file for the test set",
             variant.name()
         ),
     };
@@ -152,7 +152,7 @@ pub fn open_test(cfg: &TrainConfig) -> Result<Box<dyn ImageSource + Send>> {
                 (None, Some(dir)) if is_archive(dir) => cifar::load_archive(variant, dir)?.test,
                 (None, Some(dir)) => cifar::load_official(variant, dir)?.test,
                 (None, None) => bail!(
-                    "--dataset {} needs --test-file or --data-dir for the test set",
+                    "--dataset {}-lt needs --test-file or --data-dir for the test set",
                     variant.name()
                 ),
             };

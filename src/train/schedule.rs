@@ -28,6 +28,7 @@ mod tests {
     #[test]
     fn paper_cifar_multistep() {
         let cfg = TrainConfig {
+            lr: 0.1,
             epochs: 200,
             warmup_epochs: 5,
             milestones: vec![160, 180],
