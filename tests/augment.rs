@@ -564,7 +564,10 @@ fn auto_augment_enhance_ops_use_one_plus_magnitude() {
     assert_eq!(op(AutoOpKind::Brightness, 0.5), ops::brightness(&img, 1.5));
     assert_eq!(op(AutoOpKind::Color, -0.25), ops::saturation(&img, 0.75));
     assert_eq!(op(AutoOpKind::Contrast, 0.75), ops::contrast(&img, 1.75));
-    assert_eq!(op(AutoOpKind::Sharpness, -0.875), ops::sharpness(&img, 0.125));
+    assert_eq!(
+        op(AutoOpKind::Sharpness, -0.875),
+        ops::sharpness(&img, 0.125)
+    );
     assert_eq!(op(AutoOpKind::Posterize, 5.0), ops::posterize(&img, 5));
     assert_eq!(op(AutoOpKind::Solarize, 113.8), ops::solarize(&img, 113.8));
     assert_eq!(op(AutoOpKind::Rotate, 90.0), ops::rotate(&img, 90.0));

@@ -269,8 +269,12 @@ pub trait Backend: Send + Sync + 'static {
 
     // ---- convolution (weight `[c_out, c_in / groups, k, k]`) ----
     fn conv2d_forward(&self, x: &Self::Buf, w: &Self::Buf, d: Conv2dDims) -> Result<Self::Buf>;
-    fn conv2d_backward_data(&self, dy: &Self::Buf, w: &Self::Buf, d: Conv2dDims)
-        -> Result<Self::Buf>;
+    fn conv2d_backward_data(
+        &self,
+        dy: &Self::Buf,
+        w: &Self::Buf,
+        d: Conv2dDims,
+    ) -> Result<Self::Buf>;
     fn conv2d_backward_weight(
         &self,
         x: &Self::Buf,
@@ -357,11 +361,21 @@ pub trait Backend: Send + Sync + 'static {
     fn softmax_rows(&self, x: &Self::Buf, n: usize, c: usize) -> Result<Self::Buf>;
     fn log_softmax_rows(&self, x: &Self::Buf, n: usize, c: usize) -> Result<Self::Buf>;
     /// `x [n, c] + bias [c]` broadcast over rows.
-    fn add_row_bias(&self, x: &Self::Buf, bias: &Self::Buf, n: usize, c: usize)
-        -> Result<Self::Buf>;
+    fn add_row_bias(
+        &self,
+        x: &Self::Buf,
+        bias: &Self::Buf,
+        n: usize,
+        c: usize,
+    ) -> Result<Self::Buf>;
     /// `out[i] = x[i, idx[i]]`.
-    fn gather_rows(&self, x: &Self::Buf, idx: &Self::Index, n: usize, c: usize)
-        -> Result<Self::Buf>;
+    fn gather_rows(
+        &self,
+        x: &Self::Buf,
+        idx: &Self::Index,
+        n: usize,
+        c: usize,
+    ) -> Result<Self::Buf>;
     /// Per row: `(max value [n], argmax [n])`.
     fn row_max(&self, x: &Self::Buf, n: usize, c: usize) -> Result<(Self::Buf, Self::Index)>;
 
@@ -471,7 +485,12 @@ pub trait Backend: Send + Sync + 'static {
     /// `a * b` element-wise.
     fn mul(&self, a: &Self::Buf, b: &Self::Buf) -> Result<Self::Buf> {
         let (x, y) = (self.download(a)?, self.download(b)?);
-        anyhow::ensure!(x.len() == y.len(), "mul: lengths {} and {} differ", x.len(), y.len());
+        anyhow::ensure!(
+            x.len() == y.len(),
+            "mul: lengths {} and {} differ",
+            x.len(),
+            y.len()
+        );
         self.upload(&x.iter().zip(&y).map(|(a, b)| a * b).collect::<Vec<_>>())
     }
 

@@ -392,7 +392,8 @@ pub fn train_step<B: Backend>(
 /// The epoch's sample order: a function of `(seed, epoch)` only, so a resumed run sees the same batches.
 fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_0f_ba7c ^ ((epoch as u64) << 32));
+    let mut rng =
+        rand::rngs::StdRng::seed_from_u64(seed ^ 0x005e_ed0f_ba7c ^ ((epoch as u64) << 32));
     order.shuffle(&mut rng);
     order
 }

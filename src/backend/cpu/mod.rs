@@ -23,8 +23,8 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 pub use augment::CpuBytes;
 
 use super::{
-    AugmentSpec, Backend, BatchNormConfig, ChannelDims, Conv2dDims, LossArgs, LossOutput, Pool2dDims, SgdConfig,
-    ShortcutDims,
+    AugmentSpec, Backend, BatchNormConfig, ChannelDims, Conv2dDims, LossArgs, LossOutput,
+    Pool2dDims, SgdConfig, ShortcutDims,
 };
 
 /// A host buffer of `f32`. Code outside the backend sees it only through [`Backend`].

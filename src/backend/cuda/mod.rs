@@ -38,8 +38,8 @@ pub use augment::CudaBytes;
 pub use runtime::{DeviceBuffer, DeviceLimits, Gemm, LaunchConfig};
 
 use super::{
-    AugmentSpec, Backend, BatchNormConfig, ChannelDims, Conv2dDims, LossArgs, LossOutput, Pool2dDims, SgdConfig,
-    ShortcutDims,
+    AugmentSpec, Backend, BatchNormConfig, ChannelDims, Conv2dDims, LossArgs, LossOutput,
+    Pool2dDims, SgdConfig, ShortcutDims,
 };
 use runtime::DeviceRuntime;
 
