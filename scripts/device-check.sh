@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Device check, run ON the GPU machine (no Rust toolchain, no internet) from a pack made here by
+# scripts/pack-device.sh. Within a time budget (default 8 minutes) it runs, most important first:
+#   1. the GPU tests (tests/cuda_gpu, all #[ignore]d ones: runtime self-tests, conformance suite,
+#      every op and whole training steps against the CPU backend, TF32);
+#   2. `ltrain bench` on the GPU, TF32 on and off (random data, three-expert ResNet-32, batch 128);
+#   3. the PyTorch peer (peers/torch_resnet32_3e.py), eager fp32 and bf16 autocast, for comparison;
+#   4. a short real training run on CIFAR-10-LT (rho = 100) with a stage switch;
+#   5. compute-sanitizer memcheck and racecheck on the GPU tests (Firecracker machines; gVisor ones
+#      refuse the device, which the summary then shows);
+#   6. the CUDA groups of the criterion benches.
+# Every step has its own time limit and is skipped when the budget is nearly spent. All output goes to
+# one log file in LOG_DIR; the training metrics are copied there; a short table is printed last (and
+# saved as summary.md).
+#
+# Usage: bash device-check.sh [PACK_DIR] [LOG_DIR] [BUDGET_SECONDS]
+#        (defaults: the script's folder, $OUT or ./device-logs, 480)
+set -uo pipefail
+
+pack="$(cd "${1:-$(dirname "${BASH_SOURCE[0]}")}" && pwd)"
+log_dir="${2:-${OUT:-./device-logs}}"
+budget="${3:-480}"
+mkdir -p "$log_dir"
+log_dir="$(cd "$log_dir" && pwd)"
+log="$log_dir/device-check.log"
+summary="$log_dir/summary.md"
+work="$(mktemp -d /tmp/ltrain-device.XXXXXX)"
+start=$(date +%s)
+rows=()
+: > "$log"
+
+elapsed() { echo $(( $(date +%s) - start )); }
+note() { echo "[$(elapsed)s] $*" | tee -a "$log" >&2; }
+
+# step NAME LIMIT_SECONDS CMD...: runs CMD with a time limit (capped by what is left of the budget),
+# appends its output to the log and to $work/NAME.out; sets $step_status.
+step() {
+    local name=$1 limit=$2
+    shift 2
+    local left=$(( budget - $(elapsed) - 15 ))
+    if (( left < 20 )); then
+        step_status="skipped (budget)"
+        step_seconds="-"
+        note "skip $name: budget spent"
+        return
+    fi
+    (( limit > left )) && limit=$left
+    note "run  $name (limit ${limit}s): $*"
+    echo "=================== $name: $* ===================" >> "$log"
+    local t0
+    t0=$(date +%s)
+    timeout --kill-after=10 "$limit" "$@" > "$work/$name.out" 2>&1
+    local rc=$?
+    cat "$work/$name.out" >> "$log"
+    step_seconds=$(( $(date +%s) - t0 ))
+    case $rc in
+        0) step_status="ok" ;;
+        124 | 137) step_status="TIMEOUT (${limit}s)" ;;
+        *) step_status="FAILED (exit $rc)" ;;
+    esac
+    note "done $name: $step_status in ${step_seconds}s"
+}
+
+row() { rows+=("| $1 | $2 | $3 | $4 |"); }
+
+# ---- environment -------------------------------------------------------------------------------
+{
+    echo "pack: $pack"
+    cat "$pack/MANIFEST" 2>/dev/null | head -5
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv 2>&1 || true
+    echo "kernel: $(uname -r)"
+} >> "$log" 2>&1
+
+# cuBLAS 13: the CUDA toolkit's or the pip wheels' (PyTorch's environment has nvidia-cublas).
+lib_dirs=()
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -e "$d/libcublas.so.13" ] && lib_dirs+=("$d")
+done
+while IFS= read -r d; do
+    [ -n "$d" ] && lib_dirs+=("$d")
+done < <(python3 - <<'EOF' 2>/dev/null
+import glob, os, site
+roots = site.getsitepackages() + [site.getusersitepackages()]
+for root in roots:
+    for lib in sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib"))):
+        if glob.glob(os.path.join(lib, "libcublas.so.13*")) or glob.glob(os.path.join(lib, "libcublasLt.so.13*")):
+            print(lib)
+EOF
+)
+if [ ${#lib_dirs[@]} -eq 0 ]; then
+    found=$(find /usr /opt -name 'libcublas.so.13*' 2>/dev/null | head -1)
+    [ -n "$found" ] && lib_dirs+=("$(dirname "$found")")
+fi
+ld_extra=$(IFS=:; echo "${lib_dirs[*]:-}")
+export LD_LIBRARY_PATH="${ld_extra}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export CUDA_CACHE_PATH="$work/cuda-cache" # PTX JIT results shared by the steps
+note "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+
+exe="$work/exe"
+mkdir -p "$exe"
+tar -C "$exe" -xJf "$pack/executables.tar.xz" 2>/dev/null ||
+    python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
+        "$pack/executables.tar.xz" "$exe" ||
+    { note "cannot unpack $pack/executables.tar.xz"; exit 1; }
+ltrain="$exe/bin/ltrain"
+gpu_tests="$exe/tests/cuda_gpu"
+
+# ---- 1. GPU tests --------------------------------------------------------------------------------
+step gpu_tests 180 "$gpu_tests" --ignored --test-threads=1
+result=$(grep -h "^test result:" "$work/gpu_tests.out" | tail -1 | sed 's/^test result: //; s/; finished.*//')
+failed=$(grep -h "^    [a-z_]*$" "$work/gpu_tests.out" | tr -d ' ' | paste -sd, - | cut -c1-120)
+row "GPU tests (cuda_gpu --ignored)" "$step_status" "${step_seconds}s" "${result:-no result line}${failed:+; failed: $failed}"
+
+# ---- 2. ltrain bench -----------------------------------------------------------------------------
+for tf in tf32 strict; do
+    flag=()
+    [ "$tf" = strict ] && flag=(--no-tf32)
+    step "bench_$tf" 60 "$ltrain" bench --device cuda --batch-size 128 --steps 50 --warmup 5 "${flag[@]}"
+    line=$(grep -h "samples/s" "$work/bench_$tf.out" | tail -1 | sed 's/.*: //')
+    row "ltrain bench, ResNet-32 x3, batch 128, $tf" "$step_status" "${step_seconds}s" "${line:-no throughput line}"
+done
+
+# ---- 3. PyTorch peer -----------------------------------------------------------------------------
+peer="$pack/peers/torch_resnet32_3e.py"
+if [ -f "$peer" ]; then
+    for mode in fp32 amp; do
+        flag=()
+        [ "$mode" = amp ] && flag=(--amp)
+        step "torch_$mode" 90 env PYTHONUNBUFFERED=1 python3 "$peer" --device cuda --steps 100 "${flag[@]}"
+        sps=$(grep -ho "samples_per_second=[0-9.]*" "$work/torch_$mode.out" | tail -1 | cut -d= -f2)
+        row "PyTorch peer, eager $mode, batch 128" "$step_status" "${step_seconds}s" "${sps:+$sps samples/s}"
+    done
+else
+    row "PyTorch peer" "skipped (not in pack)" "-" ""
+fi
+
+# ---- 4. short real training run ------------------------------------------------------------------
+data="$work/data"
+mkdir -p "$data"
+have_data=1
+for f in train_lt_r100.bin test.bin; do
+    if [ -f "$pack/data/$f.xz" ]; then
+        xz -dc "$pack/data/$f.xz" > "$data/$f" 2>/dev/null ||
+            python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" "$pack/data/$f.xz" "$data/$f" ||
+            have_data=0
+    else
+        have_data=0
+    fi
+done
+if [ "$have_data" = 1 ]; then
+    run_dir="$work/run"
+    step train 150 "$ltrain" train --dataset cifar10-lt --train-file "$data/train_lt_r100.bin" \
+        --test-file "$data/test.bin" --imbalance 100 --device cuda --epochs 3 --stage2-epoch 2 \
+        --warmup-epochs 0 --milestones 2 --batch-size 128 --out "$run_dir" --quiet
+    cp "$run_dir/metrics.jsonl" "$log_dir/train-metrics.jsonl" 2>/dev/null
+    last=$(tail -1 "$run_dir/metrics.jsonl" 2>/dev/null | python3 -c '
+import json, sys
+r = json.loads(sys.stdin.read())
+print("epoch %s, stage %s, train loss %.3f, top-1 %s" % (r.get("epoch"), r.get("stage"), r.get("train_loss", float("nan")), r.get("top1")))
+' 2>/dev/null)
+    row "train CIFAR-10-LT r100, 3 epochs (SLA in the last)" "$step_status" "${step_seconds}s" "${last:-no metrics}"
+else
+    row "train CIFAR-10-LT" "skipped (no data in pack)" "-" ""
+fi
+
+# ---- 5. compute-sanitizer --------------------------------------------------------------------------
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
+if [ -n "$sanitizer" ]; then
+    # memcheck on every GPU test; racecheck on those whose kernels share memory between threads.
+    step memcheck 120 "$sanitizer" --tool memcheck --error-exitcode 99 --print-limit 20 \
+        "$gpu_tests" --ignored --test-threads=1
+    summary_line=$(grep -h "ERROR SUMMARY" "$work/memcheck.out" | tail -1)
+    row "compute-sanitizer memcheck (GPU tests)" "$step_status" "${step_seconds}s" "${summary_line:-$(tail -1 "$work/memcheck.out" | cut -c1-100)}"
+    step racecheck 120 "$sanitizer" --tool racecheck --error-exitcode 99 --print-limit 20 \
+        "$gpu_tests" --ignored --test-threads=1 reduction shuffle ballot histogram conformance \
+        fused_loss batch_norm linear_and_rows cosine
+    summary_line=$(grep -h "RACECHECK SUMMARY\|ERROR SUMMARY" "$work/racecheck.out" | tail -1)
+    row "compute-sanitizer racecheck (shared-memory kernels)" "$step_status" "${step_seconds}s" "${summary_line:-$(tail -1 "$work/racecheck.out" | cut -c1-100)}"
+else
+    row "compute-sanitizer" "skipped (not found)" "-" ""
+fi
+
+# ---- 6. criterion benches (their CUDA groups) ----------------------------------------------------
+for b in "$exe"/benches/*; do
+    [ -x "$b" ] || continue
+    name=$(basename "$b")
+    step "bench_$name" 60 "$b" --bench cuda --warm-up-time 1 --measurement-time 3
+    thrpt=$(grep -h "thrpt:" "$work/bench_$name.out" | head -3 | sed 's/ *thrpt: *//' | paste -sd';' -)
+    row "criterion bench $name (cuda groups)" "$step_status" "${step_seconds}s" "${thrpt:-see log}"
+done
+
+# ---- summary ---------------------------------------------------------------------------------------
+{
+    echo "## device check ($(elapsed)s of ${budget}s)"
+    echo
+    echo "| step | status | time | result |"
+    echo "|---|---|---|---|"
+    printf '%s\n' "${rows[@]}"
+} > "$summary"
+echo >> "$log"
+cat "$summary" >> "$log"
+echo
+cat "$summary"
+rm -rf "$work"
