@@ -65,6 +65,31 @@ pub(crate) fn probe() -> std::result::Result<(), String> {
     }
 }
 
+/// Every op allocates its outputs stream-ordered (cuMemAllocAsync) from the device's default pool,
+/// whose release threshold of 0 would hand freed memory back to the driver at every synchronisation
+/// (once per training step) and map it again on the next allocations. Keep it instead, as a caching
+/// allocator does.
+fn keep_pool_memory(ctx: &CudaContext) -> Result<()> {
+    use cudarc::driver::sys;
+    if !ctx.has_async_alloc() {
+        return Ok(());
+    }
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    ctx.bind_to_thread()?;
+    // SAFETY: plain driver calls on a live device, with pointers to local values.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result()?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .result()?;
+    }
+    Ok(())
+}
+
 struct LoadedKernel {
     function: CudaFunction,
     static_smem: u32,
@@ -92,6 +117,7 @@ impl GpuRuntime {
         // SAFETY: no buffer is ever used on another stream.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().context("cannot create a CUDA stream")?;
+        keep_pool_memory(&ctx).context("configuring the CUDA memory pool")?;
 
         let mut modules = HashMap::new();
         for &(module, source) in ptx {
