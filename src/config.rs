@@ -335,6 +335,17 @@ impl TrainConfig {
                 );
             }
         }
+        if matches!(self.loss, LossKind::LaSla | LossKind::LaFl) && self.mixup_alpha > 0.0 {
+            let start = self.reweight_start().unwrap_or(0);
+            if self.stage2_epoch.is_none_or(|s| start < s) {
+                bail!(
+                    "--loss {} weights each sample by its own probability, which mixed (mixup) targets do \
+                     not have: the reweighting starts at epoch {start} while mixup is still on; use \
+                     --no-mixup, or a --reweight-epoch at or after --stage2-epoch",
+                    if self.loss == LossKind::LaSla { "la-sla" } else { "la-fl" }
+                );
+            }
+        }
         if !self.expert_loss_weights.is_empty() && self.expert_loss_weights.len() != self.experts {
             bail!(
                 "expert_loss_weights has {} values for {} experts",
@@ -430,5 +441,32 @@ mod tests {
             .to_string()
             .contains("--batch-size"));
         TrainConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn sample_weights_cannot_meet_mixup() {
+        let single = TrainConfig {
+            stage2_epoch: None,
+            ..TrainConfig::default()
+        };
+        let err = single.validate().unwrap_err().to_string();
+        assert!(err.contains("--no-mixup"), "{err}");
+        TrainConfig {
+            mixup_alpha: 0.0,
+            ..single.clone()
+        }
+        .validate()
+        .unwrap();
+        TrainConfig {
+            loss: LossKind::LaCb,
+            ..single
+        }
+        .validate()
+        .unwrap();
+        let early = TrainConfig {
+            reweight_epoch: Some(3),
+            ..TrainConfig::default()
+        };
+        assert!(early.validate().is_err());
     }
 }
