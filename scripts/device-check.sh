@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Device check, run ON the GPU machine (no Rust toolchain, no internet) from a pack made here by
 # scripts/pack-device.sh. Within a time budget (default 8 minutes) it runs, most important first:
-#   1. the GPU tests (tests/cuda_gpu, all #[ignore]d ones: runtime self-tests, conformance suite,
-#      every op and whole training steps against the CPU backend, TF32);
+#   1. the GPU tests (every test executable of the pack, its #[ignore]d tests: for tests/cuda_gpu the
+#      runtime self-tests, conformance suite, every op and whole training steps against the CPU
+#      backend, TF32);
 #   2. `ltrain bench` on the GPU, TF32 on and off (random data, three-expert ResNet-32, batch 128);
 #   3. the PyTorch peer (peers/torch_resnet32_3e.py), eager fp32 and bf16 autocast, for comparison;
 #   4. a short real training run on CIFAR-10-LT (rho = 100) with a stage switch;
@@ -106,10 +107,14 @@ ltrain="$exe/bin/ltrain"
 gpu_tests="$exe/tests/cuda_gpu"
 
 # ---- 1. GPU tests --------------------------------------------------------------------------------
-step gpu_tests 180 "$gpu_tests" --ignored --test-threads=1
-result=$(grep -h "^test result:" "$work/gpu_tests.out" | tail -1 | sed 's/^test result: //; s/; finished.*//')
-failed=$(grep -h "^    [a-z_]*$" "$work/gpu_tests.out" | tr -d ' ' | paste -sd, - | cut -c1-120)
-row "GPU tests (cuda_gpu --ignored)" "$step_status" "${step_seconds}s" "${result:-no result line}${failed:+; failed: $failed}"
+for t in "$exe"/tests/*; do
+    [ -x "$t" ] || continue
+    name=$(basename "$t")
+    step "test_$name" 150 "$t" --ignored --test-threads=1
+    result=$(grep -h "^test result:" "$work/test_$name.out" | tail -1 | sed 's/^test result: //; s/; finished.*//')
+    failed=$(grep -h "^    [a-z_0-9]*$" "$work/test_$name.out" | tr -d ' ' | paste -sd, - | cut -c1-120)
+    row "GPU tests: $name --ignored" "$step_status" "${step_seconds}s" "${result:-no result line}${failed:+; failed: $failed}"
+done
 
 # ---- 2. ltrain bench -----------------------------------------------------------------------------
 for tf in tf32 strict; do

@@ -2,7 +2,8 @@
 # Builds, here, everything scripts/device-check.sh runs on a GPU machine that has no Rust toolchain and
 # no internet, and packs it into device-pack/ (gitignored):
 #   executables.tar.xz      bin/ltrain (release, PTX for sm_90 embedded; LTRAIN_REQUIRE_CUDA=1),
-#                           tests/cuda_gpu (its tests are #[ignore]d: run with --ignored),
+#                           tests/<name> for each of LTRAIN_GPU_TESTS (default: cuda_gpu
+#                           device_augment; their GPU tests are #[ignore]d: run with --ignored),
 #                           benches/<name> (every criterion bench; their CUDA groups run on a GPU)
 #   data/                   CIFAR-10-LT rho=100 training records and the first LTRAIN_TEST_RECORDS
 #                           (default 5000, 0 = all 10000) test records, xz-compressed
@@ -23,6 +24,10 @@ data_src="${LTRAIN_DATA:-$root/../shared/data/cifar-10}"
 peer_src="${LTRAIN_PEERS:-$root/../shared/peers}"
 max_mib=60
 test_records="${LTRAIN_TEST_RECORDS:-5000}"
+gpu_tests=()
+for t in ${LTRAIN_GPU_TESTS:-cuda_gpu device_augment}; do
+    [ -f "tests/$t.rs" ] && gpu_tests+=(--test "$t")
+done
 
 # nvcc: build.rs looks at NVCC, CUDA_HOME/CUDA_PATH, PATH, then .venv-nvcc; the GPU build must have it.
 if ! command -v nvcc >/dev/null 2>&1 && [ -z "${NVCC:-}" ] && ! ls .venv-nvcc/lib/python*/site-packages/nvidia/cu13/bin/nvcc >/dev/null 2>&1; then
@@ -48,7 +53,7 @@ for line in sys.stdin:
 
 echo "building (release) ..." >&2
 cargo build --release --bin ltrain --message-format=json | executables > /tmp/ltrain-pack-bin.txt
-cargo test --release --no-run --test cuda_gpu --message-format=json | executables > /tmp/ltrain-pack-tests.txt
+cargo test --release --no-run "${gpu_tests[@]}" --message-format=json | executables > /tmp/ltrain-pack-tests.txt
 cargo bench --no-run --message-format=json | executables > /tmp/ltrain-pack-benches.txt
 
 rm -rf "$pack"
