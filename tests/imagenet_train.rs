@@ -13,7 +13,7 @@ fn jpeg(colour: [u8; 3], seed: usize) -> Vec<u8> {
     let mut pixels = Vec::with_capacity(w as usize * h as usize * 3);
     for y in 0..h as usize {
         for x in 0..w as usize {
-            let stripe = ((x + y + seed) / 5) % 2 == 0;
+            let stripe = ((x + y + seed) / 5).is_multiple_of(2);
             for &c in &colour {
                 pixels.push(if stripe { c } else { c / 2 });
             }

@@ -50,6 +50,20 @@ impl Arch {
     }
 }
 
+/// Profiler range names (NVTX on CUDA) of the experts' passes; experts past the last share its name.
+const EXPERT_FORWARD: [&str; 4] = [
+    "expert 0 forward",
+    "expert 1 forward",
+    "expert 2 forward",
+    "expert 3+ forward",
+];
+const EXPERT_BACKWARD: [&str; 4] = [
+    "expert 0 backward",
+    "expert 1 backward",
+    "expert 2 backward",
+    "expert 3+ backward",
+];
+
 /// One expert's training output.
 pub struct ExpertOut<B: Backend> {
     /// `[batch, classes]` raw logits.
@@ -295,15 +309,19 @@ impl<B: Backend> MultiExpertNet<B> {
             );
             be.copy_range(view, 0, &mut x, k * per_view, per_view)?;
         }
+        be.range_push("shared forward");
         let trunk_shape =
             self.shared
                 .forward_train(be, x, Nchw::new(views.len() * batch, 3, h, w))?;
+        be.range_pop();
         let (trunk_out, _) = self.shared.output()?;
         let expert_shape = trunk_shape.with_n(batch);
         let mut outs = Vec::with_capacity(experts);
         let inputs = if views.len() == 1 {
-            for expert in &mut self.experts {
+            for (k, expert) in self.experts.iter_mut().enumerate() {
+                be.range_push(EXPERT_FORWARD[k.min(EXPERT_FORWARD.len() - 1)]);
                 let (logits, features) = expert.forward_train(be, trunk_out, expert_shape)?;
+                be.range_pop();
                 outs.push(ExpertOut { logits, features });
             }
             ExpertInputs::Shared
@@ -313,7 +331,9 @@ impl<B: Backend> MultiExpertNet<B> {
             for (k, expert) in self.experts.iter_mut().enumerate() {
                 let mut input = be.zeros(len)?;
                 be.copy_range(trunk_out, k * len, &mut input, 0, len)?;
+                be.range_push(EXPERT_FORWARD[k.min(EXPERT_FORWARD.len() - 1)]);
                 let (logits, features) = expert.forward_train(be, &input, expert_shape)?;
+                be.range_pop();
                 outs.push(ExpertOut { logits, features });
                 split.push(input);
             }
@@ -352,8 +372,10 @@ impl<B: Backend> MultiExpertNet<B> {
             ExpertInputs::Shared => {
                 // Every expert read the same activation: its gradient is the sum of theirs.
                 let mut acc: Option<B::Buf> = None;
-                for (expert, d) in self.experts.iter_mut().zip(dlogits) {
+                for (k, (expert, d)) in self.experts.iter_mut().zip(dlogits).enumerate() {
+                    be.range_push(EXPERT_BACKWARD[k.min(EXPERT_BACKWARD.len() - 1)]);
                     let dk = expert.backward(be, trunk_out, d)?;
+                    be.range_pop();
                     match &mut acc {
                         Some(a) => be.add_assign(a, &dk)?,
                         None => acc = Some(dk),
@@ -366,14 +388,19 @@ impl<B: Backend> MultiExpertNet<B> {
                 for (k, ((expert, d), input)) in
                     self.experts.iter_mut().zip(dlogits).zip(inputs).enumerate()
                 {
+                    be.range_push(EXPERT_BACKWARD[k.min(EXPERT_BACKWARD.len() - 1)]);
                     let dk = expert.backward(be, &input, d)?;
+                    be.range_pop();
                     let len = be.len(&dk);
                     be.copy_range(&dk, 0, &mut dtrunk, k * len, len)?;
                 }
                 dtrunk
             }
         };
-        self.shared.backward(be, dtrunk)
+        be.range_push("shared backward");
+        let result = self.shared.backward(be, dtrunk);
+        be.range_pop();
+        result
     }
 
     /// Evaluation forward (batch norm with running statistics) of `x [batch, 3, h, w]`: every

@@ -384,8 +384,12 @@ impl DeviceRuntime for GpuRuntime {
             .context("CUDA stream synchronisation")
     }
 
-    // NVTX ranges are not emitted: cudarc's nvtx feature needs libnvToolsExt, which CUDA 13 no longer
-    // ships, and the header-only NVTX 3 is not in the pip toolkit. Profile with nsys's CUDA trace.
-    fn range_push(&self, _name: &str) {}
-    fn range_pop(&self) {}
+    // NVTX 3 (the `nvtx` crate bundles its headers; cudarc's own feature needs libnvToolsExt, which
+    // CUDA 13 no longer ships) is header-only: these are no-ops unless a profiler (nsys) injects itself.
+    fn range_push(&self, name: &str) {
+        nvtx::range_push!("{name}");
+    }
+    fn range_pop(&self) {
+        nvtx::range_pop!();
+    }
 }
