@@ -13,7 +13,8 @@
 //! bounds and set a bit in a device-side error word; the emulator reports it from the op itself, the
 //! GPU at the next [`Backend::synchronize`] or download.
 //!
-//! Profiler ranges: [`Backend::range_push`] / [`Backend::range_pop`] are no-ops (see `gpu.rs`).
+//! Profiler ranges: [`Backend::range_push`] / [`Backend::range_pop`] are NVTX ranges on the GPU (no-ops
+//! unless a profiler such as nsys injects itself) and no-ops on the emulator.
 
 mod augment;
 mod conv;
