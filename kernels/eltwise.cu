@@ -12,6 +12,12 @@ KERNEL void add_assign(float* __restrict__ a, const float* __restrict__ b, unsig
     for (unsigned i = global_thread(); i < n; i += grid_threads()) a[i] += b[i];
 }
 
+// y = a * b   [n]
+KERNEL void mul(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y,
+                unsigned n) {
+    for (unsigned i = global_thread(); i < n; i += grid_threads()) y[i] = a[i] * b[i];
+}
+
 // y = alpha * a   [n]
 KERNEL void scale(const float* __restrict__ a, float* __restrict__ y, float alpha, unsigned n) {
     for (unsigned i = global_thread(); i < n; i += grid_threads()) y[i] = alpha * a[i];

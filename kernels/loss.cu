@@ -148,6 +148,41 @@ KERNEL void gather_rows(const float* __restrict__ x, const unsigned* __restrict_
     }
 }
 
+// ---- the unfused composition (benchmark baseline of fused_loss) ----
+
+// SLA weights as their own pass: w [n] = (1 - p_i)^gamma * exp(tau * cos_star[y_i] - tau * cos_y[i]).
+KERNEL void sla_weights(const float* __restrict__ prob, const float* __restrict__ cos_y,
+                        const float* __restrict__ cos_star, const unsigned* __restrict__ labels,
+                        float* __restrict__ w, unsigned* __restrict__ error_word, unsigned n,
+                        unsigned c, float gamma, float tau) {
+    for (unsigned i = global_thread(); i < n; i += grid_threads()) {
+        const unsigned y = labels[i];
+        if (y >= c) {
+            w[i] = NAN;
+            raise_error(error_word, ERR_GATHER_INDEX);
+        } else {
+            w[i] = powf(1.0f - prob[i], gamma) * expf(tau * cos_star[y] - tau * cos_y[i]);
+        }
+    }
+}
+
+// Cross-entropy backward from probabilities: dlogits [n, c] = (probs - onehot(labels)) * row_scale[i].
+KERNEL void softmax_xent_backward(const float* __restrict__ probs, const unsigned* __restrict__ labels,
+                                  const float* __restrict__ row_scale, float* __restrict__ dlogits,
+                                  unsigned* __restrict__ error_word, unsigned n, unsigned c) {
+    const unsigned total = n * c;
+    for (unsigned t = global_thread(); t < total; t += grid_threads()) {
+        const unsigned i = t / c, j = t % c;
+        const unsigned y = labels[i];
+        if (y >= c) {
+            dlogits[t] = NAN;
+            if (j == 0) raise_error(error_word, ERR_GATHER_INDEX);
+        } else {
+            dlogits[t] = (probs[t] - (j == y ? 1.0f : 0.0f)) * row_scale[i];
+        }
+    }
+}
+
 // Per row of x [n, c]: the maximum and its index (the first maximum wins).
 KERNEL void row_max(const float* __restrict__ x, float* __restrict__ value,
                     unsigned* __restrict__ index, unsigned n, unsigned c) {

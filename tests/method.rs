@@ -126,7 +126,16 @@ fn sla_weights_match_the_paper_formula_by_hand() {
 
 #[test]
 fn unfused_composition_agrees_with_the_fused_op() {
-    let be = be();
+    unfused_agrees_with_fused(&be());
+}
+
+/// The same on the emulated CUDA backend: its unfused ops are kernels too.
+#[test]
+fn unfused_composition_agrees_with_the_fused_op_on_emulated_cuda() {
+    unfused_agrees_with_fused(&ltrain::backend::cuda::CudaBackend::new_emulated().unwrap());
+}
+
+fn unfused_agrees_with_fused<B: Backend>(be: &B) {
     let (n, c) = (5, 4);
     let logits: Vec<f32> = (0..n * c)
         .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.4)
@@ -143,7 +152,7 @@ fn unfused_composition_agrees_with_the_fused_op() {
         be.upload(&cos_star).unwrap(),
     );
     for sla in [None, Some((&cy, &cs, 1.5f32, 0.8f32))] {
-        let (loss_u, grad_u) = unfused_loss(&be, &l, &y, &a, sla, n, c).unwrap();
+        let (loss_u, grad_u) = unfused_loss(be, &l, &y, &a, sla, n, c).unwrap();
         let weighting = match sla {
             None => ltrain::backend::LossWeighting::Unit,
             Some((cos_y, cos_star, gamma, tau)) => ltrain::backend::LossWeighting::Sla {

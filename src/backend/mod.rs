@@ -437,7 +437,7 @@ pub trait Backend: Send + Sync + 'static {
 
     // ---- the unfused loss composition (benchmark baseline and cross-check of `fused_loss`) ----
     /// SLA weights as a separate op: `w [n] = (1 - p_i)^gamma * exp(tau * cos_star[labels[i]] - tau *
-    /// cos_y[i])`. The default goes through the host; backends override it.
+    /// cos_y[i])`.
     #[allow(clippy::too_many_arguments)]
     fn sla_weights(
         &self,
@@ -447,20 +447,9 @@ pub trait Backend: Send + Sync + 'static {
         labels: &Self::Index,
         gamma: f32,
         tau: f32,
-    ) -> Result<Self::Buf> {
-        let (p, cy, cs, y) = (
-            self.download(prob)?,
-            self.download(cos_y)?,
-            self.download(cos_star)?,
-            self.download_index(labels)?,
-        );
-        let w: Vec<f32> = (0..p.len())
-            .map(|i| (1.0 - p[i]).powf(gamma) * (tau * cs[y[i] as usize] - tau * cy[i]).exp())
-            .collect();
-        self.upload(&w)
-    }
+    ) -> Result<Self::Buf>;
     /// Cross-entropy backward from probabilities: `dlogits[i, j] = (probs[i, j] - [j == labels[i]]) *
-    /// row_scale[i]`. The default goes through the host; backends override it.
+    /// row_scale[i]`.
     fn softmax_xent_backward(
         &self,
         probs: &Self::Buf,
@@ -468,31 +457,9 @@ pub trait Backend: Send + Sync + 'static {
         row_scale: &Self::Buf,
         n: usize,
         c: usize,
-    ) -> Result<Self::Buf> {
-        let (mut g, y, s) = (
-            self.download(probs)?,
-            self.download_index(labels)?,
-            self.download(row_scale)?,
-        );
-        for i in 0..n {
-            g[i * c + y[i] as usize] -= 1.0;
-            for v in &mut g[i * c..(i + 1) * c] {
-                *v *= s[i];
-            }
-        }
-        self.upload(&g)
-    }
+    ) -> Result<Self::Buf>;
     /// `a * b` element-wise.
-    fn mul(&self, a: &Self::Buf, b: &Self::Buf) -> Result<Self::Buf> {
-        let (x, y) = (self.download(a)?, self.download(b)?);
-        anyhow::ensure!(
-            x.len() == y.len(),
-            "mul: lengths {} and {} differ",
-            x.len(),
-            y.len()
-        );
-        self.upload(&x.iter().zip(&y).map(|(a, b)| a * b).collect::<Vec<_>>())
-    }
+    fn mul(&self, a: &Self::Buf, b: &Self::Buf) -> Result<Self::Buf>;
 
     // ---- optimizer ----
     /// One SGD step in place on `param` and its `velocity`.

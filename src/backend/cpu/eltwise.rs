@@ -25,6 +25,16 @@ pub(super) fn add(a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
         .collect())
 }
 
+/// `a * b`.
+pub(super) fn mul(a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
+    check_same("mul", a.len(), b.len())?;
+    Ok(a.par_iter()
+        .with_min_len(CHUNK)
+        .zip(b)
+        .map(|(x, y)| x * y)
+        .collect())
+}
+
 /// `a += b`.
 pub(super) fn add_assign(a: &mut [f32], b: &[f32]) -> Result<()> {
     check_same("add_assign", a.len(), b.len())?;

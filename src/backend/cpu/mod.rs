@@ -141,6 +141,9 @@ impl Backend for CpuBackend {
     fn add_assign(&self, a: &mut CpuBuf, b: &CpuBuf) -> Result<()> {
         self.pool.install(|| eltwise::add_assign(&mut a.0, &b.0))
     }
+    fn mul(&self, a: &CpuBuf, b: &CpuBuf) -> Result<CpuBuf> {
+        self.pool.install(|| eltwise::mul(&a.0, &b.0)).map(CpuBuf)
+    }
     fn scale(&self, a: &CpuBuf, alpha: f32) -> Result<CpuBuf> {
         Ok(CpuBuf(self.pool.install(|| eltwise::scale(&a.0, alpha))))
     }
@@ -312,6 +315,27 @@ impl Backend for CpuBackend {
     }
     fn gather_rows(&self, x: &CpuBuf, idx: &CpuIndex, n: usize, c: usize) -> Result<CpuBuf> {
         rows::gather(&x.0, &idx.0, n, c).map(CpuBuf)
+    }
+    fn sla_weights(
+        &self,
+        prob: &CpuBuf,
+        cos_y: &CpuBuf,
+        cos_star: &CpuBuf,
+        labels: &CpuIndex,
+        gamma: f32,
+        tau: f32,
+    ) -> Result<CpuBuf> {
+        rows::sla_weights(&prob.0, &cos_y.0, &cos_star.0, &labels.0, gamma, tau).map(CpuBuf)
+    }
+    fn softmax_xent_backward(
+        &self,
+        probs: &CpuBuf,
+        labels: &CpuIndex,
+        row_scale: &CpuBuf,
+        n: usize,
+        c: usize,
+    ) -> Result<CpuBuf> {
+        rows::softmax_xent_backward(&probs.0, &labels.0, &row_scale.0, n, c).map(CpuBuf)
     }
     fn row_max(&self, x: &CpuBuf, n: usize, c: usize) -> Result<(CpuBuf, CpuIndex)> {
         let (max, argmax) = self.pool.install(|| rows::row_max(&x.0, n, c))?;

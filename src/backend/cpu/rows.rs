@@ -85,6 +85,50 @@ pub(super) fn gather(x: &[f32], idx: &[u32], n: usize, c: usize) -> Result<Vec<f
         .collect())
 }
 
+/// SLA weights as their own pass: `w [n] = (1 - p_i)^gamma * exp(tau * cos_star[y_i] - tau * cos_y[i])`.
+pub(super) fn sla_weights(
+    prob: &[f32],
+    cos_y: &[f32],
+    cos_star: &[f32],
+    labels: &[u32],
+    gamma: f32,
+    tau: f32,
+) -> Result<Vec<f32>> {
+    const OP: &str = "sla_weights";
+    check_len(OP, "cos_y", cos_y.len(), prob.len())?;
+    check_len(OP, "labels", labels.len(), prob.len())?;
+    check_indices(OP, "labels", labels, cos_star.len())?;
+    Ok((0..prob.len())
+        .map(|i| {
+            (1.0 - prob[i]).powf(gamma)
+                * (tau * cos_star[labels[i] as usize] - tau * cos_y[i]).exp()
+        })
+        .collect())
+}
+
+/// `dlogits [n, c] = (probs - onehot(labels)) * row_scale[i]`.
+pub(super) fn softmax_xent_backward(
+    probs: &[f32],
+    labels: &[u32],
+    row_scale: &[f32],
+    n: usize,
+    c: usize,
+) -> Result<Vec<f32>> {
+    const OP: &str = "softmax_xent_backward";
+    check_rows(OP, probs, n, c)?;
+    check_len(OP, "labels", labels.len(), n)?;
+    check_len(OP, "row_scale", row_scale.len(), n)?;
+    check_indices(OP, "labels", labels, c)?;
+    let mut g = probs.to_vec();
+    for (i, row) in g.chunks_mut(c.max(1)).enumerate().take(n) {
+        row[labels[i] as usize] -= 1.0;
+        for v in row {
+            *v *= row_scale[i];
+        }
+    }
+    Ok(g)
+}
+
 /// Per row: `(max value [n], argmax [n])`, the first maximum winning.
 pub(super) fn row_max(x: &[f32], n: usize, c: usize) -> Result<(Vec<f32>, Vec<u32>)> {
     check_rows("row_max", x, n, c)?;

@@ -79,6 +79,16 @@ impl CudaBackend {
         Ok(())
     }
 
+    pub(super) fn mul_impl(&self, a: &CudaBuf, b: &CudaBuf) -> Result<CudaBuf> {
+        check_same("mul", a.len(), b.len())?;
+        let n = to_u32("mul", "length", a.len())?;
+        let mut y = self.alloc(a.len())?;
+        if let Some(cfg) = self.elementwise(a.len()) {
+            kernels::mul(self.rt(), cfg, a, b, &mut y, n)?;
+        }
+        Ok(y)
+    }
+
     pub(super) fn scale_impl(&self, a: &CudaBuf, alpha: f32) -> Result<CudaBuf> {
         let n = to_u32("scale", "length", a.len())?;
         let mut y = self.alloc(a.len())?;

@@ -356,6 +356,30 @@ impl Backend for CudaBackend {
     fn relu_forward(&self, x: &CudaBuf) -> Result<CudaBuf> {
         self.relu_forward_impl(x)
     }
+    fn mul(&self, a: &CudaBuf, b: &CudaBuf) -> Result<CudaBuf> {
+        self.mul_impl(a, b)
+    }
+    fn sla_weights(
+        &self,
+        prob: &CudaBuf,
+        cos_y: &CudaBuf,
+        cos_star: &CudaBuf,
+        labels: &CudaIndex,
+        gamma: f32,
+        tau: f32,
+    ) -> Result<CudaBuf> {
+        self.sla_weights_impl(prob, cos_y, cos_star, labels, gamma, tau)
+    }
+    fn softmax_xent_backward(
+        &self,
+        probs: &CudaBuf,
+        labels: &CudaIndex,
+        row_scale: &CudaBuf,
+        n: usize,
+        c: usize,
+    ) -> Result<CudaBuf> {
+        self.softmax_xent_backward_impl(probs, labels, row_scale, n, c)
+    }
     fn relu_backward(&self, dy: &CudaBuf, y: &CudaBuf) -> Result<CudaBuf> {
         self.relu_backward_impl(dy, y)
     }

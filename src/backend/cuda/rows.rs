@@ -64,6 +64,80 @@ impl CudaBackend {
         Ok(y)
     }
 
+    /// SLA weights as a separate pass (the unfused baseline of `fused_loss`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn sla_weights_impl(
+        &self,
+        prob: &CudaBuf,
+        cos_y: &CudaBuf,
+        cos_star: &CudaBuf,
+        labels: &CudaIndex,
+        gamma: f32,
+        tau: f32,
+    ) -> Result<CudaBuf> {
+        const OP: &str = "sla_weights";
+        let n = prob.len();
+        check_len(OP, "cos_y", cos_y.len(), n)?;
+        check_len(OP, "labels", labels.len(), n)?;
+        let c = to_u32(OP, "classes", cos_star.len())?;
+        let mut w = self.alloc(n)?;
+        if let Some(cfg) = self.elementwise(n) {
+            {
+                let mut word = self.error_word()?;
+                kernels::sla_weights(
+                    self.rt(),
+                    cfg,
+                    prob,
+                    cos_y,
+                    cos_star,
+                    labels,
+                    &mut w,
+                    &mut word,
+                    to_u32(OP, "rows", n)?,
+                    c,
+                    gamma,
+                    tau,
+                )?;
+            }
+            self.after_index_kernel()?;
+        }
+        Ok(w)
+    }
+
+    /// `(probs - onehot(labels)) * row_scale` per row (the unfused baseline's backward).
+    pub(super) fn softmax_xent_backward_impl(
+        &self,
+        probs: &CudaBuf,
+        labels: &CudaIndex,
+        row_scale: &CudaBuf,
+        n: usize,
+        c: usize,
+    ) -> Result<CudaBuf> {
+        const OP: &str = "softmax_xent_backward";
+        check_rows(OP, probs, n, c)?;
+        check_len(OP, "labels", labels.len(), n)?;
+        check_len(OP, "row_scale", row_scale.len(), n)?;
+        let mut dlogits = self.alloc(n * c)?;
+        if let Some(cfg) = self.elementwise(n * c) {
+            {
+                let mut word = self.error_word()?;
+                kernels::softmax_xent_backward(
+                    self.rt(),
+                    cfg,
+                    probs,
+                    labels,
+                    row_scale,
+                    &mut dlogits,
+                    &mut word,
+                    n as u32,
+                    c as u32,
+                )?;
+            }
+            self.after_index_kernel()?;
+        }
+        Ok(dlogits)
+    }
+
     pub(super) fn gather_rows_impl(
         &self,
         x: &CudaBuf,
