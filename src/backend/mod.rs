@@ -12,7 +12,7 @@ pub mod augment_params;
 pub mod cpu;
 pub mod cuda;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 /// Convolution shape: input `[n, c_in, h, w]`, weight `[c_out, c_in / groups, k, k]`,
 /// output `[n, c_out, h_out, w_out]`. Square kernels, symmetric zero padding, no bias.
@@ -45,6 +45,29 @@ impl Conv2dDims {
     pub fn weight_len(&self) -> usize {
         self.c_out * (self.c_in / self.groups) * self.k * self.k
     }
+
+    /// Checks what every backend needs of the shape; `op` names the op in the error.
+    pub fn validate(&self, op: &str) -> Result<()> {
+        let d = self;
+        if d.groups == 0 || d.k == 0 || d.stride == 0 {
+            bail!("{op}: groups, kernel size and stride must be at least 1 (got {d:?})");
+        }
+        if !d.c_in.is_multiple_of(d.groups) || !d.c_out.is_multiple_of(d.groups) {
+            bail!(
+                "{op}: c_in ({}) and c_out ({}) must both be divisible by groups ({})",
+                d.c_in,
+                d.c_out,
+                d.groups
+            );
+        }
+        if d.h + 2 * d.pad < d.k || d.w + 2 * d.pad < d.k {
+            bail!(
+                "{op}: the {0}x{0} kernel does not fit the padded input ({d:?})",
+                d.k
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Window pooling shape: input `[n, c, h, w]`, output `[n, c, h_out, w_out]`.
@@ -60,6 +83,28 @@ pub struct Pool2dDims {
 }
 
 impl Pool2dDims {
+    /// Checks what every backend needs of the shape; `op` names the op in the error.
+    pub fn validate(&self, op: &str) -> Result<()> {
+        let d = self;
+        if d.k == 0 || d.stride == 0 {
+            bail!("{op}: kernel size and stride must be at least 1 (got {d:?})");
+        }
+        // As in PyTorch: with pad <= k / 2 every window holds at least one real input element.
+        if 2 * d.pad > d.k {
+            bail!(
+                "{op}: padding ({}) must be at most half the kernel size ({})",
+                d.pad,
+                d.k
+            );
+        }
+        if d.h + 2 * d.pad < d.k || d.w + 2 * d.pad < d.k {
+            bail!(
+                "{op}: the {0}x{0} window does not fit the padded input ({d:?})",
+                d.k
+            );
+        }
+        Ok(())
+    }
     pub fn h_out(&self) -> usize {
         (self.h + 2 * self.pad - self.k) / self.stride + 1
     }

@@ -9,7 +9,7 @@
 //! accumulates its own partial `dw` and the partials are summed in chunk order, so the result does not
 //! depend on the thread count.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use rayon::prelude::*;
 
 use super::check_len;
@@ -37,23 +37,7 @@ struct Geometry {
 
 impl Geometry {
     fn new(op: &str, d: Conv2dDims) -> Result<Self> {
-        if d.groups == 0 || d.k == 0 || d.stride == 0 {
-            bail!("{op}: groups, kernel size and stride must be at least 1 (got {d:?})");
-        }
-        if !d.c_in.is_multiple_of(d.groups) || !d.c_out.is_multiple_of(d.groups) {
-            bail!(
-                "{op}: c_in ({}) and c_out ({}) must both be divisible by groups ({})",
-                d.c_in,
-                d.c_out,
-                d.groups
-            );
-        }
-        if d.h + 2 * d.pad < d.k || d.w + 2 * d.pad < d.k {
-            bail!(
-                "{op}: the {0}x{0} kernel does not fit the padded input ({d:?})",
-                d.k
-            );
-        }
+        d.validate(op)?;
         let c_in_g = d.c_in / d.groups;
         let (h_out, w_out) = (d.h_out(), d.w_out());
         Ok(Self {

@@ -7,35 +7,11 @@ use rayon::prelude::*;
 use super::check_len;
 use crate::backend::{ChannelDims, Pool2dDims, ShortcutDims};
 
-fn check_pool(op: &str, d: Pool2dDims) -> Result<()> {
-    if d.k == 0 || d.stride == 0 {
-        bail!("{op}: kernel size and stride must be at least 1 (got {d:?})");
-    }
-    // As in PyTorch: with pad <= k / 2 every window holds at least one real input element.
-    if 2 * d.pad > d.k {
-        bail!(
-            "{op}: padding ({}) must be at most half the kernel size ({})",
-            d.pad,
-            d.k
-        );
-    }
-    if d.h + 2 * d.pad < d.k || d.w + 2 * d.pad < d.k {
-        bail!(
-            "{op}: the {0}x{0} window does not fit the padded input ({d:?})",
-            d.k
-        );
-    }
-    if d.n * d.c * d.h * d.w > u32::MAX as usize {
-        bail!("{op}: the input is too large for u32 argmax indices ({d:?})");
-    }
-    Ok(())
-}
-
 /// `x [n, c, h, w]` → `(y [n, c, h_out, w_out], argmax [n, c, h_out, w_out])`, `argmax` holding the flat
 /// index into `x`. Windows are scanned row-major and the first maximum wins; padding never wins.
 pub(super) fn max_pool_forward(x: &[f32], d: Pool2dDims) -> Result<(Vec<f32>, Vec<u32>)> {
     const OP: &str = "max_pool_forward";
-    check_pool(OP, d)?;
+    d.validate(OP)?;
     check_len(OP, "x", x.len(), d.n * d.c * d.h * d.w)?;
     let (h_out, w_out) = (d.h_out(), d.w_out());
     let out_plane = h_out * w_out;
@@ -80,7 +56,7 @@ pub(super) fn max_pool_forward(x: &[f32], d: Pool2dDims) -> Result<(Vec<f32>, Ve
 /// Routes `dy [n, c, h_out, w_out]` to the argmax positions: `dx [n, c, h, w]`.
 pub(super) fn max_pool_backward(dy: &[f32], argmax: &[u32], d: Pool2dDims) -> Result<Vec<f32>> {
     const OP: &str = "max_pool_backward";
-    check_pool(OP, d)?;
+    d.validate(OP)?;
     let out_plane = d.h_out() * d.w_out();
     let in_plane = d.h * d.w;
     check_len(OP, "dy", dy.len(), d.n * d.c * out_plane)?;

@@ -8,7 +8,7 @@
 //!
 //! A 1x1, stride-1, unpadded convolution uses its input directly as the column matrix.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::{check_len, kernels, to_u32, CudaBackend, CudaBuf, Gemm, LaunchConfig};
 use crate::backend::Conv2dDims;
@@ -29,23 +29,7 @@ struct Geometry {
 impl Geometry {
     /// `workspace`: the most floats a column buffer may hold (whole images per chunk, at least one).
     fn new(op: &str, d: Conv2dDims, workspace: usize) -> Result<Self> {
-        if d.groups == 0 || d.k == 0 || d.stride == 0 {
-            bail!("{op}: groups, kernel size and stride must be at least 1 (got {d:?})");
-        }
-        if !d.c_in.is_multiple_of(d.groups) || !d.c_out.is_multiple_of(d.groups) {
-            bail!(
-                "{op}: c_in ({}) and c_out ({}) must both be divisible by groups ({})",
-                d.c_in,
-                d.c_out,
-                d.groups
-            );
-        }
-        if d.h + 2 * d.pad < d.k || d.w + 2 * d.pad < d.k {
-            bail!(
-                "{op}: the {0}x{0} kernel does not fit the padded input ({d:?})",
-                d.k
-            );
-        }
+        d.validate(op)?;
         let c_in_g = d.c_in / d.groups;
         let hw = d.h_out() * d.w_out();
         let ckk = c_in_g * d.k * d.k;

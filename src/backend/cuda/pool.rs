@@ -5,28 +5,6 @@ use anyhow::{bail, Result};
 use super::{check_len, kernels, to_u32, CudaBackend, CudaBuf, CudaIndex};
 use crate::backend::{ChannelDims, Pool2dDims};
 
-fn check_pool(op: &str, d: Pool2dDims) -> Result<()> {
-    if d.k == 0 || d.stride == 0 {
-        bail!("{op}: kernel size and stride must be at least 1 (got {d:?})");
-    }
-    // As in PyTorch: with pad <= k / 2 every window holds at least one real input element.
-    if 2 * d.pad > d.k {
-        bail!(
-            "{op}: padding ({}) must be at most half the kernel size ({})",
-            d.pad,
-            d.k
-        );
-    }
-    if d.h + 2 * d.pad < d.k || d.w + 2 * d.pad < d.k {
-        bail!(
-            "{op}: the {0}x{0} window does not fit the padded input ({d:?})",
-            d.k
-        );
-    }
-    to_u32(op, "input size", d.n * d.c * d.h * d.w)?;
-    Ok(())
-}
-
 impl CudaBackend {
     pub(super) fn max_pool_forward_impl(
         &self,
@@ -34,7 +12,7 @@ impl CudaBackend {
         d: Pool2dDims,
     ) -> Result<(CudaBuf, CudaIndex)> {
         const OP: &str = "max_pool_forward";
-        check_pool(OP, d)?;
+        d.validate(OP)?;
         check_len(OP, "x", x.len(), d.n * d.c * d.h * d.w)?;
         let len = d.n * d.c * d.h_out() * d.w_out();
         to_u32(OP, "output size", len)?;
@@ -68,7 +46,7 @@ impl CudaBackend {
         d: Pool2dDims,
     ) -> Result<CudaBuf> {
         const OP: &str = "max_pool_backward";
-        check_pool(OP, d)?;
+        d.validate(OP)?;
         let out_len = d.n * d.c * d.h_out() * d.w_out();
         check_len(OP, "dy", dy.len(), out_len)?;
         check_len(OP, "argmax", argmax.len(), out_len)?;
