@@ -104,6 +104,9 @@ fn legend_row(area: &Area, items: &[(String, Mark)]) -> Result<()> {
     Ok(())
 }
 
+/// Opaque light red of the reliability diagram's calibration gaps.
+const GAP_FILL: RGBColor = RGBColor(240, 170, 170);
+
 /// Reliability diagram: per-bin accuracy against the diagonal, and the share of samples per bin below.
 pub(super) fn reliability_png(
     bins: &[ReliabilityBin],
@@ -126,7 +129,7 @@ pub(super) fn reliability_png(
                 ("accuracy".to_string(), Mark::Fill(BLUE.filled())),
                 (
                     "gap to mean confidence".to_string(),
-                    Mark::Fill(RED_.mix(0.35).filled()),
+                    Mark::Fill(GAP_FILL.filled()),
                 ),
                 ("perfect calibration".to_string(), Mark::Line(GREY)),
             ],
@@ -152,16 +155,21 @@ pub(super) fn reliability_png(
             let (Some(accuracy), Some(confidence)) = (bin.accuracy, bin.confidence) else {
                 continue;
             };
+            // The gap spans the full bin behind a narrower accuracy bar, so both stay visible
+            // whichever side of the diagonal the bin falls (a translucent overlay turned purple).
+            let inset = 0.15 * (bin.hi - bin.lo);
             chart.draw_series([
-                Rectangle::new([(bin.lo, 0.0), (bin.hi, accuracy)], BLUE.filled()),
-                Rectangle::new([(bin.lo, 0.0), (bin.hi, accuracy)], WHITE.stroke_width(1)),
                 Rectangle::new(
                     [(bin.lo, accuracy), (bin.hi, confidence)],
-                    RED_.mix(0.35).filled(),
+                    GAP_FILL.filled(),
                 ),
                 Rectangle::new(
                     [(bin.lo, accuracy), (bin.hi, confidence)],
                     RED_.stroke_width(1),
+                ),
+                Rectangle::new(
+                    [(bin.lo + inset, 0.0), (bin.hi - inset, accuracy)],
+                    BLUE.filled(),
                 ),
             ])?;
         }
