@@ -733,6 +733,21 @@ fn tiny_imagenet_lt_loads_and_augments_end_to_end() {
             "{level:?} not deterministic"
         );
     }
+    // The experts' views decoded once per sample equal the per-level batches.
+    let levels = [
+        Some(Level::Weak),
+        Some(Level::Medium),
+        Some(Level::Strong),
+        None,
+    ];
+    let views = train.batch_views(&indices, &levels, 3, 2).unwrap();
+    for (view, &level) in views.iter().zip(&levels) {
+        assert_eq!(
+            view,
+            &train.batch(&indices, level, 3, 2).unwrap(),
+            "{level:?}"
+        );
+    }
     // evaluation: Resize(256/224 * 32 ≈ 37) + CenterCrop(32) of a red-dominated image stays red
     let eval = train.augmented(0, None, 0, 0).unwrap();
     assert_eq!((eval.h, eval.w), (32, 32));

@@ -234,10 +234,54 @@ impl ImageNetSet {
         seed: u64,
         epoch: usize,
     ) -> Result<Image> {
-        let image = self.decode(i)?;
+        Ok(self.augment_decoded(&self.decode(i)?, i, level, seed, epoch))
+    }
+
+    /// The already decoded sample `i` under `level`.
+    fn augment_decoded(
+        &self,
+        image: &Image,
+        i: usize,
+        level: Option<Level>,
+        seed: u64,
+        epoch: usize,
+    ) -> Image {
         let mut rng = augment::level_rng(seed, epoch as u32, i as u32, level);
         let params = augment::sample_params(&self.recipe, level, image.h, image.w, &mut rng);
-        Ok(augment::apply(&self.recipe, &params, &image))
+        augment::apply(&self.recipe, &params, image)
+    }
+
+    /// One `[indices.len(), 3, size, size]` batch per entry of `levels` (the experts' views), each
+    /// JPEG decoded once for all of them; equal to calling [`batch`](Self::batch) per level.
+    pub fn batch_views(
+        &self,
+        indices: &[usize],
+        levels: &[Option<Level>],
+        seed: u64,
+        epoch: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let len = 3 * self.recipe.out_h * self.recipe.out_w;
+        let per_sample: Vec<Vec<Image>> = indices
+            .par_iter()
+            .map(|&i| {
+                let image = self.decode(i)?;
+                Ok(levels
+                    .iter()
+                    .map(|&level| self.augment_decoded(&image, i, level, seed, epoch))
+                    .collect())
+            })
+            .collect::<Result<_>>()?;
+        let mut views = vec![vec![0f32; indices.len() * len]; levels.len()];
+        for (s, images) in per_sample.iter().enumerate() {
+            for (view, image) in views.iter_mut().zip(images) {
+                augment::normalize_into(
+                    image,
+                    &self.recipe.normalization,
+                    &mut view[s * len..(s + 1) * len],
+                );
+            }
+        }
+        Ok(views)
     }
 
     /// `[indices.len(), 3, size, size]` normalised f32, decoded and augmented in parallel.

@@ -203,4 +203,14 @@ impl ImageSource for ImageNetSet {
     ) -> Result<Vec<f32>> {
         self.batch(indices, level.map(level_of_index), seed, epoch)
     }
+    fn load_views(
+        &self,
+        indices: &[usize],
+        levels: &[Option<usize>],
+        seed: u64,
+        epoch: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let levels: Vec<Option<Level>> = levels.iter().map(|l| l.map(level_of_index)).collect();
+        self.batch_views(indices, &levels, seed, epoch)
+    }
 }

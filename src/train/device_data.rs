@@ -68,10 +68,8 @@ pub fn prepare(
             })
             .collect::<Result<Vec<_>>>()
             .map(StepInput::Params),
-        None => levels
-            .iter()
-            .map(|&level| source.load(batch, level, seed, epoch))
-            .collect::<Result<Vec<_>>>()
+        None => source
+            .load_views(batch, levels, seed, epoch)
             .map(StepInput::Host),
     }
 }

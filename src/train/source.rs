@@ -33,6 +33,21 @@ pub trait ImageSource: Sync {
         None
     }
 
+    /// One batch per entry of `levels` (the experts' views of the same samples). Sources that decode
+    /// files override it to decode each sample once.
+    fn load_views(
+        &self,
+        indices: &[usize],
+        levels: &[Option<usize>],
+        seed: u64,
+        epoch: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        levels
+            .iter()
+            .map(|&level| self.load(indices, level, seed, epoch))
+            .collect()
+    }
+
     /// Images per class.
     fn class_counts(&self) -> Vec<usize> {
         let mut counts = vec![0; self.num_classes()];
