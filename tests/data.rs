@@ -849,35 +849,3 @@ fn preview_writes_a_png_grid() {
         }
     }
 }
-
-#[test]
-fn prefetch_yields_every_batch_in_order() {
-    use ltrain::data::prefetch::Prefetch;
-    use std::sync::Arc;
-    let data = Arc::new(
-        synthetic::generate(&SyntheticConfig {
-            n_max: 8,
-            rho: 2.0,
-            test_per_class: 1,
-            ..Default::default()
-        })
-        .train,
-    );
-    let plan: Vec<Vec<usize>> = vec![vec![0, 1], vec![2, 3], vec![4]];
-    let source = Arc::clone(&data);
-    let batches: Vec<Vec<f32>> = Prefetch::spawn(
-        1,
-        plan.clone()
-            .into_iter()
-            .map(move |idx| source.batch(&idx, Some(Level::Weak), 0, 0)),
-    )
-    .collect();
-    assert_eq!(batches.len(), 3);
-    for (b, idx) in batches.iter().zip(&plan) {
-        assert!(*b == data.batch(idx, Some(Level::Weak), 0, 0));
-    }
-    // dropping a prefetcher early stops its producer
-    let mut early = Prefetch::spawn(1, (0..1_000_000).map(|i| vec![i as f32]));
-    assert_eq!(early.next(), Some(vec![0.0]));
-    drop(early);
-}

@@ -24,7 +24,6 @@ pub mod cifar;
 pub mod imagenet;
 pub mod info;
 pub mod longtail;
-pub mod prefetch;
 pub mod preview;
 pub mod synthetic;
 
