@@ -14,6 +14,14 @@ pub mod cuda;
 
 use anyhow::{bail, Result};
 
+/// Errors unless buffer `what` of `op` holds the `expected` number of elements.
+pub(crate) fn check_len(op: &str, what: &str, actual: usize, expected: usize) -> Result<()> {
+    if actual != expected {
+        bail!("{op}: `{what}` has {actual} elements but the given shape needs {expected}");
+    }
+    Ok(())
+}
+
 /// Convolution shape: input `[n, c_in, h, w]`, weight `[c_out, c_in / groups, k, k]`,
 /// output `[n, c_out, h_out, w_out]`. Square kernels, symmetric zero padding, no bias.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -122,6 +130,14 @@ pub struct ChannelDims {
 }
 
 impl ChannelDims {
+    /// Errors unless every `(name, len)` buffer holds one value per channel.
+    pub fn check_per_channel(&self, op: &str, buffers: &[(&str, usize)]) -> Result<()> {
+        for &(name, len) in buffers {
+            check_len(op, name, len, self.c)?;
+        }
+        Ok(())
+    }
+
     pub fn len(&self) -> usize {
         self.n * self.c * self.hw
     }

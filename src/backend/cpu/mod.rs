@@ -63,12 +63,7 @@ impl CpuBackend {
 }
 
 /// Errors unless a buffer has exactly the length its shape implies.
-pub(crate) fn check_len(op: &str, what: &str, actual: usize, expected: usize) -> Result<()> {
-    if actual != expected {
-        bail!("{op}: `{what}` has {actual} elements but the given shape needs {expected}");
-    }
-    Ok(())
-}
+pub(crate) use super::check_len;
 
 /// Errors unless every index is below `bound`.
 pub(crate) fn check_indices(op: &str, what: &str, idx: &[u32], bound: usize) -> Result<()> {

@@ -20,13 +20,6 @@ fn channel_sum(d: ChannelDims, ch: usize, mut f: impl FnMut(usize) -> f64) -> f6
     acc
 }
 
-fn check_params(op: &str, d: ChannelDims, params: &[(&str, usize)]) -> Result<()> {
-    for &(name, len) in params {
-        check_len(op, name, len, d.c)?;
-    }
-    Ok(())
-}
-
 /// Training forward: returns `(y [n, c, hw], saved_mean [c], saved_inv_std [c])` and updates the running
 /// statistics in place.
 #[allow(clippy::too_many_arguments)]
@@ -41,9 +34,8 @@ pub(super) fn train_forward(
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     const OP: &str = "batch_norm_train_forward";
     check_len(OP, "x", x.len(), d.len())?;
-    check_params(
+    d.check_per_channel(
         OP,
-        d,
         &[
             ("gamma", gamma.len()),
             ("beta", beta.len()),
@@ -123,9 +115,8 @@ pub(super) fn eval_forward(
 ) -> Result<Vec<f32>> {
     const OP: &str = "batch_norm_eval_forward";
     check_len(OP, "x", x.len(), d.len())?;
-    check_params(
+    d.check_per_channel(
         OP,
-        d,
         &[
             ("gamma", gamma.len()),
             ("beta", beta.len()),
@@ -156,9 +147,8 @@ pub(super) fn backward(
     const OP: &str = "batch_norm_backward";
     check_len(OP, "dy", dy.len(), d.len())?;
     check_len(OP, "x", x.len(), d.len())?;
-    check_params(
+    d.check_per_channel(
         OP,
-        d,
         &[
             ("gamma", gamma.len()),
             ("saved_mean", saved_mean.len()),

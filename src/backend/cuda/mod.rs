@@ -268,12 +268,7 @@ fn to_u32(op: &str, what: &str, v: usize) -> Result<u32> {
 }
 
 /// Errors unless a buffer has exactly the length its shape implies.
-fn check_len(op: &str, what: &str, actual: usize, expected: usize) -> Result<()> {
-    if actual != expected {
-        bail!("{op}: `{what}` has {actual} elements but the given shape needs {expected}");
-    }
-    Ok(())
-}
+use super::check_len;
 
 impl Backend for CudaBackend {
     type Buf = CudaBuf;

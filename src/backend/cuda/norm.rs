@@ -6,13 +6,6 @@ use anyhow::{bail, Result};
 use super::{check_len, kernels, to_u32, CudaBackend, CudaBuf, LaunchConfig};
 use crate::backend::{BatchNormConfig, ChannelDims};
 
-fn check_params(op: &str, d: ChannelDims, params: &[(&str, usize)]) -> Result<()> {
-    for &(name, len) in params {
-        check_len(op, name, len, d.c)?;
-    }
-    Ok(())
-}
-
 impl CudaBackend {
     /// One block per channel.
     fn per_channel(&self, d: ChannelDims) -> LaunchConfig {
@@ -32,9 +25,8 @@ impl CudaBackend {
     ) -> Result<(CudaBuf, CudaBuf, CudaBuf)> {
         const OP: &str = "batch_norm_train_forward";
         check_len(OP, "x", x.len(), d.len())?;
-        check_params(
+        d.check_per_channel(
             OP,
-            d,
             &[
                 ("gamma", gamma.len()),
                 ("beta", beta.len()),
@@ -102,9 +94,8 @@ impl CudaBackend {
     ) -> Result<CudaBuf> {
         const OP: &str = "batch_norm_eval_forward";
         check_len(OP, "x", x.len(), d.len())?;
-        check_params(
+        d.check_per_channel(
             OP,
-            d,
             &[
                 ("gamma", gamma.len()),
                 ("beta", beta.len()),
@@ -145,9 +136,8 @@ impl CudaBackend {
         const OP: &str = "batch_norm_backward";
         check_len(OP, "dy", dy.len(), d.len())?;
         check_len(OP, "x", x.len(), d.len())?;
-        check_params(
+        d.check_per_channel(
             OP,
-            d,
             &[
                 ("gamma", gamma.len()),
                 ("saved_mean", saved_mean.len()),
