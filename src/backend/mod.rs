@@ -22,6 +22,14 @@ pub(crate) fn check_len(op: &str, what: &str, actual: usize, expected: usize) ->
     Ok(())
 }
 
+/// `upload_staged` reads a prefix of its staging buffer.
+pub(crate) fn check_staged_len(capacity: usize, len: usize) -> Result<()> {
+    if len > capacity {
+        bail!("upload_staged: {len} elements requested from a staging buffer of {capacity}");
+    }
+    Ok(())
+}
+
 /// Convolution shape: input `[n, c_in, h, w]`, weight `[c_out, c_in / groups, k, k]`,
 /// output `[n, c_out, h_out, w_out]`. Square kernels, symmetric zero padding, no bias.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -279,6 +287,16 @@ pub struct AugmentSpec {
     pub std: [f32; 3],
 }
 
+/// Host memory a loader thread fills and [`Backend::upload_staged`] copies from: page-locked on a GPU,
+/// so the copy runs asynchronously without an intermediate pageable-memory copy.
+pub trait HostStaging: Send {
+    /// Capacity in `f32`.
+    fn capacity(&self) -> usize;
+    /// The whole buffer for writing, once no upload still reads it (on a GPU: waits for the last
+    /// copy out of it to complete).
+    fn as_mut_slice(&mut self) -> Result<&mut [f32]>;
+}
+
 /// The op interface. Buffers are opaque handles owned by the backend.
 pub trait Backend: Send + Sync + 'static {
     /// A device buffer of `f32`.
@@ -287,6 +305,8 @@ pub trait Backend: Send + Sync + 'static {
     type Index: Send + Sync;
     /// A device buffer of `u8` (a whole in-memory dataset, `[N, 3, h, w]`).
     type Bytes: Send + Sync;
+    /// Host staging memory for batches built on the host ([`HostStaging`]).
+    type Staging: HostStaging;
 
     /// Short human-readable description, e.g. `cpu (2 threads)` or `cuda: NVIDIA H200`.
     fn name(&self) -> String;
@@ -481,6 +501,11 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Self::Buf>;
 
     // ---- the data path ----
+    /// Staging memory for `len` `f32` (page-locked on a GPU: allocate a few once, then reuse them).
+    fn alloc_staging(&self, len: usize) -> Result<Self::Staging>;
+    /// Uploads `staging[..len]`. On a GPU the copy is queued like a kernel and the staging buffer
+    /// stays busy (`as_mut_slice` waits) until it has been read.
+    fn upload_staged(&self, staging: &Self::Staging, len: usize) -> Result<Self::Buf>;
     /// Copies `u8` data (an in-memory dataset) to the device once.
     fn upload_bytes(&self, data: &[u8]) -> Result<Self::Bytes>;
     /// Builds normalised views `[n, 3, h, w]` of the images `indices [n]` of `images [N, 3, h, w]`

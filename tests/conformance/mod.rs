@@ -27,6 +27,7 @@ pub type Check<B> = (&'static str, fn(&B) -> Result<()>);
 pub fn checks<B: Backend>() -> Vec<Check<B>> {
     vec![
         ("memory", ops::memory::<B>),
+        ("staging", ops::staging::<B>),
         ("elementwise", ops::elementwise::<B>),
         ("relu", ops::relu::<B>),
         ("mixup", ops::mixup::<B>),

@@ -2,7 +2,8 @@
 
 use anyhow::{ensure, Result};
 use ltrain::backend::{
-    Backend, BatchNormConfig, ChannelDims, Conv2dDims, Pool2dDims, SgdConfig, ShortcutDims,
+    Backend, BatchNormConfig, ChannelDims, Conv2dDims, HostStaging, Pool2dDims, SgdConfig,
+    ShortcutDims,
 };
 use rand::seq::SliceRandom;
 
@@ -41,6 +42,49 @@ pub fn memory<B: Backend>(be: &B) -> Result<()> {
     expect_err(
         "copy_range past the destination end",
         be.copy_range(&buf, 0, &mut dst, 4, 3),
+    )?;
+    be.synchronize()
+}
+
+/// Staged uploads copy the requested prefix, and a staging buffer rewritten right after an upload
+/// does not change what was uploaded: on a GPU the copy is still queued behind `busy` work when the
+/// host asks to write again, so `as_mut_slice` must wait for it.
+pub fn staging<B: Backend>(be: &B) -> Result<()> {
+    let len = 1 << 20;
+    let mut staging = be.alloc_staging(len)?;
+    ensure!(staging.capacity() == len, "staging capacity");
+    ensure!(
+        staging.as_mut_slice()?.iter().all(|&v| v == 0.0),
+        "fresh staging memory is not zeroed"
+    );
+    let first: Vec<f32> = (0..len).map(|i| i as f32).collect();
+    staging.as_mut_slice()?.copy_from_slice(&first);
+    let mut busy = be.upload(&vec![1.0; 4 << 20])?;
+    for _ in 0..16 {
+        busy = be.add(&busy, &busy)?;
+    }
+    let prefix = len - 7;
+    let uploaded = be.upload_staged(&staging, prefix)?;
+    staging.as_mut_slice()?.fill(-1.0);
+    let second = be.upload_staged(&staging, len)?;
+    ensure!(be.len(&uploaded) == prefix, "staged upload length");
+    let got = be.download(&uploaded)?;
+    let changed = got.iter().zip(&first).filter(|(a, b)| a != b).count();
+    ensure!(
+        changed == 0,
+        "{changed} of {prefix} uploaded values changed when the staging buffer was rewritten"
+    );
+    ensure!(
+        be.download(&second)?.iter().all(|&v| v == -1.0),
+        "second staged upload"
+    );
+    ensure!(
+        be.download(&busy)?[0] == 65536.0,
+        "queued work before the upload"
+    );
+    expect_err(
+        "upload_staged past the staging capacity",
+        be.upload_staged(&staging, len + 1),
     )?;
     be.synchronize()
 }

@@ -23,8 +23,8 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 pub use augment::CpuBytes;
 
 use super::{
-    AugmentSpec, Backend, BatchNormConfig, ChannelDims, Conv2dDims, LossArgs, LossOutput,
-    Pool2dDims, SgdConfig, ShortcutDims,
+    AugmentSpec, Backend, BatchNormConfig, ChannelDims, Conv2dDims, HostStaging, LossArgs,
+    LossOutput, Pool2dDims, SgdConfig, ShortcutDims,
 };
 
 /// A host buffer of `f32`. Code outside the backend sees it only through [`Backend`].
@@ -34,6 +34,19 @@ pub struct CpuBuf(Vec<f32>);
 /// A host buffer of `u32` (labels, indices, permutations).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CpuIndex(Vec<u32>);
+
+/// Staging memory of the CPU backend: plain host memory (its "upload" is a copy).
+#[derive(Debug)]
+pub struct CpuStaging(Vec<f32>);
+
+impl HostStaging for CpuStaging {
+    fn capacity(&self) -> usize {
+        self.0.len()
+    }
+    fn as_mut_slice(&mut self) -> Result<&mut [f32]> {
+        Ok(&mut self.0)
+    }
+}
 
 /// The CPU reference backend.
 pub struct CpuBackend {
@@ -77,6 +90,7 @@ impl Backend for CpuBackend {
     type Buf = CpuBuf;
     type Index = CpuIndex;
     type Bytes = CpuBytes;
+    type Staging = CpuStaging;
 
     fn name(&self) -> String {
         let threads = self.threads();
@@ -388,6 +402,13 @@ impl Backend for CpuBackend {
     }
 
     // ---- the data path ----
+    fn alloc_staging(&self, len: usize) -> Result<CpuStaging> {
+        Ok(CpuStaging(vec![0.0; len]))
+    }
+    fn upload_staged(&self, staging: &CpuStaging, len: usize) -> Result<CpuBuf> {
+        super::check_staged_len(staging.0.len(), len)?;
+        Ok(CpuBuf(staging.0[..len].to_vec()))
+    }
     fn upload_bytes(&self, data: &[u8]) -> Result<CpuBytes> {
         Ok(CpuBytes(data.to_vec()))
     }

@@ -16,7 +16,7 @@ use anyhow::{bail, Result};
 
 use super::runtime::{
     pack_args, DeviceLimits, DeviceRuntime, EmuLaunch, Gemm, KernelArg, KernelRef, LaunchConfig,
-    Mem,
+    Mem, StagingMem,
 };
 
 /// cudaMalloc's alignment.
@@ -131,6 +131,17 @@ impl DeviceRuntime for EmulatorRuntime {
         // SAFETY: the allocation holds bytes.len() bytes and does not overlap the source.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), mem.ptr.as_ptr(), bytes.len()) };
         Ok(Mem::Host(mem))
+    }
+
+    fn alloc_staging(&self, len: usize) -> Result<StagingMem> {
+        Ok(StagingMem::Host(vec![0.0; len]))
+    }
+
+    fn upload_staged(&self, staging: &StagingMem, len: usize) -> Result<Mem> {
+        match staging {
+            StagingMem::Host(v) => self.upload(bytemuck::cast_slice(&v[..len])),
+            StagingMem::Gpu(_) => bail!("GPU staging memory was passed to the CUDA emulator"),
+        }
     }
 
     fn download(&self, src: &Mem, dst: &mut [u8]) -> Result<()> {

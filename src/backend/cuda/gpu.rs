@@ -12,19 +12,53 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::cublas::{self, CudaBlas};
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute_enum};
 use cudarc::driver::{
-    result as driver_result, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr,
+    result as driver_result, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream,
+    DevicePtr, PinnedHostSlice,
 };
 use cudarc::nvrtc::Ptx;
 
 use super::kernels;
 use super::runtime::{
     pack_args, DeviceLimits, DeviceRuntime, Gemm, KernelArg, KernelRef, LaunchConfig, Mem,
+    StagingMem,
 };
 
 /// One device allocation (bytes).
 pub(crate) struct GpuMem(CudaSlice<u8>);
+
+/// Page-locked host memory for batches built on the host. Its copies to the device are asynchronous,
+/// so the host must not write it again before the last one has completed: `copied` is recorded after
+/// each copy and waited on before the memory is lent out for writing. (cudarc's own tracking of
+/// pinned memory is off with event tracking disabled, see [`GpuRuntime::new`].)
+pub(crate) struct GpuStaging {
+    pinned: PinnedHostSlice<f32>,
+    copied: CudaEvent,
+}
+
+impl GpuStaging {
+    pub(crate) fn capacity(&self) -> usize {
+        self.pinned.len()
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> Result<&mut [f32]> {
+        self.copied
+            .synchronize()
+            .context("waiting for an upload out of staging memory")?;
+        self.pinned
+            .as_mut_slice()
+            .context("page-locked staging memory")
+    }
+}
+
+impl Drop for GpuStaging {
+    fn drop(&mut self) {
+        // The memory is freed right after; a copy may still be reading it. An error here was a
+        // failed copy, which the stream reports at its next synchronisation.
+        let _ = self.copied.synchronize();
+    }
+}
 
 fn gpu(mem: &Mem) -> Result<&GpuMem> {
     match mem {
@@ -232,6 +266,38 @@ impl DeviceRuntime for GpuRuntime {
                 .memcpy_htod(bytes, &mut dst.0.slice_mut(0..bytes.len()))
                 .context("host-to-device copy")?;
         }
+        Ok(mem)
+    }
+
+    fn alloc_staging(&self, len: usize) -> Result<StagingMem> {
+        // Plain page-locked memory (not write-combined: the loader writes it pixel by pixel).
+        // SAFETY: the memory is zero-filled below before anything reads it.
+        let mut pinned = unsafe { self.ctx.alloc_pinned_with_flags::<f32>(len.max(1), 0) }
+            .with_context(|| {
+                format!(
+                    "cannot allocate {} MB of page-locked host memory",
+                    len * 4 >> 20
+                )
+            })?;
+        pinned.as_mut_slice()?.fill(0.0);
+        let copied = self
+            .ctx
+            .new_event(Some(CUevent_flags::CU_EVENT_BLOCKING_SYNC))
+            .context("cannot create a CUDA event")?;
+        Ok(StagingMem::Gpu(GpuStaging { pinned, copied }))
+    }
+
+    fn upload_staged(&self, staging: &StagingMem, len: usize) -> Result<Mem> {
+        let StagingMem::Gpu(staging) = staging else {
+            bail!("emulator staging memory was passed to the GPU backend");
+        };
+        // Page-locked source: the driver copies by DMA, asynchronously, in stream order.
+        let src = staging.pinned.as_slice()?;
+        let mem = self.upload(bytemuck::cast_slice(&src[..len]))?;
+        staging
+            .copied
+            .record(&self.stream)
+            .context("recording the staging upload")?;
         Ok(mem)
     }
 

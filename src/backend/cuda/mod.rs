@@ -36,11 +36,12 @@ use std::sync::{Mutex, MutexGuard};
 use anyhow::{anyhow, bail, Result};
 
 pub use augment::CudaBytes;
+use runtime::StagingMem;
 pub use runtime::{DeviceBuffer, DeviceLimits, Gemm, LaunchConfig};
 
 use super::{
-    AugmentSpec, Backend, BatchNormConfig, ChannelDims, Conv2dDims, LossArgs, LossOutput,
-    Pool2dDims, SgdConfig, ShortcutDims,
+    AugmentSpec, Backend, BatchNormConfig, ChannelDims, Conv2dDims, HostStaging, LossArgs,
+    LossOutput, Pool2dDims, SgdConfig, ShortcutDims,
 };
 use runtime::DeviceRuntime;
 
@@ -97,6 +98,18 @@ const INDEX_ERRORS: &[(u32, &str)] = &[
         "augment_batch: an image index is out of range or a parameter row is malformed",
     ),
 ];
+
+/// Host staging memory of the CUDA backend (page-locked on a GPU). Opaque outside the backend.
+pub struct CudaStaging(StagingMem);
+
+impl HostStaging for CudaStaging {
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+    fn as_mut_slice(&mut self) -> Result<&mut [f32]> {
+        self.0.as_mut_slice()
+    }
+}
 
 /// The CUDA backend over one device runtime (GPU or emulator).
 pub struct CudaBackend {
@@ -274,6 +287,7 @@ impl Backend for CudaBackend {
     type Buf = CudaBuf;
     type Index = CudaIndex;
     type Bytes = CudaBytes;
+    type Staging = CudaStaging;
 
     fn name(&self) -> String {
         self.rt.describe()
@@ -532,6 +546,16 @@ impl Backend for CudaBackend {
     }
 
     // ---- the data path ----
+    fn alloc_staging(&self, len: usize) -> Result<CudaStaging> {
+        Ok(CudaStaging(self.rt.alloc_staging(len)?))
+    }
+    fn upload_staged(&self, staging: &CudaStaging, len: usize) -> Result<CudaBuf> {
+        super::check_staged_len(staging.0.capacity(), len)?;
+        Ok(DeviceBuffer::from_mem(
+            self.rt.upload_staged(&staging.0, len)?,
+            len,
+        ))
+    }
     fn upload_bytes(&self, data: &[u8]) -> Result<CudaBytes> {
         self.upload_bytes_impl(data)
     }

@@ -9,7 +9,7 @@ use std::marker::PhantomData;
 use anyhow::{bail, ensure, Result};
 
 use super::emulator::HostMem;
-use super::gpu::GpuMem;
+use super::gpu::{GpuMem, GpuStaging};
 
 /// Launch description shared with the emulator's C++ side (`emu::Launch`).
 #[repr(C)]
@@ -35,6 +35,30 @@ pub(crate) struct KernelRef {
 pub(crate) enum Mem {
     Host(HostMem),
     Gpu(GpuMem),
+}
+
+/// Host staging memory of one runtime (`Backend::alloc_staging`).
+pub(crate) enum StagingMem {
+    /// The emulator's: ordinary host memory.
+    Host(Vec<f32>),
+    /// Page-locked memory and the event of its last copy to the device.
+    Gpu(GpuStaging),
+}
+
+impl StagingMem {
+    pub(crate) fn capacity(&self) -> usize {
+        match self {
+            StagingMem::Host(v) => v.len(),
+            StagingMem::Gpu(g) => g.capacity(),
+        }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> Result<&mut [f32]> {
+        match self {
+            StagingMem::Host(v) => Ok(v),
+            StagingMem::Gpu(g) => g.as_mut_slice(),
+        }
+    }
 }
 
 /// A typed device buffer (`f32` for [`super::CudaBuf`], `u32` for [`super::CudaIndex`], `u64` for
@@ -402,6 +426,10 @@ pub(crate) trait DeviceRuntime: Send + Sync {
 
     fn alloc_zeroed(&self, bytes: usize) -> Result<Mem>;
     fn upload(&self, bytes: &[u8]) -> Result<Mem>;
+    /// Host staging memory of `len` zeroed `f32`.
+    fn alloc_staging(&self, len: usize) -> Result<StagingMem>;
+    /// Uploads `staging[..len]` (checked by the caller); asynchronous on a GPU.
+    fn upload_staged(&self, staging: &StagingMem, len: usize) -> Result<Mem>;
     fn download(&self, src: &Mem, dst: &mut [u8]) -> Result<()>;
     /// Copies `bytes` from `src[src_offset..]` to `dst[dst_offset..]` (byte offsets, checked by the
     /// caller).
