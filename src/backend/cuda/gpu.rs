@@ -276,7 +276,7 @@ impl DeviceRuntime for GpuRuntime {
             .with_context(|| {
                 format!(
                     "cannot allocate {} MB of page-locked host memory",
-                    len * 4 >> 20
+                    (len * 4) >> 20
                 )
             })?;
         pinned.as_mut_slice()?.fill(0.0);
