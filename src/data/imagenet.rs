@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use rayon::prelude::*;
 use zune_jpeg::zune_core::bytestream::ZCursor;
 use zune_jpeg::zune_core::colorspace::ColorSpace;
@@ -260,28 +260,49 @@ impl ImageNetSet {
         seed: u64,
         epoch: usize,
     ) -> Result<Vec<Vec<f32>>> {
+        let len = indices.len() * 3 * self.recipe.out_h * self.recipe.out_w;
+        let mut views = vec![vec![0f32; len]; levels.len()];
+        let mut out: Vec<&mut [f32]> = views.iter_mut().map(|v| v.as_mut_slice()).collect();
+        self.batch_views_into(indices, levels, seed, epoch, &mut out)?;
+        Ok(views)
+    }
+
+    /// [`batch_views`](Self::batch_views) written into `out` (one `[indices.len(), 3, size, size]`
+    /// slice per level, e.g. page-locked staging memory), samples in parallel.
+    pub fn batch_views_into(
+        &self,
+        indices: &[usize],
+        levels: &[Option<Level>],
+        seed: u64,
+        epoch: usize,
+        out: &mut [&mut [f32]],
+    ) -> Result<()> {
         let len = 3 * self.recipe.out_h * self.recipe.out_w;
-        let per_sample: Vec<Vec<Image>> = indices
-            .par_iter()
-            .map(|&i| {
-                let image = self.decode(i)?;
-                Ok(levels
-                    .iter()
-                    .map(|&level| self.augment_decoded(&image, i, level, seed, epoch))
-                    .collect())
-            })
-            .collect::<Result<_>>()?;
-        let mut views = vec![vec![0f32; indices.len() * len]; levels.len()];
-        for (s, images) in per_sample.iter().enumerate() {
-            for (view, image) in views.iter_mut().zip(images) {
-                augment::normalize_into(
-                    image,
-                    &self.recipe.normalization,
-                    &mut view[s * len..(s + 1) * len],
-                );
+        ensure!(
+            out.len() == levels.len() && out.iter().all(|o| o.len() == indices.len() * len),
+            "batch_views_into: expected {} output views of {} values",
+            levels.len(),
+            indices.len() * len
+        );
+        // Each sample's slot in every view, so that samples can be filled in parallel.
+        let mut slots: Vec<Vec<&mut [f32]>> = (0..indices.len())
+            .map(|_| Vec::with_capacity(levels.len()))
+            .collect();
+        for view in out.iter_mut() {
+            for (sample, slot) in view.chunks_mut(len).enumerate() {
+                slots[sample].push(slot);
             }
         }
-        Ok(views)
+        slots.into_par_iter().zip(indices.par_iter()).try_for_each(
+            |(mut sample_slots, &i)| -> Result<()> {
+                let image = self.decode(i)?;
+                for (&level, slot) in levels.iter().zip(sample_slots.iter_mut()) {
+                    let view = self.augment_decoded(&image, i, level, seed, epoch);
+                    augment::normalize_into(&view, &self.recipe.normalization, slot);
+                }
+                Ok(())
+            },
+        )
     }
 
     /// `[indices.len(), 3, size, size]` normalised f32, decoded and augmented in parallel.

@@ -203,14 +203,15 @@ impl ImageSource for ImageNetSet {
     ) -> Result<Vec<f32>> {
         self.batch(indices, level.map(level_of_index), seed, epoch)
     }
-    fn load_views(
+    fn load_views_into(
         &self,
         indices: &[usize],
         levels: &[Option<usize>],
         seed: u64,
         epoch: usize,
-    ) -> Result<Vec<Vec<f32>>> {
+        out: &mut [&mut [f32]],
+    ) -> Result<()> {
         let levels: Vec<Option<Level>> = levels.iter().map(|l| l.map(level_of_index)).collect();
-        self.batch_views(indices, &levels, seed, epoch)
+        self.batch_views_into(indices, &levels, seed, epoch, out)
     }
 }

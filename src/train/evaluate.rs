@@ -1,6 +1,7 @@
 //! Evaluation: the experts' softmax average (paper Eq. 19) over the test set, its metrics, and the
 //! per-sample predictions `ltrain eval --predictions` writes.
 
+use super::loader::BatchLoader;
 use super::source::ImageSource;
 use crate::backend::Backend;
 use crate::metrics::{EvalAccumulator, EvalMetrics};
@@ -36,11 +37,14 @@ pub fn evaluate<B: Backend>(
     let mut acc = EvalAccumulator::new(train_class_counts);
     let mut predictions = Vec::with_capacity(test_set.len());
     let all: Vec<usize> = (0..test_set.len()).collect();
+    let batches: Vec<&[usize]> = all.chunks(batch_size.max(1)).collect();
+    // The test set is read once: decoding (ImageNet-LT) overlaps the forward passes, but an
+    // in-memory set is not worth uploading as bytes.
+    let mut loader = BatchLoader::new(be, test_set, batch_size, false)?;
     be.range_push("evaluate");
-    for batch in all.chunks(batch_size.max(1)) {
+    loader.for_each(be, &batches, &[None], 0, 0, |_, batch, views| {
         let n = batch.len();
-        let x = be.upload(&test_set.load(batch, None, 0, 0)?)?;
-        let out = model.forward_eval(be, &x, n, h, w)?;
+        let out = model.forward_eval(be, &views[0], n, h, w)?;
         let (conf, pred) = be.row_max(&out.probs, n, classes)?;
         let (conf, pred) = (be.download(&conf)?, be.download_index(&pred)?);
         let expert_preds = out
@@ -62,7 +66,8 @@ pub fn evaluate<B: Backend>(
                 expert_predictions: expert_preds.iter().map(|p| p[i]).collect(),
             });
         }
-    }
+        Ok(())
+    })?;
     be.range_pop();
     Ok(Evaluation {
         metrics: acc.finish()?,

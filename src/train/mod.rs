@@ -3,8 +3,8 @@
 pub mod bench_step;
 pub mod checkpoint;
 pub mod datasets;
-pub mod device_data;
 pub mod evaluate;
+pub mod loader;
 pub mod optimizer;
 pub mod schedule;
 pub mod source;

@@ -1,7 +1,7 @@
 //! What the training loop needs of a dataset, independent of where the pixels come from (the
 //! synthetic set, CIFAR records, ImageNet-LT JPEGs).
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 
 use crate::data::ImageSet;
 
@@ -33,8 +33,7 @@ pub trait ImageSource: Sync {
         None
     }
 
-    /// One batch per entry of `levels` (the experts' views of the same samples). Sources that decode
-    /// files override it to decode each sample once.
+    /// One batch per entry of `levels` (the experts' views of the same samples).
     fn load_views(
         &self,
         indices: &[usize],
@@ -42,10 +41,29 @@ pub trait ImageSource: Sync {
         seed: u64,
         epoch: usize,
     ) -> Result<Vec<Vec<f32>>> {
-        levels
-            .iter()
-            .map(|&level| self.load(indices, level, seed, epoch))
-            .collect()
+        let len = indices.len() * 3 * self.image_hw().0 * self.image_hw().1;
+        let mut views = vec![vec![0f32; len]; levels.len()];
+        let mut outs: Vec<&mut [f32]> = views.iter_mut().map(|v| v.as_mut_slice()).collect();
+        self.load_views_into(indices, levels, seed, epoch, &mut outs)?;
+        Ok(views)
+    }
+
+    /// [`ImageSource::load_views`] into `out` (one `[indices.len(), 3, h, w]` slice per level), e.g.
+    /// the backend's staging memory. Sources that decode files override it to decode each sample
+    /// once for all levels and to write in place.
+    fn load_views_into(
+        &self,
+        indices: &[usize],
+        levels: &[Option<usize>],
+        seed: u64,
+        epoch: usize,
+        out: &mut [&mut [f32]],
+    ) -> Result<()> {
+        check_views(indices.len(), self.image_hw(), levels, out)?;
+        for (&level, slot) in levels.iter().zip(out.iter_mut()) {
+            slot.copy_from_slice(&self.load(indices, level, seed, epoch)?);
+        }
+        Ok(())
     }
 
     /// Images per class.
@@ -56,4 +74,28 @@ pub trait ImageSource: Sync {
         }
         counts
     }
+}
+
+/// Errors unless `out` holds one `[n, 3, h, w]` slice per level.
+pub fn check_views(
+    n: usize,
+    (h, w): (usize, usize),
+    levels: &[Option<usize>],
+    out: &[&mut [f32]],
+) -> Result<()> {
+    ensure!(
+        out.len() == levels.len(),
+        "{} output views for {} levels",
+        out.len(),
+        levels.len()
+    );
+    for slot in out {
+        ensure!(
+            slot.len() == n * 3 * h * w,
+            "an output view has {} values, [{n}, 3, {h}, {w}] needs {}",
+            slot.len(),
+            n * 3 * h * w
+        );
+    }
+    Ok(())
 }

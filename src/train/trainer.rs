@@ -3,8 +3,8 @@
 //! checkpoints from which a killed run resumes with the same result.
 
 use super::checkpoint::{load_checkpoint, save_checkpoint};
-use super::device_data::{prepare as prepare_step, views as step_views, DeviceData, StepInput};
 use super::evaluate::{evaluate, Evaluation};
+use super::loader::BatchLoader;
 use super::optimizer::sgd_update;
 use super::schedule::learning_rate;
 use super::source::ImageSource;
@@ -38,9 +38,6 @@ const META_SLA_FILLED: &str = "ltrain.sla_filled";
 const META_TRAIN_SECONDS: &str = "ltrain.train_seconds";
 const META_SAMPLES_SEEN: &str = "ltrain.samples_seen";
 const META_CLASS_COUNTS: &str = "ltrain.class_counts";
-
-/// Batches the loader thread may prepare ahead of the trainer.
-const PREFETCH_BATCHES: usize = 2;
 
 /// Progress events for a front end (progress bar, log); the library prints nothing itself.
 pub enum Progress<'a> {
@@ -146,8 +143,7 @@ pub fn train<B: Backend>(
     let labels_all = train_set.labels();
     let mut last_eval = None;
     // An in-memory training set lives on the device; each step's views are built there.
-    let device_data = DeviceData::new(be, train_set)?;
-    let device_hw = device_data.as_ref().map(DeviceData::hw);
+    let mut loader = BatchLoader::new(be, train_set, cfg.batch_size, true)?;
 
     for epoch in state.epochs_done..cfg.epochs {
         let epoch_start = Instant::now();
@@ -160,7 +156,7 @@ pub fn train<B: Backend>(
             nesterov: cfg.nesterov,
         };
         if plan.needs_sla_table() && !state.sla_filled {
-            fill_sla_tables(be, &mut model, train_set, &mut sla_tables, cfg, progress)?;
+            fill_sla_tables(be, &mut model, &mut loader, &mut sla_tables, cfg, progress)?;
             state.sla_filled = true;
         }
 
@@ -183,31 +179,19 @@ pub fn train<B: Backend>(
         } else {
             vec![None]
         };
-        std::thread::scope(|scope| -> Result<()> {
-            // A loader thread prepares the next batches while this one trains: draws the
-            // augmentation parameters (device path) or decodes and augments (host path).
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<StepInput>>(PREFETCH_BATCHES);
-            let (batches_ref, levels_ref) = (&batches, &levels);
-            scope.spawn(move || {
-                for batch in batches_ref {
-                    let input =
-                        prepare_step(train_set, device_hw, batch, levels_ref, cfg.seed, epoch);
-                    if tx.send(input).is_err() {
-                        break;
-                    }
-                }
-            });
-            for (step, batch) in batches.iter().enumerate() {
-                be.range_push("data");
+        loader.for_each(
+            be,
+            &batches,
+            &levels,
+            cfg.seed,
+            epoch,
+            |step, batch, mut views| {
                 let n = batch.len();
-                let input = rx
-                    .recv()
-                    .context("the data loader thread stopped unexpectedly")??;
-                let mut views = step_views(be, device_data.as_ref(), batch, &levels, input)?;
                 let labels: Vec<u32> = batch.iter().map(|&i| labels_all[i]).collect();
                 let labels_dev = be.upload_index(&labels)?;
                 let mut mixed = None;
                 if plan.mixup_alpha > 0.0 {
+                    be.range_push("mixup");
                     let (lambda, perm) =
                         draw_mixup(cfg.seed, epoch as u32, step as u32, n, plan.mixup_alpha);
                     let perm_dev = be.upload_index(&perm)?;
@@ -216,8 +200,8 @@ pub fn train<B: Backend>(
                     }
                     let partner: Vec<u32> = perm.iter().map(|&j| labels[j as usize]).collect();
                     mixed = Some((be.upload_index(&partner)?, lambda));
+                    be.range_pop();
                 }
-                be.range_pop();
 
                 let batch_loss = train_step(
                     be,
@@ -251,9 +235,9 @@ pub fn train<B: Backend>(
                     loss,
                     samples: n,
                 });
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
         if plan.needs_sla_table() {
             for t in &mut sla_tables {
                 t.end_epoch(be)?;
@@ -403,25 +387,28 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 fn fill_sla_tables<B: Backend>(
     be: &B,
     model: &mut MultiExpertNet<B>,
-    train_set: &dyn ImageSource,
+    loader: &mut BatchLoader<'_, B>,
     tables: &mut [SlaTable<B>],
     cfg: &TrainConfig,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<()> {
+    let train_set = loader.source();
     let (h, w) = train_set.image_hw();
     let classes = train_set.num_classes();
+    let labels_all = train_set.labels();
     let d = model.feature_dim();
     let all: Vec<usize> = (0..train_set.len()).collect();
     let total = all.len();
+    let batches: Vec<&[usize]> = all.chunks(cfg.batch_size).collect();
     let mut fresh: Vec<SlaTable<B>> = (0..tables.len())
         .map(|_| SlaTable::new(be, classes, SlaTableRule::Epoch))
         .collect::<Result<_>>()?;
-    for (i, batch) in all.chunks(cfg.batch_size).enumerate() {
+    let mut done = 0;
+    loader.for_each(be, &batches, &[None], cfg.seed, 0, |_, batch, views| {
         let n = batch.len();
-        let x = be.upload(&train_set.load(batch, None, cfg.seed, 0)?)?;
-        let labels: Vec<u32> = batch.iter().map(|&i| train_set.labels()[i]).collect();
+        let labels: Vec<u32> = batch.iter().map(|&i| labels_all[i]).collect();
         let labels = be.upload_index(&labels)?;
-        let out = model.forward_eval(be, &x, n, h, w)?;
+        let out = model.forward_eval(be, &views[0], n, h, w)?;
         for (k, table) in fresh.iter_mut().enumerate() {
             let cos = be.row_cosine(
                 &out.features[k],
@@ -433,11 +420,10 @@ fn fill_sla_tables<B: Backend>(
             )?;
             table.observe(be, &out.logits[k], &cos, &labels, n)?;
         }
-        progress(Progress::SlaTableFill {
-            done: (i * cfg.batch_size + n).min(total),
-            total,
-        });
-    }
+        done += n;
+        progress(Progress::SlaTableFill { done, total });
+        Ok(())
+    })?;
     for (table, mut filled) in tables.iter_mut().zip(fresh) {
         filled.end_epoch(be)?;
         let current = filled.current(be)?;

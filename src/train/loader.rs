@@ -1,0 +1,228 @@
+//! Batches for the training loop, the SLA-table pass and evaluation, each prepared on a loader thread
+//! while the device works on the previous ones.
+//!
+//! Two paths. An in-memory training set (CIFAR, synthetic) is uploaded once as u8 and each batch's
+//! views are built on the device by [`Backend::augment_batch`]; the loader thread only draws the
+//! per-sample parameters. Other sources (ImageNet-LT JPEGs) are decoded and augmented by the loader
+//! thread (rayon over the batch) straight into the backend's staging memory, page-locked on a GPU, so
+//! the upload is an asynchronous copy in stream order and the decoder never waits on it.
+
+use std::sync::mpsc;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::datasets::level_of_index;
+use super::source::ImageSource;
+use crate::augment::CIFAR_NORMALIZATION;
+use crate::backend::augment_params;
+use crate::backend::{AugmentLevel, AugmentSpec, Backend, HostStaging};
+
+/// Batches in flight on the host path: one being filled, one waiting, one being uploaded.
+const STAGED_BATCHES: usize = 3;
+
+/// What the loader thread hands over for one batch, one entry per view (expert level).
+enum Prepared<S> {
+    /// `[n, 3, h, w]` views written into staging buffers.
+    Staged(Vec<S>),
+    /// Packed per-sample parameters `[n, PARAM_WORDS]` (empty for the plain transform).
+    Params(Vec<Vec<f32>>),
+}
+
+/// The training set resident on the device.
+struct DeviceData<B: Backend> {
+    images: B::Bytes, // [N, 3, h, w] u8
+    h: usize,
+    w: usize,
+}
+
+fn augment_level(level: Option<usize>) -> AugmentLevel {
+    level.map(level_of_index).into()
+}
+
+/// Produces the views of a sequence of batches of one [`ImageSource`].
+pub struct BatchLoader<'a, B: Backend> {
+    source: &'a dyn ImageSource,
+    device: Option<DeviceData<B>>,
+    /// Free staging buffers of the host path, each `[max_batch, 3, h, w]`, reused across calls
+    /// (page-locked allocations are slow).
+    staging: Vec<B::Staging>,
+    max_batch: usize,
+}
+
+impl<'a, B: Backend> BatchLoader<'a, B> {
+    /// A loader for batches of at most `max_batch` samples of `source`. With `on_device`, an
+    /// in-memory source is uploaded now and augmented on the device; other sources use the host path.
+    pub fn new(
+        be: &B,
+        source: &'a dyn ImageSource,
+        max_batch: usize,
+        on_device: bool,
+    ) -> Result<Self> {
+        let device = match source.as_image_set() {
+            Some(set) if on_device => Some(DeviceData {
+                images: be.upload_bytes(&set.images)?,
+                h: set.h,
+                w: set.w,
+            }),
+            _ => None,
+        };
+        Ok(Self {
+            source,
+            device,
+            staging: Vec::new(),
+            max_batch: max_batch.max(1),
+        })
+    }
+
+    /// The source the batches come from.
+    pub fn source(&self) -> &'a dyn ImageSource {
+        self.source
+    }
+
+    /// Whether views are built on the device.
+    pub fn on_device(&self) -> bool {
+        self.device.is_some()
+    }
+
+    /// Calls `step(i, batches[i], views)` for every batch in order, where `views` holds one
+    /// `[n, 3, h, w]` buffer per entry of `levels` (a level index drawn at `(seed, epoch, sample)`, or
+    /// `None` for the plain transform). The next batches are prepared while `step` runs.
+    pub fn for_each(
+        &mut self,
+        be: &B,
+        batches: &[&[usize]],
+        levels: &[Option<usize>],
+        seed: u64,
+        epoch: usize,
+        mut step: impl FnMut(usize, &[usize], Vec<B::Buf>) -> Result<()>,
+    ) -> Result<()> {
+        if let Some(big) = batches.iter().find(|b| b.len() > self.max_batch) {
+            bail!(
+                "a batch of {} samples exceeds the loader's maximum of {}",
+                big.len(),
+                self.max_batch
+            );
+        }
+        let (h, w) = self.source.image_hw();
+        let sample_len = 3 * h * w;
+        let device_hw = self.device.as_ref().map(|d| (d.h, d.w));
+        let (free_tx, free_rx) = mpsc::channel::<Vec<B::Staging>>();
+        if device_hw.is_none() {
+            let needed = STAGED_BATCHES * levels.len();
+            while self.staging.len() < needed {
+                self.staging
+                    .push(be.alloc_staging(self.max_batch * sample_len)?);
+            }
+            for _ in 0..STAGED_BATCHES {
+                let set = self.staging.drain(..levels.len()).collect();
+                free_tx.send(set).map_err(|_| anyhow!("staging pool"))?;
+            }
+        }
+        let source = self.source;
+        let device = self.device.as_ref();
+        let staging_pool = &mut self.staging;
+        std::thread::scope(|scope| -> Result<()> {
+            // Owned here so that an early return drops it and a loader waiting for a set stops.
+            let free_tx = free_tx;
+            let (ready_tx, ready_rx) = mpsc::channel::<Result<Prepared<B::Staging>>>();
+            let loader = scope.spawn(move || {
+                for batch in batches {
+                    let prepared = prepare(source, device_hw, batch, levels, seed, epoch, &free_rx);
+                    if ready_tx.send(prepared).is_err() {
+                        break;
+                    }
+                }
+                free_rx
+            });
+            for (i, batch) in batches.iter().enumerate() {
+                be.range_push("data");
+                let prepared = ready_rx
+                    .recv()
+                    .context("the data loader thread stopped unexpectedly")??;
+                let views = match prepared {
+                    Prepared::Staged(set) => {
+                        let views = set
+                            .iter()
+                            .map(|s| be.upload_staged(s, batch.len() * sample_len))
+                            .collect::<Result<Vec<_>>>();
+                        // Back to the loader at once: it waits for the copies before rewriting.
+                        let _ = free_tx.send(set);
+                        views?
+                    }
+                    Prepared::Params(params) => {
+                        let data = device.ok_or_else(|| {
+                            anyhow!("drawn augmentation parameters but no data on the device")
+                        })?;
+                        device_views(be, data, batch, levels, &params)?
+                    }
+                };
+                be.range_pop();
+                step(i, batch, views)?;
+            }
+            let free_rx = loader
+                .join()
+                .map_err(|_| anyhow!("the data loader thread panicked"))?;
+            staging_pool.extend(free_rx.try_iter().flatten());
+            Ok(())
+        })
+    }
+}
+
+/// Loader-thread work for one batch: the drawn parameters when the set is on the device (`device_hw`
+/// is its image size), otherwise the views decoded and augmented into a free staging set.
+fn prepare<S: HostStaging>(
+    source: &dyn ImageSource,
+    device_hw: Option<(usize, usize)>,
+    batch: &[usize],
+    levels: &[Option<usize>],
+    seed: u64,
+    epoch: usize,
+    free: &mpsc::Receiver<Vec<S>>,
+) -> Result<Prepared<S>> {
+    if let Some((h, w)) = device_hw {
+        return levels
+            .iter()
+            .map(|&level| {
+                augment_params::draw_batch(batch, augment_level(level), h, w, seed, epoch)
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Prepared::Params);
+    }
+    let (h, w) = source.image_hw();
+    let len = batch.len() * 3 * h * w;
+    let mut set = free
+        .recv()
+        .map_err(|_| anyhow!("the trainer stopped taking batches"))?;
+    let mut outs = set
+        .iter_mut()
+        .map(|s| s.as_mut_slice().map(|v| &mut v[..len]))
+        .collect::<Result<Vec<_>>>()?;
+    source.load_views_into(batch, levels, seed, epoch, &mut outs)?;
+    Ok(Prepared::Staged(set))
+}
+
+/// The views `[n, 3, h, w]` of one batch of the resident set, one per entry of `levels`.
+fn device_views<B: Backend>(
+    be: &B,
+    data: &DeviceData<B>,
+    batch: &[usize],
+    levels: &[Option<usize>],
+    params: &[Vec<f32>],
+) -> Result<Vec<B::Buf>> {
+    let indices: Vec<u32> = batch.iter().map(|&i| i as u32).collect();
+    let indices = be.upload_index(&indices)?;
+    levels
+        .iter()
+        .zip(params)
+        .map(|(&level, p)| {
+            let spec = AugmentSpec {
+                h: data.h,
+                w: data.w,
+                level: augment_level(level),
+                mean: CIFAR_NORMALIZATION.mean,
+                std: CIFAR_NORMALIZATION.std,
+            };
+            be.augment_batch(&data.images, &indices, &be.upload(p)?, spec)
+        })
+        .collect()
+}
