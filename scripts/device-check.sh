@@ -4,7 +4,9 @@
 #   1. the GPU tests (every test executable of the pack, its #[ignore]d tests: for tests/cuda_gpu the
 #      runtime self-tests, conformance suite, every op and whole training steps against the CPU
 #      backend, TF32);
-#   2. `ltrain bench` on the GPU, TF32 on and off (random data, three-expert ResNet-32, batch 128);
+#   2. `ltrain bench` on the GPU (random data, three-expert ResNet-32, batch 128): pre-augmented
+#      input with TF32 on and off, then device-side augmentation and host-staged upload (TF32 on),
+#      and the device-augment slowdown against pre-augmented (the goal: within 10%);
 #   3. the PyTorch peer (peers/torch_resnet32_3e.py), eager fp32 and bf16 autocast, for comparison;
 #   4. a short real training run on CIFAR-10-LT (rho = 100) with a stage switch;
 #   5. compute-sanitizer memcheck and racecheck on the GPU tests (Firecracker machines; gVisor ones
@@ -117,13 +119,29 @@ for t in "$exe"/tests/*; do
 done
 
 # ---- 2. ltrain bench -----------------------------------------------------------------------------
-for tf in tf32 strict; do
+# ms/step of a bench output file ("(12.34 ms/step over 50 steps)"); empty when there is none.
+ms_per_step() { grep -h "samples/s" "$1" 2>/dev/null | tail -1 | sed -n 's/.*(\([0-9.]*\) ms\/step.*/\1/p'; }
+for run in pre-augmented:tf32 pre-augmented:strict device-augment:tf32 host-upload:tf32; do
+    input=${run%%:*} tf=${run##*:}
     flag=()
     [ "$tf" = strict ] && flag=(--no-tf32)
-    step "bench_$tf" 60 "$ltrain" bench --device cuda --batch-size 128 --steps 50 --warmup 5 "${flag[@]}"
-    line=$(grep -h "samples/s" "$work/bench_$tf.out" | tail -1 | sed 's/.*: //')
-    row "ltrain bench, ResNet-32 x3, batch 128, $tf" "$step_status" "${step_seconds}s" "${line:-no throughput line}"
+    name="bench_${input}_$tf"
+    step "$name" 60 "$ltrain" bench --device cuda --batch-size 128 --steps 50 --warmup 5 \
+        --input "$input" "${flag[@]}"
+    line=$(grep -h "samples/s" "$work/$name.out" | tail -1 | sed 's/.*: //')
+    row "ltrain bench, ResNet-32 x3, batch 128, $input, $tf" "$step_status" "${step_seconds}s" "${line:-no throughput line}"
 done
+pre_ms=$(ms_per_step "$work/bench_pre-augmented_tf32.out")
+aug_ms=$(ms_per_step "$work/bench_device-augment_tf32.out")
+if [ -n "$pre_ms" ] && [ -n "$aug_ms" ]; then
+    slowdown=$(awk -v pre="$pre_ms" -v aug="$aug_ms" 'BEGIN {
+        pct = (aug - pre) / pre * 100
+        printf "%+.1f%% (%s vs %s ms/step): %s", pct, aug, pre, (pct <= 10 ? "within 10%" : "OVER 10%")
+    }')
+    row "device-augment step vs pre-augmented, tf32" "ok" "-" "$slowdown"
+else
+    row "device-augment step vs pre-augmented, tf32" "no figures" "-" "pre ${pre_ms:-?} ms, device-augment ${aug_ms:-?} ms"
+fi
 
 # ---- 3. PyTorch peer -----------------------------------------------------------------------------
 peer="$pack/peers/torch_resnet32_3e.py"

@@ -1,12 +1,13 @@
 //! `ltrain bench`: training throughput (samples/s) of a model on a device, on random data, with the
-//! full stage-1 step (three augmented views, mixup, fused loss, backward, SGD) or the stage-2 step.
+//! full stage-1 step (three augmented views, mixup, fused loss, backward, SGD) or the stage-2 step,
+//! fed pre-augmented views, views augmented on the device, or views uploaded from the host.
 
 use super::device::{dispatch, OnBackend};
 use anyhow::Result;
 use clap::Args;
 use ltrain::backend::Backend;
 use ltrain::config::{DeviceKind, ModelKind};
-use ltrain::train::bench_step::{BenchStep, BenchStepConfig};
+use ltrain::train::bench_step::{BenchInput, BenchStep, BenchStepConfig};
 use std::time::Instant;
 
 #[derive(Args, Debug)]
@@ -35,6 +36,11 @@ pub struct BenchCmd {
     /// Time the stage-2 step (one shared view, SLA weights) instead of stage 1.
     #[arg(long)]
     pub stage2: bool,
+    /// Where the views come from: already on the device (the step alone), augmented on the device
+    /// from a resident u8 set (the CIFAR path), or uploaded from host staging memory every step (the
+    /// ImageNet-LT path).
+    #[arg(long, value_enum, default_value = "pre-augmented")]
+    pub input: BenchInput,
     /// Strict fp32 GEMMs on the GPU (no TF32).
     #[arg(long)]
     pub no_tf32: bool,
@@ -66,6 +72,7 @@ impl OnBackend for BenchCmd {
                 classes: self.classes,
                 image_size: size,
                 stage2: self.stage2,
+                input: self.input,
             },
         )?;
         for _ in 0..self.warmup {
@@ -80,10 +87,11 @@ impl OnBackend for BenchCmd {
         let secs = start.elapsed().as_secs_f64();
         let samples = (self.steps * n) as f64;
         println!(
-            "{:?} x{} experts, batch {n}, {size}x{size}, stage {}, {}: {:.1} samples/s ({:.2} ms/step over {} steps)",
+            "{:?} x{} experts, batch {n}, {size}x{size}, stage {}, {} input, {}: {:.1} samples/s ({:.2} ms/step over {} steps)",
             self.model,
             self.experts,
             step.plan().stage,
+            self.input.name(),
             be.name(),
             samples / secs,
             secs * 1e3 / self.steps as f64,

@@ -1,14 +1,47 @@
 //! A complete training step on random data, for throughput measurements (`ltrain bench`, the
-//! criterion benches): the same [`train_step`] the epoch loop runs, with inputs already on the device
-//! so that only the step itself is timed.
+//! criterion benches): the same [`train_step`] the epoch loop runs, fed in one of three ways
+//! ([`BenchInput`]) so that the cost of the data path can be told apart from the step itself.
 
-use crate::backend::{Backend, LossReduction, SgdConfig};
+use super::datasets::level_of_index;
+use crate::augment::CIFAR_NORMALIZATION;
+use crate::backend::{
+    augment_params, AugmentLevel, AugmentSpec, Backend, HostStaging, LossReduction, SgdConfig,
+};
 use crate::config::{ModelKind, TrainConfig};
 use crate::method::{EpochPlan, SlaTable};
 use crate::model::MultiExpertNet;
 use crate::train::trainer::{train_step, StepInputs};
 use anyhow::Result;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+
+/// Where the timed step's views come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchInput {
+    /// Views already on the device, the same every step: the step alone.
+    #[default]
+    PreAugmented,
+    /// The trainer's path for an in-memory set (CIFAR): a resident u8 training set, and per step
+    /// each expert's parameters drawn on the host, uploaded, and the views built by
+    /// [`Backend::augment_batch`]. The trainer draws the parameters on its loader thread, overlapped
+    /// with the previous step; here the draw is inline, so the measured overhead is an upper bound.
+    DeviceAugment,
+    /// The trainer's path for host-decoded sets (ImageNet-LT): finished views written into staging
+    /// memory and uploaded with [`Backend::upload_staged`] every step (the views themselves are
+    /// built once; their host-side cost is not timed).
+    HostUpload,
+}
+
+impl BenchInput {
+    /// The command-line spelling (`--input`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchInput::PreAugmented => "pre-augmented",
+            BenchInput::DeviceAugment => "device-augment",
+            BenchInput::HostUpload => "host-upload",
+        }
+    }
+}
 
 /// What to time.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -22,15 +55,107 @@ pub struct BenchStepConfig {
     /// Stage 2 (one shared view, no mixup, SLA weights) instead of stage 1 (one view per expert,
     /// mixup, no reweighting).
     pub stage2: bool,
+    pub input: BenchInput,
 }
 
-/// The model and one batch of random inputs, resident on the device.
+/// Images of the resident training set of [`BenchInput::DeviceAugment`] (at least one batch).
+const RESIDENT_IMAGES: usize = 2048;
+/// Seed of the augmentation parameter draw.
+const AUGMENT_SEED: u64 = 0;
+
+/// The views of each step, one `[n, 3, s, s]` per expert in stage 1, one shared in stage 2.
+enum ViewSource<B: Backend> {
+    Resident(Vec<B::Buf>),
+    DeviceAugment {
+        images: B::Bytes, // [N, 3, s, s] u8
+        current: Vec<B::Buf>,
+        /// Level of each view (`None` in stage 2: the plain transform).
+        levels: Vec<AugmentLevel>,
+        /// Sample order of the current pass over the set; each step takes the next `n`.
+        order: Vec<usize>,
+        cursor: usize,
+        /// Passes over the set so far (the `epoch` of the parameter draw and the reshuffle's seed).
+        pass: usize,
+    },
+    HostUpload {
+        host: Vec<Vec<f32>>, // per view [n, 3, s, s]
+        staging: Vec<B::Staging>,
+        current: Vec<B::Buf>,
+    },
+}
+
+impl<B: Backend> ViewSource<B> {
+    /// The views of the next step, on the device.
+    fn next_views(&mut self, be: &B, n: usize, size: usize) -> Result<&[B::Buf]> {
+        match self {
+            ViewSource::Resident(views) => Ok(views),
+            ViewSource::DeviceAugment {
+                images,
+                current,
+                levels,
+                order,
+                cursor,
+                pass,
+            } => {
+                // A different batch every step, as in an epoch: the next `n` of a shuffled order,
+                // reshuffled (a new pass, new parameters) when it runs out.
+                if *cursor + n > order.len() {
+                    *cursor = 0;
+                    *pass += 1;
+                    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(*pass as u64));
+                }
+                let batch = &order[*cursor..*cursor + n];
+                *cursor += n;
+                let indices: Vec<u32> = batch.iter().map(|&i| i as u32).collect();
+                let indices = be.upload_index(&indices)?;
+                *current = levels
+                    .iter()
+                    .map(|&level| {
+                        let params = augment_params::draw_batch(
+                            batch,
+                            level,
+                            size,
+                            size,
+                            AUGMENT_SEED,
+                            *pass,
+                        )?; // [n, PARAM_WORDS], empty for the plain transform
+                        let spec = AugmentSpec {
+                            h: size,
+                            w: size,
+                            level,
+                            mean: CIFAR_NORMALIZATION.mean,
+                            std: CIFAR_NORMALIZATION.std,
+                        };
+                        be.augment_batch(images, &indices, &be.upload(&params)?, spec)
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(current)
+            }
+            ViewSource::HostUpload {
+                host,
+                staging,
+                current,
+            } => {
+                *current = host
+                    .iter()
+                    .zip(staging.iter_mut())
+                    .map(|(view, buf)| {
+                        buf.as_mut_slice()?[..view.len()].copy_from_slice(view);
+                        be.upload_staged(buf, view.len())
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(current)
+            }
+        }
+    }
+}
+
+/// The model, its step inputs and the data path that feeds it.
 pub struct BenchStep<B: Backend> {
     cfg: TrainConfig,
     plan: EpochPlan,
     model: MultiExpertNet<B>,
-    /// One `[n, 3, s, s]` view per expert in stage 1, one shared view in stage 2.
-    views: Vec<B::Buf>,
+    source: ViewSource<B>,
     labels: B::Index,         // [n]
     partner_labels: B::Index, // [n] labels of the mixup partners
     perm: B::Index,           // [n] mixup partner of each sample
@@ -43,6 +168,12 @@ pub struct BenchStep<B: Backend> {
 /// Mixup coefficient of every timed step (its value does not change the work).
 const MIX_LAMBDA: f32 = 0.7;
 
+fn random_views(rng: &mut impl Rng, count: usize, len: usize) -> Vec<Vec<f32>> {
+    (0..count)
+        .map(|_| (0..len).map(|_| rng.random_range(-2.0..2.0)).collect())
+        .collect()
+}
+
 impl<B: Backend> BenchStep<B> {
     pub fn new(be: &B, bench: BenchStepConfig) -> Result<Self> {
         let BenchStepConfig {
@@ -52,6 +183,7 @@ impl<B: Backend> BenchStep<B> {
             classes: c,
             image_size: size,
             stage2,
+            input,
         } = bench;
         let cfg = TrainConfig {
             model,
@@ -66,12 +198,51 @@ impl<B: Backend> BenchStep<B> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         let per_view = n * 3 * size * size;
         let view_count = if plan.augment { experts } else { 1 };
-        let views = (0..view_count)
-            .map(|_| {
-                let host: Vec<f32> = (0..per_view).map(|_| rng.random_range(-2.0..2.0)).collect();
-                be.upload(&host)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let source = match input {
+            BenchInput::PreAugmented => ViewSource::Resident(
+                random_views(&mut rng, view_count, per_view)
+                    .iter()
+                    .map(|v| be.upload(v))
+                    .collect::<Result<_>>()?,
+            ),
+            BenchInput::DeviceAugment => {
+                let images_n = RESIDENT_IMAGES.max(n);
+                let images: Vec<u8> = (0..images_n * 3 * size * size)
+                    .map(|_| rng.random())
+                    .collect();
+                // As in the trainer: expert k sees level k (weak, medium, strong) in stage 1; the
+                // single stage-2 view is the plain transform.
+                let levels = if plan.augment {
+                    (0..experts)
+                        .map(|k| AugmentLevel::from(Some(level_of_index(k))))
+                        .collect()
+                } else {
+                    vec![AugmentLevel::None]
+                };
+                let mut order: Vec<usize> = (0..images_n).collect();
+                order.shuffle(&mut rng);
+                ViewSource::DeviceAugment {
+                    images: be.upload_bytes(&images)?,
+                    current: Vec::new(),
+                    levels,
+                    order,
+                    cursor: 0,
+                    pass: 0,
+                }
+            }
+            BenchInput::HostUpload => {
+                let host = random_views(&mut rng, view_count, per_view);
+                let staging = host
+                    .iter()
+                    .map(|v| be.alloc_staging(v.len()))
+                    .collect::<Result<_>>()?;
+                ViewSource::HostUpload {
+                    host,
+                    staging,
+                    current: Vec::new(),
+                }
+            }
+        };
         let labels: Vec<u32> = (0..n).map(|_| rng.random_range(0..c as u32)).collect();
         // Mixup partner of sample i: sample n-1-i.
         let perm: Vec<u32> = (0..n as u32).rev().collect();
@@ -82,7 +253,7 @@ impl<B: Backend> BenchStep<B> {
         Ok(Self {
             plan,
             model: net,
-            views,
+            source,
             labels: be.upload_index(&labels)?,
             partner_labels: be.upload_index(&partner_labels)?,
             perm: be.upload_index(&perm)?,
@@ -99,10 +270,17 @@ impl<B: Backend> BenchStep<B> {
         &self.plan
     }
 
-    /// One training step: mixup of the views (stage 1), forward of all experts, fused losses,
-    /// backward and SGD. Asynchronous on the GPU; call `be.synchronize()` before reading a clock.
+    /// The model the steps train.
+    pub fn model(&self) -> &MultiExpertNet<B> {
+        &self.model
+    }
+
+    /// One training step: this step's views (by the [`BenchInput`]), mixup of the views (stage 1),
+    /// forward of all experts, fused losses, backward and SGD. Asynchronous on the GPU; call
+    /// `be.synchronize()` before reading a clock.
     pub fn run(&mut self, be: &B) -> Result<()> {
         let (n, size) = (self.n, self.size);
+        let views = self.source.next_views(be, n, size)?;
         let inputs = StepInputs {
             cfg: &self.cfg,
             plan: &self.plan,
@@ -117,8 +295,7 @@ impl<B: Backend> BenchStep<B> {
             },
         };
         if self.plan.mixup_alpha > 0.0 {
-            let mixed_views = self
-                .views
+            let mixed_views = views
                 .iter()
                 .map(|v| be.mixup(v, &self.perm, MIX_LAMBDA, n, 3 * size * size))
                 .collect::<Result<Vec<_>>>()?;
@@ -138,7 +315,7 @@ impl<B: Backend> BenchStep<B> {
                 be,
                 &mut self.model,
                 &inputs,
-                &self.views,
+                views,
                 &self.labels,
                 None,
                 n,
