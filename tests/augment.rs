@@ -280,6 +280,53 @@ fn gaussian_blur_kernel_and_constant_images() {
     assert_eq!(out.at(0, 0, 0), 0);
 }
 
+/// Against a direct 2-D sum with torch's reflect padding (`dcb|abcd|cba`), kernels wider than the
+/// image included; f64 reference, so a pixel may differ by one at a rounding boundary.
+#[test]
+fn gaussian_blur_matches_a_direct_reflect_padded_sum() {
+    fn reflect(i: isize, len: usize) -> usize {
+        let mut i = i;
+        let n = len as isize;
+        while i < 0 || i >= n {
+            i = if i < 0 { -i } else { 2 * (n - 1) - i };
+        }
+        i as usize
+    }
+    for (h, w, size, sigma) in [
+        (7, 5, 3, 0.8),
+        (6, 9, 5, 1.3),
+        (4, 5, 9, 2.0),
+        (12, 10, 23, 1.7),
+    ] {
+        let data: Vec<u8> = (0..3 * h * w)
+            .map(|i| ((i * 97 + i / 7 * 31) % 256) as u8)
+            .collect();
+        let img = Image::from_data(3, h, w, data);
+        let k = ops::gaussian_kernel(size, sigma);
+        let half = (size / 2) as isize;
+        let out = ops::gaussian_blur(&img, size, sigma);
+        for c in 0..3 {
+            for y in 0..h {
+                for x in 0..w {
+                    let mut want = 0f64;
+                    for (ky, &a) in k.iter().enumerate() {
+                        for (kx, &b) in k.iter().enumerate() {
+                            let yy = reflect(y as isize + ky as isize - half, h);
+                            let xx = reflect(x as isize + kx as isize - half, w);
+                            want += a as f64 * b as f64 * img.at(c, yy, xx) as f64;
+                        }
+                    }
+                    let got = out.at(c, y, x) as f64;
+                    assert!(
+                        (got - want.round()).abs() <= 1.0,
+                        "{h}x{w} kernel {size}: ({c},{y},{x}) = {got}, direct sum {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn sharpness_blends_with_the_smoothed_interior() {
     // 3x3 with a bright centre: smoothed centre = (8 * 0 + 5 * 130) / 13 = 50; borders unchanged

@@ -393,28 +393,39 @@ pub fn gaussian_blur(img: &Image, kernel_size: usize, sigma: f32) -> Image {
     let kernel = gaussian_kernel(kernel_size, sigma);
     let half = (kernel_size / 2) as isize;
     let (h, w) = (img.h, img.w);
+    // Source index of every padded position, computed once (not per tap).
+    let reflected = |len: usize| -> Vec<usize> {
+        (-half..len as isize + half)
+            .map(|i| reflect(i, len))
+            .collect()
+    };
+    let (cols, rows) = (reflected(w), reflected(h)); // [w + 2 half], [h + 2 half]
     let mut out = Image::zeros(img.c, h, w);
+    let mut padded = vec![0f32; cols.len()]; // one reflect-padded row
     let mut tmp = vec![0f32; h * w]; // [h, w] horizontal pass of one channel
     for ch in 0..img.c {
         let plane = img.plane(ch);
         for y in 0..h {
-            for x in 0..w {
-                tmp[y * w + x] = kernel
+            let row = &plane[y * w..(y + 1) * w];
+            for (p, &x) in padded.iter_mut().zip(&cols) {
+                *p = row[x] as f32;
+            }
+            for (x, t) in tmp[y * w..(y + 1) * w].iter_mut().enumerate() {
+                *t = kernel
                     .iter()
-                    .enumerate()
-                    .map(|(k, &wgt)| {
-                        wgt * plane[y * w + reflect(x as isize + k as isize - half, w)] as f32
-                    })
+                    .zip(&padded[x..x + kernel.len()])
+                    .map(|(&wgt, &v)| wgt * v)
                     .sum();
             }
         }
         let out_plane = out.plane_mut(ch);
         for y in 0..h {
+            let taps = &rows[y..y + kernel.len()];
             for x in 0..w {
                 let v: f32 = kernel
                     .iter()
-                    .enumerate()
-                    .map(|(k, &wgt)| wgt * tmp[reflect(y as isize + k as isize - half, h) * w + x])
+                    .zip(taps)
+                    .map(|(&wgt, &r)| wgt * tmp[r * w + x])
                     .sum();
                 out_plane[y * w + x] = round_u8(v);
             }
