@@ -1,6 +1,7 @@
 //! ImageNet-LT host data path: JPEG decoding (zune-jpeg) plus the 224x224 training crop / the
 //! evaluation Resize(256)+CenterCrop(224), in parallel over a batch, on ImageNet-sized (500x375)
-//! JPEGs written to a temporary folder. Reported as images/s: the rate the host can feed a GPU.
+//! JPEGs written to a temporary folder, per level and as the stage-1 training loader does it (one
+//! decode, three views). Reported as images/s: the rate the host can feed a GPU.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ltrain::augment::Level;
@@ -57,6 +58,17 @@ fn decode_benches(crit: &mut Criterion) {
             })
         });
     }
+    // What a stage-1 training step needs: each JPEG decoded once, three experts' views, written in
+    // place (the trainer's loader writes into page-locked staging memory).
+    let levels = [Some(Level::Weak), Some(Level::Medium), Some(Level::Strong)];
+    let mut views = vec![vec![0f32; IMAGES * 3 * 224 * 224]; levels.len()];
+    group.bench_function("stage1_three_views", |b| {
+        b.iter(|| {
+            let mut out: Vec<&mut [f32]> = views.iter_mut().map(|v| v.as_mut_slice()).collect();
+            set.batch_views_into(&indices, &levels, 0, 0, &mut out)
+                .expect("decoding the batch")
+        })
+    });
     group.finish();
 }
 

@@ -68,7 +68,7 @@ fn decode_png(path: &Path) -> (u32, u32) {
     (info.width, info.height)
 }
 
-const KEYS: [&str; 20] = [
+const KEYS: [&str; 21] = [
     "top1",
     "many",
     "medium",
@@ -85,6 +85,7 @@ const KEYS: [&str; 20] = [
     "best_top1_epoch",
     "best_top1_note",
     "train_seconds",
+    "data_wait_seconds",
     "samples_per_second",
     "device",
     "config",
@@ -105,6 +106,7 @@ fn report_files() {
         paper: paper.as_ref(),
         device: "cpu (2 threads)",
         train_seconds: 42.0,
+        data_wait_seconds: 2.1,
         samples_per_second: 1234.5,
     };
     write_report(dir.path(), &run).unwrap();
@@ -128,8 +130,11 @@ fn report_files() {
     let config_back: TrainConfig = serde_json::from_value(json["config"].clone()).unwrap();
     assert_eq!(config_back, config);
 
+    assert_eq!(json["data_wait_seconds"].as_f64().unwrap(), 2.1);
+
     let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
     assert!(md.contains("| Metric | ltrain | Paper |"), "{md}");
+    assert!(md.contains("waiting for data: 2 s (5.0%)"), "{md}");
     assert!(
         md.contains(&format!("| Top-1 (%) | {:.2} | 86.7 |", metrics.top1)),
         "{md}"
@@ -179,6 +184,7 @@ fn report_without_paper_or_history() {
         paper: None,
         device: "cpu",
         train_seconds: 0.0,
+        data_wait_seconds: 0.0,
         samples_per_second: 0.0,
     };
     write_report(dir.path(), &run).unwrap();
@@ -227,4 +233,14 @@ fn epoch_records_round_trip_and_the_last_line_of_an_epoch_wins() {
     std::fs::write(&path, "{\"epoch\": 0}\n").unwrap();
     let err = format!("{:#}", read_epoch_records(&path).unwrap_err());
     assert!(err.contains("metrics.jsonl:1"), "{err}");
+}
+
+/// Metrics lines written before the data-wait time was measured still load (as 0 s).
+#[test]
+fn epoch_records_without_data_wait_load() {
+    let line = r#"{"epoch":3,"stage":1,"lr":0.1,"train_loss":1.5,"top1":40.0,"many":null,"medium":null,"few":null,"ece":0.05,"seconds":12.5}"#;
+    let record: EpochRecord = serde_json::from_str(line).unwrap();
+    assert_eq!(record.epoch, 3);
+    assert_eq!(record.data_wait_seconds, 0.0);
+    assert_eq!(record.seconds, 12.5);
 }

@@ -79,7 +79,7 @@ impl ProgressView {
                     return;
                 }
                 let line = format!(
-                    "epoch {:>4} stage {} lr {:.5} loss {:.4} top-1 {} many {} medium {} few {} ECE {} ({:.0} s)",
+                    "epoch {:>4} stage {} lr {:.5} loss {:.4} top-1 {} many {} medium {} few {} ECE {} ({:.0} s, data wait {:.0} s)",
                     r.epoch,
                     r.stage,
                     r.lr,
@@ -89,7 +89,8 @@ impl ProgressView {
                     pct(r.medium),
                     pct(r.few),
                     pct(r.ece),
-                    r.seconds
+                    r.seconds,
+                    r.data_wait_seconds
                 );
                 match &self.bar {
                     Some(bar) => bar.println(line),

@@ -168,6 +168,7 @@ impl OnBackend for TrainJob<'_> {
                 paper: self.paper,
                 device: &device,
                 train_seconds: result.train_seconds,
+                data_wait_seconds: result.data_wait_seconds,
                 samples_per_second: result.samples_per_second,
             },
         )?;

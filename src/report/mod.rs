@@ -32,6 +32,10 @@ pub struct EpochRecord {
     pub ece: Option<f64>,
     /// Training wall time of the run so far (cumulative, evaluation excluded).
     pub seconds: f64,
+    /// Of `seconds`, the time the training loop waited for the data loader (cumulative; absent in
+    /// records written before it was measured).
+    #[serde(default)]
+    pub data_wait_seconds: f64,
 }
 
 impl EpochRecord {
@@ -54,6 +58,7 @@ impl EpochRecord {
             few: eval.and_then(|m| m.few),
             ece: eval.map(|m| m.ece),
             seconds,
+            data_wait_seconds: 0.0,
         }
     }
 }
@@ -123,6 +128,8 @@ pub struct RunSummary<'a> {
     /// The device in words, e.g. "cpu (2 threads)" or "cuda: NVIDIA H200".
     pub device: &'a str,
     pub train_seconds: f64,
+    /// Of `train_seconds`, the time spent waiting for the data loader.
+    pub data_wait_seconds: f64,
     pub samples_per_second: f64,
 }
 
@@ -161,6 +168,7 @@ struct ReportJson<'a> {
     best_top1_epoch: Option<usize>,
     best_top1_note: &'static str,
     train_seconds: f64,
+    data_wait_seconds: f64,
     samples_per_second: f64,
     device: &'a str,
     config: &'a TrainConfig,
@@ -189,6 +197,7 @@ pub fn write_report(dir: &Path, run: &RunSummary) -> Result<()> {
         best_top1_note: "best test top-1 over the evaluated epochs (after best_top1_epoch epochs); chosen on the \
                          test set, so for reference only: the reported result is `top1`",
         train_seconds: run.train_seconds,
+        data_wait_seconds: run.data_wait_seconds,
         samples_per_second: run.samples_per_second,
         device: run.device,
         config: run.config,
@@ -294,11 +303,13 @@ fn summary_markdown(run: &RunSummary) -> String {
     }
     let _ = writeln!(
         md,
-        "Trained {} epochs in {:.0} s ({:.0} samples/s) on {}.",
+        "Trained {} epochs in {:.0} s ({:.0} samples/s) on {}; waiting for data: {:.0} s ({:.1}%).",
         run.epochs(),
         run.train_seconds,
         run.samples_per_second,
-        run.device
+        run.device,
+        run.data_wait_seconds,
+        100.0 * run.data_wait_seconds / run.train_seconds.max(1e-9)
     );
     md
 }

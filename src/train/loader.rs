@@ -8,6 +8,7 @@
 //! the upload is an asynchronous copy in stream order and the decoder never waits on it.
 
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -47,6 +48,8 @@ pub struct BatchLoader<'a, B: Backend> {
     /// (page-locked allocations are slow).
     staging: Vec<B::Staging>,
     max_batch: usize,
+    /// Time callers of `for_each` spent waiting for a batch.
+    waited: Duration,
 }
 
 impl<'a, B: Backend> BatchLoader<'a, B> {
@@ -71,12 +74,18 @@ impl<'a, B: Backend> BatchLoader<'a, B> {
             device,
             staging: Vec::new(),
             max_batch: max_batch.max(1),
+            waited: Duration::ZERO,
         })
     }
 
     /// The source the batches come from.
     pub fn source(&self) -> &'a dyn ImageSource {
         self.source
+    }
+
+    /// Total time spent waiting for the loader thread (the device may have idled meanwhile).
+    pub fn waited(&self) -> Duration {
+        self.waited
     }
 
     /// Whether views are built on the device.
@@ -121,6 +130,7 @@ impl<'a, B: Backend> BatchLoader<'a, B> {
         let source = self.source;
         let device = self.device.as_ref();
         let staging_pool = &mut self.staging;
+        let waited = &mut self.waited;
         std::thread::scope(|scope| -> Result<()> {
             // Owned here so that an early return drops it and a loader waiting for a set stops.
             let free_tx = free_tx;
@@ -136,9 +146,11 @@ impl<'a, B: Backend> BatchLoader<'a, B> {
             });
             for (i, batch) in batches.iter().enumerate() {
                 be.range_push("data");
-                let prepared = ready_rx
-                    .recv()
-                    .context("the data loader thread stopped unexpectedly")??;
+                let wait_start = Instant::now();
+                let prepared = ready_rx.recv();
+                *waited += wait_start.elapsed();
+                let prepared =
+                    prepared.context("the data loader thread stopped unexpectedly")??;
                 let views = match prepared {
                     Prepared::Staged(set) => {
                         let views = set

@@ -36,6 +36,7 @@ const META_EPOCHS_DONE: &str = "ltrain.epochs_completed";
 const META_HISTORY: &str = "ltrain.history";
 const META_SLA_FILLED: &str = "ltrain.sla_filled";
 const META_TRAIN_SECONDS: &str = "ltrain.train_seconds";
+const META_DATA_WAIT_SECONDS: &str = "ltrain.data_wait_seconds";
 const META_SAMPLES_SEEN: &str = "ltrain.samples_seen";
 const META_CLASS_COUNTS: &str = "ltrain.class_counts";
 
@@ -75,6 +76,8 @@ pub struct RunResult {
     pub history: Vec<EpochRecord>,
     pub last: Evaluation,
     pub train_seconds: f64,
+    /// Of `train_seconds`, the time the loop waited for the data loader.
+    pub data_wait_seconds: f64,
     pub samples_per_second: f64,
     pub class_counts: Vec<usize>,
 }
@@ -147,6 +150,7 @@ pub fn train<B: Backend>(
 
     for epoch in state.epochs_done..cfg.epochs {
         let epoch_start = Instant::now();
+        let waited_before = loader.waited();
         let plan = EpochPlan::for_epoch(cfg, epoch);
         let lr = learning_rate(cfg, epoch);
         let sgd = SgdConfig {
@@ -246,18 +250,22 @@ pub fn train<B: Backend>(
         let train_loss = be.download(&loss_sum)?[0] / batches.len().max(1) as f32;
         be.synchronize()?;
         state.train_seconds += epoch_start.elapsed().as_secs_f64();
+        state.data_wait_seconds += (loader.waited() - waited_before).as_secs_f64();
         state.epochs_done = epoch + 1;
 
         if (epoch + 1) % cfg.eval_every == 0 || epoch + 1 == cfg.epochs {
             let eval = evaluate(be, &mut model, test_set, &class_counts, cfg.batch_size)?;
-            let record = EpochRecord::new(
-                epoch + 1,
-                plan.stage,
-                lr,
-                train_loss,
-                state.train_seconds,
-                Some(&eval.metrics),
-            );
+            let record = EpochRecord {
+                data_wait_seconds: state.data_wait_seconds,
+                ..EpochRecord::new(
+                    epoch + 1,
+                    plan.stage,
+                    lr,
+                    train_loss,
+                    state.train_seconds,
+                    Some(&eval.metrics),
+                )
+            };
             append_epoch_record(&out.join(METRICS_FILE), &record)?;
             progress(Progress::Evaluated(&record));
             state.history.push(record);
@@ -284,6 +292,7 @@ pub fn train<B: Backend>(
         last,
         samples_per_second: state.samples_seen as f64 / state.train_seconds.max(1e-9),
         train_seconds: state.train_seconds,
+        data_wait_seconds: state.data_wait_seconds,
         class_counts,
     })
 }
@@ -440,6 +449,7 @@ struct RunState {
     history: Vec<EpochRecord>,
     sla_filled: bool,
     train_seconds: f64,
+    data_wait_seconds: f64,
     samples_seen: u64,
 }
 
@@ -489,6 +499,10 @@ fn persist<B: Backend>(
     meta.insert(
         META_TRAIN_SECONDS.to_string(),
         state.train_seconds.to_string(),
+    );
+    meta.insert(
+        META_DATA_WAIT_SECONDS.to_string(),
+        state.data_wait_seconds.to_string(),
     );
     meta.insert(
         META_SAMPLES_SEEN.to_string(),
@@ -555,6 +569,10 @@ fn restore<B: Backend>(
         history: serde_json::from_str(get(META_HISTORY)?)?,
         sla_filled: get(META_SLA_FILLED)? == "true",
         train_seconds: get(META_TRAIN_SECONDS)?.parse()?,
+        // Absent in checkpoints written before it was measured.
+        data_wait_seconds: meta
+            .get(META_DATA_WAIT_SECONDS)
+            .map_or(Ok(0.0), |v| v.parse())?,
         samples_seen: get(META_SAMPLES_SEEN)?.parse()?,
     })
 }
