@@ -403,6 +403,9 @@ pub fn gaussian_blur(img: &Image, kernel_size: usize, sigma: f32) -> Image {
     let mut out = Image::zeros(img.c, h, w);
     let mut padded = vec![0f32; cols.len()]; // one reflect-padded row
     let mut tmp = vec![0f32; h * w]; // [h, w] horizontal pass of one channel
+    let mut acc = vec![0f32; w]; // one output row of the vertical pass
+                                 // Both passes accumulate tap by tap over whole rows (vectorisable); every pixel still sums its
+                                 // taps in kernel order, as a per-pixel dot product would.
     for ch in 0..img.c {
         let plane = img.plane(ch);
         for y in 0..h {
@@ -410,24 +413,24 @@ pub fn gaussian_blur(img: &Image, kernel_size: usize, sigma: f32) -> Image {
             for (p, &x) in padded.iter_mut().zip(&cols) {
                 *p = row[x] as f32;
             }
-            for (x, t) in tmp[y * w..(y + 1) * w].iter_mut().enumerate() {
-                *t = kernel
-                    .iter()
-                    .zip(&padded[x..x + kernel.len()])
-                    .map(|(&wgt, &v)| wgt * v)
-                    .sum();
+            let t = &mut tmp[y * w..(y + 1) * w];
+            t.fill(0.0);
+            for (k, &wgt) in kernel.iter().enumerate() {
+                for (t, &v) in t.iter_mut().zip(&padded[k..k + w]) {
+                    *t += wgt * v;
+                }
             }
         }
         let out_plane = out.plane_mut(ch);
         for y in 0..h {
-            let taps = &rows[y..y + kernel.len()];
-            for x in 0..w {
-                let v: f32 = kernel
-                    .iter()
-                    .zip(taps)
-                    .map(|(&wgt, &r)| wgt * tmp[r * w + x])
-                    .sum();
-                out_plane[y * w + x] = round_u8(v);
+            acc.fill(0.0);
+            for (&wgt, &r) in kernel.iter().zip(&rows[y..y + kernel.len()]) {
+                for (a, &v) in acc.iter_mut().zip(&tmp[r * w..(r + 1) * w]) {
+                    *a += wgt * v;
+                }
+            }
+            for (o, &a) in out_plane[y * w..(y + 1) * w].iter_mut().zip(&acc) {
+                *o = round_u8(a);
             }
         }
     }
