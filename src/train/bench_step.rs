@@ -23,11 +23,11 @@ pub enum BenchInput {
     PreAugmented,
     /// The trainer's path for an in-memory set (CIFAR): a resident u8 training set, and per step
     /// each expert's parameters drawn on the host, uploaded, and the views built by
-    /// [`Backend::augment_batch`]. The trainer draws the parameters on its loader thread, overlapped
+    /// `augment_batch`. The trainer draws the parameters on its loader thread, overlapped
     /// with the previous step; here the draw is inline, so the measured overhead is an upper bound.
     DeviceAugment,
     /// The trainer's path for host-decoded sets (ImageNet-LT): finished views written into staging
-    /// memory and uploaded with [`Backend::upload_staged`] every step (the views themselves are
+    /// memory and uploaded with `upload_staged` every step (the views themselves are
     /// built once; their host-side cost is not timed).
     HostUpload,
 }
