@@ -64,3 +64,8 @@ fn out_of_range_indices_are_errors_like_on_the_cpu() {
 fn training_steps_match_the_cpu() {
     cuda_checks::training_steps_match_the_cpu(&emulated());
 }
+
+#[test]
+fn batch_loader_views_match_the_source() {
+    cuda_checks::batch_loader_views_match_the_source(&emulated(), 1024);
+}

@@ -156,6 +156,13 @@ fn training_steps_match_the_cpu() {
     cuda_checks::training_steps_match_the_cpu(&gpu());
 }
 
+/// Page-locked staging memory and the loader's asynchronous uploads, on the real copy engine.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn batch_loader_views_match_the_source() {
+    cuda_checks::batch_loader_views_match_the_source(&gpu(), 1 << 24);
+}
+
 /// With the TF32 default, a ResNet-sized convolution stays within TF32's precision of the CPU.
 #[test]
 #[ignore = "needs a CUDA GPU"]

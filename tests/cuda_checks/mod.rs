@@ -896,3 +896,51 @@ pub fn gemm_with_beta_zero_does_not_read_c(be: &CudaBackend) {
     let want = reference_gemm(&g, &a, &b, &[0.0; 6]);
     assert!(max_diff(&got, &want) < 1e-5, "{got:?}");
 }
+
+/// The training loader on the CUDA backend, both paths: every batch's views equal the source's
+/// `load_views`. Each step queues heavy work without waiting for it, so the next batch's staged upload
+/// sits behind it while the loader wants its staging set back: a loader that rewrote staging memory
+/// before the copy out of it had run would corrupt the views. `busy_len`: elements of the busy buffer
+/// (large on a GPU so the queued work outlasts the loader's wake-up; small on the emulator, which
+/// runs synchronously anyway).
+pub fn batch_loader_views_match_the_source(be: &CudaBackend, busy_len: usize) {
+    use ltrain::data::ImageSet;
+    use ltrain::train::loader::BatchLoader;
+    use ltrain::train::ImageSource;
+
+    let (h, w, n) = (32, 32, 96);
+    let mut set = ImageSet::empty(h, w, 3);
+    for s in 0..n {
+        let pixels: Vec<u8> = (0..3 * h * w)
+            .map(|i| ((i * 37 + s * 101 + (i / w) * 13) % 251) as u8)
+            .collect();
+        set.push(&pixels, (s % 3) as u32);
+    }
+    let order: Vec<usize> = (0..n).map(|i| (i * 41) % n).collect();
+    let batches: Vec<&[usize]> = order.chunks(8).collect();
+    let levels = [Some(0), Some(1), Some(2)];
+    let mut busy = be.upload(&vec![1.0; busy_len]).unwrap();
+    for on_device in [false, true] {
+        let mut loader = BatchLoader::new(be, &set, 8, on_device).unwrap();
+        loader
+            .for_each(be, &batches, &levels, 5, 1, |i, batch, views| {
+                let want = set.load_views(batch, &levels, 5, 1)?;
+                for (level, (got, want)) in views.iter().zip(&want).enumerate() {
+                    assert_near(
+                        &format!("batch {i} level {level} (on device: {on_device})"),
+                        &be.download(got)?,
+                        want,
+                        1e-6,
+                        0.0,
+                    );
+                }
+                for _ in 0..8 {
+                    busy = be.add(&busy, &busy)?;
+                    busy = be.scale(&busy, 0.5)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    assert!(be.download(&busy).unwrap().iter().all(|&v| v == 1.0));
+}
