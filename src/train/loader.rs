@@ -18,7 +18,7 @@ use crate::augment::CIFAR_NORMALIZATION;
 use crate::backend::augment_params;
 use crate::backend::{AugmentLevel, AugmentSpec, Backend, HostStaging};
 
-/// Batches in flight on the host path: one being filled, one waiting, one being uploaded.
+/// Batches in flight: one being prepared, the rest waiting (on the host path, each holds a staging set).
 const STAGED_BATCHES: usize = 3;
 
 /// What the loader thread hands over for one batch, one entry per view (expert level).
@@ -134,7 +134,9 @@ impl<'a, B: Backend> BatchLoader<'a, B> {
         std::thread::scope(|scope| -> Result<()> {
             // Owned here so that an early return drops it and a loader waiting for a set stops.
             let free_tx = free_tx;
-            let (ready_tx, ready_rx) = mpsc::channel::<Result<Prepared<B::Staging>>>();
+            // Bounded on both paths: the loader runs at most a few batches ahead.
+            let (ready_tx, ready_rx) =
+                mpsc::sync_channel::<Result<Prepared<B::Staging>>>(STAGED_BATCHES - 1);
             let loader = scope.spawn(move || {
                 for batch in batches {
                     let prepared = prepare(source, device_hw, batch, levels, seed, epoch, &free_rx);
