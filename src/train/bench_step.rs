@@ -10,6 +10,7 @@ use crate::backend::{
 use crate::config::{ModelKind, TrainConfig};
 use crate::method::{EpochPlan, SlaTable};
 use crate::model::MultiExpertNet;
+use crate::train::loader::STAGED_BATCHES;
 use crate::train::trainer::{train_step, StepInputs};
 use anyhow::Result;
 use rand::seq::SliceRandom;
@@ -27,8 +28,9 @@ pub enum BenchInput {
     /// with the previous step; here the draw is inline, so the measured overhead is an upper bound.
     DeviceAugment,
     /// The trainer's path for host-decoded sets (ImageNet-LT): finished views written into staging
-    /// memory and uploaded with `upload_staged` every step (the views themselves are
-    /// built once; their host-side cost is not timed).
+    /// memory and uploaded with `upload_staged` every step, rotating through as many staging sets as
+    /// the trainer's loader uses (the views themselves are built once; their host-side cost is not
+    /// timed).
     HostUpload,
 }
 
@@ -79,7 +81,9 @@ enum ViewSource<B: Backend> {
     },
     HostUpload {
         host: Vec<Vec<f32>>, // per view [n, 3, s, s]
-        staging: Vec<B::Staging>,
+        /// Staging sets (one buffer per view) used in turn.
+        staging: Vec<Vec<B::Staging>>,
+        next_set: usize,
         current: Vec<B::Buf>,
     },
 }
@@ -134,11 +138,15 @@ impl<B: Backend> ViewSource<B> {
             ViewSource::HostUpload {
                 host,
                 staging,
+                next_set,
                 current,
             } => {
+                let this_set = *next_set;
+                *next_set = (this_set + 1) % staging.len();
+                let set = &mut staging[this_set];
                 *current = host
                     .iter()
-                    .zip(staging.iter_mut())
+                    .zip(set.iter_mut())
                     .map(|(view, buf)| {
                         buf.as_mut_slice()?[..view.len()].copy_from_slice(view);
                         be.upload_staged(buf, view.len())
@@ -232,13 +240,13 @@ impl<B: Backend> BenchStep<B> {
             }
             BenchInput::HostUpload => {
                 let host = random_views(&mut rng, view_count, per_view);
-                let staging = host
-                    .iter()
-                    .map(|v| be.alloc_staging(v.len()))
+                let staging = (0..STAGED_BATCHES)
+                    .map(|_| host.iter().map(|v| be.alloc_staging(v.len())).collect())
                     .collect::<Result<_>>()?;
                 ViewSource::HostUpload {
                     host,
                     staging,
+                    next_set: 0,
                     current: Vec::new(),
                 }
             }

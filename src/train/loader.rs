@@ -19,7 +19,7 @@ use crate::backend::augment_params;
 use crate::backend::{AugmentLevel, AugmentSpec, Backend, HostStaging};
 
 /// Batches in flight: one being prepared, the rest waiting (on the host path, each holds a staging set).
-const STAGED_BATCHES: usize = 3;
+pub(crate) const STAGED_BATCHES: usize = 3;
 
 /// What the loader thread hands over for one batch, one entry per view (expert level).
 enum Prepared<S> {
