@@ -11,7 +11,7 @@ use ltrain::report::write_atomic;
 use ltrain::train::checkpoint::load_checkpoint;
 use ltrain::train::datasets;
 use ltrain::train::trainer::checkpoint_class_counts;
-use ltrain::train::{checkpoint_config, evaluate, Evaluation};
+use ltrain::train::{checkpoint_config, evaluate, test_loader, Evaluation};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -106,6 +106,7 @@ impl OnBackend for EvalJob<'_> {
             .load_state_dict(be, &tensors)
             .with_context(|| format!("loading {}", self.cmd.checkpoint.display()))?;
         let counts = checkpoint_class_counts(&self.cmd.checkpoint)?;
-        evaluate(be, &mut model, test.as_ref(), &counts, self.cfg.batch_size)
+        let mut loader = test_loader(be, test.as_ref(), self.cfg.batch_size)?;
+        evaluate(be, &mut model, &mut loader, &counts)
     }
 }

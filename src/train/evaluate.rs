@@ -24,23 +24,32 @@ pub struct Evaluation {
     pub predictions: Vec<Prediction>,
 }
 
-/// Evaluates the model (batch norm in evaluation mode) on every sample of `test_set`.
+/// A loader for evaluating on `test_set` in batches of `batch_size`: the host path, since the test set
+/// is read once per evaluation (an in-memory set is not worth uploading as bytes). Keep it across
+/// evaluations: its staging memory is reused.
+pub fn test_loader<'a, B: Backend>(
+    be: &B,
+    test_set: &'a dyn ImageSource,
+    batch_size: usize,
+) -> Result<BatchLoader<'a, B>> {
+    BatchLoader::new(be, test_set, batch_size, false)
+}
+
+/// Evaluates the model (batch norm in evaluation mode) on every sample of the loader's set
+/// (see [`test_loader`]), decoding (ImageNet-LT) overlapped with the forward passes.
 pub fn evaluate<B: Backend>(
     be: &B,
     model: &mut MultiExpertNet<B>,
-    test_set: &dyn ImageSource,
+    loader: &mut BatchLoader<'_, B>,
     train_class_counts: &[usize],
-    batch_size: usize,
 ) -> Result<Evaluation> {
+    let test_set = loader.source();
     let classes = test_set.num_classes();
     let (h, w) = test_set.image_hw();
     let mut acc = EvalAccumulator::new(train_class_counts);
     let mut predictions = Vec::with_capacity(test_set.len());
     let all: Vec<usize> = (0..test_set.len()).collect();
-    let batches: Vec<&[usize]> = all.chunks(batch_size.max(1)).collect();
-    // The test set is read once: decoding (ImageNet-LT) overlaps the forward passes, but an
-    // in-memory set is not worth uploading as bytes.
-    let mut loader = BatchLoader::new(be, test_set, batch_size, false)?;
+    let batches: Vec<&[usize]> = all.chunks(loader.max_batch()).collect();
     be.range_push("evaluate");
     loader.for_each(be, &batches, &[None], 0, 0, |_, batch, views| {
         let n = batch.len();

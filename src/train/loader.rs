@@ -88,6 +88,11 @@ impl<'a, B: Backend> BatchLoader<'a, B> {
         self.waited
     }
 
+    /// The largest batch it takes.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
     /// Whether views are built on the device.
     pub fn on_device(&self) -> bool {
         self.device.is_some()

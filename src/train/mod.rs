@@ -10,6 +10,6 @@ pub mod schedule;
 pub mod source;
 pub mod trainer;
 
-pub use evaluate::{evaluate, Evaluation, Prediction};
+pub use evaluate::{evaluate, test_loader, Evaluation, Prediction};
 pub use source::ImageSource;
 pub use trainer::{checkpoint_config, train, Progress, RunResult, Start};

@@ -3,7 +3,7 @@
 //! checkpoints from which a killed run resumes with the same result.
 
 use super::checkpoint::{load_checkpoint, save_checkpoint};
-use super::evaluate::{evaluate, Evaluation};
+use super::evaluate::{evaluate, test_loader, Evaluation};
 use super::loader::BatchLoader;
 use super::optimizer::sgd_update;
 use super::schedule::learning_rate;
@@ -147,6 +147,7 @@ pub fn train<B: Backend>(
     let mut last_eval = None;
     // An in-memory training set lives on the device; each step's views are built there.
     let mut loader = BatchLoader::new(be, train_set, cfg.batch_size, true)?;
+    let mut test_loader = test_loader(be, test_set, cfg.batch_size)?;
 
     for epoch in state.epochs_done..cfg.epochs {
         let epoch_start = Instant::now();
@@ -254,7 +255,7 @@ pub fn train<B: Backend>(
         state.epochs_done = epoch + 1;
 
         if (epoch + 1) % cfg.eval_every == 0 || epoch + 1 == cfg.epochs {
-            let eval = evaluate(be, &mut model, test_set, &class_counts, cfg.batch_size)?;
+            let eval = evaluate(be, &mut model, &mut test_loader, &class_counts)?;
             let record = EpochRecord {
                 data_wait_seconds: state.data_wait_seconds,
                 ..EpochRecord::new(
@@ -285,7 +286,7 @@ pub fn train<B: Backend>(
     let last = match last_eval {
         Some(e) => e,
         // Resumed after the last epoch: evaluate the restored weights.
-        None => evaluate(be, &mut model, test_set, &class_counts, cfg.batch_size)?,
+        None => evaluate(be, &mut model, &mut test_loader, &class_counts)?,
     };
     Ok(RunResult {
         history: state.history,
