@@ -68,6 +68,22 @@ impl Image {
 }
 
 #[inline]
+/// `x.floor()` for `|x| < 2^31`, without a libm call on baseline x86-64 (no SSE4.1 rounding).
+fn floor(x: f32) -> f32 {
+    let t = x as i32 as f32;
+    if x < t {
+        t - 1.0
+    } else {
+        t
+    }
+}
+
+/// `x.rem_euclid(1.0)` for `|x| < 2^31`: the same single rounding of the exact `x - floor(x)`
+/// (up to the sign of a zero), without libm's `fmodf`.
+fn fract_euclid(x: f32) -> f32 {
+    x - floor(x)
+}
+
 fn truncate_u8(v: f32) -> u8 {
     v.clamp(0.0, 255.0) as u8
 }
@@ -166,15 +182,18 @@ pub fn resize_bilinear(img: &Image, out_h: usize, out_w: usize) -> Image {
     let mut out = Image::zeros(img.c, out_h, out_w);
     let mut rows = vec![0f32; img.h * out_w]; // [h, out_w] of one channel
     let mut acc = vec![0f32; out_w]; // one output row
+    let mut row = vec![0f32; img.w]; // one input row as f32, converted once (taps overlap)
     for ch in 0..img.c {
         let plane = img.plane(ch);
         for y in 0..img.h {
-            let row = &plane[y * img.w..(y + 1) * img.w];
+            for (r, &v) in row.iter_mut().zip(&plane[y * img.w..(y + 1) * img.w]) {
+                *r = v as f32;
+            }
             for (x, (lo, weights)) in taps_x.iter().enumerate() {
                 rows[y * out_w + x] = weights
                     .iter()
-                    .enumerate()
-                    .map(|(k, &wgt)| wgt * row[lo + k] as f32)
+                    .zip(&row[*lo..])
+                    .map(|(&wgt, &v)| wgt * v)
                     .sum();
             }
         }
@@ -293,9 +312,10 @@ pub fn grayscale(img: &Image) -> Image {
 fn blend(img: &Image, factor: f32, other: impl Fn(usize, usize) -> f32) -> Image {
     let hw = img.h * img.w;
     let mut out = img.clone();
-    for (i, v) in out.data.iter_mut().enumerate() {
-        let degenerate = other(i / hw, i % hw);
-        *v = truncate_u8(factor * *v as f32 + (1.0 - factor) * degenerate);
+    for (ch, plane) in out.data.chunks_mut(hw.max(1)).enumerate() {
+        for (i, v) in plane.iter_mut().enumerate() {
+            *v = truncate_u8(factor * *v as f32 + (1.0 - factor) * other(ch, i));
+        }
     }
     out
 }
@@ -344,11 +364,11 @@ pub fn hue(img: &Image, shift: f32) -> Image {
         } else {
             4.0 + gc - rc
         };
-        let h = (h6 / 6.0 + 1.0).rem_euclid(1.0);
-        let h = (h + shift).rem_euclid(1.0);
+        let h = fract_euclid(h6 / 6.0 + 1.0);
+        let h = fract_euclid(h + shift);
         let v = maxc;
         // _hsv2rgb
-        let sector = (h * 6.0).floor();
+        let sector = floor(h * 6.0);
         let f = h * 6.0 - sector;
         let sector = (sector as i32).rem_euclid(6);
         let p = (v * (1.0 - s)).clamp(0.0, 1.0);
@@ -535,4 +555,40 @@ pub fn equalize(img: &Image) -> Image {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{floor, fract_euclid, round_u8};
+
+    /// The libm-free helpers equal the std functions they replace (hue and rounding stay bit-exact).
+    #[test]
+    fn floor_and_fract_match_std() {
+        let mut values = vec![
+            0.0f32,
+            -0.0,
+            1.0,
+            -1.0,
+            0.5,
+            -0.5,
+            1e-9,
+            -1e-9,
+            2.0 - f32::EPSILON,
+        ];
+        let mut x = 0x1234_5678u32;
+        for _ in 0..200_000 {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            values.push((x as f32 / u32::MAX as f32) * 8.0 - 4.0);
+        }
+        for v in values {
+            assert_eq!(floor(v), v.floor(), "floor({v:e})");
+            assert_eq!(fract_euclid(v), v.rem_euclid(1.0), "fract_euclid({v:e})");
+            let scaled = v * 80.0;
+            assert_eq!(
+                round_u8(scaled),
+                (scaled + 0.5).floor().clamp(0.0, 255.0) as u8,
+                "round_u8({scaled:e})"
+            );
+        }
+    }
 }
