@@ -146,6 +146,18 @@ impl ChannelDims {
         Ok(())
     }
 
+    /// Errors unless training-mode batch norm can normalise: more than one value per channel.
+    pub fn check_training_batch(&self, op: &str) -> Result<()> {
+        let count = self.n * self.hw;
+        if count < 2 {
+            bail!(
+                "{op}: training batch norm needs more than one value per channel (n * hw = {count}); \
+                 use a larger batch"
+            );
+        }
+        Ok(())
+    }
+
     pub fn len(&self) -> usize {
         self.n * self.c * self.hw
     }
@@ -167,6 +179,23 @@ pub struct ShortcutDims {
 }
 
 impl ShortcutDims {
+    /// Errors unless the shape is valid; returns `(c_out - c_in) / 2`, the zero channels padded on
+    /// each side.
+    pub fn validate(&self, op: &str) -> Result<usize> {
+        if self.stride == 0 {
+            bail!("{op}: stride must be at least 1");
+        }
+        if self.c_out < self.c_in || !(self.c_out - self.c_in).is_multiple_of(2) {
+            bail!(
+                "{op}: option-A shortcut pads channels equally on both sides, so c_out ({}) - c_in ({}) \
+                 must be a non-negative even number",
+                self.c_out,
+                self.c_in
+            );
+        }
+        Ok((self.c_out - self.c_in) / 2)
+    }
+
     pub fn h_out(&self) -> usize {
         self.h.div_ceil(self.stride)
     }
@@ -252,6 +281,53 @@ pub struct LossArgs<'a, B: Backend + ?Sized> {
     pub adjustment: Option<&'a B::Buf>,
     pub weighting: LossWeighting<'a, B>,
     pub reduction: LossReduction,
+}
+
+impl<B: Backend + ?Sized> LossArgs<'_, B> {
+    /// The op contract both backends enforce: every buffer's length against `n` and `c`, and
+    /// focal / SLA weighting only with single targets. (Label ranges are checked where the labels
+    /// are read: on the host by the CPU backend, in the kernel by the CUDA backend.)
+    pub(crate) fn validate(
+        &self,
+        buf_len: impl Fn(&B::Buf) -> usize,
+        index_len: impl Fn(&B::Index) -> usize,
+    ) -> Result<()> {
+        const OP: &str = "fused_loss";
+        let (n, c) = (self.n, self.c);
+        check_len(OP, "logits", buf_len(self.logits), n * c)?;
+        if c == 0 && n > 0 {
+            bail!("{OP}: logits need at least one class");
+        }
+        if let Some(adj) = self.adjustment {
+            check_len(OP, "adjustment", buf_len(adj), c)?;
+        }
+        let mixed = match &self.targets {
+            LossTargets::Single(a) => {
+                check_len(OP, "targets", index_len(a), n)?;
+                false
+            }
+            LossTargets::Mixed { a, b, .. } => {
+                check_len(OP, "targets", index_len(a), n)?;
+                check_len(OP, "mixed targets b", index_len(b), n)?;
+                true
+            }
+        };
+        match &self.weighting {
+            LossWeighting::Unit => {}
+            LossWeighting::PerClass(cw) => check_len(OP, "class weights", buf_len(cw), c)?,
+            LossWeighting::Focal { .. } | LossWeighting::Sla { .. } if mixed => bail!(
+                "{OP}: focal and SLA weighting are defined for single targets only, not mixup pairs"
+            ),
+            LossWeighting::Focal { .. } => {}
+            LossWeighting::Sla {
+                cos_y, cos_star, ..
+            } => {
+                check_len(OP, "cos_y", buf_len(cos_y), n)?;
+                check_len(OP, "cos_star", buf_len(cos_star), c)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Outputs of the fused loss, all on the device.

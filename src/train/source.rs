@@ -41,7 +41,8 @@ pub trait ImageSource: Sync {
         seed: u64,
         epoch: usize,
     ) -> Result<Vec<Vec<f32>>> {
-        let len = indices.len() * 3 * self.image_hw().0 * self.image_hw().1;
+        let (h, w) = self.image_hw();
+        let len = indices.len() * 3 * h * w;
         let mut views = vec![vec![0f32; len]; levels.len()];
         let mut outs: Vec<&mut [f32]> = views.iter_mut().map(|v| v.as_mut_slice()).collect();
         self.load_views_into(indices, levels, seed, epoch, &mut outs)?;
@@ -77,7 +78,7 @@ pub trait ImageSource: Sync {
 }
 
 /// Errors unless `out` holds one `[n, 3, h, w]` slice per level.
-pub fn check_views(
+fn check_views(
     n: usize,
     (h, w): (usize, usize),
     levels: &[Option<usize>],

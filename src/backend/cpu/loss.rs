@@ -15,7 +15,7 @@
 //! constant for the gradient, and a zero sum gives a zero gradient instead of NaN). Since the logits
 //! adjustment is additive, the gradient with respect to the raw logits equals the one for `z`.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use rayon::prelude::*;
 
 use super::rows::row_max_and_log_sum;
@@ -150,6 +150,7 @@ fn scale_row(row: &mut [f32], alpha: f64) {
 
 pub(super) fn fused_loss(args: LossArgs<'_, CpuBackend>) -> Result<LossOutput<CpuBackend>> {
     const OP: &str = "fused_loss";
+    args.validate(|b| b.0.len(), |i| i.0.len())?;
     let LossArgs {
         logits,
         n,
@@ -160,33 +161,18 @@ pub(super) fn fused_loss(args: LossArgs<'_, CpuBackend>) -> Result<LossOutput<Cp
         reduction,
     } = args;
     let logits = &logits.0[..];
-    check_len(OP, "logits", logits.len(), n * c)?;
-    if c == 0 && n > 0 {
-        bail!("{OP}: logits need at least one class");
-    }
-    let adjustment = match adjustment {
-        Some(adj) => {
-            check_len(OP, "adjustment", adj.0.len(), c)?;
-            Some(&adj.0[..])
-        }
-        None => None,
-    };
+    let adjustment = adjustment.map(|adj| &adj.0[..]);
     let (labels_a, mixed): (&[u32], Option<(&[u32], f64)>) = match targets {
         LossTargets::Single(y) => (&y.0, None),
         LossTargets::Mixed { a, b, lambda } => (&a.0, Some((&b.0[..], lambda as f64))),
     };
-    check_len(OP, "targets", labels_a.len(), n)?;
     check_indices(OP, "targets", labels_a, c)?;
     if let Some((labels_b, _)) = mixed {
-        check_len(OP, "mixed targets b", labels_b.len(), n)?;
         check_indices(OP, "mixed targets b", labels_b, c)?;
     }
     let weighting = match weighting {
         LossWeighting::Unit => Weighting::PerClass(None),
-        LossWeighting::PerClass(cw) => {
-            check_len(OP, "class weights", cw.0.len(), c)?;
-            Weighting::PerClass(Some(&cw.0[..]))
-        }
+        LossWeighting::PerClass(cw) => Weighting::PerClass(Some(&cw.0[..])),
         LossWeighting::Focal { gamma } => Weighting::Focal {
             gamma: gamma as f64,
         },
@@ -195,20 +181,13 @@ pub(super) fn fused_loss(args: LossArgs<'_, CpuBackend>) -> Result<LossOutput<Cp
             cos_star,
             gamma,
             tau,
-        } => {
-            check_len(OP, "cos_y", cos_y.0.len(), n)?;
-            check_len(OP, "cos_star", cos_star.0.len(), c)?;
-            Weighting::Sla {
-                cos_y: &cos_y.0,
-                cos_star: &cos_star.0,
-                gamma: gamma as f64,
-                tau: tau as f64,
-            }
-        }
+        } => Weighting::Sla {
+            cos_y: &cos_y.0,
+            cos_star: &cos_star.0,
+            gamma: gamma as f64,
+            tau: tau as f64,
+        },
     };
-    if mixed.is_some() && !matches!(weighting, Weighting::PerClass(_)) {
-        bail!("{OP}: focal and SLA weighting are defined for single targets only, not mixup pairs");
-    }
 
     let mut dlogits = vec![0.0f32; n * c];
     let rows: Vec<RowOut> = if c == 0 {

@@ -2,7 +2,7 @@
 //! variance and feeds the unbiased one to the running variance. Statistics are accumulated in f64
 //! (two passes), one channel per task, so they do not depend on the thread count.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use rayon::prelude::*;
 
 use super::check_len;
@@ -43,13 +43,8 @@ pub(super) fn train_forward(
             ("running_var", running_var.len()),
         ],
     )?;
+    d.check_training_batch(OP)?;
     let count = d.n * d.hw;
-    if count < 2 {
-        bail!(
-            "{OP}: training batch norm needs more than one value per channel (n * hw = {count}); \
-             use a larger batch"
-        );
-    }
     // (mean, biased variance) per channel, two-pass in f64.
     let stats: Vec<(f64, f64)> = (0..d.c)
         .into_par_iter()

@@ -109,26 +109,11 @@ pub(super) fn global_avg_pool_backward(dy: &[f32], d: ChannelDims) -> Result<Vec
     Ok(dx)
 }
 
-fn check_shortcut(op: &str, d: ShortcutDims) -> Result<usize> {
-    if d.stride == 0 {
-        bail!("{op}: stride must be at least 1");
-    }
-    if d.c_out < d.c_in || !(d.c_out - d.c_in).is_multiple_of(2) {
-        bail!(
-            "{op}: option-A shortcut pads channels equally on both sides, so c_out ({}) - c_in ({}) \
-             must be a non-negative even number",
-            d.c_out,
-            d.c_in
-        );
-    }
-    Ok((d.c_out - d.c_in) / 2)
-}
-
 /// `x [n, c_in, h, w]` → `x[:, :, ::s, ::s]` zero-padded by `(c_out - c_in) / 2` channels on each side:
 /// `[n, c_out, ceil(h / s), ceil(w / s)]`.
 pub(super) fn shortcut_a_forward(x: &[f32], d: ShortcutDims) -> Result<Vec<f32>> {
     const OP: &str = "shortcut_a_forward";
-    let pad = check_shortcut(OP, d)?;
+    let pad = d.validate(OP)?;
     check_len(OP, "x", x.len(), d.n * d.c_in * d.h * d.w)?;
     let (h_out, w_out) = (d.h_out(), d.w_out());
     let out_plane = h_out * w_out;
@@ -156,7 +141,7 @@ pub(super) fn shortcut_a_forward(x: &[f32], d: ShortcutDims) -> Result<Vec<f32>>
 /// Adjoint of [`shortcut_a_forward`]: `dy [n, c_out, h_out, w_out]` → `dx [n, c_in, h, w]`.
 pub(super) fn shortcut_a_backward(dy: &[f32], d: ShortcutDims) -> Result<Vec<f32>> {
     const OP: &str = "shortcut_a_backward";
-    let pad = check_shortcut(OP, d)?;
+    let pad = d.validate(OP)?;
     let (h_out, w_out) = (d.h_out(), d.w_out());
     check_len(OP, "dy", dy.len(), d.n * d.c_out * h_out * w_out)?;
     let in_plane = d.h * d.w;

@@ -13,22 +13,6 @@ fn check_same(op: &str, a: usize, b: usize) -> Result<()> {
     Ok(())
 }
 
-/// `(c_out - c_in) / 2`, the zero channels padded on each side.
-fn shortcut_pad(op: &str, d: ShortcutDims) -> Result<usize> {
-    if d.stride == 0 {
-        bail!("{op}: stride must be at least 1");
-    }
-    if d.c_out < d.c_in || !(d.c_out - d.c_in).is_multiple_of(2) {
-        bail!(
-            "{op}: option-A shortcut pads channels equally on both sides, so c_out ({}) - c_in ({}) \
-             must be a non-negative even number",
-            d.c_out,
-            d.c_in
-        );
-    }
-    Ok((d.c_out - d.c_in) / 2)
-}
-
 /// The shortcut kernels' shape arguments, after the size checks.
 struct ShortcutArgs {
     n: u32,
@@ -43,7 +27,7 @@ struct ShortcutArgs {
 }
 
 fn shortcut_args(op: &str, d: ShortcutDims) -> Result<ShortcutArgs> {
-    let pad = shortcut_pad(op, d)?;
+    let pad = d.validate(op)?;
     to_u32(op, "input size", d.n * d.c_in * d.h * d.w)?;
     to_u32(op, "output size", d.n * d.c_out * d.h_out() * d.w_out())?;
     Ok(ShortcutArgs {

@@ -259,14 +259,17 @@ impl DeviceRuntime for GpuRuntime {
     }
 
     fn upload(&self, bytes: &[u8]) -> Result<Mem> {
-        let mut mem = self.alloc_zeroed(bytes.len())?;
-        if !bytes.is_empty() {
-            let dst = gpu_mut(&mut mem)?;
-            self.stream
-                .memcpy_htod(bytes, &mut dst.0.slice_mut(0..bytes.len()))
-                .context("host-to-device copy")?;
+        if bytes.is_empty() {
+            return self.alloc_zeroed(0);
         }
-        Ok(mem)
+        // Not zeroed first: the copy overwrites every byte (uploads run every step).
+        // SAFETY: the whole allocation is written by the copy below, in stream order, before use.
+        let mut dst = unsafe { self.stream.alloc::<u8>(bytes.len()) }
+            .with_context(|| format!("cannot allocate {} bytes on the GPU", bytes.len()))?;
+        self.stream
+            .memcpy_htod(bytes, &mut dst)
+            .context("host-to-device copy")?;
+        Ok(Mem::Gpu(GpuMem(dst)))
     }
 
     fn alloc_staging(&self, len: usize) -> Result<StagingMem> {

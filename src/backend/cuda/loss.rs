@@ -2,7 +2,7 @@
 //! cross-entropy with per-sample weighting (loss, `p_i`, `w_i` and `dlogits` in one pass, one block
 //! per row), the feature/classifier cosine, and the per-class cos-max table update.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::{check_len, kernels, to_u32, CudaBackend, CudaBuf, CudaIndex, LaunchConfig};
 use crate::backend::{LossArgs, LossOutput, LossReduction, LossTargets, LossWeighting};
@@ -15,6 +15,7 @@ const WEIGHT_SLA: i32 = 2;
 impl CudaBackend {
     pub(super) fn fused_loss_impl(&self, args: LossArgs<'_, Self>) -> Result<LossOutput<Self>> {
         const OP: &str = "fused_loss";
+        args.validate(|b| b.len(), |i| i.len())?;
         let LossArgs {
             logits,
             n,
@@ -24,43 +25,22 @@ impl CudaBackend {
             weighting,
             reduction,
         } = args;
-        check_len(OP, "logits", logits.len(), n * c)?;
-        if c == 0 && n > 0 {
-            bail!("{OP}: logits need at least one class");
-        }
         to_u32(OP, "size", n * c)?;
-        if let Some(adj) = adjustment {
-            check_len(OP, "adjustment", adj.len(), c)?;
-        }
         let (target_a, target_b, lambda) = match targets {
             LossTargets::Single(y) => (y, None, 1.0),
             LossTargets::Mixed { a, b, lambda } => (a, Some(b), lambda),
         };
-        check_len(OP, "targets", target_a.len(), n)?;
-        if let Some(b) = target_b {
-            check_len(OP, "mixed targets b", b.len(), n)?;
-        }
         let (code, class_weight, cos_y, cos_star, gamma, tau) = match weighting {
             LossWeighting::Unit => (WEIGHT_PER_CLASS, None, None, None, 0.0, 0.0),
-            LossWeighting::PerClass(cw) => {
-                check_len(OP, "class weights", cw.len(), c)?;
-                (WEIGHT_PER_CLASS, Some(cw), None, None, 0.0, 0.0)
-            }
+            LossWeighting::PerClass(cw) => (WEIGHT_PER_CLASS, Some(cw), None, None, 0.0, 0.0),
             LossWeighting::Focal { gamma } => (WEIGHT_FOCAL, None, None, None, gamma, 0.0),
             LossWeighting::Sla {
                 cos_y,
                 cos_star,
                 gamma,
                 tau,
-            } => {
-                check_len(OP, "cos_y", cos_y.len(), n)?;
-                check_len(OP, "cos_star", cos_star.len(), c)?;
-                (WEIGHT_SLA, None, Some(cos_y), Some(cos_star), gamma, tau)
-            }
+            } => (WEIGHT_SLA, None, Some(cos_y), Some(cos_star), gamma, tau),
         };
-        if target_b.is_some() && code != WEIGHT_PER_CLASS {
-            bail!("{OP}: focal and SLA weighting are defined for single targets only, not mixup pairs");
-        }
 
         let mut loss = self.alloc(n)?;
         let mut prob = self.alloc(n)?;

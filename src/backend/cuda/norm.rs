@@ -1,7 +1,7 @@
 //! Batch normalisation (kernels/norm.cu): per-channel statistics one block per channel, element-wise
 //! normalisation and gradient; PyTorch semantics (see `BatchNormConfig`).
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::{check_len, kernels, to_u32, CudaBackend, CudaBuf, LaunchConfig};
 use crate::backend::{BatchNormConfig, ChannelDims};
@@ -34,13 +34,7 @@ impl CudaBackend {
                 ("running_var", running_var.len()),
             ],
         )?;
-        let count = d.n * d.hw;
-        if count < 2 {
-            bail!(
-                "{OP}: training batch norm needs more than one value per channel (n * hw = {count}); \
-                 use a larger batch"
-            );
-        }
+        d.check_training_batch(OP)?;
         to_u32(OP, "size", d.len())?;
         let mut y = self.alloc(d.len())?;
         let mut mean = self.alloc(d.c)?;
