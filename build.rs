@@ -7,7 +7,10 @@
 //!    unless `LTRAIN_REQUIRE_CUDA=1`.
 //! 2. Always, the same sources are compiled by the host C++ compiler through `kernels/emu/cuda_emu.h`
 //!    into a static library: the CUDA emulator that runs the kernels on the CPU.
-//! 3. Every `KERNEL void name(...)` signature is parsed, and `$OUT_DIR/kernels.rs` gets one typed Rust
+//! 3. The constants kernels and host share are written once in `src/backend/abi.rs`, which this
+//!    script compiles too; it writes them as `$OUT_DIR/ltrain_abi.cuh` (included by
+//!    kernels/common.cuh) before either compiler runs.
+//! 4. Every `KERNEL void name(...)` signature is parsed, and `$OUT_DIR/kernels.rs` gets one typed Rust
 //!    launcher per kernel that drives either runtime, so a signature is written once, in the `.cu`.
 
 use std::env;
@@ -17,11 +20,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 
+#[path = "src/backend/abi.rs"]
+#[allow(dead_code)]
+mod abi;
+
 const KERNEL_DIR: &str = "kernels";
+/// The header of the constants kernels and host share, generated into `OUT_DIR` from
+/// src/backend/abi.rs.
+const ABI_HEADER: &str = "ltrain_abi.cuh";
 const DEFAULT_ARCH: &str = "sm_90";
 
 fn main() {
     println!("cargo:rerun-if-changed={KERNEL_DIR}");
+    println!("cargo:rerun-if-changed=src/backend/abi.rs");
     for var in [
         "NVCC",
         "CUDA_HOME",
@@ -36,6 +47,7 @@ fn main() {
     let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let kernel_dir = root.join(KERNEL_DIR);
 
+    write_if_changed(&out_dir.join(ABI_HEADER), &abi::cuda_header());
     let sources = kernel_sources(&kernel_dir);
     let modules: Vec<Module> = sources.iter().map(|p| parse_module(p)).collect();
 
@@ -273,6 +285,8 @@ fn build_ptx(root: &Path, sources: &[PathBuf], out_dir: &Path) -> PtxFiles {
             let mut cmd = Command::new(&nvcc);
             cmd.args(["-ptx", "-lineinfo", "-O3", "-std=c++17"])
                 .arg(format!("-arch={arch}"))
+                .arg("-I")
+                .arg(out_dir)
                 .arg("-o")
                 .arg(&ptx)
                 .arg(src);
@@ -337,6 +351,7 @@ fn build_emulator(kernel_dir: &Path, modules: &[Module], out_dir: &Path) {
         .std("c++20")
         .opt_level(2) // the emulator is slow enough; keep it optimised in every profile
         .include(&emu_dir)
+        .include(out_dir)
         .flag("-pthread")
         // Linked into executables only, so the fast TLS model is safe (threadIdx etc. are TLS).
         .flag("-ftls-model=initial-exec")

@@ -20,43 +20,8 @@
 #endif
 #endif
 
-// An out-of-range index or a malformed parameter row: the sample is written as NaN. Keep in sync
-// with `INDEX_ERRORS` in src/backend/cuda/mod.rs.
-#define ERR_AUGMENT_INPUT 32u
-
-// Packed row layout (src/backend/augment_params.rs).
-#define P_GEOMETRY 0
-#define P_FLIP 5
-#define P_JITTER_ON 6
-#define P_JITTER_ORDER 7
-#define P_BRIGHTNESS 11
-#define P_CONTRAST 12
-#define P_SATURATION 13
-#define P_HUE_ON 14
-#define P_HUE 15
-#define P_GRAYSCALE 16
-#define P_BLUR_SIZE 17
-#define P_BLUR_TAPS 19
-#define P_AUTO0 26
-#define P_AUTO1 30
-#define MAX_BLUR_TAPS 7
-#define PARAM_WORDS 34
-
-// AutoAugment kinds (`augment_params::AUTO_KINDS` order).
-#define AUTO_SHEAR_X 0
-#define AUTO_SHEAR_Y 1
-#define AUTO_TRANSLATE_X 2
-#define AUTO_TRANSLATE_Y 3
-#define AUTO_ROTATE 4
-#define AUTO_COLOR 5
-#define AUTO_POSTERIZE 6
-#define AUTO_SOLARIZE 7
-#define AUTO_CONTRAST 8
-#define AUTO_SHARPNESS 9
-#define AUTO_BRIGHTNESS 10
-#define AUTO_AUTOCONTRAST 11
-#define AUTO_EQUALIZE 12
-#define AUTO_INVERT 13
+// The packed row layout (`P_*`, `GEOMETRY_*`, `JITTER_*`, `AUTO_*`, `PARAM_WORDS`) and the scratch size
+// come from the generated ltrain_abi.cuh (src/backend/abi.rs).
 
 typedef unsigned char u8;
 
@@ -140,7 +105,7 @@ struct Work {
     u8* src;
     u8* dst;
     float* planes;      // [3, h, w]
-    unsigned* scratch;  // [3 * 256 + 8]
+    unsigned* scratch;  // [AUGMENT_SCRATCH_WORDS]
     int h, w, hw;
 };
 
@@ -457,22 +422,23 @@ __device__ void auto_op(Work& k, const float* op) {
     }
 }
 
-// Whether a packed row is something this kernel can apply safely (bounds of every read).
-__device__ bool row_valid(const float* p, int h, int w) {
+// The first word of a packed row that this kernel cannot apply safely (bounds of every read), or -1.
+__device__ int malformed_word(const float* p, int h, int w) {
     const int geometry = static_cast<int>(p[P_GEOMETRY]);
-    if (geometry == 2) {
+    if (geometry == GEOMETRY_RESIZED_CROP) {
         const float top = p[1], left = p[2], ch = p[3], cw = p[4];
-        if (!(top >= 0.0f && left >= 0.0f && ch >= 1.0f && cw >= 1.0f &&
-              top + ch <= static_cast<float>(h) && left + cw <= static_cast<float>(w)))
-            return false;
-    } else if (geometry != 0 && geometry != 1) {
-        return false;
+        if (!(top >= 0.0f)) return 1;
+        if (!(left >= 0.0f)) return 2;
+        if (!(ch >= 1.0f && top + ch <= static_cast<float>(h))) return 3;
+        if (!(cw >= 1.0f && left + cw <= static_cast<float>(w))) return 4;
+    } else if (geometry != GEOMETRY_IDENTITY && geometry != GEOMETRY_PAD_CROP) {
+        return P_GEOMETRY;
     }
     const float blur = p[P_BLUR_SIZE];
-    if (!(blur >= 0.0f && blur <= MAX_BLUR_TAPS)) return false;
+    if (!(blur >= 0.0f && blur <= MAX_BLUR_TAPS)) return P_BLUR_SIZE;
     for (int slot = P_AUTO0; slot <= P_AUTO1; slot += P_AUTO1 - P_AUTO0)
-        if (!(p[slot] < 0.0f || p[slot] <= AUTO_INVERT)) return false;
-    return true;
+        if (!(p[slot] < 0.0f || p[slot] <= AUTO_INVERT)) return slot;
+    return -1;
 }
 
 // views [n, 3, h, w] f32 = normalise(augment(images[indices[s]], params[s])).
@@ -481,7 +447,7 @@ __device__ bool row_valid(const float* p, int h, int w) {
 // src/backend/cuda/augment.rs. Grid-stride over samples, one block per sample.
 KERNEL void augment_batch(const unsigned* __restrict__ images, const unsigned* __restrict__ indices,
                           const float* __restrict__ params_opt, float* __restrict__ out,
-                          unsigned* __restrict__ error_word, unsigned n, unsigned h, unsigned w,
+                          unsigned* __restrict__ error_record, unsigned n, unsigned h, unsigned w,
                           unsigned dataset_len, unsigned param_words, float scale_r, float scale_g,
                           float scale_b, float shift_r, float shift_g, float shift_b) {
     DYNAMIC_SMEM(float, smem);
@@ -492,7 +458,7 @@ KERNEL void augment_batch(const unsigned* __restrict__ images, const unsigned* _
     k.hw = hw;
     k.planes = smem;
     k.scratch = reinterpret_cast<unsigned*>(smem + 3 * hw);
-    k.src = reinterpret_cast<u8*>(k.scratch + 3 * 256 + 8);
+    k.src = reinterpret_cast<u8*>(k.scratch + AUGMENT_SCRATCH_WORDS);
     k.dst = k.src + 3 * hw;
     const u8* dataset = reinterpret_cast<const u8*>(images);
     const float scale[3] = {scale_r, scale_g, scale_b};
@@ -506,15 +472,16 @@ KERNEL void augment_batch(const unsigned* __restrict__ images, const unsigned* _
         row[P_AUTO1] = -1.0f;
         if (params_opt != nullptr)
             for (unsigned i = 0; i < param_words && i < PARAM_WORDS; ++i) row[i] = params_opt[size_t(s) * param_words + i];
-        const bool ok = index < dataset_len && row_valid(row, k.h, k.w);
+        const int bad_word = malformed_word(row, k.h, k.w);
+        const bool ok = index < dataset_len && bad_word < 0;
         // Block-uniform control flow from here: every branch depends on `row` and `ok` only.
         if (ok) {
             const u8* image = dataset + size_t(index) * 3 * hw;
             const bool flip = row[P_FLIP] != 0.0f;
-            if (static_cast<int>(row[P_GEOMETRY]) == 2)
+            if (static_cast<int>(row[P_GEOMETRY]) == GEOMETRY_RESIZED_CROP)
                 load_resized_crop(k, image, static_cast<int>(row[1]), static_cast<int>(row[2]),
                                   static_cast<int>(row[3]), static_cast<int>(row[4]), flip);
-            else if (static_cast<int>(row[P_GEOMETRY]) == 1)
+            else if (static_cast<int>(row[P_GEOMETRY]) == GEOMETRY_PAD_CROP)
                 load_pad_crop(k, image, static_cast<int>(row[1]), static_cast<int>(row[2]),
                               static_cast<int>(row[3]), flip);
             else
@@ -522,10 +489,10 @@ KERNEL void augment_batch(const unsigned* __restrict__ images, const unsigned* _
             if (row[P_JITTER_ON] != 0.0f) {
                 for (int j = 0; j < 4; ++j) {
                     switch (static_cast<int>(row[P_JITTER_ORDER + j])) {
-                        case 0: brightness(k, row[P_BRIGHTNESS]); break;
-                        case 1: contrast(k, row[P_CONTRAST]); break;
-                        case 2: saturation(k, row[P_SATURATION]); break;
-                        default:
+                        case JITTER_BRIGHTNESS: brightness(k, row[P_BRIGHTNESS]); break;
+                        case JITTER_CONTRAST: contrast(k, row[P_CONTRAST]); break;
+                        case JITTER_SATURATION: saturation(k, row[P_SATURATION]); break;
+                        default:  // JITTER_HUE (the host reads any larger code as hue too)
                             if (row[P_HUE_ON] != 0.0f) hue(k, row[P_HUE]);
                             break;
                     }
@@ -537,7 +504,11 @@ KERNEL void augment_batch(const unsigned* __restrict__ images, const unsigned* _
             if (row[P_AUTO0] >= 0.0f) auto_op(k, row + P_AUTO0);
             if (row[P_AUTO1] >= 0.0f) auto_op(k, row + P_AUTO1);
         } else if (threadIdx.x == 0) {
-            raise_error(error_word, ERR_AUGMENT_INPUT);
+            if (index >= dataset_len)
+                raise_error(error_record, ERR_AUGMENT_INDEX, s, index, dataset_len);
+            else
+                raise_error(error_record, ERR_AUGMENT_PARAMS, s, static_cast<unsigned>(bad_word),
+                            __float_as_uint(row[bad_word]));
         }
         float* view = out + size_t(s) * 3 * hw;
         for (int i = threadIdx.x; i < 3 * hw; i += blockDim.x) {

@@ -6,7 +6,7 @@
 // One warp per row, accumulated in double.
 KERNEL void row_cosine(const float* __restrict__ features, const float* __restrict__ w,
                        const unsigned* __restrict__ labels, float* __restrict__ cos,
-                       unsigned* __restrict__ error_word, unsigned n, unsigned d, unsigned c) {
+                       unsigned* __restrict__ error_record, unsigned n, unsigned d, unsigned c) {
     const unsigned lane = threadIdx.x & 31u;
     const unsigned warps_per_block = blockDim.x >> 5;
     for (unsigned row = blockIdx.x * warps_per_block + (threadIdx.x >> 5); row < n;
@@ -15,7 +15,7 @@ KERNEL void row_cosine(const float* __restrict__ features, const float* __restri
         if (k >= c) {  // uniform over the warp
             if (lane == 0) {
                 cos[row] = NAN;
-                raise_error(error_word, ERR_COSINE_LABEL);
+                raise_error(error_record, ERR_COSINE_LABEL, row, k, c);
             }
             continue;
         }
@@ -45,11 +45,11 @@ __device__ __forceinline__ unsigned ordered_bits(float v) {
 // keys [c] (zeroed by the caller): per class, the best (true-class logit, earliest sample) of the batch.
 KERNEL void cosmax_batch_best(const float* __restrict__ logits, const unsigned* __restrict__ labels,
                               unsigned long long* __restrict__ keys,
-                              unsigned* __restrict__ error_word, unsigned n, unsigned c) {
+                              unsigned* __restrict__ error_record, unsigned n, unsigned c) {
     for (unsigned i = global_thread(); i < n; i += grid_threads()) {
         const unsigned y = labels[i];
         if (y >= c) {
-            raise_error(error_word, ERR_COSMAX_LABEL);
+            raise_error(error_record, ERR_COSMAX_LABEL, i, y, c);
             continue;
         }
         const unsigned long long key =

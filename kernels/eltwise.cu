@@ -78,7 +78,7 @@ KERNEL void shortcut_a_backward(const float* __restrict__ dy, float* __restrict_
 
 // y_i = lambda * x_i + (1 - lambda) * x_perm[i]   x, y [n, per_sample]
 KERNEL void mixup(const float* __restrict__ x, const unsigned* __restrict__ perm,
-                  float* __restrict__ y, unsigned* __restrict__ error_word, float lambda,
+                  float* __restrict__ y, unsigned* __restrict__ error_record, float lambda,
                   unsigned n, unsigned per_sample) {
     const unsigned total = n * per_sample;
     for (unsigned i = global_thread(); i < total; i += grid_threads()) {
@@ -86,7 +86,7 @@ KERNEL void mixup(const float* __restrict__ x, const unsigned* __restrict__ perm
         const unsigned partner = perm[row];
         if (partner >= n) {
             y[i] = NAN;
-            raise_error(error_word, ERR_MIXUP_PERM);
+            raise_error(error_record, ERR_MIXUP_PERM, row, partner, n);
         } else {
             y[i] = lambda * x[i] + (1.0f - lambda) * x[size_t(partner) * per_sample + col];
         }

@@ -2,12 +2,7 @@
 // (grid-stride over rows): shuffle + shared-memory reductions for the row max and sums.
 #include "common.cuh"
 
-// Weighting codes of `fused_loss_rows` (see LossWeighting in src/backend/mod.rs).
-#define WEIGHT_PER_CLASS 0  // class_weight_opt null: unit weights
-#define WEIGHT_FOCAL 1
-#define WEIGHT_SLA 2
-
-// Fused loss, per row i with z = logits_i + adjustment, s = softmax(z), ce(t) = logsumexp(z) - z_t:
+// Fused loss (weighting codes `WEIGHT_*`; per-class without `class_weight_opt`: unit weights), per row i with z = logits_i + adjustment, s = softmax(z), ce(t) = logsumexp(z) - z_t:
 // - per-class, single target a: w = cw[a] (1 without weights), loss = w ce(a), dz = w (s - e_a);
 // - mixed (a, b, lambda): wa = lambda cw[a], wb = (1 - lambda) cw[b], w = wa + wb,
 //   loss = wa ce(a) + wb ce(b), dz = w s - wa e_a - wb e_b;
@@ -24,7 +19,7 @@ KERNEL void fused_loss_rows(const float* __restrict__ logits,
                             const float* __restrict__ cos_star_opt, float gamma, float tau,
                             float grad_scale, float* __restrict__ loss, float* __restrict__ prob,
                             float* __restrict__ weight, float* __restrict__ dlogits,
-                            unsigned* __restrict__ error_word, unsigned n, unsigned c) {
+                            unsigned* __restrict__ error_record, unsigned n, unsigned c) {
     for (unsigned row = blockIdx.x; row < n; row += gridDim.x) {
         const float* x = logits + size_t(row) * c;
         float* g = dlogits + size_t(row) * c;
@@ -34,7 +29,10 @@ KERNEL void fused_loss_rows(const float* __restrict__ logits,
             for (unsigned j = threadIdx.x; j < c; j += blockDim.x) g[j] = NAN;
             if (threadIdx.x == 0) {
                 loss[row] = prob[row] = weight[row] = NAN;
-                raise_error(error_word, ERR_LOSS_TARGET);
+                if (a >= c)
+                    raise_error(error_record, ERR_LOSS_TARGET, row, a, c);
+                else
+                    raise_error(error_record, ERR_LOSS_TARGET_B, row, b, c);
             }
             continue;
         }
@@ -135,13 +133,13 @@ KERNEL void add_row_bias(const float* __restrict__ x, const float* __restrict__ 
 
 // out[i] = x[i, idx[i]]
 KERNEL void gather_rows(const float* __restrict__ x, const unsigned* __restrict__ idx,
-                        float* __restrict__ out, unsigned* __restrict__ error_word, unsigned n,
+                        float* __restrict__ out, unsigned* __restrict__ error_record, unsigned n,
                         unsigned c) {
     for (unsigned i = global_thread(); i < n; i += grid_threads()) {
         const unsigned j = idx[i];
         if (j >= c) {
             out[i] = NAN;
-            raise_error(error_word, ERR_GATHER_INDEX);
+            raise_error(error_record, ERR_GATHER_INDEX, i, j, c);
         } else {
             out[i] = x[size_t(i) * c + j];
         }
@@ -153,13 +151,13 @@ KERNEL void gather_rows(const float* __restrict__ x, const unsigned* __restrict_
 // SLA weights as their own pass: w [n] = (1 - p_i)^gamma * exp(tau * cos_star[y_i] - tau * cos_y[i]).
 KERNEL void sla_weights(const float* __restrict__ prob, const float* __restrict__ cos_y,
                         const float* __restrict__ cos_star, const unsigned* __restrict__ labels,
-                        float* __restrict__ w, unsigned* __restrict__ error_word, unsigned n,
+                        float* __restrict__ w, unsigned* __restrict__ error_record, unsigned n,
                         unsigned c, float gamma, float tau) {
     for (unsigned i = global_thread(); i < n; i += grid_threads()) {
         const unsigned y = labels[i];
         if (y >= c) {
             w[i] = NAN;
-            raise_error(error_word, ERR_GATHER_INDEX);
+            raise_error(error_record, ERR_SLA_WEIGHTS_LABEL, i, y, c);
         } else {
             w[i] = powf(1.0f - prob[i], gamma) * expf(tau * cos_star[y] - tau * cos_y[i]);
         }
@@ -169,14 +167,14 @@ KERNEL void sla_weights(const float* __restrict__ prob, const float* __restrict_
 // Cross-entropy backward from probabilities: dlogits [n, c] = (probs - onehot(labels)) * row_scale[i].
 KERNEL void softmax_xent_backward(const float* __restrict__ probs, const unsigned* __restrict__ labels,
                                   const float* __restrict__ row_scale, float* __restrict__ dlogits,
-                                  unsigned* __restrict__ error_word, unsigned n, unsigned c) {
+                                  unsigned* __restrict__ error_record, unsigned n, unsigned c) {
     const unsigned total = n * c;
     for (unsigned t = global_thread(); t < total; t += grid_threads()) {
         const unsigned i = t / c, j = t % c;
         const unsigned y = labels[i];
         if (y >= c) {
             dlogits[t] = NAN;
-            if (j == 0) raise_error(error_word, ERR_GATHER_INDEX);
+            if (j == 0) raise_error(error_record, ERR_XENT_LABEL, i, y, c);
         } else {
             dlogits[t] = (probs[t] - (j == y ? 1.0f : 0.0f)) * row_scale[i];
         }

@@ -179,7 +179,7 @@ fn op_cases() -> Vec<(String, LevelParams)> {
             },
         ));
     }
-    for kind in AUTO_KINDS {
+    for (kind, _) in AUTO_KINDS {
         for m in [3u8, 9] {
             for negative in [false, true] {
                 if negative && !kind.signed() {

@@ -21,55 +21,45 @@
 //! | 30..=33 | AutoAugment op 1, the same four words |
 //!
 //! Sin and cos are those of the rotation angle (`magnitude` degrees), also computed here so that the
-//! device reproduces the host's rotation bit for bit.
+//! device reproduces the host's rotation bit for bit. The word offsets and codes are the shared
+//! constants of [`super::abi`] (the kernel reads the same ones).
 
 use anyhow::{bail, Result};
 
+use super::abi::{self, *};
 use super::AugmentLevel;
 use crate::augment::autoaugment::{AutoOp, AutoOpKind};
 use crate::augment::{self, Geometry, JitterParams, Level, LevelParams, Recipe};
 
-/// `f32` words per sample.
-pub const PARAM_WORDS: usize = 34;
-/// Most taps of a packed Gaussian blur kernel.
-pub const MAX_BLUR_TAPS: usize = 7;
+pub use super::abi::{MAX_BLUR_TAPS, PARAM_WORDS};
 
-const GEOMETRY: usize = 0;
-const FLIP: usize = 5;
-const JITTER_ON: usize = 6;
-const JITTER_ORDER: usize = 7;
-const BRIGHTNESS: usize = 11;
-const CONTRAST: usize = 12;
-const SATURATION: usize = 13;
-const HUE_ON: usize = 14;
-const HUE: usize = 15;
-const GRAYSCALE: usize = 16;
-const BLUR_SIZE: usize = 17;
-const BLUR_SIGMA: usize = 18;
-const BLUR_TAPS: usize = 19;
-const AUTO_OPS: [usize; 2] = [26, 30];
+const AUTO_OPS: [usize; 2] = [P_AUTO0, P_AUTO1];
 
-/// The AutoAugment kinds in code order (the code is the position; kernels/augment.cu `AUTO_*`).
-pub const AUTO_KINDS: [AutoOpKind; 14] = [
-    AutoOpKind::ShearX,
-    AutoOpKind::ShearY,
-    AutoOpKind::TranslateX,
-    AutoOpKind::TranslateY,
-    AutoOpKind::Rotate,
-    AutoOpKind::Color,
-    AutoOpKind::Posterize,
-    AutoOpKind::Solarize,
-    AutoOpKind::Contrast,
-    AutoOpKind::Sharpness,
-    AutoOpKind::Brightness,
-    AutoOpKind::AutoContrast,
-    AutoOpKind::Equalize,
-    AutoOpKind::Invert,
+/// Every AutoAugment kind with its device code (`abi::AUTO_*`).
+pub const AUTO_KINDS: [(AutoOpKind, i32); 14] = [
+    (AutoOpKind::ShearX, abi::AUTO_SHEAR_X),
+    (AutoOpKind::ShearY, abi::AUTO_SHEAR_Y),
+    (AutoOpKind::TranslateX, abi::AUTO_TRANSLATE_X),
+    (AutoOpKind::TranslateY, abi::AUTO_TRANSLATE_Y),
+    (AutoOpKind::Rotate, abi::AUTO_ROTATE),
+    (AutoOpKind::Color, abi::AUTO_COLOR),
+    (AutoOpKind::Posterize, abi::AUTO_POSTERIZE),
+    (AutoOpKind::Solarize, abi::AUTO_SOLARIZE),
+    (AutoOpKind::Contrast, abi::AUTO_CONTRAST),
+    (AutoOpKind::Sharpness, abi::AUTO_SHARPNESS),
+    (AutoOpKind::Brightness, abi::AUTO_BRIGHTNESS),
+    (AutoOpKind::AutoContrast, abi::AUTO_AUTOCONTRAST),
+    (AutoOpKind::Equalize, abi::AUTO_EQUALIZE),
+    (AutoOpKind::Invert, abi::AUTO_INVERT),
 ];
 
 /// The device code of an AutoAugment kind.
-pub fn auto_kind_code(kind: AutoOpKind) -> u32 {
-    AUTO_KINDS.iter().position(|&k| k == kind).unwrap_or(0) as u32
+pub fn auto_kind_code(kind: AutoOpKind) -> i32 {
+    AUTO_KINDS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|&(_, code)| code)
+        .expect("AUTO_KINDS lists every kind")
 }
 
 impl From<Option<Level>> for AugmentLevel {
@@ -103,40 +93,42 @@ pub fn pack(params: &LevelParams, row: &mut [f32]) -> Result<()> {
     match params.geometry {
         Geometry::Identity => {}
         Geometry::PadCrop { pad, top, left } => {
-            row[GEOMETRY] = 1.0;
+            row[P_GEOMETRY] = GEOMETRY_PAD_CROP as f32;
             row[1..4].copy_from_slice(&[pad as f32, top as f32, left as f32]);
         }
         Geometry::ResizedCrop { top, left, h, w } => {
-            row[GEOMETRY] = 2.0;
+            row[P_GEOMETRY] = GEOMETRY_RESIZED_CROP as f32;
             row[1..5].copy_from_slice(&[top as f32, left as f32, h as f32, w as f32]);
         }
         Geometry::ResizeCenterCrop { .. } => bail!(
             "augment_batch: the resize-centre-crop geometry (ImageNet evaluation) has no device path"
         ),
     }
-    row[FLIP] = params.flip as u8 as f32;
+    row[P_FLIP] = params.flip as u8 as f32;
     if let Some(j) = &params.jitter {
-        row[JITTER_ON] = 1.0;
+        row[P_JITTER_ON] = 1.0;
+        // The host's order codes are torchvision's (brightness, contrast, saturation, hue), as the
+        // `JITTER_*` codes.
         for (k, &o) in j.order.iter().enumerate() {
-            row[JITTER_ORDER + k] = o as f32;
+            row[P_JITTER_ORDER + k] = o as f32;
         }
-        row[BRIGHTNESS] = j.brightness;
-        row[CONTRAST] = j.contrast;
-        row[SATURATION] = j.saturation;
+        row[P_BRIGHTNESS] = j.brightness;
+        row[P_CONTRAST] = j.contrast;
+        row[P_SATURATION] = j.saturation;
         if let Some(shift) = j.hue {
-            row[HUE_ON] = 1.0;
-            row[HUE] = shift;
+            row[P_HUE_ON] = 1.0;
+            row[P_HUE] = shift;
         }
     }
-    row[GRAYSCALE] = params.grayscale as u8 as f32;
+    row[P_GRAYSCALE] = params.grayscale as u8 as f32;
     if let Some((size, sigma)) = params.blur {
         if size > MAX_BLUR_TAPS || size.is_multiple_of(2) {
             bail!("augment_batch: blur kernel {size} must be odd and at most {MAX_BLUR_TAPS}");
         }
-        row[BLUR_SIZE] = size as f32;
-        row[BLUR_SIGMA] = sigma;
+        row[P_BLUR_SIZE] = size as f32;
+        row[P_BLUR_SIGMA] = sigma;
         let taps = augment::ops::gaussian_kernel(size, sigma);
-        row[BLUR_TAPS..BLUR_TAPS + size].copy_from_slice(&taps);
+        row[P_BLUR_TAPS..P_BLUR_TAPS + size].copy_from_slice(&taps);
     }
     for (slot, op) in AUTO_OPS.iter().zip(&params.auto_ops) {
         match op {
@@ -153,6 +145,39 @@ pub fn pack(params: &LevelParams, row: &mut [f32]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The first word of a packed row the device path cannot apply safely on an `h x w` image, or
+/// `None`: the host twin of `malformed_word` in kernels/augment.cu (the same rule, so both backends
+/// reject the same rows with the same `abi::ERR_AUGMENT_PARAMS` message).
+pub fn malformed_word(row: &[f32], h: usize, w: usize) -> Option<usize> {
+    let (h, w) = (h as f32, w as f32);
+    let geometry = row[P_GEOMETRY] as i32;
+    // (word, whether it is valid), in the kernel's order; NaN is never valid.
+    let mut checks = Vec::with_capacity(8);
+    if geometry == GEOMETRY_RESIZED_CROP {
+        let (top, left, ch, cw) = (row[1], row[2], row[3], row[4]);
+        checks.extend([
+            (1, top >= 0.0),
+            (2, left >= 0.0),
+            (3, ch >= 1.0 && top + ch <= h),
+            (4, cw >= 1.0 && left + cw <= w),
+        ]);
+    } else {
+        checks.push((
+            P_GEOMETRY,
+            geometry == GEOMETRY_IDENTITY || geometry == GEOMETRY_PAD_CROP,
+        ));
+    }
+    let blur = row[P_BLUR_SIZE];
+    checks.push((P_BLUR_SIZE, blur >= 0.0 && blur <= MAX_BLUR_TAPS as f32));
+    for slot in AUTO_OPS {
+        checks.push((slot, row[slot] < 0.0 || row[slot] <= AUTO_INVERT as f32));
+    }
+    checks
+        .into_iter()
+        .find(|&(_, valid)| !valid)
+        .map(|(word, _)| word)
 }
 
 fn whole(v: f32, what: &str) -> Result<usize> {
@@ -172,14 +197,14 @@ pub fn unpack(row: &[f32]) -> Result<LevelParams> {
     }
     let mut p = LevelParams::identity();
     let g = |k: usize, what: &str| whole(row[k], what);
-    p.geometry = match g(GEOMETRY, "geometry")? {
-        0 => Geometry::Identity,
-        1 => Geometry::PadCrop {
+    p.geometry = match g(P_GEOMETRY, "geometry")? as i32 {
+        GEOMETRY_IDENTITY => Geometry::Identity,
+        GEOMETRY_PAD_CROP => Geometry::PadCrop {
             pad: g(1, "pad")?,
             top: g(2, "top")?,
             left: g(3, "left")?,
         },
-        2 => Geometry::ResizedCrop {
+        GEOMETRY_RESIZED_CROP => Geometry::ResizedCrop {
             top: g(1, "top")?,
             left: g(2, "left")?,
             h: g(3, "crop height")?,
@@ -187,30 +212,33 @@ pub fn unpack(row: &[f32]) -> Result<LevelParams> {
         },
         other => bail!("augment_batch: unknown packed geometry {other}"),
     };
-    p.flip = row[FLIP] != 0.0;
-    if row[JITTER_ON] != 0.0 {
+    p.flip = row[P_FLIP] != 0.0;
+    if row[P_JITTER_ON] != 0.0 {
         let mut order = [0u8; 4];
         for (k, o) in order.iter_mut().enumerate() {
-            *o = g(JITTER_ORDER + k, "jitter order")?.min(3) as u8;
+            *o = g(P_JITTER_ORDER + k, "jitter order")?.min(JITTER_HUE as usize) as u8;
         }
         p.jitter = Some(JitterParams {
             order,
-            brightness: row[BRIGHTNESS],
-            contrast: row[CONTRAST],
-            saturation: row[SATURATION],
-            hue: (row[HUE_ON] != 0.0).then_some(row[HUE]),
+            brightness: row[P_BRIGHTNESS],
+            contrast: row[P_CONTRAST],
+            saturation: row[P_SATURATION],
+            hue: (row[P_HUE_ON] != 0.0).then_some(row[P_HUE]),
         });
     }
-    p.grayscale = row[GRAYSCALE] != 0.0;
-    let blur = g(BLUR_SIZE, "blur size")?;
+    p.grayscale = row[P_GRAYSCALE] != 0.0;
+    let blur = g(P_BLUR_SIZE, "blur size")?;
     if blur > 0 {
-        p.blur = Some((blur, row[BLUR_SIGMA]));
+        p.blur = Some((blur, row[P_BLUR_SIGMA]));
     }
     for (k, slot) in AUTO_OPS.iter().enumerate() {
         let code = row[*slot];
         if code >= 0.0 {
-            let kind = *AUTO_KINDS
-                .get(whole(code, "AutoAugment kind")?)
+            let code_int = whole(code, "AutoAugment kind")?;
+            let kind = AUTO_KINDS
+                .iter()
+                .find(|&&(_, c)| c as usize == code_int)
+                .map(|&(kind, _)| kind)
                 .ok_or_else(|| anyhow::anyhow!("augment_batch: unknown AutoAugment kind {code}"))?;
             p.auto_ops[k] = Some(AutoOp {
                 kind,

@@ -8,6 +8,7 @@
 //!   (`*_assign`, running statistics, the optimizer step, the cos-max table);
 //! - every backward op is explicit and returns the gradient of its inputs for the given output gradient.
 
+pub mod abi;
 pub mod augment_params;
 pub mod cpu;
 pub mod cuda;

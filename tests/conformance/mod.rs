@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+mod errors;
 mod loss;
 mod ops;
 pub mod reference;
@@ -52,6 +53,7 @@ pub fn checks<B: Backend>() -> Vec<Check<B>> {
         ("fused_loss_hand", loss::hand::<B>),
         ("fused_loss_errors", loss::errors::<B>),
         ("fused_loss_unfused", loss::unfused_matches_fused::<B>),
+        ("kernel_errors", errors::kernel_errors::<B>),
     ]
 }
 

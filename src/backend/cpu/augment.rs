@@ -6,7 +6,8 @@ use anyhow::{bail, Result};
 use rayon::prelude::*;
 
 use super::{check_indices, CpuBackend, CpuBuf, CpuIndex};
-use crate::augment::{self, ops::Image, Geometry, Normalization, Recipe};
+use crate::augment::{self, ops::Image, Normalization, Recipe};
+use crate::backend::abi::{self, ERR_AUGMENT_INDEX, ERR_AUGMENT_PARAMS};
 use crate::backend::augment_params::{self, PARAM_WORDS};
 use crate::backend::{AugmentLevel, AugmentSpec};
 
@@ -31,7 +32,7 @@ impl CpuBackend {
                 images.0.len()
             );
         }
-        check_indices(OP, "indices", &indices.0, images.0.len() / len)?;
+        check_indices(ERR_AUGMENT_INDEX, &indices.0, images.0.len() / len)?;
         let n = indices.0.len();
         let rows: Vec<_> = match spec.level {
             AugmentLevel::None => {
@@ -51,25 +52,24 @@ impl CpuBackend {
                         n * PARAM_WORDS
                     );
                 }
-                let rows = params
+                for (i, row) in params.0.chunks(PARAM_WORDS).enumerate() {
+                    if let Some(word) = augment_params::malformed_word(row, h, w) {
+                        bail!(
+                            "{}",
+                            abi::error_message(
+                                ERR_AUGMENT_PARAMS,
+                                i as u64,
+                                word as u64,
+                                row[word].to_bits().into()
+                            )
+                        );
+                    }
+                }
+                params
                     .0
                     .chunks(PARAM_WORDS)
                     .map(augment_params::unpack)
-                    .collect::<Result<Vec<_>>>()?;
-                for (i, p) in rows.iter().enumerate() {
-                    if let Geometry::ResizedCrop {
-                        top,
-                        left,
-                        h: ch,
-                        w: cw,
-                    } = p.geometry
-                    {
-                        if ch == 0 || cw == 0 || top + ch > h || left + cw > w {
-                            bail!("{OP}: sample {i}: crop {ch}x{cw} at ({top}, {left}) is outside the {h}x{w} image");
-                        }
-                    }
-                }
-                rows
+                    .collect::<Result<Vec<_>>>()?
             }
         };
         let recipe = Recipe::cifar(h, w);

@@ -4,6 +4,7 @@ use anyhow::{bail, Result};
 use rayon::prelude::*;
 
 use super::{check_indices, check_len};
+use crate::backend::abi::ERR_MIXUP_PERM;
 
 /// Elements per parallel task: large enough that scheduling costs little next to the work.
 const CHUNK: usize = 1 << 14;
@@ -91,7 +92,7 @@ pub(super) fn mixup(
     const OP: &str = "mixup";
     check_len(OP, "x", x.len(), n * per_sample)?;
     check_len(OP, "perm", perm.len(), n)?;
-    check_indices(OP, "perm", perm, n)?;
+    check_indices(ERR_MIXUP_PERM, perm, n)?;
     let mut y = vec![0.0f32; n * per_sample];
     if per_sample == 0 {
         return Ok(y);

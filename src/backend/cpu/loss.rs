@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use super::rows::row_max_and_log_sum;
 use super::{check_indices, check_len, CpuBackend, CpuBuf};
+use crate::backend::abi::{ERR_COSINE_LABEL, ERR_COSMAX_LABEL, ERR_LOSS_TARGET, ERR_LOSS_TARGET_B};
 use crate::backend::{LossArgs, LossOutput, LossReduction, LossTargets, LossWeighting};
 
 /// Per-sample weighting with the buffers unwrapped.
@@ -149,7 +150,6 @@ fn scale_row(row: &mut [f32], alpha: f64) {
 }
 
 pub(super) fn fused_loss(args: LossArgs<'_, CpuBackend>) -> Result<LossOutput<CpuBackend>> {
-    const OP: &str = "fused_loss";
     args.validate(|b| b.0.len(), |i| i.0.len())?;
     let LossArgs {
         logits,
@@ -166,9 +166,9 @@ pub(super) fn fused_loss(args: LossArgs<'_, CpuBackend>) -> Result<LossOutput<Cp
         LossTargets::Single(y) => (&y.0, None),
         LossTargets::Mixed { a, b, lambda } => (&a.0, Some((&b.0[..], lambda as f64))),
     };
-    check_indices(OP, "targets", labels_a, c)?;
+    check_indices(ERR_LOSS_TARGET, labels_a, c)?;
     if let Some((labels_b, _)) = mixed {
-        check_indices(OP, "mixed targets b", labels_b, c)?;
+        check_indices(ERR_LOSS_TARGET_B, labels_b, c)?;
     }
     let weighting = match weighting {
         LossWeighting::Unit => Weighting::PerClass(None),
@@ -245,7 +245,7 @@ pub(super) fn row_cosine(
     check_len(OP, "features", features.len(), n * d)?;
     check_len(OP, "w", w.len(), c * d)?;
     check_len(OP, "labels", labels.len(), n)?;
-    check_indices(OP, "labels", labels, c)?;
+    check_indices(ERR_COSINE_LABEL, labels, c)?;
     Ok((0..n)
         .into_par_iter()
         .map(|i| {
@@ -283,7 +283,7 @@ pub(super) fn cosmax_update(
     check_len(OP, "logits", logits.len(), n * c)?;
     check_len(OP, "cos", cos.len(), n)?;
     check_len(OP, "labels", labels.len(), n)?;
-    check_indices(OP, "labels", labels, c)?;
+    check_indices(ERR_COSMAX_LABEL, labels, c)?;
     check_len(OP, "table_logit", table_logit.len(), c)?;
     check_len(OP, "table_cos", table_cos.len(), c)?;
     // Best batch sample per class: (logit, index).

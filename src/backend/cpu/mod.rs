@@ -22,6 +22,7 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 
 pub use augment::CpuBytes;
 
+use super::abi;
 use super::{
     AugmentSpec, Backend, BatchNormConfig, ChannelDims, Conv2dDims, HostStaging, LossArgs,
     LossOutput, Pool2dDims, SgdConfig, ShortcutDims,
@@ -78,10 +79,14 @@ impl CpuBackend {
 /// Errors unless a buffer has exactly the length its shape implies.
 pub(crate) use super::check_len;
 
-/// Errors unless every index is below `bound`.
-pub(crate) fn check_indices(op: &str, what: &str, idx: &[u32], bound: usize) -> Result<()> {
+/// Errors unless every index is below `bound`, with the message of the CUDA kernels' error `code`
+/// (`abi::ERR_*`), so both backends report a bad index alike.
+pub(crate) fn check_indices(code: u32, idx: &[u32], bound: usize) -> Result<()> {
     if let Some((i, &v)) = idx.iter().enumerate().find(|(_, &v)| v as usize >= bound) {
-        bail!("{op}: `{what}`[{i}] = {v} is out of range (must be < {bound})");
+        bail!(
+            "{}",
+            abi::error_message(code, i as u64, v.into(), bound as u64)
+        );
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ use anyhow::{bail, Result};
 use rayon::prelude::*;
 
 use super::{check_indices, check_len};
+use crate::backend::abi::{ERR_GATHER_INDEX, ERR_SLA_WEIGHTS_LABEL, ERR_XENT_LABEL};
 
 fn check_rows(op: &str, x: &[f32], n: usize, c: usize) -> Result<()> {
     check_len(op, "x", x.len(), n * c)?;
@@ -77,7 +78,7 @@ pub(super) fn gather(x: &[f32], idx: &[u32], n: usize, c: usize) -> Result<Vec<f
     const OP: &str = "gather_rows";
     check_len(OP, "x", x.len(), n * c)?;
     check_len(OP, "idx", idx.len(), n)?;
-    check_indices(OP, "idx", idx, c)?;
+    check_indices(ERR_GATHER_INDEX, idx, c)?;
     Ok(idx
         .iter()
         .enumerate()
@@ -97,7 +98,7 @@ pub(super) fn sla_weights(
     const OP: &str = "sla_weights";
     check_len(OP, "cos_y", cos_y.len(), prob.len())?;
     check_len(OP, "labels", labels.len(), prob.len())?;
-    check_indices(OP, "labels", labels, cos_star.len())?;
+    check_indices(ERR_SLA_WEIGHTS_LABEL, labels, cos_star.len())?;
     Ok((0..prob.len())
         .map(|i| {
             (1.0 - prob[i]).powf(gamma)
@@ -118,7 +119,7 @@ pub(super) fn softmax_xent_backward(
     check_rows(OP, probs, n, c)?;
     check_len(OP, "labels", labels.len(), n)?;
     check_len(OP, "row_scale", row_scale.len(), n)?;
-    check_indices(OP, "labels", labels, c)?;
+    check_indices(ERR_XENT_LABEL, labels, c)?;
     let mut g = probs.to_vec();
     for (i, row) in g.chunks_mut(c.max(1)).enumerate().take(n) {
         row[labels[i] as usize] -= 1.0;

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use super::{
     check_len, kernels, to_u32, CudaBackend, CudaBuf, CudaIndex, DeviceBuffer, LaunchConfig,
 };
-use crate::backend::augment_params::PARAM_WORDS;
+use crate::backend::abi::{AUGMENT_SCRATCH_WORDS, PARAM_WORDS};
 use crate::backend::{AugmentLevel, AugmentSpec};
 
 /// A device buffer of `u8`, stored as whole 32-bit words (the kernels' pointer types are 32-bit);
@@ -30,7 +30,7 @@ impl CudaBytes {
 /// the histogram / reduction scratch, two u8 images `[3, h, w]` (kernels/augment.cu `Work`).
 fn augment_smem_bytes(h: usize, w: usize) -> usize {
     let hw = h * w;
-    4 * 3 * hw + 4 * (3 * 256 + 8) + 2 * 3 * hw
+    4 * 3 * hw + 4 * AUGMENT_SCRATCH_WORDS + 2 * 3 * hw
 }
 
 impl CudaBackend {
@@ -108,7 +108,7 @@ impl CudaBackend {
             .map(|(m, s)| m / s)
             .collect();
         {
-            let mut word = self.error_word()?;
+            let mut record = self.error_record()?;
             kernels::augment_batch(
                 self.rt(),
                 cfg,
@@ -116,7 +116,7 @@ impl CudaBackend {
                 indices,
                 with_params.then_some(params),
                 &mut out,
-                &mut word,
+                &mut record,
                 n as u32,
                 h as u32,
                 w as u32,
@@ -130,7 +130,7 @@ impl CudaBackend {
                 shift[2],
             )?;
         }
-        self.after_index_kernel()?;
+        self.after_checked_kernel()?;
         Ok(out)
     }
 }

@@ -191,20 +191,20 @@ impl CudaBackend {
         let mut y = self.alloc(n * per_sample)?;
         if let Some(cfg) = self.elementwise(total as usize) {
             {
-                let mut word = self.error_word()?;
+                let mut record = self.error_record()?;
                 kernels::mixup(
                     self.rt(),
                     cfg,
                     x,
                     perm,
                     &mut y,
-                    &mut word,
+                    &mut record,
                     lambda,
                     n as u32,
                     per_sample as u32,
                 )?;
             }
-            self.after_index_kernel()?;
+            self.after_checked_kernel()?;
         }
         Ok(y)
     }

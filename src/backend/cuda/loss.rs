@@ -5,12 +5,8 @@
 use anyhow::Result;
 
 use super::{check_len, kernels, to_u32, CudaBackend, CudaBuf, CudaIndex, LaunchConfig};
+use crate::backend::abi::{WEIGHT_FOCAL, WEIGHT_PER_CLASS, WEIGHT_SLA};
 use crate::backend::{LossArgs, LossOutput, LossReduction, LossTargets, LossWeighting};
-
-/// `WEIGHT_*` codes of kernels/loss.cu.
-const WEIGHT_PER_CLASS: i32 = 0;
-const WEIGHT_FOCAL: i32 = 1;
-const WEIGHT_SLA: i32 = 2;
 
 impl CudaBackend {
     pub(super) fn fused_loss_impl(&self, args: LossArgs<'_, Self>) -> Result<LossOutput<Self>> {
@@ -59,7 +55,7 @@ impl CudaBackend {
             LossReduction::WeightNormalized => 1.0,
         };
         {
-            let mut word = self.error_word()?;
+            let mut record = self.error_record()?;
             kernels::fused_loss_rows(
                 self.rt(),
                 cfg,
@@ -79,12 +75,12 @@ impl CudaBackend {
                 &mut prob,
                 &mut weight,
                 &mut dlogits,
-                &mut word,
+                &mut record,
                 n as u32,
                 c as u32,
             )?;
         }
-        self.after_index_kernel()?;
+        self.after_checked_kernel()?;
         if reduction == LossReduction::WeightNormalized {
             // dlogits /= sum_i w_i, without reading the sum on the host.
             let total = self.sum_impl(&weight)?;
@@ -119,7 +115,7 @@ impl CudaBackend {
         // One warp per row, 4 warps per block.
         if let Some(cfg) = self.launch_1d(n * 32, 128) {
             {
-                let mut word = self.error_word()?;
+                let mut record = self.error_record()?;
                 kernels::row_cosine(
                     self.rt(),
                     cfg,
@@ -127,13 +123,13 @@ impl CudaBackend {
                     w,
                     labels,
                     &mut cos,
-                    &mut word,
+                    &mut record,
                     n as u32,
                     d as u32,
                     c as u32,
                 )?;
             }
-            self.after_index_kernel()?;
+            self.after_checked_kernel()?;
         }
         Ok(cos)
     }
@@ -162,19 +158,19 @@ impl CudaBackend {
         // Per class: the batch's best (logit, earliest sample) as an ordered u64 key, 0 = none.
         let mut keys = self.alloc::<u64>(c)?;
         {
-            let mut word = self.error_word()?;
+            let mut record = self.error_record()?;
             kernels::cosmax_batch_best(
                 self.rt(),
                 cfg,
                 logits,
                 labels,
                 &mut keys,
-                &mut word,
+                &mut record,
                 n as u32,
                 c as u32,
             )?;
         }
-        self.after_index_kernel()?;
+        self.after_checked_kernel()?;
         let merge = self.elementwise(c).unwrap_or(LaunchConfig::linear(1, 32));
         kernels::cosmax_merge(
             self.rt(),

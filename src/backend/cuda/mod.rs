@@ -9,9 +9,10 @@
 //!   the kernels and the backend's glue testable on a machine without a GPU.
 //!
 //! Parameters, gradients and activations stay on the device: no op reads device memory on the host.
-//! Kernels that meet an out-of-range index (labels, permutations) write NaN instead of reading out of
-//! bounds and set a bit in a device-side error word; the emulator reports it from the op itself, the
-//! GPU at the next [`Backend::synchronize`] or download.
+//! Kernels that meet an out-of-range index (labels, permutations) or a malformed parameter row write
+//! NaN instead of reading out of bounds and record the first such error (op, position, value) in a
+//! device-side error record (`abi::KERNEL_ERRORS`); the emulator reports it from the op itself, the
+//! GPU at the next [`Backend::synchronize`] or download, with the message the CPU backend gives.
 //!
 //! Profiler ranges: [`Backend::range_push`] / [`Backend::range_pop`] are NVTX ranges on the GPU (no-ops
 //! unless a profiler such as nsys injects itself) and no-ops on the emulator.
@@ -39,6 +40,7 @@ pub use augment::CudaBytes;
 use runtime::StagingMem;
 pub use runtime::{DeviceBuffer, DeviceLimits, Gemm, LaunchConfig};
 
+use super::abi::{self, ERROR_RECORD_WORDS};
 use super::{
     AugmentSpec, Backend, BatchNormConfig, ChannelDims, Conv2dDims, HostStaging, LossArgs,
     LossOutput, Pool2dDims, SgdConfig, ShortcutDims,
@@ -74,31 +76,6 @@ pub fn cuda_available() -> std::result::Result<(), String> {
     gpu::probe()
 }
 
-/// Bits of the device-side error word (kernels/common.cuh `ERR_*`), and what each means.
-const INDEX_ERRORS: &[(u32, &str)] = &[
-    (
-        1,
-        "fused_loss: a target label is out of range (must be < classes)",
-    ),
-    (2, "row_cosine: a label is out of range (must be < classes)"),
-    (
-        4,
-        "cosmax_update: a label is out of range (must be < classes)",
-    ),
-    (
-        8,
-        "gather_rows: an index is out of range (must be < columns)",
-    ),
-    (
-        16,
-        "mixup: a permutation entry is out of range (must be < n)",
-    ),
-    (
-        32,
-        "augment_batch: an image index is out of range or a parameter row is malformed",
-    ),
-];
-
 /// Host staging memory of the CUDA backend (page-locked on a GPU). Opaque outside the backend.
 pub struct CudaStaging(StagingMem);
 
@@ -114,8 +91,9 @@ impl HostStaging for CudaStaging {
 /// The CUDA backend over one device runtime (GPU or emulator).
 pub struct CudaBackend {
     rt: Box<dyn DeviceRuntime>,
-    /// Device-side error word: kernels OR in `INDEX_ERRORS` bits.
-    error_word: Mutex<DeviceBuffer<u32>>,
+    /// Device-side error record `[code, position, value, detail]` (`abi::ERROR_RECORD_WORDS`):
+    /// kernels that meet a bad index or parameter row write the first one there.
+    error_record: Mutex<DeviceBuffer<u32>>,
     /// Largest im2col workspace of one convolution call, in floats.
     conv_workspace: usize,
 }
@@ -143,10 +121,11 @@ impl CudaBackend {
     }
 
     fn with_runtime(rt: Box<dyn DeviceRuntime>) -> Result<Self> {
-        let word = DeviceBuffer::from_mem(rt.alloc_zeroed(4)?, 1);
+        let record =
+            DeviceBuffer::from_mem(rt.alloc_zeroed(4 * ERROR_RECORD_WORDS)?, ERROR_RECORD_WORDS);
         Ok(Self {
             rt,
-            error_word: Mutex::new(word),
+            error_record: Mutex::new(record),
             conv_workspace: DEFAULT_CONV_WORKSPACE,
         })
     }
@@ -236,16 +215,16 @@ impl CudaBackend {
         self.rt.gemm(g, &a.mem, &b.mem, &mut c.mem)
     }
 
-    /// The error word, locked for a launch of an index-checking kernel.
-    fn error_word(&self) -> Result<MutexGuard<'_, DeviceBuffer<u32>>> {
-        self.error_word
+    /// The error record, locked for a launch of an error-raising kernel.
+    fn error_record(&self) -> Result<MutexGuard<'_, DeviceBuffer<u32>>> {
+        self.error_record
             .lock()
-            .map_err(|_| anyhow!("CUDA backend: error word lock poisoned"))
+            .map_err(|_| anyhow!("CUDA backend: error record lock poisoned"))
     }
 
-    /// After an index-checking kernel: on the emulator (synchronous) report a raised error now; on the
-    /// GPU it is reported at the next synchronising call.
-    fn after_index_kernel(&self) -> Result<()> {
+    /// After an error-raising kernel: on the emulator (synchronous) report a raised error now; on
+    /// the GPU it is reported at the next synchronising call.
+    fn after_checked_kernel(&self) -> Result<()> {
         if self.rt.is_emulated() {
             self.check_device_errors()
         } else {
@@ -253,24 +232,21 @@ impl CudaBackend {
         }
     }
 
-    /// Reads (and clears) the device-side error word.
+    /// Reads (and clears) the device-side error record; a raised error becomes the op's message.
     fn check_device_errors(&self) -> Result<()> {
-        let mut word = self.error_word()?;
-        let mut bits = [0u32; 1];
+        let mut record = self.error_record()?;
+        let mut words = [0u32; ERROR_RECORD_WORDS];
         self.rt
-            .download(&word.mem, bytemuck::cast_slice_mut(&mut bits))?;
-        if bits[0] == 0 {
+            .download(&record.mem, bytemuck::cast_slice_mut(&mut words))?;
+        let [code, position, value, detail] = words;
+        if code == 0 {
             return Ok(());
         }
-        self.rt.memset_zero(&mut word.mem, 4)?;
-        let messages: Vec<&str> = INDEX_ERRORS
-            .iter()
-            .filter(|(bit, _)| bits[0] & bit != 0)
-            .map(|&(_, message)| message)
-            .collect();
+        self.rt
+            .memset_zero(&mut record.mem, 4 * ERROR_RECORD_WORDS)?;
         bail!(
-            "CUDA kernel reported an out-of-range index: {}",
-            messages.join("; ")
+            "{}",
+            abi::error_message(code, position.into(), value.into(), detail.into())
         )
     }
 }

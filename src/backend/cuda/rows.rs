@@ -83,7 +83,7 @@ impl CudaBackend {
         let mut w = self.alloc(n)?;
         if let Some(cfg) = self.elementwise(n) {
             {
-                let mut word = self.error_word()?;
+                let mut record = self.error_record()?;
                 kernels::sla_weights(
                     self.rt(),
                     cfg,
@@ -92,14 +92,14 @@ impl CudaBackend {
                     cos_star,
                     labels,
                     &mut w,
-                    &mut word,
+                    &mut record,
                     to_u32(OP, "rows", n)?,
                     c,
                     gamma,
                     tau,
                 )?;
             }
-            self.after_index_kernel()?;
+            self.after_checked_kernel()?;
         }
         Ok(w)
     }
@@ -120,7 +120,7 @@ impl CudaBackend {
         let mut dlogits = self.alloc(n * c)?;
         if let Some(cfg) = self.elementwise(n * c) {
             {
-                let mut word = self.error_word()?;
+                let mut record = self.error_record()?;
                 kernels::softmax_xent_backward(
                     self.rt(),
                     cfg,
@@ -128,12 +128,12 @@ impl CudaBackend {
                     labels,
                     row_scale,
                     &mut dlogits,
-                    &mut word,
+                    &mut record,
                     n as u32,
                     c as u32,
                 )?;
             }
-            self.after_index_kernel()?;
+            self.after_checked_kernel()?;
         }
         Ok(dlogits)
     }
@@ -152,19 +152,19 @@ impl CudaBackend {
         let mut out = self.alloc(n)?;
         if let Some(cfg) = self.elementwise(n) {
             {
-                let mut word = self.error_word()?;
+                let mut record = self.error_record()?;
                 kernels::gather_rows(
                     self.rt(),
                     cfg,
                     x,
                     idx,
                     &mut out,
-                    &mut word,
+                    &mut record,
                     n as u32,
                     c as u32,
                 )?;
             }
-            self.after_index_kernel()?;
+            self.after_checked_kernel()?;
         }
         Ok(out)
     }
