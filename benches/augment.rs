@@ -14,16 +14,7 @@ use rand::{Rng, SeedableRng};
 const SIZE: usize = 32;
 const DATASET: usize = 4096;
 const BATCH: usize = 256;
-const LEVELS: [Option<Level>; 4] = [
-    None,
-    Some(Level::Weak),
-    Some(Level::Medium),
-    Some(Level::Strong),
-];
-
-fn level_name(level: Option<Level>) -> &'static str {
-    level.map_or("plain", Level::name)
-}
+const LEVELS: [Level; 4] = [Level::Plain, Level::Weak, Level::Medium, Level::Strong];
 
 /// Random pixels with a smooth component (so equalize and autocontrast see real histograms).
 fn dataset() -> ImageSet {
@@ -49,7 +40,7 @@ fn bench_host(crit: &mut Criterion, set: &ImageSet) {
     group.throughput(Throughput::Elements(BATCH as u64));
     let indices = batch_indices();
     for level in LEVELS {
-        group.bench_function(BenchmarkId::new("host_batch", level_name(level)), |b| {
+        group.bench_function(BenchmarkId::new("host_batch", level.name()), |b| {
             let mut epoch = 0;
             b.iter(|| {
                 epoch += 1;
@@ -71,27 +62,24 @@ fn bench_device<B: Backend>(crit: &mut Criterion, be: &B, set: &ImageSet, device
         let spec = AugmentSpec {
             h: SIZE,
             w: SIZE,
-            level: level.into(),
+            level,
             mean: CIFAR_NORMALIZATION.mean,
             std: CIFAR_NORMALIZATION.std,
         };
         let draw =
             |epoch| augment_params::draw_batch(&indices, spec.level, SIZE, SIZE, 1, epoch).unwrap();
-        group.bench_function(
-            BenchmarkId::new("draw_upload_kernel", level_name(level)),
-            |b| {
-                let mut epoch = 0;
-                b.iter(|| {
-                    epoch += 1;
-                    let params = be.upload(&draw(epoch)).unwrap();
-                    let out = be.augment_batch(&images, &idx, &params, spec).unwrap();
-                    be.synchronize().unwrap();
-                    out
-                })
-            },
-        );
+        group.bench_function(BenchmarkId::new("draw_upload_kernel", level.name()), |b| {
+            let mut epoch = 0;
+            b.iter(|| {
+                epoch += 1;
+                let params = be.upload(&draw(epoch)).unwrap();
+                let out = be.augment_batch(&images, &idx, &params, spec).unwrap();
+                be.synchronize().unwrap();
+                out
+            })
+        });
         let params = be.upload(&draw(0)).unwrap();
-        group.bench_function(BenchmarkId::new("kernel", level_name(level)), |b| {
+        group.bench_function(BenchmarkId::new("kernel", level.name()), |b| {
             b.iter(|| {
                 let out = be.augment_batch(&images, &idx, &params, spec).unwrap();
                 be.synchronize().unwrap();

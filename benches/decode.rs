@@ -46,10 +46,10 @@ fn decode_benches(crit: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Elements(IMAGES as u64));
     for (name, level) in [
-        ("eval_resize_center_crop", None),
-        ("weak", Some(Level::Weak)),
-        ("medium", Some(Level::Medium)),
-        ("strong", Some(Level::Strong)),
+        ("eval_resize_center_crop", Level::Plain),
+        ("weak", Level::Weak),
+        ("medium", Level::Medium),
+        ("strong", Level::Strong),
     ] {
         group.bench_function(name, |b| {
             b.iter(|| {
@@ -60,7 +60,7 @@ fn decode_benches(crit: &mut Criterion) {
     }
     // What a stage-1 training step needs: each JPEG decoded once, three experts' views, written in
     // place (the trainer's loader writes into page-locked staging memory).
-    let levels = [Some(Level::Weak), Some(Level::Medium), Some(Level::Strong)];
+    let levels = [Level::Weak, Level::Medium, Level::Strong];
     let mut views = vec![vec![0f32; IMAGES * 3 * 224 * 224]; levels.len()];
     group.bench_function("stage1_three_views", |b| {
         b.iter(|| {

@@ -622,14 +622,14 @@ fn batch_builder_normalises_and_keeps_labels() {
         ..Default::default()
     });
     let indices = [3usize, 0, 7];
-    let x = data.train.batch(&indices, None, 0, 0);
+    let x = data.train.batch(&indices, Level::Plain, 0, 0);
     assert_eq!(x.len(), 3 * 3 * 32 * 32);
     let v = data.train.pixels(0)[5] as f32;
     assert!((x[3072 + 5] - (v / 255.0 - 0.4914) / 0.2023).abs() < 1e-5);
     assert_eq!(data.train.labels_of(&indices), vec![0, 0, 0]);
     let weak = data
         .train
-        .batch(&indices, Some(ltrain::augment::Level::Weak), 0, 0);
+        .batch(&indices, ltrain::augment::Level::Weak, 0, 0);
     assert_ne!(weak, x);
 }
 
@@ -715,12 +715,7 @@ fn tiny_imagenet_lt_loads_and_augments_end_to_end() {
     assert_eq!(test.class_counts(), vec![2, 2, 2]);
     let train = ImageNetSet::new(train, 32, BadImagePolicy::Fail);
     let indices: Vec<usize> = (0..train.len()).collect();
-    for level in [
-        None,
-        Some(Level::Weak),
-        Some(Level::Medium),
-        Some(Level::Strong),
-    ] {
+    for level in [Level::Plain, Level::Weak, Level::Medium, Level::Strong] {
         let x = train.batch(&indices, level, 1, 0).unwrap();
         assert_eq!(x.len(), 7 * 3 * 32 * 32);
         assert!(
@@ -734,12 +729,7 @@ fn tiny_imagenet_lt_loads_and_augments_end_to_end() {
         );
     }
     // The experts' views decoded once per sample equal the per-level batches.
-    let levels = [
-        Some(Level::Weak),
-        Some(Level::Medium),
-        Some(Level::Strong),
-        None,
-    ];
+    let levels = [Level::Weak, Level::Medium, Level::Strong, Level::Plain];
     let views = train.batch_views(&indices, &levels, 3, 2).unwrap();
     for (view, &level) in views.iter().zip(&levels) {
         assert_eq!(
@@ -749,19 +739,19 @@ fn tiny_imagenet_lt_loads_and_augments_end_to_end() {
         );
     }
     // evaluation: Resize(256/224 * 32 ≈ 37) + CenterCrop(32) of a red-dominated image stays red
-    let eval = train.augmented(0, None, 0, 0).unwrap();
+    let eval = train.augmented(0, Level::Plain, 0, 0).unwrap();
     assert_eq!((eval.h, eval.w), (32, 32));
     let mean = |k: usize| eval.plane(k).iter().map(|&v| v as f64).sum::<f64>() / 1024.0;
     assert!(mean(0) > 150.0 && mean(1) < 100.0 && mean(2) < 100.0);
     // training levels differ across epochs
     assert_ne!(
-        train.batch(&[0], Some(Level::Weak), 1, 0).unwrap(),
-        train.batch(&[0], Some(Level::Weak), 1, 1).unwrap()
+        train.batch(&[0], Level::Weak, 1, 0).unwrap(),
+        train.batch(&[0], Level::Weak, 1, 1).unwrap()
     );
     // a 64 px reduced resolution works as well
     let test = ImageNetSet::new(test, 64, BadImagePolicy::Fail);
     assert_eq!(
-        test.batch(&[0, 5], None, 0, 0).unwrap().len(),
+        test.batch(&[0, 5], Level::Plain, 0, 0).unwrap().len(),
         2 * 3 * 64 * 64
     );
 }
@@ -775,21 +765,19 @@ fn corrupt_jpegs_are_reported_by_path_or_substituted() {
     std::fs::write(&bad, &bytes[..bytes.len() / 3]).unwrap();
     let (train, _) = imagenet::load_lists(tmp.path(), &train_list, &test_list).unwrap();
     let failing = ImageNetSet::new(train.clone(), 32, BadImagePolicy::Fail);
-    let err = failing
-        .batch(&[0, 1, 2], Some(Level::Weak), 0, 0)
-        .unwrap_err();
+    let err = failing.batch(&[0, 1, 2], Level::Weak, 0, 0).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("n0000_1.JPEG"), "{msg}");
     // substitution: the next readable image of class 0 (index 2) stands in for index 1
     let lenient = ImageNetSet::new(train, 32, BadImagePolicy::Substitute);
-    let x = lenient.batch(&[1], None, 0, 0).unwrap();
-    assert_eq!(x, lenient.batch(&[2], None, 0, 0).unwrap());
+    let x = lenient.batch(&[1], Level::Plain, 0, 0).unwrap();
+    assert_eq!(x, lenient.batch(&[2], Level::Plain, 0, 0).unwrap());
     // a missing file is reported by path too
     std::fs::remove_file(tmp.path().join("train/n0002/n0002_0.JPEG")).unwrap();
-    let msg = format!("{:#}", failing.batch(&[6], None, 0, 0).unwrap_err());
+    let msg = format!("{:#}", failing.batch(&[6], Level::Plain, 0, 0).unwrap_err());
     assert!(msg.contains("n0002_0.JPEG"), "{msg}");
     // class 2 has no other training image to substitute
-    assert!(lenient.batch(&[6], None, 0, 0).is_err());
+    assert!(lenient.batch(&[6], Level::Plain, 0, 0).is_err());
 }
 
 #[test]

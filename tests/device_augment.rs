@@ -10,7 +10,7 @@ use ltrain::augment::{self, Geometry, JitterParams, Level, LevelParams, CIFAR_NO
 use ltrain::backend::augment_params::{self, AUTO_KINDS, PARAM_WORDS};
 use ltrain::backend::cpu::CpuBackend;
 use ltrain::backend::cuda::CudaBackend;
-use ltrain::backend::{AugmentLevel, AugmentSpec, Backend};
+use ltrain::backend::{AugmentSpec, Backend};
 use ltrain::data::ImageSet;
 
 const H: usize = 32;
@@ -43,7 +43,7 @@ fn dataset(n: usize) -> ImageSet {
     set
 }
 
-fn spec(level: AugmentLevel) -> AugmentSpec {
+fn spec(level: Level) -> AugmentSpec {
     AugmentSpec {
         h: H,
         w: W,
@@ -59,7 +59,7 @@ fn run<B: Backend>(
     set: &ImageSet,
     indices: &[u32],
     params: &[f32],
-    level: AugmentLevel,
+    level: Level,
 ) -> Vec<f32> {
     let images = be.upload_bytes(&set.images).unwrap();
     let idx = be.upload_index(indices).unwrap();
@@ -225,8 +225,8 @@ fn check_ops<B: Backend>(be: &B) {
     let params: Vec<LevelParams> = cases.iter().map(|(_, p)| *p).collect();
     let indices: Vec<u32> = (0..cases.len() as u32).map(|i| i % 3).collect();
     let p = packed(&params);
-    let got = run(be, &set, &indices, &p, AugmentLevel::Strong);
-    let expected = run(&cpu, &set, &indices, &p, AugmentLevel::Strong);
+    let got = run(be, &set, &indices, &p, Level::Strong);
+    let expected = run(&cpu, &set, &indices, &p, Level::Strong);
     let len = 3 * H * W;
     for (k, (name, _)) in cases.iter().enumerate() {
         assert_same(
@@ -246,7 +246,6 @@ fn check_levels<B: Backend>(be: &B, epochs: usize) {
     let idx: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
     for level in [Level::Weak, Level::Medium, Level::Strong] {
         for epoch in 0..epochs {
-            let level = AugmentLevel::from(Some(level));
             let p = augment_params::draw_batch(&indices, level, H, W, 11, epoch).unwrap();
             assert_same(
                 &format!("{level:?} epoch {epoch}"),
@@ -257,8 +256,8 @@ fn check_levels<B: Backend>(be: &B, epochs: usize) {
     }
     assert_same(
         "plain transform",
-        &run(be, &set, &idx, &[], AugmentLevel::None),
-        &run(&cpu, &set, &idx, &[], AugmentLevel::None),
+        &run(be, &set, &idx, &[], Level::Plain),
+        &run(&cpu, &set, &idx, &[], Level::Plain),
     );
 }
 
@@ -292,17 +291,12 @@ fn cpu_augment_batch_equals_host_batch_builder() {
     let set = dataset(5);
     let indices: Vec<usize> = vec![4, 0, 2, 2, 1, 3];
     let idx: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
-    for level in [
-        None,
-        Some(Level::Weak),
-        Some(Level::Medium),
-        Some(Level::Strong),
-    ] {
+    for level in [Level::Plain, Level::Weak, Level::Medium, Level::Strong] {
         for epoch in [0, 5] {
-            let p = augment_params::draw_batch(&indices, level.into(), H, W, 3, epoch).unwrap();
+            let p = augment_params::draw_batch(&indices, level, H, W, 3, epoch).unwrap();
             assert_same(
                 &format!("{level:?} epoch {epoch}"),
-                &run(&cpu, &set, &idx, &p, level.into()),
+                &run(&cpu, &set, &idx, &p, level),
                 &set.batch(&indices, level, 3, epoch),
             );
         }
@@ -315,11 +309,7 @@ fn cpu_augment_batch_equals_host_batch_builder() {
 fn parameter_stream_is_independent_of_thread_count() {
     use rayon::prelude::*;
     let indices: Vec<usize> = (0..64).map(|i| (i * 37) % 101).collect();
-    for level in [
-        AugmentLevel::Weak,
-        AugmentLevel::Medium,
-        AugmentLevel::Strong,
-    ] {
+    for level in [Level::Weak, Level::Medium, Level::Strong] {
         let sequential = augment_params::draw_batch(&indices, level, H, W, 9, 2).unwrap();
         for threads in [1, 3] {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -342,16 +332,11 @@ fn parameter_stream_is_independent_of_thread_count() {
         }
     }
     // And the stream is the host path's: row i unpacks to `sample_params` at (seed, epoch, sample).
-    let p = augment_params::draw_batch(&indices[..4], AugmentLevel::Strong, H, W, 9, 2).unwrap();
+    let p = augment_params::draw_batch(&indices[..4], Level::Strong, H, W, 9, 2).unwrap();
     for (row, &i) in p.chunks(PARAM_WORDS).zip(&indices) {
-        let mut rng = augment::level_rng(9, 2, i as u32, Some(Level::Strong));
-        let expected = augment::sample_params(
-            &augment::Recipe::cifar(H, W),
-            Some(Level::Strong),
-            H,
-            W,
-            &mut rng,
-        );
+        let mut rng = augment::level_rng(9, 2, i as u32, Level::Strong);
+        let expected =
+            augment::sample_params(&augment::Recipe::cifar(H, W), Level::Strong, H, W, &mut rng);
         assert_eq!(augment_params::unpack(row).unwrap(), expected);
     }
 }
@@ -374,7 +359,7 @@ fn bad_indices_and_parameters_are_errors() {
         let images = be.upload_bytes(&set.images)?;
         let idx = be.upload_index(&[index])?;
         let p = be.upload(p)?;
-        let out = be.augment_batch(&images, &idx, &p, spec(AugmentLevel::Medium))?;
+        let out = be.augment_batch(&images, &idx, &p, spec(Level::Medium))?;
         be.download(&out)?;
         be.synchronize()
     }
@@ -392,7 +377,7 @@ fn bad_indices_and_parameters_are_errors() {
     let idx = cpu.upload_index(&[0, 1]).unwrap();
     let p = cpu.upload(&ok).unwrap();
     assert!(cpu
-        .augment_batch(&images, &idx, &p, spec(AugmentLevel::Weak))
+        .augment_batch(&images, &idx, &p, spec(Level::Weak))
         .is_err());
 }
 
@@ -423,7 +408,7 @@ fn training_device_path_equals_host_path() {
         fn load(
             &self,
             indices: &[usize],
-            level: Option<usize>,
+            level: Level,
             seed: u64,
             epoch: usize,
         ) -> anyhow::Result<Vec<f32>> {

@@ -5,6 +5,7 @@
 //! that error instead of hanging the loader thread.
 
 use anyhow::{bail, Result};
+use ltrain::augment::Level;
 use ltrain::backend::cpu::CpuBackend;
 use ltrain::backend::cuda::CudaBackend;
 use ltrain::backend::Backend;
@@ -33,7 +34,7 @@ fn order() -> Vec<usize> {
     (0..19).map(|i| (i * 7) % 19).collect()
 }
 
-const LEVELS: [Option<usize>; 3] = [Some(0), Some(1), Some(2)];
+const LEVELS: [Level; 3] = Level::AUGMENTED;
 
 fn views_match_the_source<B: Backend>(be: &B, on_device: bool) {
     let set = dataset(19);
@@ -106,13 +107,7 @@ impl ImageSource for Failing {
     fn image_hw(&self) -> (usize, usize) {
         (H, W)
     }
-    fn load(
-        &self,
-        indices: &[usize],
-        level: Option<usize>,
-        seed: u64,
-        epoch: usize,
-    ) -> Result<Vec<f32>> {
+    fn load(&self, indices: &[usize], level: Level, seed: u64, epoch: usize) -> Result<Vec<f32>> {
         if indices.contains(&13) {
             bail!("sample 13: corrupt image");
         }
@@ -129,7 +124,7 @@ fn a_failing_source_ends_the_loop_with_its_error() {
     let mut loader = BatchLoader::new(&be, &source, 4, false).unwrap();
     let mut steps = 0;
     let err = loader
-        .for_each(&be, &batches, &[None], 0, 0, |_, _, _| {
+        .for_each(&be, &batches, &[Level::Plain], 0, 0, |_, _, _| {
             steps += 1;
             Ok(())
         })
@@ -175,7 +170,7 @@ fn batches_larger_than_the_loader_maximum_are_errors() {
     let order: Vec<usize> = (0..8).collect();
     let mut loader = BatchLoader::new(&be, &set, 4, false).unwrap();
     let err = loader
-        .for_each(&be, &[&order[..]], &[None], 0, 0, |_, _, _| Ok(()))
+        .for_each(&be, &[&order[..]], &[Level::Plain], 0, 0, |_, _, _| Ok(()))
         .unwrap_err();
     assert!(err.to_string().contains("exceeds"), "{err}");
 }

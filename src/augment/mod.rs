@@ -8,8 +8,8 @@
 //! # let image = Image::zeros(3, 32, 32);
 //! let recipe = Recipe::cifar(32, 32);
 //! // one stream per (seed, epoch, sample index, level): same image whatever the thread count
-//! let mut rng = augment::level_rng(/*seed*/ 0, /*epoch*/ 3, /*sample*/ 17, Some(Level::Strong));
-//! let params = augment::sample_params(&recipe, Some(Level::Strong), image.h, image.w, &mut rng);
+//! let mut rng = augment::level_rng(/*seed*/ 0, /*epoch*/ 3, /*sample*/ 17, Level::Strong);
+//! let params = augment::sample_params(&recipe, Level::Strong, image.h, image.w, &mut rng);
 //! let augmented = augment::apply(&recipe, &params, &image); // u8 [3, 32, 32]
 //! let mut input = vec![0f32; 3 * 32 * 32];
 //! augment::normalize_into(&augmented, &recipe.normalization, &mut input); // f32 CHW
@@ -27,7 +27,8 @@
 //!   blur gate (`u < 0.5`), blur sigma (`U[0.1, 2.0]`);
 //! - ImageNet weak: RandomResizedCrop, flip, jitter order + 4 factors (hue disabled);
 //! - ImageNet strong: RandomResizedCrop, flip, then AutoAugment as for CIFAR;
-//! - evaluation (`level = None`): no draws (CIFAR identity, ImageNet Resize + CenterCrop).
+//! - the plain transform (`Level::Plain`: stage 2, evaluation): no draws (CIFAR identity, ImageNet
+//!   Resize + CenterCrop).
 
 pub mod autoaugment;
 pub mod ops;
@@ -38,51 +39,38 @@ use ops::Image;
 use rand_distr::Distribution;
 use rng::PhiloxStream;
 
-/// The paper's augmentation strength levels (one per expert).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// How a view of an image is built, from the loader to the kernels: the plain transform (stage 2,
+/// evaluation, the SLA table pass: normalisation only, plus ImageNet's resize and centre crop) or one
+/// of the paper's three augmentation strengths (one per expert in stage 1; which expert gets which is
+/// `method::plan::expert_level`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Level {
+    Plain,
     Weak,
     Medium,
     Strong,
 }
 
 impl Level {
-    pub const ALL: [Level; 3] = [Level::Weak, Level::Medium, Level::Strong];
+    /// The three augmentation strengths, weakest first.
+    pub const AUGMENTED: [Level; 3] = [Level::Weak, Level::Medium, Level::Strong];
 
     /// The Philox stream tag of this level (the last counter word).
     pub fn stream_tag(self) -> u32 {
         match self {
+            Level::Plain => rng::STREAM_EVAL,
             Level::Weak => 1,
             Level::Medium => 2,
             Level::Strong => 3,
         }
     }
 
-    /// The level of expert `k` in the paper's assignment (0 weak, 1 medium, 2 strong).
-    pub fn from_index(k: usize) -> Option<Level> {
-        Level::ALL.get(k).copied()
-    }
-
     pub fn name(self) -> &'static str {
         match self {
+            Level::Plain => "plain",
             Level::Weak => "weak",
             Level::Medium => "medium",
             Level::Strong => "strong",
-        }
-    }
-}
-
-impl std::str::FromStr for Level {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "weak" => Ok(Level::Weak),
-            "medium" => Ok(Level::Medium),
-            "strong" => Ok(Level::Strong),
-            other => anyhow::bail!(
-                "unknown augmentation level '{other}' (expected weak, medium or strong)"
-            ),
         }
     }
 }
@@ -208,10 +196,9 @@ impl LevelParams {
     }
 }
 
-/// The Philox stream of one sample under one level (or evaluation) in one epoch.
-pub fn level_rng(seed: u64, epoch: u32, sample: u32, level: Option<Level>) -> PhiloxStream {
-    let tag = level.map_or(rng::STREAM_EVAL, Level::stream_tag);
-    PhiloxStream::new(seed, tag, sample, epoch)
+/// The Philox stream of one sample under one level in one epoch.
+pub fn level_rng(seed: u64, epoch: u32, sample: u32, level: Level) -> PhiloxStream {
+    PhiloxStream::new(seed, level.stream_tag(), sample, epoch)
 }
 
 /// CIFAR RandomCrop padding.
@@ -330,16 +317,16 @@ fn sample_simclr_photometric(recipe: &Recipe, params: &mut LevelParams, rng: &mu
     params.blur = blur_on.then_some((recipe.blur_kernel, sigma));
 }
 
-/// Draw the parameters of `level` (`None`: evaluation) for one `in_h x in_w` image.
+/// Draw the parameters of `level` for one `in_h x in_w` image.
 pub fn sample_params(
     recipe: &Recipe,
-    level: Option<Level>,
+    level: Level,
     in_h: usize,
     in_w: usize,
     rng: &mut PhiloxStream,
 ) -> LevelParams {
     let mut params = LevelParams::identity();
-    let Some(level) = level else {
+    if level == Level::Plain {
         if recipe.family == Family::ImageNet {
             // Resize(256) + CenterCrop(224), scaled to the output size
             let short_side =
@@ -347,7 +334,7 @@ pub fn sample_params(
             params.geometry = Geometry::ResizeCenterCrop { short_side };
         }
         return params;
-    };
+    }
     match recipe.family {
         Family::Cifar => {
             if level == Level::Medium {
@@ -386,6 +373,7 @@ pub fn sample_params(
                         rng,
                     )
                 }
+                Level::Plain => {} // no draws (above)
             }
         }
     }

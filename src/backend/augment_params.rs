@@ -27,7 +27,6 @@
 use anyhow::{bail, Result};
 
 use super::abi::{self, *};
-use super::AugmentLevel;
 use crate::augment::autoaugment::{AutoOp, AutoOpKind};
 use crate::augment::{self, Geometry, JitterParams, Level, LevelParams, Recipe};
 
@@ -60,29 +59,6 @@ pub fn auto_kind_code(kind: AutoOpKind) -> i32 {
         .find(|(k, _)| *k == kind)
         .map(|&(_, code)| code)
         .expect("AUTO_KINDS lists every kind")
-}
-
-impl From<Option<Level>> for AugmentLevel {
-    fn from(level: Option<Level>) -> Self {
-        match level {
-            None => AugmentLevel::None,
-            Some(Level::Weak) => AugmentLevel::Weak,
-            Some(Level::Medium) => AugmentLevel::Medium,
-            Some(Level::Strong) => AugmentLevel::Strong,
-        }
-    }
-}
-
-impl AugmentLevel {
-    /// The augmentation level (`None` for the plain transform).
-    pub fn level(self) -> Option<Level> {
-        match self {
-            AugmentLevel::None => None,
-            AugmentLevel::Weak => Some(Level::Weak),
-            AugmentLevel::Medium => Some(Level::Medium),
-            AugmentLevel::Strong => Some(Level::Strong),
-        }
-    }
 }
 
 /// Packs one sample's parameters into `row` (`PARAM_WORDS` words). Errors on what the device path
@@ -250,24 +226,24 @@ pub fn unpack(row: &[f32]) -> Result<LevelParams> {
 }
 
 /// Draws and packs the parameters of `indices` under `level` at `(seed, epoch)` for `h x w`
-/// CIFAR-family images: `[indices.len(), PARAM_WORDS]`, empty for `AugmentLevel::None`. Sample
-/// `i`'s row depends only on `(seed, epoch, indices[i], level)` (the host path's stream).
+/// CIFAR-family images: `[indices.len(), PARAM_WORDS]`, empty for `Level::Plain`. Sample `i`'s
+/// row depends only on `(seed, epoch, indices[i], level)` (the host path's stream).
 pub fn draw_batch(
     indices: &[usize],
-    level: AugmentLevel,
+    level: Level,
     h: usize,
     w: usize,
     seed: u64,
     epoch: usize,
 ) -> Result<Vec<f32>> {
-    let Some(level) = level.level() else {
+    if level == Level::Plain {
         return Ok(Vec::new());
-    };
+    }
     let recipe = Recipe::cifar(h, w);
     let mut out = vec![0f32; indices.len() * PARAM_WORDS];
     for (row, &i) in out.chunks_mut(PARAM_WORDS).zip(indices) {
-        let mut rng = augment::level_rng(seed, epoch as u32, i as u32, Some(level));
-        let params = augment::sample_params(&recipe, Some(level), h, w, &mut rng);
+        let mut rng = augment::level_rng(seed, epoch as u32, i as u32, level);
+        let params = augment::sample_params(&recipe, level, h, w, &mut rng);
         pack(&params, row)?;
     }
     Ok(out)
@@ -279,21 +255,17 @@ mod tests {
 
     #[test]
     fn pack_unpack_round_trips_every_level() {
-        for level in [
-            AugmentLevel::Weak,
-            AugmentLevel::Medium,
-            AugmentLevel::Strong,
-        ] {
+        for level in Level::AUGMENTED {
             let indices: Vec<usize> = (0..200).collect();
             let packed = draw_batch(&indices, level, 32, 32, 7, 3).unwrap();
             for (row, &i) in packed.chunks(PARAM_WORDS).zip(&indices) {
-                let mut rng = augment::level_rng(7, 3, i as u32, level.level());
+                let mut rng = augment::level_rng(7, 3, i as u32, level);
                 let expected =
-                    augment::sample_params(&Recipe::cifar(32, 32), level.level(), 32, 32, &mut rng);
+                    augment::sample_params(&Recipe::cifar(32, 32), level, 32, 32, &mut rng);
                 assert_eq!(unpack(row).unwrap(), expected, "{level:?} sample {i}");
             }
         }
-        assert!(draw_batch(&[1, 2], AugmentLevel::None, 32, 32, 0, 0)
+        assert!(draw_batch(&[1, 2], Level::Plain, 32, 32, 0, 0)
             .unwrap()
             .is_empty());
     }

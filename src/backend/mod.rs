@@ -13,6 +13,7 @@ pub mod augment_params;
 pub mod cpu;
 pub mod cuda;
 
+use crate::augment::Level;
 use anyhow::{bail, Result};
 
 /// Errors unless buffer `what` of `op` holds the `expected` number of elements.
@@ -343,23 +344,14 @@ pub struct LossOutput<B: Backend + ?Sized> {
     pub dlogits: B::Buf,
 }
 
-/// The augmentation level a batch of views is built under ([`Backend::augment_batch`]); `None` is
-/// the plain transform (normalisation only, no parameters).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum AugmentLevel {
-    None,
-    Weak,
-    Medium,
-    Strong,
-}
-
 /// What [`Backend::augment_batch`] produces: `[n, 3, h, w]` views of `h x w` u8 images (CIFAR
 /// family: output size = input size), normalised per channel as `(v / 255 - mean) / std`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AugmentSpec {
     pub h: usize,
     pub w: usize,
-    pub level: AugmentLevel,
+    /// `Level::Plain`: normalisation only, no parameters.
+    pub level: Level,
     pub mean: [f32; 3],
     pub std: [f32; 3],
 }
@@ -588,7 +580,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Builds normalised views `[n, 3, h, w]` of the images `indices [n]` of `images [N, 3, h, w]`
     /// under `spec.level`. `params [n, augment_params::PARAM_WORDS]` holds each sample's drawn
     /// parameters in the layout of [`augment_params`] (drawn on the host by the same generator as the
-    /// host path, see `augment_params::draw_batch`); for `AugmentLevel::None` it must be empty. The
+    /// host path, see `augment_params::draw_batch`); for `Level::Plain` it must be empty. The
     /// result equals `augment::apply` + `augment::normalize_into` on the same parameters.
     fn augment_batch(
         &self,

@@ -225,15 +225,9 @@ impl ImageNetSet {
         )))
     }
 
-    /// Sample `i` decoded and augmented under `level` (`None`: Resize + CenterCrop), as u8
+    /// Sample `i` decoded and augmented under `level` (`Level::Plain`: Resize + CenterCrop), as u8
     /// `[3, size, size]`.
-    pub fn augmented(
-        &self,
-        i: usize,
-        level: Option<Level>,
-        seed: u64,
-        epoch: usize,
-    ) -> Result<Image> {
+    pub fn augmented(&self, i: usize, level: Level, seed: u64, epoch: usize) -> Result<Image> {
         Ok(self.augment_decoded(&self.decode(i)?, i, level, seed, epoch))
     }
 
@@ -242,7 +236,7 @@ impl ImageNetSet {
         &self,
         image: &Image,
         i: usize,
-        level: Option<Level>,
+        level: Level,
         seed: u64,
         epoch: usize,
     ) -> Image {
@@ -256,7 +250,7 @@ impl ImageNetSet {
     pub fn batch_views(
         &self,
         indices: &[usize],
-        levels: &[Option<Level>],
+        levels: &[Level],
         seed: u64,
         epoch: usize,
     ) -> Result<Vec<Vec<f32>>> {
@@ -272,7 +266,7 @@ impl ImageNetSet {
     pub fn batch_views_into(
         &self,
         indices: &[usize],
-        levels: &[Option<Level>],
+        levels: &[Level],
         seed: u64,
         epoch: usize,
         out: &mut [&mut [f32]],
@@ -309,7 +303,7 @@ impl ImageNetSet {
     pub fn batch(
         &self,
         indices: &[usize],
-        level: Option<Level>,
+        level: Level,
         seed: u64,
         epoch: usize,
     ) -> Result<Vec<f32>> {

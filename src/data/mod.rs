@@ -15,7 +15,7 @@
 //! println!("{}", data::info::DatasetInfo::new("cifar10-lt", &lt.set.class_counts(), None).to_table());
 //! // a training batch: [b, 3, 32, 32] normalised f32, augmented at (seed, epoch, sample, level)
 //! let indices = [0usize, 5, 9];
-//! let x = lt.set.batch(&indices, Some(Level::Weak), /*seed*/ 0, /*epoch*/ 0);
+//! let x = lt.set.batch(&indices, Level::Weak, /*seed*/ 0, /*epoch*/ 0);
 //! let y = lt.set.labels_of(&indices);
 //! # let _ = (synth, x, y); Ok(()) }
 //! ```
@@ -125,8 +125,8 @@ impl ImageSet {
         self.n += 1;
     }
 
-    /// Sample `i` augmented under `level` (`None`: unchanged) at `(seed, epoch)`, as u8.
-    pub fn augmented(&self, i: usize, level: Option<Level>, seed: u64, epoch: usize) -> Image {
+    /// Sample `i` augmented under `level` (`Level::Plain`: unchanged) at `(seed, epoch)`, as u8.
+    pub fn augmented(&self, i: usize, level: Level, seed: u64, epoch: usize) -> Image {
         let recipe = Recipe::cifar(self.h, self.w);
         let image = self.image(i);
         let mut rng = augment::level_rng(seed, epoch as u32, i as u32, level);
@@ -134,17 +134,10 @@ impl ImageSet {
         augment::apply(&recipe, &params, &image)
     }
 
-    /// The batch builder of the training loop: samples `indices` under `level` (`None`: no
-    /// augmentation), normalised with the CIFAR mean/std, `[indices.len(), 3, h, w]`. Each
+    /// The batch builder of the training loop: samples `indices` under `level`, normalised with the CIFAR mean/std, `[indices.len(), 3, h, w]`. Each
     /// sample's draws depend only on `(seed, epoch, dataset index, level)`; samples are processed
     /// in parallel (rayon).
-    pub fn batch(
-        &self,
-        indices: &[usize],
-        level: Option<Level>,
-        seed: u64,
-        epoch: usize,
-    ) -> Vec<f32> {
+    pub fn batch(&self, indices: &[usize], level: Level, seed: u64, epoch: usize) -> Vec<f32> {
         let len = self.image_len();
         let norm = augment::CIFAR_NORMALIZATION;
         let mut out = vec![0f32; indices.len() * len];

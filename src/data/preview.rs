@@ -83,15 +83,15 @@ pub fn write_png(img: &Image, path: &Path) -> Result<()> {
 fn preview_cells(
     indices: &[usize],
     draws: usize,
-    mut cell: impl FnMut(usize, Option<Level>, usize) -> Result<Image>,
+    mut cell: impl FnMut(usize, Level, usize) -> Result<Image>,
 ) -> Result<Vec<Vec<Image>>> {
     indices
         .iter()
         .map(|&i| {
-            let mut row = vec![cell(i, None, 0)?];
-            for level in Level::ALL {
+            let mut row = vec![cell(i, Level::Plain, 0)?];
+            for level in Level::AUGMENTED {
                 for epoch in 0..draws {
-                    row.push(cell(i, Some(level), epoch)?);
+                    row.push(cell(i, level, epoch)?);
                 }
             }
             Ok(row)

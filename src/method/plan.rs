@@ -1,6 +1,13 @@
 //! The two-stage schedule of Algorithm 1: what an epoch does (augmentation, mixup, which weights).
 
+use crate::augment::Level;
 use crate::config::{LossKind, TrainConfig};
+
+/// Expert `k`'s augmentation level in stage 1: weak, medium, strong (paper Sec. 4.2.1), then round
+/// again for more experts.
+pub fn expert_level(k: usize) -> Level {
+    Level::AUGMENTED[k % Level::AUGMENTED.len()]
+}
 
 /// The per-sample weighting an epoch uses (Eq. 17 and the baselines of Tables 1 and 6).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -47,6 +54,16 @@ impl EpochPlan {
             mixup_alpha: if stage2 { 0.0 } else { cfg.mixup_alpha },
             logit_adjusted: cfg.loss != LossKind::Ce,
             reweighting,
+        }
+    }
+
+    /// The views a step of this epoch trains on: one per expert at [`expert_level`] while the
+    /// experts see their own augmentation, otherwise one plain view that all experts share.
+    pub fn view_levels(&self, experts: usize) -> Vec<Level> {
+        if self.augment {
+            (0..experts).map(expert_level).collect()
+        } else {
+            vec![Level::Plain]
         }
     }
 

@@ -2,11 +2,8 @@
 //! criterion benches): the same [`train_step`] the epoch loop runs, fed in one of three ways
 //! ([`BenchInput`]) so that the cost of the data path can be told apart from the step itself.
 
-use super::datasets::level_of_index;
-use crate::augment::CIFAR_NORMALIZATION;
-use crate::backend::{
-    augment_params, AugmentLevel, AugmentSpec, Backend, HostStaging, LossReduction, SgdConfig,
-};
+use crate::augment::{Level, CIFAR_NORMALIZATION};
+use crate::backend::{augment_params, AugmentSpec, Backend, HostStaging, LossReduction, SgdConfig};
 use crate::config::{ModelKind, TrainConfig};
 use crate::method::{EpochPlan, SlaTable};
 use crate::model::MultiExpertNet;
@@ -71,8 +68,8 @@ enum ViewSource<B: Backend> {
     DeviceAugment {
         images: B::Bytes, // [N, 3, s, s] u8
         current: Vec<B::Buf>,
-        /// Level of each view (`None` in stage 2: the plain transform).
-        levels: Vec<AugmentLevel>,
+        /// Level of each view.
+        levels: Vec<Level>,
         /// Sample order of the current pass over the set; each step takes the next `n`.
         order: Vec<usize>,
         cursor: usize,
@@ -205,7 +202,7 @@ impl<B: Backend> BenchStep<B> {
         let net = MultiExpertNet::from_config(be, &cfg, c)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         let per_view = n * 3 * size * size;
-        let view_count = if plan.augment { experts } else { 1 };
+        let view_count = plan.view_levels(experts).len();
         let source = match input {
             BenchInput::PreAugmented => ViewSource::Resident(
                 random_views(&mut rng, view_count, per_view)
@@ -218,15 +215,7 @@ impl<B: Backend> BenchStep<B> {
                 let images: Vec<u8> = (0..images_n * 3 * size * size)
                     .map(|_| rng.random())
                     .collect();
-                // As in the trainer: expert k sees level k (weak, medium, strong) in stage 1; the
-                // single stage-2 view is the plain transform.
-                let levels = if plan.augment {
-                    (0..experts)
-                        .map(|k| AugmentLevel::from(Some(level_of_index(k))))
-                        .collect()
-                } else {
-                    vec![AugmentLevel::None]
-                };
+                let levels = plan.view_levels(experts);
                 let mut order: Vec<usize> = (0..images_n).collect();
                 order.shuffle(&mut rng);
                 ViewSource::DeviceAugment {

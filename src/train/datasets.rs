@@ -19,11 +19,6 @@ pub struct Datasets {
     pub long_tail: String,
 }
 
-/// Expert `k`'s augmentation level (weak, medium, strong, then round again).
-pub fn level_of_index(k: usize) -> Level {
-    Level::ALL[k % Level::ALL.len()]
-}
-
 impl ImageSource for ImageSet {
     fn len(&self) -> usize {
         self.n
@@ -37,14 +32,8 @@ impl ImageSource for ImageSet {
     fn image_hw(&self) -> (usize, usize) {
         (self.h, self.w)
     }
-    fn load(
-        &self,
-        indices: &[usize],
-        level: Option<usize>,
-        seed: u64,
-        epoch: usize,
-    ) -> Result<Vec<f32>> {
-        Ok(self.batch(indices, level.map(level_of_index), seed, epoch))
+    fn load(&self, indices: &[usize], level: Level, seed: u64, epoch: usize) -> Result<Vec<f32>> {
+        Ok(self.batch(indices, level, seed, epoch))
     }
     fn as_image_set(&self) -> Option<&ImageSet> {
         Some(self)
@@ -194,24 +183,17 @@ impl ImageSource for ImageNetSet {
     fn image_hw(&self) -> (usize, usize) {
         (self.recipe.out_h, self.recipe.out_w)
     }
-    fn load(
-        &self,
-        indices: &[usize],
-        level: Option<usize>,
-        seed: u64,
-        epoch: usize,
-    ) -> Result<Vec<f32>> {
-        self.batch(indices, level.map(level_of_index), seed, epoch)
+    fn load(&self, indices: &[usize], level: Level, seed: u64, epoch: usize) -> Result<Vec<f32>> {
+        self.batch(indices, level, seed, epoch)
     }
     fn load_views_into(
         &self,
         indices: &[usize],
-        levels: &[Option<usize>],
+        levels: &[Level],
         seed: u64,
         epoch: usize,
         out: &mut [&mut [f32]],
     ) -> Result<()> {
-        let levels: Vec<Option<Level>> = levels.iter().map(|l| l.map(level_of_index)).collect();
-        self.batch_views_into(indices, &levels, seed, epoch, out)
+        self.batch_views_into(indices, levels, seed, epoch, out)
     }
 }

@@ -3,6 +3,7 @@
 
 use super::loader::BatchLoader;
 use super::source::ImageSource;
+use crate::augment::Level;
 use crate::backend::Backend;
 use crate::metrics::{EvalAccumulator, EvalMetrics};
 use crate::model::MultiExpertNet;
@@ -51,7 +52,7 @@ pub fn evaluate<B: Backend>(
     let all: Vec<usize> = (0..test_set.len()).collect();
     let batches: Vec<&[usize]> = all.chunks(loader.max_batch()).collect();
     be.range_push("evaluate");
-    loader.for_each(be, &batches, &[None], 0, 0, |_, batch, views| {
+    loader.for_each(be, &batches, &[Level::Plain], 0, 0, |_, batch, views| {
         let n = batch.len();
         let out = model.forward_eval(be, &views[0], n, h, w)?;
         let (conf, pred) = be.row_max(&out.probs, n, classes)?;

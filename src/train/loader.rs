@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::datasets::level_of_index;
 use super::source::ImageSource;
-use crate::augment::CIFAR_NORMALIZATION;
+use crate::augment::{Level, CIFAR_NORMALIZATION};
 use crate::backend::augment_params;
-use crate::backend::{AugmentLevel, AugmentSpec, Backend, HostStaging};
+use crate::backend::{AugmentSpec, Backend, HostStaging};
 
 /// Batches in flight: one being prepared, the rest waiting (on the host path, each holds a staging set).
 pub(crate) const STAGED_BATCHES: usize = 3;
@@ -34,10 +33,6 @@ struct DeviceData<B: Backend> {
     images: B::Bytes, // [N, 3, h, w] u8
     h: usize,
     w: usize,
-}
-
-fn augment_level(level: Option<usize>) -> AugmentLevel {
-    level.map(level_of_index).into()
 }
 
 /// Produces the views of a sequence of batches of one [`ImageSource`].
@@ -99,13 +94,13 @@ impl<'a, B: Backend> BatchLoader<'a, B> {
     }
 
     /// Calls `step(i, batches[i], views)` for every batch in order, where `views` holds one
-    /// `[n, 3, h, w]` buffer per entry of `levels` (a level index drawn at `(seed, epoch, sample)`, or
-    /// `None` for the plain transform). The next batches are prepared while `step` runs.
+    /// `[n, 3, h, w]` buffer per entry of `levels` (its random parameters drawn at `(seed, epoch,
+    /// sample)`). The next batches are prepared while `step` runs.
     pub fn for_each(
         &mut self,
         be: &B,
         batches: &[&[usize]],
-        levels: &[Option<usize>],
+        levels: &[Level],
         seed: u64,
         epoch: usize,
         mut step: impl FnMut(usize, &[usize], Vec<B::Buf>) -> Result<()>,
@@ -193,7 +188,7 @@ fn prepare<S: HostStaging>(
     source: &dyn ImageSource,
     device_hw: Option<(usize, usize)>,
     batch: &[usize],
-    levels: &[Option<usize>],
+    levels: &[Level],
     seed: u64,
     epoch: usize,
     free: &mpsc::Receiver<Vec<S>>,
@@ -201,9 +196,7 @@ fn prepare<S: HostStaging>(
     if let Some((h, w)) = device_hw {
         return levels
             .iter()
-            .map(|&level| {
-                augment_params::draw_batch(batch, augment_level(level), h, w, seed, epoch)
-            })
+            .map(|&level| augment_params::draw_batch(batch, level, h, w, seed, epoch))
             .collect::<Result<Vec<_>>>()
             .map(Prepared::Params);
     }
@@ -225,7 +218,7 @@ fn device_views<B: Backend>(
     be: &B,
     data: &DeviceData<B>,
     batch: &[usize],
-    levels: &[Option<usize>],
+    levels: &[Level],
     params: &[Vec<f32>],
 ) -> Result<Vec<B::Buf>> {
     let indices: Vec<u32> = batch.iter().map(|&i| i as u32).collect();
@@ -237,7 +230,7 @@ fn device_views<B: Backend>(
             let spec = AugmentSpec {
                 h: data.h,
                 w: data.w,
-                level: augment_level(level),
+                level,
                 mean: CIFAR_NORMALIZATION.mean,
                 std: CIFAR_NORMALIZATION.std,
             };

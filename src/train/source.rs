@@ -3,6 +3,7 @@
 
 use anyhow::{ensure, Result};
 
+use crate::augment::Level;
 use crate::data::ImageSet;
 
 /// A labelled image set that produces normalised `f32` batches.
@@ -16,16 +17,9 @@ pub trait ImageSource: Sync {
     fn num_classes(&self) -> usize;
     /// `(h, w)` of the produced images.
     fn image_hw(&self) -> (usize, usize);
-    /// `[indices.len(), 3, h, w]` normalised pixels. `level` picks an augmentation level (0 weak,
-    /// 1 medium, 2 strong) drawn from the counter-based generator at `(seed, epoch, sample)`; `None`
-    /// is the plain evaluation transform.
-    fn load(
-        &self,
-        indices: &[usize],
-        level: Option<usize>,
-        seed: u64,
-        epoch: usize,
-    ) -> Result<Vec<f32>>;
+    /// `[indices.len(), 3, h, w]` normalised pixels under `level`, its random parameters drawn from
+    /// the counter-based generator at `(seed, epoch, sample)`.
+    fn load(&self, indices: &[usize], level: Level, seed: u64, epoch: usize) -> Result<Vec<f32>>;
 
     /// The set itself when its images are in memory (CIFAR, synthetic): the training loop then
     /// keeps it on the device and augments there. `None` (the default): batches come from `load`.
@@ -37,7 +31,7 @@ pub trait ImageSource: Sync {
     fn load_views(
         &self,
         indices: &[usize],
-        levels: &[Option<usize>],
+        levels: &[Level],
         seed: u64,
         epoch: usize,
     ) -> Result<Vec<Vec<f32>>> {
@@ -55,7 +49,7 @@ pub trait ImageSource: Sync {
     fn load_views_into(
         &self,
         indices: &[usize],
-        levels: &[Option<usize>],
+        levels: &[Level],
         seed: u64,
         epoch: usize,
         out: &mut [&mut [f32]],
@@ -81,7 +75,7 @@ pub trait ImageSource: Sync {
 fn check_views(
     n: usize,
     (h, w): (usize, usize),
-    levels: &[Option<usize>],
+    levels: &[Level],
     out: &[&mut [f32]],
 ) -> Result<()> {
     ensure!(

@@ -8,7 +8,7 @@ use super::loader::BatchLoader;
 use super::optimizer::sgd_update;
 use super::schedule::learning_rate;
 use super::source::ImageSource;
-use crate::augment::draw_mixup;
+use crate::augment::{draw_mixup, Level};
 use crate::backend::{Backend, LossReduction, LossTargets, SgdConfig};
 use crate::config::{LossKind, SlaTableRule, TrainConfig};
 use crate::method::{
@@ -178,12 +178,7 @@ pub fn train<B: Backend>(
             lr,
         });
         let mut loss_sum = be.zeros(1)?;
-        // Expert k sees level k (weak, medium, strong) in stage 1; all share the plain image in stage 2.
-        let levels: Vec<Option<usize>> = if plan.augment {
-            (0..cfg.experts).map(|k| Some(k % 3)).collect()
-        } else {
-            vec![None]
-        };
+        let levels = plan.view_levels(cfg.experts);
         loader.for_each(
             be,
             &batches,
@@ -414,26 +409,33 @@ fn fill_sla_tables<B: Backend>(
         .map(|_| SlaTable::new(be, classes, SlaTableRule::Epoch))
         .collect::<Result<_>>()?;
     let mut done = 0;
-    loader.for_each(be, &batches, &[None], cfg.seed, 0, |_, batch, views| {
-        let n = batch.len();
-        let labels: Vec<u32> = batch.iter().map(|&i| labels_all[i]).collect();
-        let labels = be.upload_index(&labels)?;
-        let out = model.forward_eval(be, &views[0], n, h, w)?;
-        for (k, table) in fresh.iter_mut().enumerate() {
-            let cos = be.row_cosine(
-                &out.features[k],
-                model.classifier_weight(k),
-                &labels,
-                n,
-                d,
-                classes,
-            )?;
-            table.observe(be, &out.logits[k], &cos, &labels, n)?;
-        }
-        done += n;
-        progress(Progress::SlaTableFill { done, total });
-        Ok(())
-    })?;
+    loader.for_each(
+        be,
+        &batches,
+        &[Level::Plain],
+        cfg.seed,
+        0,
+        |_, batch, views| {
+            let n = batch.len();
+            let labels: Vec<u32> = batch.iter().map(|&i| labels_all[i]).collect();
+            let labels = be.upload_index(&labels)?;
+            let out = model.forward_eval(be, &views[0], n, h, w)?;
+            for (k, table) in fresh.iter_mut().enumerate() {
+                let cos = be.row_cosine(
+                    &out.features[k],
+                    model.classifier_weight(k),
+                    &labels,
+                    n,
+                    d,
+                    classes,
+                )?;
+                table.observe(be, &out.logits[k], &cos, &labels, n)?;
+            }
+            done += n;
+            progress(Progress::SlaTableFill { done, total });
+            Ok(())
+        },
+    )?;
     for (table, mut filled) in tables.iter_mut().zip(fresh) {
         filled.end_epoch(be)?;
         let current = filled.current(be)?;

@@ -3,11 +3,10 @@
 //! backend (the CPU backend checks on the host, the CUDA kernels record the error on the device).
 
 use anyhow::{bail, ensure, Result};
+use ltrain::augment::Level;
 use ltrain::backend::abi::KERNEL_ERRORS;
 use ltrain::backend::augment_params::{self, PARAM_WORDS};
-use ltrain::backend::{
-    AugmentLevel, AugmentSpec, Backend, LossArgs, LossReduction, LossTargets, LossWeighting,
-};
+use ltrain::backend::{AugmentSpec, Backend, LossArgs, LossReduction, LossTargets, LossWeighting};
 
 use super::up;
 
@@ -125,11 +124,11 @@ pub fn kernel_errors<B: Backend>(be: &B) -> Result<()> {
     let spec = AugmentSpec {
         h,
         w,
-        level: AugmentLevel::Weak,
+        level: Level::Weak,
         mean: [0.5; 3],
         std: [0.25; 3],
     };
-    let params = augment_params::draw_batch(&[0, 1], AugmentLevel::Weak, h, w, 0, 0)?;
+    let params = augment_params::draw_batch(&[0, 1], Level::Weak, h, w, 0, 0)?;
     case(
         "ERR_AUGMENT_INDEX",
         expect_message(

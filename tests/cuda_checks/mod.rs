@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 use anyhow::Result;
+use ltrain::augment::Level;
 use ltrain::backend::cpu::CpuBackend;
 use ltrain::backend::cuda::{selftest, CudaBackend, Gemm, LaunchConfig};
 use ltrain::backend::{
@@ -918,7 +919,7 @@ pub fn batch_loader_views_match_the_source(be: &CudaBackend, busy_len: usize) {
     }
     let order: Vec<usize> = (0..n).map(|i| (i * 41) % n).collect();
     let batches: Vec<&[usize]> = order.chunks(8).collect();
-    let levels = [Some(0), Some(1), Some(2)];
+    let levels = Level::AUGMENTED;
     let mut busy = be.upload(&vec![1.0; busy_len]).unwrap();
     for on_device in [false, true] {
         let mut loader = BatchLoader::new(be, &set, 8, on_device).unwrap();

@@ -6,10 +6,11 @@ use anyhow::{bail, Result};
 use rayon::prelude::*;
 
 use super::{check_indices, CpuBackend, CpuBuf, CpuIndex};
+use crate::augment::Level;
 use crate::augment::{self, ops::Image, Normalization, Recipe};
 use crate::backend::abi::{self, ERR_AUGMENT_INDEX, ERR_AUGMENT_PARAMS};
 use crate::backend::augment_params::{self, PARAM_WORDS};
-use crate::backend::{AugmentLevel, AugmentSpec};
+use crate::backend::AugmentSpec;
 
 /// A host buffer of `u8` (an in-memory dataset).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,7 +36,7 @@ impl CpuBackend {
         check_indices(ERR_AUGMENT_INDEX, &indices.0, images.0.len() / len)?;
         let n = indices.0.len();
         let rows: Vec<_> = match spec.level {
-            AugmentLevel::None => {
+            Level::Plain => {
                 if !params.0.is_empty() {
                     bail!(
                         "{OP}: the plain transform takes no parameters (got {} words)",

@@ -6,8 +6,9 @@ use anyhow::{bail, Result};
 use super::{
     check_len, kernels, to_u32, CudaBackend, CudaBuf, CudaIndex, DeviceBuffer, LaunchConfig,
 };
+use crate::augment::Level;
 use crate::backend::abi::{AUGMENT_SCRATCH_WORDS, PARAM_WORDS};
-use crate::backend::{AugmentLevel, AugmentSpec};
+use crate::backend::AugmentSpec;
 
 /// A device buffer of `u8`, stored as whole 32-bit words (the kernels' pointer types are 32-bit);
 /// the padding of the last word is zero.
@@ -67,7 +68,7 @@ impl CudaBackend {
             );
         }
         let n = indices.len();
-        let with_params = spec.level != AugmentLevel::None;
+        let with_params = spec.level != Level::Plain;
         if with_params {
             check_len(OP, "params", params.len(), n * PARAM_WORDS)?;
         } else if params.len() != 0 {
