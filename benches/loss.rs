@@ -5,13 +5,15 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ltrain::backend::cpu::CpuBackend;
 use ltrain::backend::cuda::CudaBackend;
-use ltrain::backend::{Backend, LossArgs, LossReduction, LossTargets, LossWeighting};
+use ltrain::backend::RowDims;
+use ltrain::backend::UnfusedLoss;
+use ltrain::backend::{LossArgs, LossReduction, LossTargets, LossWeighting};
 use ltrain::method::unfused_loss;
 use rand::{Rng, SeedableRng};
 
 const SHAPES: [(usize, usize); 4] = [(128, 10), (128, 100), (512, 1000), (4096, 1000)];
 
-struct Inputs<B: Backend> {
+struct Inputs<B: UnfusedLoss> {
     logits: B::Buf,
     labels: B::Index,
     adjustment: B::Buf,
@@ -19,7 +21,7 @@ struct Inputs<B: Backend> {
     cos_star: B::Buf,
 }
 
-fn inputs<B: Backend>(be: &B, n: usize, c: usize) -> Inputs<B> {
+fn inputs<B: UnfusedLoss>(be: &B, n: usize, c: usize) -> Inputs<B> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let logits: Vec<f32> = (0..n * c).map(|_| rng.random_range(-4.0..4.0)).collect();
     let labels: Vec<u32> = (0..n).map(|_| rng.random_range(0..c as u32)).collect();
@@ -35,7 +37,7 @@ fn inputs<B: Backend>(be: &B, n: usize, c: usize) -> Inputs<B> {
     }
 }
 
-fn bench_backend<B: Backend>(crit: &mut Criterion, be: &B, device: &str) {
+fn bench_backend<B: UnfusedLoss>(crit: &mut Criterion, be: &B, device: &str) {
     let mut group = crit.benchmark_group(format!("loss_{device}"));
     for (n, c) in SHAPES {
         let x = inputs(be, n, c);
@@ -71,8 +73,7 @@ fn bench_backend<B: Backend>(crit: &mut Criterion, be: &B, device: &str) {
                     &x.labels,
                     &x.adjustment,
                     Some((&x.cos_y, &x.cos_star, 1.0, 1.0)),
-                    n,
-                    c,
+                    RowDims { n, c },
                 )
                 .unwrap();
                 be.synchronize().unwrap();

@@ -2,7 +2,8 @@
 // (grid-stride over rows): shuffle + shared-memory reductions for the row max and sums.
 #include "common.cuh"
 
-// Fused loss (weighting codes `WEIGHT_*`; per-class without `class_weight_opt`: unit weights), per row i with z = logits_i + adjustment, s = softmax(z), ce(t) = logsumexp(z) - z_t:
+// Fused loss (weighting codes `WEIGHT_*`; per-class without `class_weight_opt`: unit weights), per
+// row i with z = logits_i + adjustment, s = softmax(z), ce(t) = logsumexp(z) - z_t:
 // - per-class, single target a: w = cw[a] (1 without weights), loss = w ce(a), dz = w (s - e_a);
 // - mixed (a, b, lambda): wa = lambda cw[a], wb = (1 - lambda) cw[b], w = wa + wb,
 //   loss = wa ce(a) + wb ce(b), dz = w s - wa e_a - wb e_b;
@@ -120,63 +121,6 @@ KERNEL void softmax_rows(const float* __restrict__ x, float* __restrict__ y, int
         for (unsigned j = threadIdx.x; j < c; j += blockDim.x) {
             const float t = xr[j] - m - log_sum;
             yr[j] = log_output ? t : expf(t);
-        }
-    }
-}
-
-// y [n, c] = x + bias [c] broadcast over rows.
-KERNEL void add_row_bias(const float* __restrict__ x, const float* __restrict__ bias,
-                         float* __restrict__ y, unsigned n, unsigned c) {
-    const unsigned total = n * c;
-    for (unsigned i = global_thread(); i < total; i += grid_threads()) y[i] = x[i] + bias[i % c];
-}
-
-// out[i] = x[i, idx[i]]
-KERNEL void gather_rows(const float* __restrict__ x, const unsigned* __restrict__ idx,
-                        float* __restrict__ out, unsigned* __restrict__ error_record, unsigned n,
-                        unsigned c) {
-    for (unsigned i = global_thread(); i < n; i += grid_threads()) {
-        const unsigned j = idx[i];
-        if (j >= c) {
-            out[i] = NAN;
-            raise_error(error_record, ERR_GATHER_INDEX, i, j, c);
-        } else {
-            out[i] = x[size_t(i) * c + j];
-        }
-    }
-}
-
-// ---- the unfused composition (benchmark baseline of fused_loss) ----
-
-// SLA weights as their own pass: w [n] = (1 - p_i)^gamma * exp(tau * cos_star[y_i] - tau * cos_y[i]).
-KERNEL void sla_weights(const float* __restrict__ prob, const float* __restrict__ cos_y,
-                        const float* __restrict__ cos_star, const unsigned* __restrict__ labels,
-                        float* __restrict__ w, unsigned* __restrict__ error_record, unsigned n,
-                        unsigned c, float gamma, float tau) {
-    for (unsigned i = global_thread(); i < n; i += grid_threads()) {
-        const unsigned y = labels[i];
-        if (y >= c) {
-            w[i] = NAN;
-            raise_error(error_record, ERR_SLA_WEIGHTS_LABEL, i, y, c);
-        } else {
-            w[i] = powf(1.0f - prob[i], gamma) * expf(tau * cos_star[y] - tau * cos_y[i]);
-        }
-    }
-}
-
-// Cross-entropy backward from probabilities: dlogits [n, c] = (probs - onehot(labels)) * row_scale[i].
-KERNEL void softmax_xent_backward(const float* __restrict__ probs, const unsigned* __restrict__ labels,
-                                  const float* __restrict__ row_scale, float* __restrict__ dlogits,
-                                  unsigned* __restrict__ error_record, unsigned n, unsigned c) {
-    const unsigned total = n * c;
-    for (unsigned t = global_thread(); t < total; t += grid_threads()) {
-        const unsigned i = t / c, j = t % c;
-        const unsigned y = labels[i];
-        if (y >= c) {
-            dlogits[t] = NAN;
-            if (j == 0) raise_error(error_record, ERR_XENT_LABEL, i, y, c);
-        } else {
-            dlogits[t] = (probs[t] - (j == y ? 1.0f : 0.0f)) * row_scale[i];
         }
     }
 }

@@ -3,7 +3,7 @@
 //! loader, bit-exact round trips, strict loading errors, atomic writes.
 
 use ltrain::backend::cpu::CpuBackend;
-use ltrain::backend::Backend;
+use ltrain::backend::{Backend, Buffers};
 use ltrain::model::MultiExpertNet;
 use ltrain::nn::{NamedTensor, TensorData};
 use ltrain::train::checkpoint::{load_checkpoint, load_model, save_checkpoint};
@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 type Be = CpuBackend;
-type Buf = <CpuBackend as Backend>::Buf;
+type Buf = <CpuBackend as Buffers>::Buf;
 
 fn backend() -> Be {
     CpuBackend::new(Some(2)).expect("cpu backend")

@@ -4,6 +4,7 @@ mod conformance;
 
 use conformance::{rng, uniform};
 use ltrain::backend::cpu::CpuBackend;
+use ltrain::backend::BatchNormAffine;
 use ltrain::backend::{Backend, ChannelDims, Conv2dDims};
 
 #[test]
@@ -70,8 +71,10 @@ fn results_do_not_depend_on_the_thread_count() {
         let (y, _, _) = be
             .batch_norm_train_forward(
                 &be.upload(&bx).unwrap(),
-                &ones,
-                &be.zeros(4).unwrap(),
+                BatchNormAffine {
+                    gamma: &ones,
+                    beta: &be.zeros(4).unwrap(),
+                },
                 &mut rm,
                 &mut rv,
                 cd,

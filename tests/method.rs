@@ -2,6 +2,8 @@
 //! paper Eq. 12 computed by hand, and the unfused composition against the fused op.
 
 use ltrain::backend::cpu::CpuBackend;
+use ltrain::backend::RowDims;
+use ltrain::backend::UnfusedLoss;
 use ltrain::backend::{Backend, LossReduction, LossTargets};
 use ltrain::config::{LossKind, SlaTableRule, TrainConfig};
 use ltrain::method::{expert_loss, unfused_loss, EpochPlan, ExpertLossInputs, SlaTable};
@@ -135,7 +137,7 @@ fn unfused_composition_agrees_with_the_fused_op_on_emulated_cuda() {
     unfused_agrees_with_fused(&ltrain::backend::cuda::CudaBackend::new_emulated().unwrap());
 }
 
-fn unfused_agrees_with_fused<B: Backend>(be: &B) {
+fn unfused_agrees_with_fused<B: UnfusedLoss>(be: &B) {
     let (n, c) = (5, 4);
     let logits: Vec<f32> = (0..n * c)
         .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.4)
@@ -152,7 +154,7 @@ fn unfused_agrees_with_fused<B: Backend>(be: &B) {
         be.upload(&cos_star).unwrap(),
     );
     for sla in [None, Some((&cy, &cs, 1.5f32, 0.8f32))] {
-        let (loss_u, grad_u) = unfused_loss(be, &l, &y, &a, sla, n, c).unwrap();
+        let (loss_u, grad_u) = unfused_loss(be, &l, &y, &a, sla, RowDims { n, c }).unwrap();
         let weighting = match sla {
             None => ltrain::backend::LossWeighting::Unit,
             Some((cos_y, cos_star, gamma, tau)) => ltrain::backend::LossWeighting::Sla {

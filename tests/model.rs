@@ -4,6 +4,7 @@
 //! the evaluation-time softmax average.
 
 use ltrain::backend::cpu::CpuBackend;
+use ltrain::backend::Buffers;
 use ltrain::backend::{Backend, LossArgs, LossReduction, LossTargets, LossWeighting, SgdConfig};
 use ltrain::model::MultiExpertNet;
 use ltrain::nn::{BasicBlock, Bottleneck, Module, Nchw, ResBlock, StateMut, StateRef};
@@ -12,7 +13,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
 type Be = CpuBackend;
-type Buf = <CpuBackend as Backend>::Buf;
+type Buf = <CpuBackend as Buffers>::Buf;
 
 fn backend() -> Be {
     CpuBackend::new(Some(2)).expect("cpu backend")

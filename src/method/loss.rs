@@ -3,7 +3,10 @@
 
 use super::plan::{EpochPlan, Reweighting};
 use super::sla::SlaTable;
-use crate::backend::{Backend, LossArgs, LossOutput, LossReduction, LossTargets, LossWeighting};
+use crate::backend::{
+    Backend, CosineDims, LossArgs, LossOutput, LossReduction, LossTargets, LossWeighting, RowDims,
+    UnfusedLoss,
+};
 use anyhow::{bail, Result};
 
 /// Everything the loss of one expert needs for one batch.
@@ -38,14 +41,12 @@ pub fn expert_loss<B: Backend>(
         let (LossTargets::Single(labels), Some(table)) = (&inputs.targets, sla) else {
             bail!("SLA needs single targets (no mixup) and a cos-max table");
         };
-        let cos = be.row_cosine(
-            inputs.features,
-            inputs.classifier,
-            labels,
-            inputs.n,
-            inputs.d,
-            inputs.c,
-        )?;
+        let dims = CosineDims {
+            n: inputs.n,
+            d: inputs.d,
+            c: inputs.c,
+        };
+        let cos = be.row_cosine(inputs.features, inputs.classifier, labels, dims)?;
         // The epoch rule reads last epoch's table, so merging first only matters for the running rule.
         table.observe(be, inputs.logits, &cos, labels, inputs.n)?;
         cos_y = Some((cos, table));
@@ -84,30 +85,28 @@ pub fn expert_loss<B: Backend>(
 
 /// The same logit-adjusted, SLA-weighted cross-entropy as separate ops (add bias, log-softmax, gather,
 /// softmax, weights, backward): the baseline the fused op is benchmarked against. Single targets,
-/// `Mean` reduction; returns `(per-sample weighted loss [n], dlogits [n, c])`.
-#[allow(clippy::too_many_arguments)]
-pub fn unfused_loss<B: Backend>(
+/// `Mean` reduction; `logits [n, c]`; returns `(per-sample weighted loss [n], dlogits [n, c])`.
+pub fn unfused_loss<B: UnfusedLoss>(
     be: &B,
     logits: &B::Buf,
     labels: &B::Index,
     adjustment: &B::Buf,
     sla: Option<(&B::Buf, &B::Buf, f32, f32)>,
-    n: usize,
-    c: usize,
+    d: RowDims,
 ) -> Result<(B::Buf, B::Buf)> {
-    let adjusted = be.add_row_bias(logits, adjustment, n, c)?;
-    let log_probs = be.log_softmax_rows(&adjusted, n, c)?;
-    let log_p = be.gather_rows(&log_probs, labels, n, c)?;
-    let probs = be.softmax_rows(&adjusted, n, c)?;
+    let adjusted = be.add_row_bias(logits, adjustment, d)?;
+    let log_probs = be.log_softmax_rows(&adjusted, d)?;
+    let log_p = be.gather_rows(&log_probs, labels, d)?;
+    let probs = be.softmax_rows(&adjusted, d)?;
     let weight = match sla {
         Some((cos_y, cos_star, gamma, tau)) => {
-            let p = be.gather_rows(&probs, labels, n, c)?;
+            let p = be.gather_rows(&probs, labels, d)?;
             be.sla_weights(&p, cos_y, cos_star, labels, gamma, tau)?
         }
-        None => be.upload(&vec![1.0; n])?,
+        None => be.upload(&vec![1.0; d.n])?,
     };
     let loss = be.scale(&be.mul(&log_p, &weight)?, -1.0)?;
-    let row_scale = be.scale(&weight, 1.0 / n as f32)?;
-    let dlogits = be.softmax_xent_backward(&probs, labels, &row_scale, n, c)?;
+    let row_scale = be.scale(&weight, 1.0 / d.n as f32)?;
+    let dlogits = be.softmax_xent_backward(&probs, labels, &row_scale, d)?;
     Ok((loss, dlogits))
 }

@@ -9,7 +9,7 @@
 //! ends. The alternative (`"running"`) merges each batch into S in place before the batch's weights are
 //! formed, so S only ever moves to a larger logit.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, RowDims};
 use crate::config::SlaTableRule;
 use anyhow::Result;
 
@@ -56,7 +56,8 @@ impl<B: Backend> SlaTable<B> {
             SlaTableRule::Epoch => (&mut self.next_logit, &mut self.next_cos),
             SlaTableRule::Running => (&mut self.current_logit, &mut self.current_cos),
         };
-        be.cosmax_update(logits, cos, labels, n, self.classes, table_logit, table_cos)
+        let d = RowDims { n, c: self.classes };
+        be.cosmax_update(logits, cos, labels, d, table_logit, table_cos)
     }
 
     /// Fills the table from a complete pass (call `observe` for every batch first, then this): with the

@@ -17,7 +17,7 @@ mod state;
 
 pub use state::is_model_tensor;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, RowDims};
 use crate::config::{ExpertWidth, ModelKind, TrainConfig};
 use crate::nn::{
     BatchNorm2d, Conv2d, Linear, MaxPool2d, Module, Nchw, Param, Stage, StateMut, StateRef,
@@ -429,10 +429,13 @@ impl<B: Backend> MultiExpertNet<B> {
             .collect::<Result<Vec<_>>>()?
             .into_iter()
             .unzip();
-        let c = self.num_classes;
-        let mut probs = be.softmax_rows(&logits[0], batch, c)?;
+        let rows = RowDims {
+            n: batch,
+            c: self.num_classes,
+        };
+        let mut probs = be.softmax_rows(&logits[0], rows)?;
         for l in &logits[1..] {
-            be.add_assign(&mut probs, &be.softmax_rows(l, batch, c)?)?;
+            be.add_assign(&mut probs, &be.softmax_rows(l, rows)?)?;
         }
         if logits.len() > 1 {
             probs = be.scale(&probs, 1.0 / logits.len() as f32)?;

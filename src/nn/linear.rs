@@ -1,7 +1,7 @@
 //! Fully connected layer `y [n, out] = x [n, in] · weightᵀ + bias`.
 
 use super::{check_len, kaiming_normal, uniform_fan_in, Module, Param, StateMut, StateRef};
-use crate::backend::Backend;
+use crate::backend::{Backend, LinearDims};
 use anyhow::Result;
 use rand::rngs::StdRng;
 
@@ -27,24 +27,24 @@ impl<B: Backend> Linear<B> {
         })
     }
 
+    fn dims(&self, n: usize) -> LinearDims {
+        LinearDims {
+            n,
+            d_in: self.d_in,
+            d_out: self.d_out,
+        }
+    }
+
     /// `x [n, in]` → `y [n, out]`.
     pub fn forward(&self, be: &B, x: &B::Buf, n: usize) -> Result<B::Buf> {
         check_len(be, x, n * self.d_in, &self.weight.name)?;
-        be.linear_forward(
-            x,
-            &self.weight.value,
-            &self.bias.value,
-            n,
-            self.d_in,
-            self.d_out,
-        )
+        be.linear_forward(x, &self.weight.value, &self.bias.value, self.dims(n))
     }
 
     /// Stores the weight and bias gradients and returns `dx [n, in]`; `x` is the forward input.
     pub fn backward(&mut self, be: &B, x: &B::Buf, dy: &B::Buf, n: usize) -> Result<B::Buf> {
         check_len(be, dy, n * self.d_out, &self.weight.name)?;
-        let (dx, dw, db) =
-            be.linear_backward(dy, x, &self.weight.value, n, self.d_in, self.d_out)?;
+        let (dx, dw, db) = be.linear_backward(dy, x, &self.weight.value, self.dims(n))?;
         self.weight.grad = Some(dw);
         self.bias.grad = Some(db);
         Ok(dx)

@@ -1,7 +1,7 @@
 //! 2-D batch normalisation with PyTorch semantics and state-dict names.
 
 use super::{check_len, Counter, Module, Nchw, Param, RunningStat, StateMut, StateRef};
-use crate::backend::{Backend, BatchNormConfig};
+use crate::backend::{Backend, BatchNormAffine, BatchNormConfig};
 use anyhow::{Context, Result};
 
 /// Batch norm over `[n, c, h, w]`: weight 1, bias 0, running mean 0, running variance 1.
@@ -43,14 +43,24 @@ impl<B: Backend> BatchNorm2d<B> {
         })
     }
 
+    fn affine(&self) -> BatchNormAffine<'_, B> {
+        BatchNormAffine {
+            gamma: &self.weight.value,
+            beta: &self.bias.value,
+        }
+    }
+
     /// Normalises with the batch statistics, updates the running statistics and saves the
     /// batch statistics for `backward`.
     pub fn forward_train(&mut self, be: &B, x: &B::Buf, s: Nchw) -> Result<B::Buf> {
         check_len(be, x, s.len(), &self.weight.name)?;
+        let affine = BatchNormAffine {
+            gamma: &self.weight.value,
+            beta: &self.bias.value,
+        };
         let (y, mean, inv_std) = be.batch_norm_train_forward(
             x,
-            &self.weight.value,
-            &self.bias.value,
+            affine,
             &mut self.running_mean.value,
             &mut self.running_var.value,
             s.channel_dims(),
@@ -66,8 +76,7 @@ impl<B: Backend> BatchNorm2d<B> {
         check_len(be, x, s.len(), &self.weight.name)?;
         be.batch_norm_eval_forward(
             x,
-            &self.weight.value,
-            &self.bias.value,
+            self.affine(),
             &self.running_mean.value,
             &self.running_var.value,
             s.channel_dims(),

@@ -3,7 +3,9 @@
 //! ([`BenchInput`]) so that the cost of the data path can be told apart from the step itself.
 
 use crate::augment::{Level, CIFAR_NORMALIZATION};
-use crate::backend::{augment_params, AugmentSpec, Backend, HostStaging, LossReduction, SgdConfig};
+use crate::backend::{
+    augment_params, AugmentSpec, Backend, HostStaging, LossReduction, SampleDims, SgdConfig,
+};
 use crate::config::{ModelKind, TrainConfig};
 use crate::method::{EpochPlan, SlaTable};
 use crate::model::MultiExpertNet;
@@ -294,7 +296,13 @@ impl<B: Backend> BenchStep<B> {
         if self.plan.mixup_alpha > 0.0 {
             let mixed_views = views
                 .iter()
-                .map(|v| be.mixup(v, &self.perm, MIX_LAMBDA, n, 3 * size * size))
+                .map(|v| {
+                    let d = SampleDims {
+                        n,
+                        per_sample: 3 * size * size,
+                    };
+                    be.mixup(v, &self.perm, MIX_LAMBDA, d)
+                })
                 .collect::<Result<Vec<_>>>()?;
             train_step(
                 be,

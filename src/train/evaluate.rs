@@ -4,7 +4,7 @@
 use super::loader::BatchLoader;
 use super::source::ImageSource;
 use crate::augment::Level;
-use crate::backend::Backend;
+use crate::backend::{Backend, RowDims};
 use crate::metrics::{EvalAccumulator, EvalMetrics};
 use crate::model::MultiExpertNet;
 use anyhow::Result;
@@ -55,15 +55,13 @@ pub fn evaluate<B: Backend>(
     loader.for_each(be, &batches, &[Level::Plain], 0, 0, |_, batch, views| {
         let n = batch.len();
         let out = model.forward_eval(be, &views[0], n, h, w)?;
-        let (conf, pred) = be.row_max(&out.probs, n, classes)?;
+        let rows = RowDims { n, c: classes };
+        let (conf, pred) = be.row_max(&out.probs, rows)?;
         let (conf, pred) = (be.download(&conf)?, be.download_index(&pred)?);
         let expert_preds = out
             .logits
             .iter()
-            .map(|l| {
-                be.row_max(l, n, classes)
-                    .and_then(|(_, i)| be.download_index(&i))
-            })
+            .map(|l| be.row_max(l, rows).and_then(|(_, i)| be.download_index(&i)))
             .collect::<Result<Vec<_>>>()?;
         let probs = be.download(&out.probs)?;
         let labels: Vec<u32> = batch.iter().map(|&i| test_set.labels()[i]).collect();

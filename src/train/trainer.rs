@@ -9,7 +9,7 @@ use super::optimizer::sgd_update;
 use super::schedule::learning_rate;
 use super::source::ImageSource;
 use crate::augment::{draw_mixup, Level};
-use crate::backend::{Backend, LossReduction, LossTargets, SgdConfig};
+use crate::backend::{Backend, CosineDims, LossReduction, LossTargets, SampleDims, SgdConfig};
 use crate::config::{LossKind, SlaTableRule, TrainConfig};
 use crate::method::{
     class_balanced_weights, expert_loss, inverse_frequency_weights, log_prior, EpochPlan,
@@ -196,7 +196,15 @@ pub fn train<B: Backend>(
                         draw_mixup(cfg.seed, epoch as u32, step as u32, n, plan.mixup_alpha);
                     let perm_dev = be.upload_index(&perm)?;
                     for v in &mut views {
-                        *v = be.mixup(v, &perm_dev, lambda, n, 3 * h * w)?;
+                        *v = be.mixup(
+                            v,
+                            &perm_dev,
+                            lambda,
+                            SampleDims {
+                                n,
+                                per_sample: 3 * h * w,
+                            },
+                        )?;
                     }
                     let partner: Vec<u32> = perm.iter().map(|&j| labels[j as usize]).collect();
                     mixed = Some((be.upload_index(&partner)?, lambda));
@@ -425,9 +433,7 @@ fn fill_sla_tables<B: Backend>(
                     &out.features[k],
                     model.classifier_weight(k),
                     &labels,
-                    n,
-                    d,
-                    classes,
+                    CosineDims { n, d, c: classes },
                 )?;
                 table.observe(be, &out.logits[k], &cos, &labels, n)?;
             }

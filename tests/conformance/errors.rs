@@ -6,13 +6,15 @@ use anyhow::{bail, ensure, Result};
 use ltrain::augment::Level;
 use ltrain::backend::abi::KERNEL_ERRORS;
 use ltrain::backend::augment_params::{self, PARAM_WORDS};
+use ltrain::backend::UnfusedLoss;
 use ltrain::backend::{AugmentSpec, Backend, LossArgs, LossReduction, LossTargets, LossWeighting};
+use ltrain::backend::{CosineDims, RowDims, SampleDims};
 
 use super::up;
 
 /// `op` must fail with a message containing `want`; on a GPU the error may surface only at the next
 /// synchronisation, so that counts too.
-fn expect_message<B: Backend, T>(be: &B, op: Result<T>, want: &str) -> Result<()> {
+fn expect_message<B: UnfusedLoss, T>(be: &B, op: Result<T>, want: &str) -> Result<()> {
     let outcome = op.and_then(|_| be.synchronize());
     match outcome {
         Ok(()) => bail!("expected the error {want:?}, got Ok"),
@@ -36,7 +38,7 @@ fn loss_args<'a, B: Backend>(logits: &'a B::Buf, targets: LossTargets<'a, B>) ->
     }
 }
 
-pub fn kernel_errors<B: Backend>(be: &B) -> Result<()> {
+pub fn kernel_errors<B: UnfusedLoss>(be: &B) -> Result<()> {
     let mut covered = Vec::new();
     let mut case = |name: &'static str, outcome: Result<()>| -> Result<()> {
         covered.push(name);
@@ -77,7 +79,12 @@ pub fn kernel_errors<B: Backend>(be: &B) -> Result<()> {
         "ERR_COSINE_LABEL",
         expect_message(
             be,
-            be.row_cosine(&features, &classifier, &be.upload_index(&[5, 0])?, 2, 3, 4),
+            be.row_cosine(
+                &features,
+                &classifier,
+                &be.upload_index(&[5, 0])?,
+                CosineDims { n: 2, d: 3, c: 4 },
+            ),
             "row_cosine: `labels`[0] = 5 is out of range (must be < 4)",
         ),
     )?;
@@ -93,8 +100,7 @@ pub fn kernel_errors<B: Backend>(be: &B) -> Result<()> {
                 &up(be, &[0.1; 8])?,
                 &up(be, &[0.5, 0.25])?,
                 &be.upload_index(&[1, 6])?,
-                2,
-                4,
+                RowDims { n: 2, c: 4 },
                 &mut table_logit,
                 &mut table_cos,
             ),
@@ -111,8 +117,10 @@ pub fn kernel_errors<B: Backend>(be: &B) -> Result<()> {
                 &up(be, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])?,
                 &be.upload_index(&[0, 3, 1])?,
                 0.4,
-                3,
-                2,
+                SampleDims {
+                    n: 3,
+                    per_sample: 2,
+                },
             ),
             "mixup: `perm`[1] = 3 is out of range (must be < 3)",
         ),
@@ -153,7 +161,11 @@ pub fn kernel_errors<B: Backend>(be: &B) -> Result<()> {
         "ERR_GATHER_INDEX",
         expect_message(
             be,
-            be.gather_rows(&up(be, &[0.0; 6])?, &be.upload_index(&[2, 3])?, 2, 3),
+            be.gather_rows(
+                &up(be, &[0.0; 6])?,
+                &be.upload_index(&[2, 3])?,
+                RowDims { n: 2, c: 3 },
+            ),
             "gather_rows: `idx`[1] = 3 is out of range (must be < 3)",
         ),
     )?;
@@ -180,8 +192,7 @@ pub fn kernel_errors<B: Backend>(be: &B) -> Result<()> {
                 &up(be, &[0.2; 6])?,
                 &be.upload_index(&[3, 0])?,
                 &up(be, &[1.0, 1.0])?,
-                2,
-                3,
+                RowDims { n: 2, c: 3 },
             ),
             "softmax_xent_backward: `labels`[0] = 3 is out of range (must be < 3)",
         ),

@@ -3,7 +3,9 @@
 //! agreement with the unfused composition of the row ops.
 
 use anyhow::{ensure, Result};
-use ltrain::backend::{Backend, LossArgs, LossReduction, LossTargets, LossWeighting};
+use ltrain::backend::RowDims;
+use ltrain::backend::UnfusedLoss;
+use ltrain::backend::{LossArgs, LossReduction, LossTargets, LossWeighting};
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -19,7 +21,7 @@ struct FusedOut {
 }
 
 /// Uploads a case, runs `fused_loss` and downloads its outputs.
-fn run_fused<B: Backend>(be: &B, case: &LossCase) -> Result<FusedOut> {
+fn run_fused<B: UnfusedLoss>(be: &B, case: &LossCase) -> Result<FusedOut> {
     let logits = up(be, &case.logits)?;
     let adjustment = case
         .adjustment
@@ -171,7 +173,7 @@ fn describe(case: &LossCase) -> String {
 /// dlogits against central differences (h 1e-4, truncation ~1e-8) of the reduced loss with the
 /// weights the trait holds constant frozen (SLA's, the weight-normalised denominator) and focal's
 /// true dependence on p (atol 2e-6 + rtol 1e-4).
-pub fn reference_and_gradient<B: Backend>(be: &B) -> Result<()> {
+pub fn reference_and_gradient<B: UnfusedLoss>(be: &B) -> Result<()> {
     let mut g = rng(21);
     for case in cases(20) {
         let what = describe(&case);
@@ -223,7 +225,7 @@ pub fn reference_and_gradient<B: Backend>(be: &B) -> Result<()> {
 /// dlogits = [p - 0.25, (1 - p) - 0.75]. Per-class weights [2, 1/2], weight-normalised, rows [1, 0] label 0
 /// and [0, 1] label 1: losses [2 CE, CE / 2], denominator 5/2, dlogits [[-0.2151531371, 0.2151531371],
 /// [0.0537882843, -0.0537882843]].
-pub fn hand<B: Backend>(be: &B) -> Result<()> {
+pub fn hand<B: UnfusedLoss>(be: &B) -> Result<()> {
     let p = 0.7310585786300049;
     let single = |weighting, adjustment| LossCase {
         n: 1,
@@ -344,7 +346,7 @@ pub fn hand<B: Backend>(be: &B) -> Result<()> {
 }
 
 /// Focal/SLA with mixed targets, labels out of range and buffers of the wrong length are errors.
-pub fn errors<B: Backend>(be: &B) -> Result<()> {
+pub fn errors<B: UnfusedLoss>(be: &B) -> Result<()> {
     let base = LossCase {
         n: 2,
         c: 3,
@@ -449,22 +451,22 @@ pub fn errors<B: Backend>(be: &B) -> Result<()> {
 /// The composition `add_row_bias` → `log_softmax_rows` / `softmax_rows` → `gather_rows`, with the
 /// weighting, reduction and gradient formed on the host from those outputs, agrees with `fused_loss`
 /// (atol 1e-5 + rtol 1e-4: the host path rounds through f32 intermediates).
-pub fn unfused_matches_fused<B: Backend>(be: &B) -> Result<()> {
+pub fn unfused_matches_fused<B: UnfusedLoss>(be: &B) -> Result<()> {
     for case in cases(30) {
         let what = format!("unfused vs {}", describe(&case));
         let (n, c) = (case.n, case.c);
         let fused = run_fused(be, &case)?;
         let logits = up(be, &case.logits)?;
         let z = match &case.adjustment {
-            Some(adj) => be.add_row_bias(&logits, &up64(be, adj)?, n, c)?,
+            Some(adj) => be.add_row_bias(&logits, &up64(be, adj)?, RowDims { n, c })?,
             None => be.scale(&logits, 1.0)?,
         };
-        let log_p = be.log_softmax_rows(&z, n, c)?;
-        let s = f64s(&down(be, &be.softmax_rows(&z, n, c)?)?);
+        let log_p = be.log_softmax_rows(&z, RowDims { n, c })?;
+        let s = f64s(&down(be, &be.softmax_rows(&z, RowDims { n, c })?)?);
         let gather = |y: &[u32]| -> Result<Vec<f64>> {
             Ok(f64s(&down(
                 be,
-                &be.gather_rows(&log_p, &be.upload_index(y)?, n, c)?,
+                &be.gather_rows(&log_p, &be.upload_index(y)?, RowDims { n, c })?,
             )?)
             .iter()
             .map(|v| -v)

@@ -16,7 +16,7 @@ mod ops;
 pub mod reference;
 
 use anyhow::{ensure, Result};
-use ltrain::backend::Backend;
+use ltrain::backend::UnfusedLoss;
 use rand::rngs::StdRng;
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
@@ -25,7 +25,7 @@ use rand::{Rng, SeedableRng};
 pub type Check<B> = (&'static str, fn(&B) -> Result<()>);
 
 /// Every check of the suite, in a stable order.
-pub fn checks<B: Backend>() -> Vec<Check<B>> {
+pub fn checks<B: UnfusedLoss>() -> Vec<Check<B>> {
     vec![
         ("memory", ops::memory::<B>),
         ("staging", ops::staging::<B>),
@@ -58,7 +58,7 @@ pub fn checks<B: Backend>() -> Vec<Check<B>> {
 }
 
 /// Runs every check and panics with the list of failures (all checks run even when one fails).
-pub fn run_all<B: Backend>(be: &B) {
+pub fn run_all<B: UnfusedLoss>(be: &B) {
     let all = checks::<B>();
     let mut failures = Vec::new();
     for (name, check) in &all {
@@ -104,15 +104,15 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-pub fn up<B: Backend>(be: &B, data: &[f32]) -> Result<B::Buf> {
+pub fn up<B: UnfusedLoss>(be: &B, data: &[f32]) -> Result<B::Buf> {
     be.upload(data)
 }
 
-pub fn up64<B: Backend>(be: &B, data: &[f64]) -> Result<B::Buf> {
+pub fn up64<B: UnfusedLoss>(be: &B, data: &[f64]) -> Result<B::Buf> {
     be.upload(&data.iter().map(|&v| v as f32).collect::<Vec<_>>())
 }
 
-pub fn down<B: Backend>(be: &B, buf: &B::Buf) -> Result<Vec<f32>> {
+pub fn down<B: UnfusedLoss>(be: &B, buf: &B::Buf) -> Result<Vec<f32>> {
     be.download(buf)
 }
 

@@ -1,9 +1,10 @@
 //! Checks of every op except the fused loss.
 
 use anyhow::{ensure, Result};
+use ltrain::backend::UnfusedLoss;
+use ltrain::backend::{BatchNormAffine, CosineDims, LinearDims, RowDims, SampleDims};
 use ltrain::backend::{
-    Backend, BatchNormConfig, ChannelDims, Conv2dDims, HostStaging, Pool2dDims, SgdConfig,
-    ShortcutDims,
+    BatchNormConfig, ChannelDims, Conv2dDims, HostStaging, Pool2dDims, SgdConfig, ShortcutDims,
 };
 use rand::seq::SliceRandom;
 
@@ -12,7 +13,7 @@ use super::{
     assert_close, assert_exact, dot, down, expect_err, f64s, fd_check, labels, rng, uniform, up,
 };
 
-pub fn memory<B: Backend>(be: &B) -> Result<()> {
+pub fn memory<B: UnfusedLoss>(be: &B) -> Result<()> {
     let data = [1.5f32, -2.0, 3.25, 0.0, 7.0];
     let buf = up(be, &data)?;
     ensure!(
@@ -49,7 +50,7 @@ pub fn memory<B: Backend>(be: &B) -> Result<()> {
 /// Staged uploads copy the requested prefix, and a staging buffer rewritten right after an upload
 /// does not change what was uploaded: on a GPU the copy is still queued behind `busy` work when the
 /// host asks to write again, so `as_mut_slice` must wait for it.
-pub fn staging<B: Backend>(be: &B) -> Result<()> {
+pub fn staging<B: UnfusedLoss>(be: &B) -> Result<()> {
     let len = 1 << 20;
     let mut staging = be.alloc_staging(len)?;
     ensure!(staging.capacity() == len, "staging capacity");
@@ -91,7 +92,7 @@ pub fn staging<B: Backend>(be: &B) -> Result<()> {
 
 /// add / add_assign / scale are single roundings (atol 0, rtol 1e-7); sum is f64-accumulated, so its
 /// error is one f32 rounding of the result plus summation slack (rtol 1e-6 of sum |x|).
-pub fn elementwise<B: Backend>(be: &B) -> Result<()> {
+pub fn elementwise<B: UnfusedLoss>(be: &B) -> Result<()> {
     let mut g = rng(1);
     for len in [1usize, 7, 1000, 70_001] {
         let a = uniform(&mut g, len, -2.0, 2.0);
@@ -129,7 +130,7 @@ pub fn elementwise<B: Backend>(be: &B) -> Result<()> {
 }
 
 /// ReLU is exact; its backward is checked against `dy * (y > 0)` and by finite differences away from 0.
-pub fn relu<B: Backend>(be: &B) -> Result<()> {
+pub fn relu<B: UnfusedLoss>(be: &B) -> Result<()> {
     let mut g = rng(2);
     let mut x = uniform(&mut g, 300, -1.0, 1.0);
     x[0] = 0.0;
@@ -167,14 +168,19 @@ pub fn relu<B: Backend>(be: &B) -> Result<()> {
     )
 }
 
-pub fn mixup<B: Backend>(be: &B) -> Result<()> {
+pub fn mixup<B: UnfusedLoss>(be: &B) -> Result<()> {
     let mut g = rng(3);
     let (n, per) = (5usize, 7usize);
     let x = uniform(&mut g, n * per, -1.0, 1.0);
     let mut perm: Vec<u32> = (0..n as u32).collect();
     perm.shuffle(&mut g);
     let lambda = 0.3f32;
-    let y = be.mixup(&up(be, &x)?, &be.upload_index(&perm)?, lambda, n, per)?;
+    let y = be.mixup(
+        &up(be, &x)?,
+        &be.upload_index(&perm)?,
+        lambda,
+        SampleDims { n, per_sample: per },
+    )?;
     let want: Vec<f64> = (0..n * per)
         .map(|k| {
             let (i, e) = (k / per, k % per);
@@ -186,7 +192,7 @@ pub fn mixup<B: Backend>(be: &B) -> Result<()> {
     let bad = be.upload_index(&[0, 1, 2, 3, 5])?;
     expect_err(
         "mixup with perm out of range",
-        be.mixup(&up(be, &x)?, &bad, 0.5, n, per),
+        be.mixup(&up(be, &x)?, &bad, 0.5, SampleDims { n, per_sample: per }),
     )
 }
 
@@ -220,7 +226,7 @@ pub fn conv_shapes() -> Vec<Conv2dDims> {
 
 /// Forward against the direct-loop reference: f32 dot products of at most 147 terms of O(1) values,
 /// bound atol 1e-5 + rtol 1e-4.
-pub fn conv_forward<B: Backend>(be: &B) -> Result<()> {
+pub fn conv_forward<B: UnfusedLoss>(be: &B) -> Result<()> {
     let mut g = rng(4);
     for d in conv_shapes() {
         let x = uniform(&mut g, d.input_len(), -1.0, 1.0);
@@ -240,7 +246,7 @@ pub fn conv_forward<B: Backend>(be: &B) -> Result<()> {
 /// Backward data/weight against the scattered-loop adjoints (all elements; atol 1e-5 + rtol 1e-4) and
 /// against finite differences of `L = <r, conv(x, w)>` in f64 (the forward is linear, so central
 /// differences are exact up to f64 rounding; the bound only covers the backend's f32 rounding).
-pub fn conv_backward<B: Backend>(be: &B) -> Result<()> {
+pub fn conv_backward<B: UnfusedLoss>(be: &B) -> Result<()> {
     let mut g = rng(5);
     for d in conv_shapes() {
         let x = uniform(&mut g, d.input_len(), -1.0, 1.0);
@@ -294,7 +300,7 @@ pub fn conv_backward<B: Backend>(be: &B) -> Result<()> {
     Ok(())
 }
 
-pub fn conv_errors<B: Backend>(be: &B) -> Result<()> {
+pub fn conv_errors<B: UnfusedLoss>(be: &B) -> Result<()> {
     let d = Conv2dDims {
         n: 1,
         c_in: 4,
@@ -339,7 +345,7 @@ fn bn_shapes() -> Vec<ChannelDims> {
 
 /// Training and evaluation forward against the definitions (f64 stats, biased variance for y, unbiased
 /// for running_var): y atol 1e-5 + rtol 1e-4 (normalised values are O(1)), statistics rtol 1e-5.
-pub fn batch_norm<B: Backend>(be: &B) -> Result<()> {
+pub fn batch_norm<B: UnfusedLoss>(be: &B) -> Result<()> {
     let mut g = rng(6);
     let cfg = BatchNormConfig::default();
     let (eps, mom) = (cfg.eps as f64, cfg.momentum as f64);
@@ -356,8 +362,10 @@ pub fn batch_norm<B: Backend>(be: &B) -> Result<()> {
         let (mut rm, mut rv) = (up(be, &rm0)?, up(be, &rv0)?);
         let (y, mean, inv_std) = be.batch_norm_train_forward(
             &up(be, &x)?,
-            &up(be, &gamma)?,
-            &up(be, &beta)?,
+            BatchNormAffine {
+                gamma: &up(be, &gamma)?,
+                beta: &up(be, &beta)?,
+            },
             &mut rm,
             &mut rv,
             d,
@@ -413,8 +421,10 @@ pub fn batch_norm<B: Backend>(be: &B) -> Result<()> {
 
         let ye = be.batch_norm_eval_forward(
             &up(be, &x)?,
-            &up(be, &gamma)?,
-            &up(be, &beta)?,
+            BatchNormAffine {
+                gamma: &up(be, &gamma)?,
+                beta: &up(be, &beta)?,
+            },
             &rm,
             &rv,
             d,
@@ -437,13 +447,23 @@ pub fn batch_norm<B: Backend>(be: &B) -> Result<()> {
     let one = up(be, &[1.0, 1.0])?;
     expect_err(
         "batch_norm_train_forward with one value per channel",
-        be.batch_norm_train_forward(&one, &one, &one, &mut rm, &mut rv, d, cfg),
+        be.batch_norm_train_forward(
+            &one,
+            BatchNormAffine {
+                gamma: &one,
+                beta: &one,
+            },
+            &mut rm,
+            &mut rv,
+            d,
+            cfg,
+        ),
     )
 }
 
 /// Backward against the textbook formula (atol 1e-5 + rtol 1e-4) and against finite differences of
 /// `L = <r, bn_train(x, gamma, beta)>` in f64 (h 1e-3: truncation ~1e-6 relative).
-pub fn batch_norm_backward<B: Backend>(be: &B) -> Result<()> {
+pub fn batch_norm_backward<B: UnfusedLoss>(be: &B) -> Result<()> {
     let mut g = rng(7);
     let cfg = BatchNormConfig::default();
     let eps = cfg.eps as f64;
@@ -457,8 +477,17 @@ pub fn batch_norm_backward<B: Backend>(be: &B) -> Result<()> {
         let dy = uniform(&mut g, d.len(), -1.0, 1.0);
         let (mut rm, mut rv) = (be.zeros(d.c)?, up(be, &vec![1.0; d.c])?);
         let (xb, gb) = (up(be, &x)?, up(be, &gamma)?);
-        let (_, mean, inv_std) =
-            be.batch_norm_train_forward(&xb, &gb, &up(be, &beta)?, &mut rm, &mut rv, d, cfg)?;
+        let (_, mean, inv_std) = be.batch_norm_train_forward(
+            &xb,
+            BatchNormAffine {
+                gamma: &gb,
+                beta: &up(be, &beta)?,
+            },
+            &mut rm,
+            &mut rv,
+            d,
+            cfg,
+        )?;
         let (dx, dgamma, dbeta) =
             be.batch_norm_backward(&up(be, &dy)?, &xb, &gb, &mean, &inv_std, d)?;
         let (dx, dgamma, dbeta) = (down(be, &dx)?, down(be, &dgamma)?, down(be, &dbeta)?);
@@ -510,14 +539,16 @@ pub fn batch_norm_backward<B: Backend>(be: &B) -> Result<()> {
 
 /// One channel holding 1, 2, 3, 4: mean 2.5, biased variance 1.25 (normalisation), unbiased 5/3
 /// (running variance). From running (0, 1): running_mean 0.25, running_var 0.9 + 0.1 * 5/3.
-pub fn batch_norm_hand<B: Backend>(be: &B) -> Result<()> {
+pub fn batch_norm_hand<B: UnfusedLoss>(be: &B) -> Result<()> {
     let d = ChannelDims { n: 2, c: 1, hw: 2 };
     let cfg = BatchNormConfig::default();
     let (mut rm, mut rv) = (up(be, &[0.0])?, up(be, &[1.0])?);
     let (y, mean, inv_std) = be.batch_norm_train_forward(
         &up(be, &[1.0, 2.0, 3.0, 4.0])?,
-        &up(be, &[2.0])?,
-        &up(be, &[0.5])?,
+        BatchNormAffine {
+            gamma: &up(be, &[2.0])?,
+            beta: &up(be, &[0.5])?,
+        },
         &mut rm,
         &mut rv,
         d,
@@ -581,7 +612,7 @@ fn pool_shapes() -> Vec<Pool2dDims> {
 /// Max pooling is a selection, so values and argmax must match the reference exactly. Inputs drawn
 /// from {-3, -2, -1, 0} exercise ties (first maximum wins) and negative windows next to the padding
 /// (padding never wins); continuous negative inputs check the same without ties.
-pub fn max_pool<B: Backend>(be: &B) -> Result<()> {
+pub fn max_pool<B: UnfusedLoss>(be: &B) -> Result<()> {
     let mut g = rng(8);
     for d in pool_shapes() {
         let len = d.n * d.c * d.h * d.w;
@@ -617,7 +648,7 @@ pub fn max_pool<B: Backend>(be: &B) -> Result<()> {
 
 /// Backward routes dy to the argmax (sums where windows overlap): exact up to the f32 additions of
 /// overlapping windows (rtol 1e-6); finite differences on distinct, well-separated values.
-pub fn max_pool_backward<B: Backend>(be: &B) -> Result<()> {
+pub fn max_pool_backward<B: UnfusedLoss>(be: &B) -> Result<()> {
     let mut g = rng(9);
     for d in pool_shapes() {
         let len = d.n * d.c * d.h * d.w;
@@ -651,7 +682,7 @@ pub fn max_pool_backward<B: Backend>(be: &B) -> Result<()> {
 }
 
 /// Mean over hw (atol 1e-6 + rtol 1e-5), backward `dy / hw` and its finite differences.
-pub fn global_avg_pool<B: Backend>(be: &B) -> Result<()> {
+pub fn global_avg_pool<B: UnfusedLoss>(be: &B) -> Result<()> {
     let mut g = rng(10);
     for d in [
         ChannelDims { n: 3, c: 4, hw: 6 },
@@ -715,7 +746,7 @@ fn shortcut_shapes() -> Vec<ShortcutDims> {
 }
 
 /// The shortcut is a selection: exact forward and backward; finite differences of `<r, shortcut(x)>`.
-pub fn shortcut_a<B: Backend>(be: &B) -> Result<()> {
+pub fn shortcut_a<B: UnfusedLoss>(be: &B) -> Result<()> {
     let mut g = rng(11);
     for d in shortcut_shapes() {
         let x = uniform(&mut g, d.n * d.c_in * d.h * d.w, -1.0, 1.0);
@@ -759,7 +790,7 @@ pub fn shortcut_a<B: Backend>(be: &B) -> Result<()> {
 
 /// `x [1, 2, 3, 3]` holding 0..18, stride 2, 4 output channels: channel 0 and 3 are zero padding,
 /// channels 1 and 2 are the corners and edge midpoints `x[c, ::2, ::2]`.
-pub fn shortcut_a_hand<B: Backend>(be: &B) -> Result<()> {
+pub fn shortcut_a_hand<B: UnfusedLoss>(be: &B) -> Result<()> {
     let d = ShortcutDims {
         n: 1,
         c_in: 2,
@@ -783,7 +814,7 @@ pub fn shortcut_a_hand<B: Backend>(be: &B) -> Result<()> {
 }
 
 /// Linear forward/backward against the reference (atol 1e-5 + rtol 1e-4) and finite differences.
-pub fn linear<B: Backend>(be: &B) -> Result<()> {
+pub fn linear<B: UnfusedLoss>(be: &B) -> Result<()> {
     let mut g = rng(12);
     for (n, d_in, d_out) in [(3usize, 5usize, 4usize), (1, 7, 2), (5, 1, 3), (17, 33, 10)] {
         let x = uniform(&mut g, n * d_in, -1.0, 1.0);
@@ -792,7 +823,7 @@ pub fn linear<B: Backend>(be: &B) -> Result<()> {
         let (xb, wb) = (up(be, &x)?, up(be, &w)?);
         let y = down(
             be,
-            &be.linear_forward(&xb, &wb, &up(be, &b)?, n, d_in, d_out)?,
+            &be.linear_forward(&xb, &wb, &up(be, &b)?, LinearDims { n, d_in, d_out })?,
         )?;
         let (x64, w64, b64) = (f64s(&x), f64s(&w), f64s(&b));
         let what = format!("linear n {n} in {d_in} out {d_out}");
@@ -805,7 +836,8 @@ pub fn linear<B: Backend>(be: &B) -> Result<()> {
         )?;
         let dy = uniform(&mut g, n * d_out, -1.0, 1.0);
         let dy64 = f64s(&dy);
-        let (dx, dw, db) = be.linear_backward(&up(be, &dy)?, &xb, &wb, n, d_in, d_out)?;
+        let (dx, dw, db) =
+            be.linear_backward(&up(be, &dy)?, &xb, &wb, LinearDims { n, d_in, d_out })?;
         let (dx, dw, db) = (down(be, &dx)?, down(be, &dw)?, down(be, &db)?);
         let fx = |x: &[f64]| dot(&dy64, &r::linear(x, &w64, &b64, n, d_in, d_out));
         let fw = |w: &[f64]| dot(&dy64, &r::linear(&x64, w, &b64, n, d_in, d_out));
@@ -846,13 +878,22 @@ pub fn linear<B: Backend>(be: &B) -> Result<()> {
     }
     expect_err(
         "linear_forward with a short bias",
-        be.linear_forward(&be.zeros(6)?, &be.zeros(6)?, &be.zeros(1)?, 2, 3, 2),
+        be.linear_forward(
+            &be.zeros(6)?,
+            &be.zeros(6)?,
+            &be.zeros(1)?,
+            LinearDims {
+                n: 2,
+                d_in: 3,
+                d_out: 2,
+            },
+        ),
     )
 }
 
 /// Softmax/log-softmax (atol 1e-6 + rtol 1e-5, including rows around 1000 that overflow a naive exp),
 /// bias, gather (exact) and row max (exact, first maximum on ties).
-pub fn rows<B: Backend>(be: &B) -> Result<()> {
+pub fn rows<B: UnfusedLoss>(be: &B) -> Result<()> {
     let mut g = rng(13);
     for (n, c) in [(3usize, 5usize), (2, 1), (4, 10), (1, 100)] {
         let mut x = uniform(&mut g, n * c, -4.0, 4.0);
@@ -862,14 +903,14 @@ pub fn rows<B: Backend>(be: &B) -> Result<()> {
         let p: Vec<f64> = logp.iter().map(|v| v.exp()).collect();
         assert_close(
             &format!("softmax_rows {n}x{c}"),
-            &down(be, &be.softmax_rows(&xb, n, c)?)?,
+            &down(be, &be.softmax_rows(&xb, RowDims { n, c })?)?,
             &p,
             1e-6,
             1e-5,
         )?;
         assert_close(
             &format!("log_softmax_rows {n}x{c}"),
-            &down(be, &be.log_softmax_rows(&xb, n, c)?)?,
+            &down(be, &be.log_softmax_rows(&xb, RowDims { n, c })?)?,
             &logp,
             1e-5,
             1e-5,
@@ -880,7 +921,10 @@ pub fn rows<B: Backend>(be: &B) -> Result<()> {
             .collect();
         assert_close(
             "add_row_bias",
-            &down(be, &be.add_row_bias(&xb, &up(be, &bias)?, n, c)?)?,
+            &down(
+                be,
+                &be.add_row_bias(&xb, &up(be, &bias)?, RowDims { n, c })?,
+            )?,
             &want,
             0.0,
             1e-7,
@@ -889,12 +933,15 @@ pub fn rows<B: Backend>(be: &B) -> Result<()> {
         let want: Vec<f64> = (0..n).map(|i| x[i * c + idx[i] as usize] as f64).collect();
         assert_exact(
             "gather_rows",
-            &down(be, &be.gather_rows(&xb, &be.upload_index(&idx)?, n, c)?)?,
+            &down(
+                be,
+                &be.gather_rows(&xb, &be.upload_index(&idx)?, RowDims { n, c })?,
+            )?,
             &want,
         )?;
     }
     let x = up(be, &[1.0, 3.0, 3.0, -1.0, 5.0, 5.0, 5.0, 2.0])?;
-    let (max, arg) = be.row_max(&x, 2, 4)?;
+    let (max, arg) = be.row_max(&x, RowDims { n: 2, c: 4 })?;
     assert_exact("row_max values", &down(be, &max)?, &[3.0, 5.0])?;
     ensure!(
         be.download_index(&arg)? == vec![1, 0],
@@ -902,13 +949,13 @@ pub fn rows<B: Backend>(be: &B) -> Result<()> {
     );
     expect_err(
         "gather_rows with an index out of range",
-        be.gather_rows(&x, &be.upload_index(&[0, 4])?, 2, 4),
+        be.gather_rows(&x, &be.upload_index(&[0, 4])?, RowDims { n: 2, c: 4 }),
     )?;
     Ok(())
 }
 
 /// Cosine in f64 reference (atol 1e-6), 0 for a zero feature or a zero classifier row; a hand value.
-pub fn row_cosine<B: Backend>(be: &B) -> Result<()> {
+pub fn row_cosine<B: UnfusedLoss>(be: &B) -> Result<()> {
     let mut g = rng(14);
     let (n, d, c) = (5usize, 6usize, 3usize);
     let mut z = uniform(&mut g, n * d, -1.0, 1.0);
@@ -918,7 +965,12 @@ pub fn row_cosine<B: Backend>(be: &B) -> Result<()> {
     let y = [1u32, 0, 2, 1, 0];
     let cos = down(
         be,
-        &be.row_cosine(&up(be, &z)?, &up(be, &w)?, &be.upload_index(&y)?, n, d, c)?,
+        &be.row_cosine(
+            &up(be, &z)?,
+            &up(be, &w)?,
+            &be.upload_index(&y)?,
+            CosineDims { n, d, c },
+        )?,
     )?;
     let want: Vec<f64> = (0..n)
         .map(|i| {
@@ -938,9 +990,7 @@ pub fn row_cosine<B: Backend>(be: &B) -> Result<()> {
         &up(be, &[1.0, 0.0])?,
         &up(be, &[1.0, 1.0])?,
         &be.upload_index(&[0])?,
-        1,
-        2,
-        1,
+        CosineDims { n: 1, d: 2, c: 1 },
     )?;
     assert_close(
         "row_cosine hand",
@@ -955,16 +1005,14 @@ pub fn row_cosine<B: Backend>(be: &B) -> Result<()> {
             &up(be, &z)?,
             &up(be, &w)?,
             &be.upload_index(&[0, 0, 3, 0, 0])?,
-            n,
-            d,
-            c,
+            CosineDims { n, d, c },
         ),
     )
 }
 
 /// Hand-built merge: within the batch the earliest of tied samples wins; a batch maximum replaces the
 /// table entry only when strictly larger (a tie with the table, or a smaller value, keeps the table).
-pub fn cosmax_update_hand<B: Backend>(be: &B) -> Result<()> {
+pub fn cosmax_update_hand<B: UnfusedLoss>(be: &B) -> Result<()> {
     let (n, c) = (6usize, 3usize);
     let labels = [0u32, 0, 1, 2, 0, 1];
     // True-class logits: 1.0, 1.0 (tie, later), -5.0, 2.0 (ties the table), 0.7, -6.0.
@@ -977,7 +1025,14 @@ pub fn cosmax_update_hand<B: Backend>(be: &B) -> Result<()> {
     let mut table_logit = up(be, &[0.5, f32::NEG_INFINITY, 2.0])?;
     let mut table_cos = up(be, &[0.1, 0.2, 0.3])?;
     let (lb, cb, yb) = (up(be, &logits)?, up(be, &cos)?, be.upload_index(&labels)?);
-    be.cosmax_update(&lb, &cb, &yb, n, c, &mut table_logit, &mut table_cos)?;
+    be.cosmax_update(
+        &lb,
+        &cb,
+        &yb,
+        RowDims { n, c },
+        &mut table_logit,
+        &mut table_cos,
+    )?;
     assert_exact(
         "cosmax_update logits",
         &down(be, &table_logit)?,
@@ -995,8 +1050,7 @@ pub fn cosmax_update_hand<B: Backend>(be: &B) -> Result<()> {
         &lb,
         &up(be, &[0.9; 6])?,
         &yb,
-        n,
-        c,
+        RowDims { n, c },
         &mut table_logit,
         &mut table_cos,
     )?;
@@ -1014,12 +1068,19 @@ pub fn cosmax_update_hand<B: Backend>(be: &B) -> Result<()> {
     )?;
     expect_err(
         "cosmax_update with a short table",
-        be.cosmax_update(&lb, &cb, &yb, n, c, &mut be.zeros(2)?, &mut table_cos),
+        be.cosmax_update(
+            &lb,
+            &cb,
+            &yb,
+            RowDims { n, c },
+            &mut be.zeros(2)?,
+            &mut table_cos,
+        ),
     )
 }
 
 /// SGD against the documented formula in f64 (rtol 1e-6), with and without Nesterov and weight decay.
-pub fn sgd_step<B: Backend>(be: &B) -> Result<()> {
+pub fn sgd_step<B: UnfusedLoss>(be: &B) -> Result<()> {
     let mut g = rng(15);
     for nesterov in [false, true] {
         for weight_decay in [0.0f32, 5e-4] {
@@ -1076,7 +1137,7 @@ pub fn sgd_step<B: Backend>(be: &B) -> Result<()> {
 /// g = 0.51, v = 0.18 + 0.51 = 0.69, step = 0.51 + 0.9 * 0.69 = 1.131, p = 0.8869.
 /// Second step, grad 0: g = 0.008869, v = 0.621 + 0.008869 = 0.629869,
 /// step = 0.008869 + 0.5668821 = 0.5757511, p = 0.8869 - 0.05757511 = 0.82932489.
-pub fn sgd_step_hand<B: Backend>(be: &B) -> Result<()> {
+pub fn sgd_step_hand<B: UnfusedLoss>(be: &B) -> Result<()> {
     let cfg = SgdConfig {
         lr: 0.1,
         momentum: 0.9,

@@ -14,8 +14,9 @@ use ltrain::backend::cpu::CpuBackend;
 use ltrain::backend::cuda::{selftest, CudaBackend, Gemm, LaunchConfig};
 use ltrain::backend::{
     Backend, BatchNormConfig, ChannelDims, Conv2dDims, LossArgs, LossReduction, LossTargets,
-    LossWeighting, Pool2dDims, SgdConfig, ShortcutDims,
+    LossWeighting, Pool2dDims, SgdConfig, ShortcutDims, UnfusedLoss,
 };
+use ltrain::backend::{BatchNormAffine, CosineDims, LinearDims, RowDims, SampleDims};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -189,10 +190,30 @@ pub fn batch_norm_matches_the_cpu(cuda: &CudaBackend) {
         let mut rm = be.upload(&[0.1; 5]).unwrap();
         let mut rv = be.upload(&[0.9; 5]).unwrap();
         let (y, mean, inv_std) = be
-            .batch_norm_train_forward(&xb, &gb, &bb, &mut rm, &mut rv, d, cfg)
+            .batch_norm_train_forward(
+                &xb,
+                BatchNormAffine {
+                    gamma: &gb,
+                    beta: &bb,
+                },
+                &mut rm,
+                &mut rv,
+                d,
+                cfg,
+            )
             .unwrap();
         let eval = be
-            .batch_norm_eval_forward(&xb, &gb, &bb, &rm, &rv, d, cfg)
+            .batch_norm_eval_forward(
+                &xb,
+                BatchNormAffine {
+                    gamma: &gb,
+                    beta: &bb,
+                },
+                &rm,
+                &rv,
+                d,
+                cfg,
+            )
             .unwrap();
         let (dx, dgamma, dbeta) = be
             .batch_norm_backward(&be.upload(&dy).unwrap(), &xb, &gb, &mean, &inv_std, d)
@@ -311,28 +332,41 @@ pub fn linear_and_rows_match_the_cpu(cuda: &CudaBackend) {
     let (cuda, cpu) = on!(cuda, |be| {
         let (xb, wb) = (be.upload(&x).unwrap(), be.upload(&w).unwrap());
         let y = be
-            .linear_forward(&xb, &wb, &be.upload(&b).unwrap(), n, d_in, d_out)
+            .linear_forward(
+                &xb,
+                &wb,
+                &be.upload(&b).unwrap(),
+                LinearDims { n, d_in, d_out },
+            )
             .unwrap();
         let (dx, dw, db) = be
-            .linear_backward(&be.upload(&dy).unwrap(), &xb, &wb, n, d_in, d_out)
+            .linear_backward(
+                &be.upload(&dy).unwrap(),
+                &xb,
+                &wb,
+                LinearDims { n, d_in, d_out },
+            )
             .unwrap();
         let r = be.upload(&rows).unwrap();
-        let (max, argmax) = be.row_max(&r, n, d_out).unwrap();
+        let (max, argmax) = be.row_max(&r, RowDims { n, c: d_out }).unwrap();
         vec![
             down(be, &y),
             down(be, &dx),
             down(be, &dw),
             down(be, &db),
-            down(be, &be.softmax_rows(&y, n, d_out).unwrap()),
-            down(be, &be.log_softmax_rows(&y, n, d_out).unwrap()),
+            down(be, &be.softmax_rows(&y, RowDims { n, c: d_out }).unwrap()),
             down(
                 be,
-                &be.add_row_bias(&y, &be.upload(&b).unwrap(), n, d_out)
+                &be.log_softmax_rows(&y, RowDims { n, c: d_out }).unwrap(),
+            ),
+            down(
+                be,
+                &be.add_row_bias(&y, &be.upload(&b).unwrap(), RowDims { n, c: d_out })
                     .unwrap(),
             ),
             down(
                 be,
-                &be.gather_rows(&y, &be.upload_index(&idx).unwrap(), n, d_out)
+                &be.gather_rows(&y, &be.upload_index(&idx).unwrap(), RowDims { n, c: d_out })
                     .unwrap(),
             ),
             down(be, &max),
@@ -452,9 +486,7 @@ pub fn cosine_cosmax_mixup_and_sgd_match_the_cpu(cuda: &CudaBackend) {
                 &be.upload(&z).unwrap(),
                 &be.upload(&w).unwrap(),
                 &be.upload_index(&labels).unwrap(),
-                n,
-                d,
-                c,
+                CosineDims { n, d, c },
             )
             .unwrap();
         let (mut tl, mut tc) = (be.upload(&table).unwrap(), be.zeros(c).unwrap());
@@ -462,8 +494,7 @@ pub fn cosine_cosmax_mixup_and_sgd_match_the_cpu(cuda: &CudaBackend) {
             &be.upload(&logits).unwrap(),
             &cos,
             &be.upload_index(&labels).unwrap(),
-            n,
-            c,
+            RowDims { n, c },
             &mut tl,
             &mut tc,
         )
@@ -473,8 +504,7 @@ pub fn cosine_cosmax_mixup_and_sgd_match_the_cpu(cuda: &CudaBackend) {
                 &be.upload(&z).unwrap(),
                 &be.upload_index(&perm).unwrap(),
                 0.7,
-                n,
-                d,
+                SampleDims { n, per_sample: d },
             )
             .unwrap();
         let mut out = vec![
@@ -523,23 +553,46 @@ pub fn out_of_range_indices_are_errors_like_on_the_cpu(cuda: &CudaBackend) -> Re
         let r = r.and_then(|()| be.synchronize());
         assert!(r.is_err(), "{what}: expected an out-of-range error");
     };
-    fails("gather_rows", be.gather_rows(&x, &bad, 2, 3).map(drop));
+    fails(
+        "gather_rows",
+        be.gather_rows(&x, &bad, RowDims { n: 2, c: 3 }).map(drop),
+    );
     fails(
         "mixup",
-        be.mixup(&x, &be.upload_index(&[0, 2])?, 0.5, 2, 3)
-            .map(drop),
+        be.mixup(
+            &x,
+            &be.upload_index(&[0, 2])?,
+            0.5,
+            SampleDims {
+                n: 2,
+                per_sample: 3,
+            },
+        )
+        .map(drop),
     );
     fails(
         "row_cosine",
-        be.row_cosine(&x, &x, &be.upload_index(&[0, 2])?, 2, 3, 2)
-            .map(drop),
+        be.row_cosine(
+            &x,
+            &x,
+            &be.upload_index(&[0, 2])?,
+            CosineDims { n: 2, d: 3, c: 2 },
+        )
+        .map(drop),
     );
     let (mut tl, mut tc) = (be.zeros(3)?, be.zeros(3)?);
     fails(
         "cosmax_update",
-        be.cosmax_update(&x, &be.zeros(2)?, &bad, 2, 3, &mut tl, &mut tc),
+        be.cosmax_update(
+            &x,
+            &be.zeros(2)?,
+            &bad,
+            RowDims { n: 2, c: 3 },
+            &mut tl,
+            &mut tc,
+        ),
     );
-    let ok = be.gather_rows(&x, &be.upload_index(&[0, 2])?, 2, 3)?;
+    let ok = be.gather_rows(&x, &be.upload_index(&[0, 2])?, RowDims { n: 2, c: 3 })?;
     assert_eq!(be.download(&ok)?, vec![0.0, 0.0]);
     be.synchronize()
 }
@@ -620,7 +673,17 @@ pub fn training_steps_match_the_cpu(cuda: &CudaBackend) {
             reduction: LossReduction::Mean,
             sgd,
         };
-        let mixed = be.mixup(&views[0], &perm, 0.6, n, 3 * side * side).unwrap();
+        let mixed = be
+            .mixup(
+                &views[0],
+                &perm,
+                0.6,
+                SampleDims {
+                    n,
+                    per_sample: 3 * side * side,
+                },
+            )
+            .unwrap();
         let inputs = [
             mixed,
             be.scale(&views[1], 1.0).unwrap(),

@@ -10,49 +10,27 @@ use crate::augment::Level;
 use crate::augment::{self, ops::Image, Normalization, Recipe};
 use crate::backend::abi::{self, ERR_AUGMENT_INDEX, ERR_AUGMENT_PARAMS};
 use crate::backend::augment_params::{self, PARAM_WORDS};
-use crate::backend::AugmentSpec;
+use crate::backend::{AugmentOps, AugmentSpec};
 
 /// A host buffer of `u8` (an in-memory dataset).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CpuBytes(pub(super) Vec<u8>);
 
-impl CpuBackend {
-    pub(super) fn augment_batch_impl(
+impl AugmentOps for CpuBackend {
+    fn augment_batch_unchecked(
         &self,
         images: &CpuBytes,
         indices: &CpuIndex,
         params: &CpuBuf,
         spec: AugmentSpec,
     ) -> Result<CpuBuf> {
-        const OP: &str = "augment_batch";
         let (h, w) = (spec.h, spec.w);
         let len = 3 * h * w;
-        if len == 0 || !images.0.len().is_multiple_of(len) {
-            bail!(
-                "{OP}: the dataset has {} bytes, not a whole number of {h}x{w} RGB images",
-                images.0.len()
-            );
-        }
         check_indices(ERR_AUGMENT_INDEX, &indices.0, images.0.len() / len)?;
         let n = indices.0.len();
         let rows: Vec<_> = match spec.level {
-            Level::Plain => {
-                if !params.0.is_empty() {
-                    bail!(
-                        "{OP}: the plain transform takes no parameters (got {} words)",
-                        params.0.len()
-                    );
-                }
-                vec![augment::LevelParams::identity(); n]
-            }
+            Level::Plain => vec![augment::LevelParams::identity(); n],
             _ => {
-                if params.0.len() != n * PARAM_WORDS {
-                    bail!(
-                        "{OP}: `params` has {} words but {n} samples need {}",
-                        params.0.len(),
-                        n * PARAM_WORDS
-                    );
-                }
                 for (i, row) in params.0.chunks(PARAM_WORDS).enumerate() {
                     if let Some(word) = augment_params::malformed_word(row, h, w) {
                         bail!(

@@ -12,9 +12,9 @@
 use anyhow::Result;
 use rayon::prelude::*;
 
-use super::check_len;
 use super::matmul::{matmul, Layout};
-use crate::backend::Conv2dDims;
+use super::{CpuBackend, CpuBuf};
+use crate::backend::{Conv2dDims, ConvOps};
 
 /// The weight gradient is reduced over this many fixed chunks of the batch (at most): enough to keep
 /// a handful of threads busy, few enough that the partial gradients stay small.
@@ -36,11 +36,10 @@ struct Geometry {
 }
 
 impl Geometry {
-    fn new(op: &str, d: Conv2dDims) -> Result<Self> {
-        d.validate(op)?;
+    fn new(d: Conv2dDims) -> Self {
         let c_in_g = d.c_in / d.groups;
         let (h_out, w_out) = (d.h_out(), d.w_out());
-        Ok(Self {
+        Self {
             d,
             c_in_g,
             c_out_g: d.c_out / d.groups,
@@ -49,7 +48,7 @@ impl Geometry {
             ckk: c_in_g * d.k * d.k,
             hw_out: h_out * w_out,
             direct: d.k == 1 && d.stride == 1 && d.pad == 0,
-        })
+        }
     }
 
     fn in_per_sample(&self) -> usize {
@@ -162,143 +161,160 @@ fn col2im(g: &Geometry, col: &[f32], dx: &mut [f32]) {
     }
 }
 
-/// `x [n, c_in, h, w]`, `w [c_out, c_in / groups, k, k]` → `y [n, c_out, h_out, w_out]`.
-pub(super) fn forward(x: &[f32], w: &[f32], d: Conv2dDims) -> Result<Vec<f32>> {
-    const OP: &str = "conv2d_forward";
-    let g = Geometry::new(OP, d)?;
-    check_len(OP, "x", x.len(), d.input_len())?;
-    check_len(OP, "w", w.len(), d.weight_len())?;
-    let mut y = vec![0.0f32; d.output_len()];
-    if y.is_empty() || g.in_per_sample() == 0 {
-        return Ok(y);
+impl ConvOps for CpuBackend {
+    /// `x [n, c_in, h, w]`, `w [c_out, c_in / groups, k, k]` → `y [n, c_out, h_out, w_out]`.
+    fn conv2d_forward_unchecked(&self, x: &CpuBuf, w: &CpuBuf, d: Conv2dDims) -> Result<CpuBuf> {
+        let (x, w) = (&x.0, &w.0);
+        let g = Geometry::new(d);
+        let mut y = vec![0.0f32; d.output_len()];
+        if y.is_empty() || g.in_per_sample() == 0 {
+            return Ok(CpuBuf(y));
+        }
+        self.pool.install(|| {
+            y.par_chunks_mut(g.out_per_sample())
+                .zip(x.par_chunks(g.in_per_sample()))
+                .for_each_init(
+                    || vec![0.0f32; g.col_len()],
+                    |col, (y_s, x_s)| {
+                        for gi in 0..d.groups {
+                            let x_g = &x_s[gi * g.in_per_group()..(gi + 1) * g.in_per_group()];
+                            let w_g =
+                                &w[gi * g.weight_per_group()..(gi + 1) * g.weight_per_group()];
+                            let y_g =
+                                &mut y_s[gi * g.out_per_group()..(gi + 1) * g.out_per_group()];
+                            let col_g: &[f32] = if g.direct {
+                                x_g
+                            } else {
+                                im2col(&g, x_g, col);
+                                col
+                            };
+                            matmul(
+                                g.c_out_g,
+                                g.hw_out,
+                                g.ckk,
+                                y_g,
+                                w_g,
+                                Layout::Plain,
+                                col_g,
+                                Layout::Plain,
+                                false,
+                            );
+                        }
+                    },
+                )
+        });
+        Ok(CpuBuf(y))
     }
-    y.par_chunks_mut(g.out_per_sample())
-        .zip(x.par_chunks(g.in_per_sample()))
-        .for_each_init(
-            || vec![0.0f32; g.col_len()],
-            |col, (y_s, x_s)| {
-                for gi in 0..d.groups {
-                    let x_g = &x_s[gi * g.in_per_group()..(gi + 1) * g.in_per_group()];
-                    let w_g = &w[gi * g.weight_per_group()..(gi + 1) * g.weight_per_group()];
-                    let y_g = &mut y_s[gi * g.out_per_group()..(gi + 1) * g.out_per_group()];
-                    let col_g: &[f32] = if g.direct {
-                        x_g
-                    } else {
-                        im2col(&g, x_g, col);
-                        col
-                    };
-                    matmul(
-                        g.c_out_g,
-                        g.hw_out,
-                        g.ckk,
-                        y_g,
-                        w_g,
-                        Layout::Plain,
-                        col_g,
-                        Layout::Plain,
-                        false,
-                    );
-                }
-            },
-        );
-    Ok(y)
-}
 
-/// `dy [n, c_out, h_out, w_out]`, `w [c_out, c_in / groups, k, k]` → `dx [n, c_in, h, w]`.
-pub(super) fn backward_data(dy: &[f32], w: &[f32], d: Conv2dDims) -> Result<Vec<f32>> {
-    const OP: &str = "conv2d_backward_data";
-    let g = Geometry::new(OP, d)?;
-    check_len(OP, "dy", dy.len(), d.output_len())?;
-    check_len(OP, "w", w.len(), d.weight_len())?;
-    let mut dx = vec![0.0f32; d.input_len()];
-    if dx.is_empty() || g.out_per_sample() == 0 {
-        return Ok(dx);
+    /// `dy [n, c_out, h_out, w_out]`, `w [c_out, c_in / groups, k, k]` → `dx [n, c_in, h, w]`.
+    fn conv2d_backward_data_unchecked(
+        &self,
+        dy: &CpuBuf,
+        w: &CpuBuf,
+        d: Conv2dDims,
+    ) -> Result<CpuBuf> {
+        let (dy, w) = (&dy.0, &w.0);
+        let g = Geometry::new(d);
+        let mut dx = vec![0.0f32; d.input_len()];
+        if dx.is_empty() || g.out_per_sample() == 0 {
+            return Ok(CpuBuf(dx));
+        }
+        self.pool.install(|| {
+            dx.par_chunks_mut(g.in_per_sample())
+                .zip(dy.par_chunks(g.out_per_sample()))
+                .for_each_init(
+                    || vec![0.0f32; g.col_len()],
+                    |col, (dx_s, dy_s)| {
+                        for gi in 0..d.groups {
+                            let dy_g = &dy_s[gi * g.out_per_group()..(gi + 1) * g.out_per_group()];
+                            let w_g =
+                                &w[gi * g.weight_per_group()..(gi + 1) * g.weight_per_group()];
+                            let dx_g =
+                                &mut dx_s[gi * g.in_per_group()..(gi + 1) * g.in_per_group()];
+                            // dcol [ckk, hw_out] = w_gᵀ · dy_g; a direct conv's dcol is dx_g itself.
+                            let dcol: &mut [f32] = if g.direct { &mut *dx_g } else { &mut col[..] };
+                            matmul(
+                                g.ckk,
+                                g.hw_out,
+                                g.c_out_g,
+                                dcol,
+                                w_g,
+                                Layout::Transposed,
+                                dy_g,
+                                Layout::Plain,
+                                false,
+                            );
+                            if !g.direct {
+                                col2im(&g, col, dx_g);
+                            }
+                        }
+                    },
+                )
+        });
+        Ok(CpuBuf(dx))
     }
-    dx.par_chunks_mut(g.in_per_sample())
-        .zip(dy.par_chunks(g.out_per_sample()))
-        .for_each_init(
-            || vec![0.0f32; g.col_len()],
-            |col, (dx_s, dy_s)| {
-                for gi in 0..d.groups {
-                    let dy_g = &dy_s[gi * g.out_per_group()..(gi + 1) * g.out_per_group()];
-                    let w_g = &w[gi * g.weight_per_group()..(gi + 1) * g.weight_per_group()];
-                    let dx_g = &mut dx_s[gi * g.in_per_group()..(gi + 1) * g.in_per_group()];
-                    // dcol [ckk, hw_out] = w_gᵀ · dy_g; a direct conv's dcol is dx_g itself.
-                    let dcol: &mut [f32] = if g.direct { &mut *dx_g } else { &mut col[..] };
-                    matmul(
-                        g.ckk,
-                        g.hw_out,
-                        g.c_out_g,
-                        dcol,
-                        w_g,
-                        Layout::Transposed,
-                        dy_g,
-                        Layout::Plain,
-                        false,
-                    );
-                    if !g.direct {
-                        col2im(&g, col, dx_g);
+
+    /// `x [n, c_in, h, w]`, `dy [n, c_out, h_out, w_out]` → `dw [c_out, c_in / groups, k, k]`.
+    fn conv2d_backward_weight_unchecked(
+        &self,
+        x: &CpuBuf,
+        dy: &CpuBuf,
+        d: Conv2dDims,
+    ) -> Result<CpuBuf> {
+        let (x, dy) = (&x.0, &dy.0);
+        let g = Geometry::new(d);
+        let weight_len = d.weight_len();
+        if d.n == 0 || weight_len == 0 || g.hw_out == 0 {
+            return Ok(CpuBuf(vec![0.0; weight_len]));
+        }
+        self.pool.install(|| {
+            // Fixed chunking of the batch (depends on n only), partials summed in chunk order.
+            let chunk = d.n.div_ceil(WEIGHT_GRAD_CHUNKS);
+            let chunks = d.n.div_ceil(chunk);
+            let partials: Vec<Vec<f32>> = (0..chunks)
+                .into_par_iter()
+                .map(|ci| {
+                    let mut dw = vec![0.0f32; weight_len];
+                    let mut col = vec![0.0f32; g.col_len()];
+                    for s in ci * chunk..((ci + 1) * chunk).min(d.n) {
+                        let x_s = &x[s * g.in_per_sample()..(s + 1) * g.in_per_sample()];
+                        let dy_s = &dy[s * g.out_per_sample()..(s + 1) * g.out_per_sample()];
+                        for gi in 0..d.groups {
+                            let x_g = &x_s[gi * g.in_per_group()..(gi + 1) * g.in_per_group()];
+                            let dy_g = &dy_s[gi * g.out_per_group()..(gi + 1) * g.out_per_group()];
+                            let dw_g =
+                                &mut dw[gi * g.weight_per_group()..(gi + 1) * g.weight_per_group()];
+                            let col_g: &[f32] = if g.direct {
+                                x_g
+                            } else {
+                                im2col(&g, x_g, &mut col);
+                                &col
+                            };
+                            // dw_g [c_out_g, ckk] += dy_g [c_out_g, hw_out] · col_gᵀ
+                            matmul(
+                                g.c_out_g,
+                                g.ckk,
+                                g.hw_out,
+                                dw_g,
+                                dy_g,
+                                Layout::Plain,
+                                col_g,
+                                Layout::Transposed,
+                                true,
+                            );
+                        }
                     }
-                }
-            },
-        );
-    Ok(dx)
-}
-
-/// `x [n, c_in, h, w]`, `dy [n, c_out, h_out, w_out]` → `dw [c_out, c_in / groups, k, k]`.
-pub(super) fn backward_weight(x: &[f32], dy: &[f32], d: Conv2dDims) -> Result<Vec<f32>> {
-    const OP: &str = "conv2d_backward_weight";
-    let g = Geometry::new(OP, d)?;
-    check_len(OP, "x", x.len(), d.input_len())?;
-    check_len(OP, "dy", dy.len(), d.output_len())?;
-    let weight_len = d.weight_len();
-    if d.n == 0 || weight_len == 0 || g.hw_out == 0 {
-        return Ok(vec![0.0; weight_len]);
-    }
-    // Fixed chunking of the batch (depends on n only), partials summed in chunk order.
-    let chunk = d.n.div_ceil(WEIGHT_GRAD_CHUNKS);
-    let chunks = d.n.div_ceil(chunk);
-    let partials: Vec<Vec<f32>> = (0..chunks)
-        .into_par_iter()
-        .map(|ci| {
-            let mut dw = vec![0.0f32; weight_len];
-            let mut col = vec![0.0f32; g.col_len()];
-            for s in ci * chunk..((ci + 1) * chunk).min(d.n) {
-                let x_s = &x[s * g.in_per_sample()..(s + 1) * g.in_per_sample()];
-                let dy_s = &dy[s * g.out_per_sample()..(s + 1) * g.out_per_sample()];
-                for gi in 0..d.groups {
-                    let x_g = &x_s[gi * g.in_per_group()..(gi + 1) * g.in_per_group()];
-                    let dy_g = &dy_s[gi * g.out_per_group()..(gi + 1) * g.out_per_group()];
-                    let dw_g = &mut dw[gi * g.weight_per_group()..(gi + 1) * g.weight_per_group()];
-                    let col_g: &[f32] = if g.direct {
-                        x_g
-                    } else {
-                        im2col(&g, x_g, &mut col);
-                        &col
-                    };
-                    // dw_g [c_out_g, ckk] += dy_g [c_out_g, hw_out] · col_gᵀ
-                    matmul(
-                        g.c_out_g,
-                        g.ckk,
-                        g.hw_out,
-                        dw_g,
-                        dy_g,
-                        Layout::Plain,
-                        col_g,
-                        Layout::Transposed,
-                        true,
-                    );
-                }
+                    dw
+                })
+                .collect();
+            let mut partials = partials.into_iter();
+            let mut dw = partials.next().unwrap_or_else(|| vec![0.0; weight_len]);
+            for partial in partials {
+                dw.par_iter_mut()
+                    .zip(partial.par_iter())
+                    .for_each(|(a, b)| *a += b);
             }
-            dw
+            Ok(CpuBuf(dw))
         })
-        .collect();
-    let mut partials = partials.into_iter();
-    let mut dw = partials.next().unwrap_or_else(|| vec![0.0; weight_len]);
-    for partial in partials {
-        dw.par_iter_mut()
-            .zip(partial.par_iter())
-            .for_each(|(a, b)| *a += b);
     }
-    Ok(dw)
 }

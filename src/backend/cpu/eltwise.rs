@@ -1,111 +1,105 @@
 //! Element-wise ops, the sum reduction and mixup.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use rayon::prelude::*;
 
-use super::{check_indices, check_len};
+use super::{check_indices, CpuBackend, CpuBuf, CpuIndex};
 use crate::backend::abi::ERR_MIXUP_PERM;
+use crate::backend::{ElementwiseOps, SampleDims};
 
 /// Elements per parallel task: large enough that scheduling costs little next to the work.
 const CHUNK: usize = 1 << 14;
 
-fn check_same(op: &str, a: usize, b: usize) -> Result<()> {
-    if a != b {
-        bail!("{op}: operands differ in length ({a} vs {b})");
+impl CpuBackend {
+    /// `f(a_i, b_i)` over two buffers of equal length, on the backend's pool.
+    pub(super) fn zip_map(
+        &self,
+        a: &CpuBuf,
+        b: &CpuBuf,
+        f: impl Fn(f32, f32) -> f32 + Sync,
+    ) -> CpuBuf {
+        CpuBuf(self.pool.install(|| {
+            a.0.par_iter()
+                .with_min_len(CHUNK)
+                .zip(&b.0)
+                .map(|(&x, &y)| f(x, y))
+                .collect()
+        }))
     }
-    Ok(())
 }
 
-/// `a + b`.
-pub(super) fn add(a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
-    check_same("add", a.len(), b.len())?;
-    Ok(a.par_iter()
-        .with_min_len(CHUNK)
-        .zip(b)
-        .map(|(x, y)| x + y)
-        .collect())
-}
-
-/// `a * b`.
-pub(super) fn mul(a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
-    check_same("mul", a.len(), b.len())?;
-    Ok(a.par_iter()
-        .with_min_len(CHUNK)
-        .zip(b)
-        .map(|(x, y)| x * y)
-        .collect())
-}
-
-/// `a += b`.
-pub(super) fn add_assign(a: &mut [f32], b: &[f32]) -> Result<()> {
-    check_same("add_assign", a.len(), b.len())?;
-    a.par_iter_mut()
-        .with_min_len(CHUNK)
-        .zip(b)
-        .for_each(|(x, y)| *x += y);
-    Ok(())
-}
-
-/// `alpha * a`.
-pub(super) fn scale(a: &[f32], alpha: f32) -> Vec<f32> {
-    a.par_iter()
-        .with_min_len(CHUNK)
-        .map(|x| alpha * x)
-        .collect()
-}
-
-/// Sum of all elements, accumulated in f64 over fixed chunks combined in order.
-pub(super) fn sum(a: &[f32]) -> f32 {
-    let partials: Vec<f64> = a
-        .par_chunks(CHUNK)
-        .map(|c| c.iter().map(|&v| v as f64).sum())
-        .collect();
-    partials.iter().sum::<f64>() as f32
-}
-
-pub(super) fn relu_forward(x: &[f32]) -> Vec<f32> {
-    x.par_iter()
-        .with_min_len(CHUNK)
-        .map(|&v| v.max(0.0))
-        .collect()
-}
-
-/// `dx = dy * (y > 0)`.
-pub(super) fn relu_backward(dy: &[f32], y: &[f32]) -> Result<Vec<f32>> {
-    check_same("relu_backward", dy.len(), y.len())?;
-    Ok(dy
-        .par_iter()
-        .with_min_len(CHUNK)
-        .zip(y)
-        .map(|(&g, &v)| if v > 0.0 { g } else { 0.0 })
-        .collect())
-}
-
-/// `y_i = lambda * x_i + (1 - lambda) * x_perm[i]` over samples of `per_sample` elements.
-pub(super) fn mixup(
-    x: &[f32],
-    perm: &[u32],
-    lambda: f32,
-    n: usize,
-    per_sample: usize,
-) -> Result<Vec<f32>> {
-    const OP: &str = "mixup";
-    check_len(OP, "x", x.len(), n * per_sample)?;
-    check_len(OP, "perm", perm.len(), n)?;
-    check_indices(ERR_MIXUP_PERM, perm, n)?;
-    let mut y = vec![0.0f32; n * per_sample];
-    if per_sample == 0 {
-        return Ok(y);
+impl ElementwiseOps for CpuBackend {
+    fn add_unchecked(&self, a: &CpuBuf, b: &CpuBuf) -> Result<CpuBuf> {
+        Ok(self.zip_map(a, b, |x, y| x + y))
     }
-    let other = 1.0 - lambda;
-    y.par_chunks_mut(per_sample)
-        .zip(x.par_chunks(per_sample))
-        .zip(perm.par_iter())
-        .for_each(|((y_s, x_s), &j)| {
-            let x_j = &x[j as usize * per_sample..(j as usize + 1) * per_sample];
-            for ((o, &a), &b) in y_s.iter_mut().zip(x_s).zip(x_j) {
-                *o = lambda * a + other * b;
-            }
+
+    fn add_assign_unchecked(&self, a: &mut CpuBuf, b: &CpuBuf) -> Result<()> {
+        self.pool.install(|| {
+            a.0.par_iter_mut()
+                .with_min_len(CHUNK)
+                .zip(&b.0)
+                .for_each(|(x, y)| *x += y)
         });
-    Ok(y)
+        Ok(())
+    }
+
+    fn scale_unchecked(&self, a: &CpuBuf, alpha: f32) -> Result<CpuBuf> {
+        Ok(CpuBuf(self.pool.install(|| {
+            a.0.par_iter()
+                .with_min_len(CHUNK)
+                .map(|x| alpha * x)
+                .collect()
+        })))
+    }
+
+    /// Accumulated in f64 over fixed chunks combined in order.
+    fn sum_unchecked(&self, a: &CpuBuf) -> Result<CpuBuf> {
+        let partials: Vec<f64> = self.pool.install(|| {
+            a.0.par_chunks(CHUNK)
+                .map(|c| c.iter().map(|&v| v as f64).sum())
+                .collect()
+        });
+        Ok(CpuBuf(vec![partials.iter().sum::<f64>() as f32]))
+    }
+
+    fn relu_forward_unchecked(&self, x: &CpuBuf) -> Result<CpuBuf> {
+        Ok(CpuBuf(self.pool.install(|| {
+            x.0.par_iter()
+                .with_min_len(CHUNK)
+                .map(|&v| v.max(0.0))
+                .collect()
+        })))
+    }
+
+    fn relu_backward_unchecked(&self, dy: &CpuBuf, y: &CpuBuf) -> Result<CpuBuf> {
+        Ok(self.zip_map(dy, y, |g, v| if v > 0.0 { g } else { 0.0 }))
+    }
+
+    fn mixup_unchecked(
+        &self,
+        x: &CpuBuf,
+        perm: &CpuIndex,
+        lambda: f32,
+        d: SampleDims,
+    ) -> Result<CpuBuf> {
+        check_indices(ERR_MIXUP_PERM, &perm.0, d.n)?;
+        let per_sample = d.per_sample;
+        let mut y = vec![0.0f32; d.len()];
+        if per_sample == 0 {
+            return Ok(CpuBuf(y));
+        }
+        let other = 1.0 - lambda;
+        self.pool.install(|| {
+            y.par_chunks_mut(per_sample)
+                .zip(x.0.par_chunks(per_sample))
+                .zip(perm.0.par_iter())
+                .for_each(|((y_s, x_s), &j)| {
+                    let x_j = &x.0[j as usize * per_sample..(j as usize + 1) * per_sample];
+                    for ((o, &a), &b) in y_s.iter_mut().zip(x_s).zip(x_j) {
+                        *o = lambda * a + other * b;
+                    }
+                })
+        });
+        Ok(CpuBuf(y))
+    }
 }

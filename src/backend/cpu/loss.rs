@@ -19,9 +19,11 @@ use anyhow::Result;
 use rayon::prelude::*;
 
 use super::rows::row_max_and_log_sum;
-use super::{check_indices, check_len, CpuBackend, CpuBuf};
+use super::{check_indices, CpuBackend, CpuBuf, CpuIndex};
 use crate::backend::abi::{ERR_COSINE_LABEL, ERR_COSMAX_LABEL, ERR_LOSS_TARGET, ERR_LOSS_TARGET_B};
-use crate::backend::{LossArgs, LossOutput, LossReduction, LossTargets, LossWeighting};
+use crate::backend::{
+    CosineDims, LossArgs, LossOps, LossOutput, LossReduction, LossTargets, LossWeighting, RowDims,
+};
 
 /// Per-sample weighting with the buffers unwrapped.
 #[derive(Clone, Copy)]
@@ -149,159 +151,157 @@ fn scale_row(row: &mut [f32], alpha: f64) {
     }
 }
 
-pub(super) fn fused_loss(args: LossArgs<'_, CpuBackend>) -> Result<LossOutput<CpuBackend>> {
-    args.validate(|b| b.0.len(), |i| i.0.len())?;
-    let LossArgs {
-        logits,
-        n,
-        c,
-        targets,
-        adjustment,
-        weighting,
-        reduction,
-    } = args;
-    let logits = &logits.0[..];
-    let adjustment = adjustment.map(|adj| &adj.0[..]);
-    let (labels_a, mixed): (&[u32], Option<(&[u32], f64)>) = match targets {
-        LossTargets::Single(y) => (&y.0, None),
-        LossTargets::Mixed { a, b, lambda } => (&a.0, Some((&b.0[..], lambda as f64))),
-    };
-    check_indices(ERR_LOSS_TARGET, labels_a, c)?;
-    if let Some((labels_b, _)) = mixed {
-        check_indices(ERR_LOSS_TARGET_B, labels_b, c)?;
-    }
-    let weighting = match weighting {
-        LossWeighting::Unit => Weighting::PerClass(None),
-        LossWeighting::PerClass(cw) => Weighting::PerClass(Some(&cw.0[..])),
-        LossWeighting::Focal { gamma } => Weighting::Focal {
-            gamma: gamma as f64,
-        },
-        LossWeighting::Sla {
-            cos_y,
-            cos_star,
-            gamma,
-            tau,
-        } => Weighting::Sla {
-            cos_y: &cos_y.0,
-            cos_star: &cos_star.0,
-            gamma: gamma as f64,
-            tau: tau as f64,
-        },
-    };
+impl LossOps for CpuBackend {
+    fn fused_loss_unchecked(&self, args: LossArgs<'_, Self>) -> Result<LossOutput<Self>> {
+        let LossArgs {
+            logits,
+            n,
+            c,
+            targets,
+            adjustment,
+            weighting,
+            reduction,
+        } = args;
+        let logits = &logits.0[..];
+        let adjustment = adjustment.map(|adj| &adj.0[..]);
+        let (labels_a, mixed): (&[u32], Option<(&[u32], f64)>) = match targets {
+            LossTargets::Single(y) => (&y.0, None),
+            LossTargets::Mixed { a, b, lambda } => (&a.0, Some((&b.0[..], lambda as f64))),
+        };
+        check_indices(ERR_LOSS_TARGET, labels_a, c)?;
+        if let Some((labels_b, _)) = mixed {
+            check_indices(ERR_LOSS_TARGET_B, labels_b, c)?;
+        }
+        let weighting = match weighting {
+            LossWeighting::Unit => Weighting::PerClass(None),
+            LossWeighting::PerClass(cw) => Weighting::PerClass(Some(&cw.0[..])),
+            LossWeighting::Focal { gamma } => Weighting::Focal {
+                gamma: gamma as f64,
+            },
+            LossWeighting::Sla {
+                cos_y,
+                cos_star,
+                gamma,
+                tau,
+            } => Weighting::Sla {
+                cos_y: &cos_y.0,
+                cos_star: &cos_star.0,
+                gamma: gamma as f64,
+                tau: tau as f64,
+            },
+        };
 
-    let mut dlogits = vec![0.0f32; n * c];
-    let rows: Vec<RowOut> = if c == 0 {
-        Vec::new()
-    } else {
-        dlogits
-            .par_chunks_mut(c)
-            .zip(logits.par_chunks(c))
-            .enumerate()
-            .map(|(i, (grad, row))| {
-                let mix = mixed.map(|(labels_b, lambda)| (labels_b[i] as usize, lambda));
-                loss_row(
-                    row,
-                    adjustment,
-                    i,
-                    labels_a[i] as usize,
-                    mix,
-                    weighting,
-                    grad,
-                )
-            })
-            .collect()
-    };
-    let denominator = match reduction {
-        LossReduction::Mean => n as f64,
-        LossReduction::WeightNormalized => rows.iter().map(|r| r.weight).sum(),
-    };
-    let inv = if denominator != 0.0 {
-        1.0 / denominator
-    } else {
-        0.0
-    };
-    dlogits
-        .par_iter_mut()
-        .with_min_len(1 << 14)
-        .for_each(|g| *g = (inv * *g as f64) as f32);
-    Ok(LossOutput {
-        loss: CpuBuf(rows.iter().map(|r| r.loss as f32).collect()),
-        prob: CpuBuf(rows.iter().map(|r| r.prob as f32).collect()),
-        weight: CpuBuf(rows.iter().map(|r| r.weight as f32).collect()),
-        dlogits: CpuBuf(dlogits),
-    })
-}
-
-/// `cos [n]`: cosine between `features[i] [d]` and `w[labels[i]] [d]`, 0 when either norm is 0.
-pub(super) fn row_cosine(
-    features: &[f32],
-    w: &[f32],
-    labels: &[u32],
-    n: usize,
-    d: usize,
-    c: usize,
-) -> Result<Vec<f32>> {
-    const OP: &str = "row_cosine";
-    check_len(OP, "features", features.len(), n * d)?;
-    check_len(OP, "w", w.len(), c * d)?;
-    check_len(OP, "labels", labels.len(), n)?;
-    check_indices(ERR_COSINE_LABEL, labels, c)?;
-    Ok((0..n)
-        .into_par_iter()
-        .map(|i| {
-            let z = &features[i * d..(i + 1) * d];
-            let k = labels[i] as usize;
-            let wk = &w[k * d..(k + 1) * d];
-            let (mut dot, mut zz, mut ww) = (0.0f64, 0.0f64, 0.0f64);
-            for (&a, &b) in z.iter().zip(wk) {
-                dot += a as f64 * b as f64;
-                zz += a as f64 * a as f64;
-                ww += b as f64 * b as f64;
-            }
-            if zz == 0.0 || ww == 0.0 {
-                0.0
+        self.pool.install(|| {
+            let mut dlogits = vec![0.0f32; n * c];
+            let rows: Vec<RowOut> = if c == 0 {
+                Vec::new()
             } else {
-                (dot / (zz.sqrt() * ww.sqrt())) as f32
-            }
+                dlogits
+                    .par_chunks_mut(c)
+                    .zip(logits.par_chunks(c))
+                    .enumerate()
+                    .map(|(i, (grad, row))| {
+                        let mix = mixed.map(|(labels_b, lambda)| (labels_b[i] as usize, lambda));
+                        loss_row(
+                            row,
+                            adjustment,
+                            i,
+                            labels_a[i] as usize,
+                            mix,
+                            weighting,
+                            grad,
+                        )
+                    })
+                    .collect()
+            };
+            let denominator = match reduction {
+                LossReduction::Mean => n as f64,
+                LossReduction::WeightNormalized => rows.iter().map(|r| r.weight).sum(),
+            };
+            let inv = if denominator != 0.0 {
+                1.0 / denominator
+            } else {
+                0.0
+            };
+            dlogits
+                .par_iter_mut()
+                .with_min_len(1 << 14)
+                .for_each(|g| *g = (inv * *g as f64) as f32);
+            Ok(LossOutput {
+                loss: CpuBuf(rows.iter().map(|r| r.loss as f32).collect()),
+                prob: CpuBuf(rows.iter().map(|r| r.prob as f32).collect()),
+                weight: CpuBuf(rows.iter().map(|r| r.weight as f32).collect()),
+                dlogits: CpuBuf(dlogits),
+            })
         })
-        .collect())
-}
-
-/// Per class, the batch sample with the largest true-class logit (the earliest on ties) replaces the
-/// table entry when its logit is strictly larger.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn cosmax_update(
-    logits: &[f32],
-    cos: &[f32],
-    labels: &[u32],
-    n: usize,
-    c: usize,
-    table_logit: &mut [f32],
-    table_cos: &mut [f32],
-) -> Result<()> {
-    const OP: &str = "cosmax_update";
-    check_len(OP, "logits", logits.len(), n * c)?;
-    check_len(OP, "cos", cos.len(), n)?;
-    check_len(OP, "labels", labels.len(), n)?;
-    check_indices(ERR_COSMAX_LABEL, labels, c)?;
-    check_len(OP, "table_logit", table_logit.len(), c)?;
-    check_len(OP, "table_cos", table_cos.len(), c)?;
-    // Best batch sample per class: (logit, index).
-    let mut best: Vec<Option<(f32, usize)>> = vec![None; c];
-    for (i, &y) in labels.iter().enumerate() {
-        let y = y as usize;
-        let v = logits[i * c + y];
-        if best[y].is_none_or(|(b, _)| v > b) {
-            best[y] = Some((v, i));
-        }
     }
-    for (k, entry) in best.into_iter().enumerate() {
-        if let Some((v, i)) = entry {
-            if v > table_logit[k] {
-                table_logit[k] = v;
-                table_cos[k] = cos[i];
+
+    /// `cos [n]`: cosine between `features[i] [d]` and `w[labels[i]] [d]`, 0 when either norm is 0.
+    fn row_cosine_unchecked(
+        &self,
+        features: &CpuBuf,
+        w: &CpuBuf,
+        labels: &CpuIndex,
+        dims: CosineDims,
+    ) -> Result<CpuBuf> {
+        let CosineDims { n, d, c } = dims;
+        let (features, w, labels) = (&features.0, &w.0, &labels.0);
+        check_indices(ERR_COSINE_LABEL, labels, c)?;
+        Ok(CpuBuf(self.pool.install(|| {
+            (0..n)
+                .into_par_iter()
+                .map(|i| {
+                    let z = &features[i * d..(i + 1) * d];
+                    let k = labels[i] as usize;
+                    let wk = &w[k * d..(k + 1) * d];
+                    let (mut dot, mut zz, mut ww) = (0.0f64, 0.0f64, 0.0f64);
+                    for (&a, &b) in z.iter().zip(wk) {
+                        dot += a as f64 * b as f64;
+                        zz += a as f64 * a as f64;
+                        ww += b as f64 * b as f64;
+                    }
+                    if zz == 0.0 || ww == 0.0 {
+                        0.0
+                    } else {
+                        (dot / (zz.sqrt() * ww.sqrt())) as f32
+                    }
+                })
+                .collect()
+        })))
+    }
+
+    /// Per class, the batch sample with the largest true-class logit (the earliest on ties) replaces the
+    /// table entry when its logit is strictly larger.
+    fn cosmax_update_unchecked(
+        &self,
+        logits: &CpuBuf,
+        cos: &CpuBuf,
+        labels: &CpuIndex,
+        d: RowDims,
+        table_logit: &mut CpuBuf,
+        table_cos: &mut CpuBuf,
+    ) -> Result<()> {
+        let c = d.c;
+        let (logits, cos, labels) = (&logits.0, &cos.0, &labels.0);
+        let (table_logit, table_cos) = (&mut table_logit.0, &mut table_cos.0);
+        check_indices(ERR_COSMAX_LABEL, labels, c)?;
+        // Best batch sample per class: (logit, index).
+        let mut best: Vec<Option<(f32, usize)>> = vec![None; c];
+        for (i, &y) in labels.iter().enumerate() {
+            let y = y as usize;
+            let v = logits[i * c + y];
+            if best[y].is_none_or(|(b, _)| v > b) {
+                best[y] = Some((v, i));
             }
         }
+        for (k, entry) in best.into_iter().enumerate() {
+            if let Some((v, i)) = entry {
+                if v > table_logit[k] {
+                    table_logit[k] = v;
+                    table_cos[k] = cos[i];
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }

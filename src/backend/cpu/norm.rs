@@ -5,8 +5,8 @@
 use anyhow::Result;
 use rayon::prelude::*;
 
-use super::check_len;
-use crate::backend::{BatchNormConfig, ChannelDims};
+use super::{CpuBackend, CpuBuf};
+use crate::backend::{BatchNormAffine, BatchNormConfig, ChannelDims, NormOps};
 
 /// Sums `f(i)` over the flat indices `i` of every element of channel `ch`, in f64.
 fn channel_sum(d: ChannelDims, ch: usize, mut f: impl FnMut(usize) -> f64) -> f64 {
@@ -18,62 +18,6 @@ fn channel_sum(d: ChannelDims, ch: usize, mut f: impl FnMut(usize) -> f64) -> f6
         }
     }
     acc
-}
-
-/// Training forward: returns `(y [n, c, hw], saved_mean [c], saved_inv_std [c])` and updates the running
-/// statistics in place.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn train_forward(
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    running_mean: &mut [f32],
-    running_var: &mut [f32],
-    d: ChannelDims,
-    cfg: BatchNormConfig,
-) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    const OP: &str = "batch_norm_train_forward";
-    check_len(OP, "x", x.len(), d.len())?;
-    d.check_per_channel(
-        OP,
-        &[
-            ("gamma", gamma.len()),
-            ("beta", beta.len()),
-            ("running_mean", running_mean.len()),
-            ("running_var", running_var.len()),
-        ],
-    )?;
-    d.check_training_batch(OP)?;
-    let count = d.n * d.hw;
-    // (mean, biased variance) per channel, two-pass in f64.
-    let stats: Vec<(f64, f64)> = (0..d.c)
-        .into_par_iter()
-        .map(|ch| {
-            let mean = channel_sum(d, ch, |i| x[i] as f64) / count as f64;
-            let var = channel_sum(d, ch, |i| {
-                let t = x[i] as f64 - mean;
-                t * t
-            }) / count as f64;
-            (mean, var)
-        })
-        .collect();
-    let eps = cfg.eps as f64;
-    let momentum = cfg.momentum as f64;
-    let unbias = count as f64 / (count - 1) as f64;
-    let mut saved_mean = vec![0.0f32; d.c];
-    let mut saved_inv_std = vec![0.0f32; d.c];
-    for (ch, &(mean, var)) in stats.iter().enumerate() {
-        saved_mean[ch] = mean as f32;
-        saved_inv_std[ch] = (1.0 / (var + eps).sqrt()) as f32;
-        running_mean[ch] = ((1.0 - momentum) * running_mean[ch] as f64 + momentum * mean) as f32;
-        running_var[ch] =
-            ((1.0 - momentum) * running_var[ch] as f64 + momentum * var * unbias) as f32;
-    }
-    let scale: Vec<f64> = (0..d.c)
-        .map(|ch| gamma[ch] as f64 / (stats[ch].1 + eps).sqrt())
-        .collect();
-    let y = normalize(x, d, |ch| (stats[ch].0, scale[ch], beta[ch] as f64));
-    Ok((y, saved_mean, saved_inv_std))
 }
 
 /// `y = (x - mean) * scale + shift` per channel, with `(mean, scale, shift) = per_channel(ch)`.
@@ -98,88 +42,126 @@ fn normalize(
     y
 }
 
-/// Evaluation forward with the running statistics.
-pub(super) fn eval_forward(
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    running_mean: &[f32],
-    running_var: &[f32],
-    d: ChannelDims,
-    cfg: BatchNormConfig,
-) -> Result<Vec<f32>> {
-    const OP: &str = "batch_norm_eval_forward";
-    check_len(OP, "x", x.len(), d.len())?;
-    d.check_per_channel(
-        OP,
-        &[
-            ("gamma", gamma.len()),
-            ("beta", beta.len()),
-            ("running_mean", running_mean.len()),
-            ("running_var", running_var.len()),
-        ],
-    )?;
-    let eps = cfg.eps as f64;
-    Ok(normalize(x, d, |ch| {
-        (
-            running_mean[ch] as f64,
-            gamma[ch] as f64 / (running_var[ch] as f64 + eps).sqrt(),
-            beta[ch] as f64,
-        )
-    }))
-}
-
-/// Backward of the training forward: `(dx [n, c, hw], dgamma [c], dbeta [c])` with
-/// `dx = gamma * inv_std / m * (m * dy - sum(dy) - x_hat * sum(dy * x_hat))`, `m = n * hw`.
-pub(super) fn backward(
-    dy: &[f32],
-    x: &[f32],
-    gamma: &[f32],
-    saved_mean: &[f32],
-    saved_inv_std: &[f32],
-    d: ChannelDims,
-) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    const OP: &str = "batch_norm_backward";
-    check_len(OP, "dy", dy.len(), d.len())?;
-    check_len(OP, "x", x.len(), d.len())?;
-    d.check_per_channel(
-        OP,
-        &[
-            ("gamma", gamma.len()),
-            ("saved_mean", saved_mean.len()),
-            ("saved_inv_std", saved_inv_std.len()),
-        ],
-    )?;
-    let count = (d.n * d.hw) as f64;
-    // (sum dy, sum dy * x_hat) per channel.
-    let sums: Vec<(f64, f64)> = (0..d.c)
-        .into_par_iter()
-        .map(|ch| {
-            let mean = saved_mean[ch] as f64;
-            let inv_std = saved_inv_std[ch] as f64;
-            let sum_dy = channel_sum(d, ch, |i| dy[i] as f64);
-            let sum_dy_xhat = channel_sum(d, ch, |i| dy[i] as f64 * (x[i] as f64 - mean) * inv_std);
-            (sum_dy, sum_dy_xhat)
+impl NormOps for CpuBackend {
+    /// Training forward: returns `(y [n, c, hw], saved_mean [c], saved_inv_std [c])` and updates the running
+    /// statistics in place.
+    fn batch_norm_train_forward_unchecked(
+        &self,
+        x: &CpuBuf,
+        affine: BatchNormAffine<'_, Self>,
+        running_mean: &mut CpuBuf,
+        running_var: &mut CpuBuf,
+        d: ChannelDims,
+        cfg: BatchNormConfig,
+    ) -> Result<(CpuBuf, CpuBuf, CpuBuf)> {
+        let (x, gamma, beta) = (&x.0, &affine.gamma.0, &affine.beta.0);
+        let (running_mean, running_var) = (&mut running_mean.0, &mut running_var.0);
+        self.pool.install(|| {
+            let count = d.n * d.hw;
+            // (mean, biased variance) per channel, two-pass in f64.
+            let stats: Vec<(f64, f64)> = (0..d.c)
+                .into_par_iter()
+                .map(|ch| {
+                    let mean = channel_sum(d, ch, |i| x[i] as f64) / count as f64;
+                    let var = channel_sum(d, ch, |i| {
+                        let t = x[i] as f64 - mean;
+                        t * t
+                    }) / count as f64;
+                    (mean, var)
+                })
+                .collect();
+            let eps = cfg.eps as f64;
+            let momentum = cfg.momentum as f64;
+            let unbias = count as f64 / (count - 1) as f64;
+            let mut saved_mean = vec![0.0f32; d.c];
+            let mut saved_inv_std = vec![0.0f32; d.c];
+            for (ch, &(mean, var)) in stats.iter().enumerate() {
+                saved_mean[ch] = mean as f32;
+                saved_inv_std[ch] = (1.0 / (var + eps).sqrt()) as f32;
+                running_mean[ch] =
+                    ((1.0 - momentum) * running_mean[ch] as f64 + momentum * mean) as f32;
+                running_var[ch] =
+                    ((1.0 - momentum) * running_var[ch] as f64 + momentum * var * unbias) as f32;
+            }
+            let scale: Vec<f64> = (0..d.c)
+                .map(|ch| gamma[ch] as f64 / (stats[ch].1 + eps).sqrt())
+                .collect();
+            let y = normalize(x, d, |ch| (stats[ch].0, scale[ch], beta[ch] as f64));
+            Ok((CpuBuf(y), CpuBuf(saved_mean), CpuBuf(saved_inv_std)))
         })
-        .collect();
-    let mut dx = vec![0.0f32; d.len()];
-    if d.hw > 0 {
-        dx.par_chunks_mut(d.hw)
-            .zip(dy.par_chunks(d.hw).zip(x.par_chunks(d.hw)))
-            .enumerate()
-            .for_each(|(plane, (dx_p, (dy_p, x_p)))| {
-                let ch = plane % d.c;
-                let mean = saved_mean[ch] as f64;
-                let inv_std = saved_inv_std[ch] as f64;
-                let (sum_dy, sum_dy_xhat) = sums[ch];
-                let k = gamma[ch] as f64 * inv_std / count;
-                for ((o, &g), &v) in dx_p.iter_mut().zip(dy_p).zip(x_p) {
-                    let x_hat = (v as f64 - mean) * inv_std;
-                    *o = (k * (count * g as f64 - sum_dy - x_hat * sum_dy_xhat)) as f32;
-                }
-            });
     }
-    let dgamma = sums.iter().map(|s| s.1 as f32).collect();
-    let dbeta = sums.iter().map(|s| s.0 as f32).collect();
-    Ok((dx, dgamma, dbeta))
+
+    /// Evaluation forward with the running statistics.
+    fn batch_norm_eval_forward_unchecked(
+        &self,
+        x: &CpuBuf,
+        affine: BatchNormAffine<'_, Self>,
+        running_mean: &CpuBuf,
+        running_var: &CpuBuf,
+        d: ChannelDims,
+        cfg: BatchNormConfig,
+    ) -> Result<CpuBuf> {
+        let (gamma, beta) = (&affine.gamma.0, &affine.beta.0);
+        let (running_mean, running_var) = (&running_mean.0, &running_var.0);
+        let eps = cfg.eps as f64;
+        Ok(CpuBuf(self.pool.install(|| {
+            normalize(&x.0, d, |ch| {
+                (
+                    running_mean[ch] as f64,
+                    gamma[ch] as f64 / (running_var[ch] as f64 + eps).sqrt(),
+                    beta[ch] as f64,
+                )
+            })
+        })))
+    }
+
+    /// Backward of the training forward: `(dx [n, c, hw], dgamma [c], dbeta [c])` with
+    /// `dx = gamma * inv_std / m * (m * dy - sum(dy) - x_hat * sum(dy * x_hat))`, `m = n * hw`.
+    fn batch_norm_backward_unchecked(
+        &self,
+        dy: &CpuBuf,
+        x: &CpuBuf,
+        gamma: &CpuBuf,
+        saved_mean: &CpuBuf,
+        saved_inv_std: &CpuBuf,
+        d: ChannelDims,
+    ) -> Result<(CpuBuf, CpuBuf, CpuBuf)> {
+        let (dy, x, gamma) = (&dy.0, &x.0, &gamma.0);
+        let (saved_mean, saved_inv_std) = (&saved_mean.0, &saved_inv_std.0);
+        self.pool.install(|| {
+            let count = (d.n * d.hw) as f64;
+            // (sum dy, sum dy * x_hat) per channel.
+            let sums: Vec<(f64, f64)> = (0..d.c)
+                .into_par_iter()
+                .map(|ch| {
+                    let mean = saved_mean[ch] as f64;
+                    let inv_std = saved_inv_std[ch] as f64;
+                    let sum_dy = channel_sum(d, ch, |i| dy[i] as f64);
+                    let sum_dy_xhat =
+                        channel_sum(d, ch, |i| dy[i] as f64 * (x[i] as f64 - mean) * inv_std);
+                    (sum_dy, sum_dy_xhat)
+                })
+                .collect();
+            let mut dx = vec![0.0f32; d.len()];
+            if d.hw > 0 {
+                dx.par_chunks_mut(d.hw)
+                    .zip(dy.par_chunks(d.hw).zip(x.par_chunks(d.hw)))
+                    .enumerate()
+                    .for_each(|(plane, (dx_p, (dy_p, x_p)))| {
+                        let ch = plane % d.c;
+                        let mean = saved_mean[ch] as f64;
+                        let inv_std = saved_inv_std[ch] as f64;
+                        let (sum_dy, sum_dy_xhat) = sums[ch];
+                        let k = gamma[ch] as f64 * inv_std / count;
+                        for ((o, &g), &v) in dx_p.iter_mut().zip(dy_p).zip(x_p) {
+                            let x_hat = (v as f64 - mean) * inv_std;
+                            *o = (k * (count * g as f64 - sum_dy - x_hat * sum_dy_xhat)) as f32;
+                        }
+                    });
+            }
+            let dgamma = sums.iter().map(|s| s.1 as f32).collect();
+            let dbeta = sums.iter().map(|s| s.0 as f32).collect();
+            Ok((CpuBuf(dx), CpuBuf(dgamma), CpuBuf(dbeta)))
+        })
+    }
 }

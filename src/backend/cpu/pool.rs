@@ -4,68 +4,73 @@
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
-use super::check_len;
-use crate::backend::{ChannelDims, Pool2dDims, ShortcutDims};
+use super::{CpuBackend, CpuBuf, CpuIndex};
+use crate::backend::{ChannelDims, Pool2dDims, PoolOps, ShortcutDims};
 
-/// `x [n, c, h, w]` → `(y [n, c, h_out, w_out], argmax [n, c, h_out, w_out])`, `argmax` holding the flat
-/// index into `x`. Windows are scanned row-major and the first maximum wins; padding never wins.
-pub(super) fn max_pool_forward(x: &[f32], d: Pool2dDims) -> Result<(Vec<f32>, Vec<u32>)> {
-    const OP: &str = "max_pool_forward";
-    d.validate(OP)?;
-    check_len(OP, "x", x.len(), d.n * d.c * d.h * d.w)?;
-    let (h_out, w_out) = (d.h_out(), d.w_out());
-    let out_plane = h_out * w_out;
-    let in_plane = d.h * d.w;
-    let mut y = vec![0.0f32; d.n * d.c * out_plane];
-    let mut argmax = vec![0u32; y.len()];
-    if y.is_empty() {
-        return Ok((y, argmax));
-    }
-    y.par_chunks_mut(out_plane)
-        .zip(argmax.par_chunks_mut(out_plane))
-        .enumerate()
-        .for_each(|(plane, (y_p, a_p))| {
-            let base = plane * in_plane;
-            let x_p = &x[base..base + in_plane];
-            for oh in 0..h_out {
-                // Window rows/cols clipped to the input (padding never wins).
-                let h0 = (oh * d.stride).saturating_sub(d.pad);
-                let h1 = (oh * d.stride + d.k - d.pad).min(d.h);
-                for ow in 0..w_out {
-                    let w0 = (ow * d.stride).saturating_sub(d.pad);
-                    let w1 = (ow * d.stride + d.k - d.pad).min(d.w);
-                    let mut best_idx = h0 * d.w + w0;
-                    let mut best = x_p[best_idx];
-                    for ih in h0..h1 {
-                        for iw in w0..w1 {
-                            let v = x_p[ih * d.w + iw];
-                            if v > best {
-                                best = v;
-                                best_idx = ih * d.w + iw;
+impl PoolOps for CpuBackend {
+    /// `x [n, c, h, w]` → `(y [n, c, h_out, w_out], argmax [n, c, h_out, w_out])`, `argmax` holding
+    /// the flat index into `x`. Windows are scanned row-major and the first maximum wins; padding
+    /// never wins.
+    fn max_pool_forward_unchecked(&self, x: &CpuBuf, d: Pool2dDims) -> Result<(CpuBuf, CpuIndex)> {
+        let x = &x.0;
+        let (h_out, w_out) = (d.h_out(), d.w_out());
+        let out_plane = h_out * w_out;
+        let in_plane = d.h * d.w;
+        let mut y = vec![0.0f32; d.n * d.c * out_plane];
+        let mut argmax = vec![0u32; y.len()];
+        if y.is_empty() {
+            return Ok((CpuBuf(y), CpuIndex(argmax)));
+        }
+        self.pool.install(|| {
+            y.par_chunks_mut(out_plane)
+                .zip(argmax.par_chunks_mut(out_plane))
+                .enumerate()
+                .for_each(|(plane, (y_p, a_p))| {
+                    let base = plane * in_plane;
+                    let x_p = &x[base..base + in_plane];
+                    for oh in 0..h_out {
+                        // Window rows/cols clipped to the input (padding never wins).
+                        let h0 = (oh * d.stride).saturating_sub(d.pad);
+                        let h1 = (oh * d.stride + d.k - d.pad).min(d.h);
+                        for ow in 0..w_out {
+                            let w0 = (ow * d.stride).saturating_sub(d.pad);
+                            let w1 = (ow * d.stride + d.k - d.pad).min(d.w);
+                            let mut best_idx = h0 * d.w + w0;
+                            let mut best = x_p[best_idx];
+                            for ih in h0..h1 {
+                                for iw in w0..w1 {
+                                    let v = x_p[ih * d.w + iw];
+                                    if v > best {
+                                        best = v;
+                                        best_idx = ih * d.w + iw;
+                                    }
+                                }
                             }
+                            y_p[oh * w_out + ow] = best;
+                            a_p[oh * w_out + ow] = (base + best_idx) as u32;
                         }
                     }
-                    y_p[oh * w_out + ow] = best;
-                    a_p[oh * w_out + ow] = (base + best_idx) as u32;
-                }
-            }
+                })
         });
-    Ok((y, argmax))
-}
-
-/// Routes `dy [n, c, h_out, w_out]` to the argmax positions: `dx [n, c, h, w]`.
-pub(super) fn max_pool_backward(dy: &[f32], argmax: &[u32], d: Pool2dDims) -> Result<Vec<f32>> {
-    const OP: &str = "max_pool_backward";
-    d.validate(OP)?;
-    let out_plane = d.h_out() * d.w_out();
-    let in_plane = d.h * d.w;
-    check_len(OP, "dy", dy.len(), d.n * d.c * out_plane)?;
-    check_len(OP, "argmax", argmax.len(), d.n * d.c * out_plane)?;
-    let mut dx = vec![0.0f32; d.n * d.c * in_plane];
-    if dx.is_empty() || out_plane == 0 {
-        return Ok(dx);
+        Ok((CpuBuf(y), CpuIndex(argmax)))
     }
-    dx.par_chunks_mut(in_plane)
+
+    /// Routes `dy [n, c, h_out, w_out]` to the argmax positions: `dx [n, c, h, w]`.
+    fn max_pool_backward_unchecked(
+        &self,
+        dy: &CpuBuf,
+        argmax: &CpuIndex,
+        d: Pool2dDims,
+    ) -> Result<CpuBuf> {
+        const OP: &str = "max_pool_backward";
+        let (dy, argmax) = (&dy.0, &argmax.0);
+        let out_plane = d.h_out() * d.w_out();
+        let in_plane = d.h * d.w;
+        let mut dx = vec![0.0f32; d.n * d.c * in_plane];
+        if dx.is_empty() || out_plane == 0 {
+            return Ok(CpuBuf(dx));
+        }
+        self.pool.install(|| dx.par_chunks_mut(in_plane)
         .zip(dy.par_chunks(out_plane).zip(argmax.par_chunks(out_plane)))
         .enumerate()
         .try_for_each(|(plane, (dx_p, (dy_p, a_p)))| {
@@ -78,87 +83,82 @@ pub(super) fn max_pool_backward(dy: &[f32], argmax: &[u32], d: Pool2dDims) -> Re
                 dx_p[local] += g;
             }
             Ok(())
-        })?;
-    Ok(dx)
-}
-
-/// `x [n, c, hw]` → `[n, c]` (mean over `hw`).
-pub(super) fn global_avg_pool_forward(x: &[f32], d: ChannelDims) -> Result<Vec<f32>> {
-    const OP: &str = "global_avg_pool_forward";
-    check_len(OP, "x", x.len(), d.len())?;
-    if d.hw == 0 {
-        bail!("{OP}: cannot average over an empty plane (hw = 0)");
+        }))?;
+        Ok(CpuBuf(dx))
     }
-    Ok(x.par_chunks(d.hw)
-        .map(|p| (p.iter().map(|&v| v as f64).sum::<f64>() / d.hw as f64) as f32)
-        .collect())
-}
 
-/// `dy [n, c]` → `dx [n, c, hw]` with `dx = dy / hw`.
-pub(super) fn global_avg_pool_backward(dy: &[f32], d: ChannelDims) -> Result<Vec<f32>> {
-    const OP: &str = "global_avg_pool_backward";
-    check_len(OP, "dy", dy.len(), d.n * d.c)?;
-    if d.hw == 0 {
-        bail!("{OP}: cannot average over an empty plane (hw = 0)");
+    /// `x [n, c, hw]` → `[n, c]` (mean over `hw`).
+    fn global_avg_pool_forward_unchecked(&self, x: &CpuBuf, d: ChannelDims) -> Result<CpuBuf> {
+        Ok(CpuBuf(self.pool.install(|| {
+            x.0.par_chunks(d.hw)
+                .map(|p| (p.iter().map(|&v| v as f64).sum::<f64>() / d.hw as f64) as f32)
+                .collect()
+        })))
     }
-    let mut dx = vec![0.0f32; d.len()];
-    let inv = 1.0 / d.hw as f32;
-    dx.par_chunks_mut(d.hw)
-        .zip(dy.par_iter())
-        .for_each(|(p, &g)| p.fill(g * inv));
-    Ok(dx)
-}
 
-/// `x [n, c_in, h, w]` → `x[:, :, ::s, ::s]` zero-padded by `(c_out - c_in) / 2` channels on each side:
-/// `[n, c_out, ceil(h / s), ceil(w / s)]`.
-pub(super) fn shortcut_a_forward(x: &[f32], d: ShortcutDims) -> Result<Vec<f32>> {
-    const OP: &str = "shortcut_a_forward";
-    let pad = d.validate(OP)?;
-    check_len(OP, "x", x.len(), d.n * d.c_in * d.h * d.w)?;
-    let (h_out, w_out) = (d.h_out(), d.w_out());
-    let out_plane = h_out * w_out;
-    let mut y = vec![0.0f32; d.n * d.c_out * out_plane];
-    if y.is_empty() {
-        return Ok(y);
-    }
-    y.par_chunks_mut(out_plane)
-        .enumerate()
-        .for_each(|(plane, y_p)| {
-            let (s, co) = (plane / d.c_out, plane % d.c_out);
-            if co < pad || co >= pad + d.c_in {
-                return; // zero padding channel
-            }
-            let base = (s * d.c_in + co - pad) * d.h * d.w;
-            for oh in 0..h_out {
-                for ow in 0..w_out {
-                    y_p[oh * w_out + ow] = x[base + oh * d.stride * d.w + ow * d.stride];
-                }
-            }
+    /// `dy [n, c]` → `dx [n, c, hw]` with `dx = dy / hw`.
+    fn global_avg_pool_backward_unchecked(&self, dy: &CpuBuf, d: ChannelDims) -> Result<CpuBuf> {
+        let mut dx = vec![0.0f32; d.len()];
+        let inv = 1.0 / d.hw as f32;
+        self.pool.install(|| {
+            dx.par_chunks_mut(d.hw)
+                .zip(dy.0.par_iter())
+                .for_each(|(p, &g)| p.fill(g * inv))
         });
-    Ok(y)
-}
-
-/// Adjoint of [`shortcut_a_forward`]: `dy [n, c_out, h_out, w_out]` → `dx [n, c_in, h, w]`.
-pub(super) fn shortcut_a_backward(dy: &[f32], d: ShortcutDims) -> Result<Vec<f32>> {
-    const OP: &str = "shortcut_a_backward";
-    let pad = d.validate(OP)?;
-    let (h_out, w_out) = (d.h_out(), d.w_out());
-    check_len(OP, "dy", dy.len(), d.n * d.c_out * h_out * w_out)?;
-    let in_plane = d.h * d.w;
-    let mut dx = vec![0.0f32; d.n * d.c_in * in_plane];
-    if dx.is_empty() {
-        return Ok(dx);
+        Ok(CpuBuf(dx))
     }
-    dx.par_chunks_mut(in_plane)
-        .enumerate()
-        .for_each(|(plane, dx_p)| {
-            let (s, ci) = (plane / d.c_in, plane % d.c_in);
-            let base = (s * d.c_out + ci + pad) * h_out * w_out;
-            for oh in 0..h_out {
-                for ow in 0..w_out {
-                    dx_p[oh * d.stride * d.w + ow * d.stride] = dy[base + oh * w_out + ow];
-                }
-            }
+
+    /// `x [n, c_in, h, w]` → `x[:, :, ::s, ::s]` zero-padded by `(c_out - c_in) / 2` channels on each side:
+    /// `[n, c_out, ceil(h / s), ceil(w / s)]`.
+    fn shortcut_a_forward_unchecked(&self, x: &CpuBuf, d: ShortcutDims) -> Result<CpuBuf> {
+        let (x, pad) = (&x.0, d.pad());
+        let (h_out, w_out) = (d.h_out(), d.w_out());
+        let out_plane = h_out * w_out;
+        let mut y = vec![0.0f32; d.n * d.c_out * out_plane];
+        if y.is_empty() {
+            return Ok(CpuBuf(y));
+        }
+        self.pool.install(|| {
+            y.par_chunks_mut(out_plane)
+                .enumerate()
+                .for_each(|(plane, y_p)| {
+                    let (s, co) = (plane / d.c_out, plane % d.c_out);
+                    if co < pad || co >= pad + d.c_in {
+                        return; // zero padding channel
+                    }
+                    let base = (s * d.c_in + co - pad) * d.h * d.w;
+                    for oh in 0..h_out {
+                        for ow in 0..w_out {
+                            y_p[oh * w_out + ow] = x[base + oh * d.stride * d.w + ow * d.stride];
+                        }
+                    }
+                })
         });
-    Ok(dx)
+        Ok(CpuBuf(y))
+    }
+
+    /// Adjoint of the forward: `dy [n, c_out, h_out, w_out]` → `dx [n, c_in, h, w]`.
+    fn shortcut_a_backward_unchecked(&self, dy: &CpuBuf, d: ShortcutDims) -> Result<CpuBuf> {
+        let (dy, pad) = (&dy.0, d.pad());
+        let (h_out, w_out) = (d.h_out(), d.w_out());
+        let in_plane = d.h * d.w;
+        let mut dx = vec![0.0f32; d.n * d.c_in * in_plane];
+        if dx.is_empty() {
+            return Ok(CpuBuf(dx));
+        }
+        self.pool.install(|| {
+            dx.par_chunks_mut(in_plane)
+                .enumerate()
+                .for_each(|(plane, dx_p)| {
+                    let (s, ci) = (plane / d.c_in, plane % d.c_in);
+                    let base = (s * d.c_out + ci + pad) * h_out * w_out;
+                    for oh in 0..h_out {
+                        for ow in 0..w_out {
+                            dx_p[oh * d.stride * d.w + ow * d.stride] = dy[base + oh * w_out + ow];
+                        }
+                    }
+                })
+        });
+        Ok(CpuBuf(dx))
+    }
 }

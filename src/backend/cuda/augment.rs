@@ -3,12 +3,10 @@
 
 use anyhow::{bail, Result};
 
-use super::{
-    check_len, kernels, to_u32, CudaBackend, CudaBuf, CudaIndex, DeviceBuffer, LaunchConfig,
-};
+use super::{kernels, to_u32, CudaBackend, CudaBuf, CudaIndex, DeviceBuffer, LaunchConfig};
 use crate::augment::Level;
 use crate::backend::abi::{AUGMENT_SCRATCH_WORDS, PARAM_WORDS};
-use crate::backend::AugmentSpec;
+use crate::backend::{AugmentOps, AugmentSpec};
 
 /// A device buffer of `u8`, stored as whole 32-bit words (the kernels' pointer types are 32-bit);
 /// the padding of the last word is zero.
@@ -50,8 +48,10 @@ impl CudaBackend {
             len: data.len(),
         })
     }
+}
 
-    pub(super) fn augment_batch_impl(
+impl AugmentOps for CudaBackend {
+    fn augment_batch_unchecked(
         &self,
         images: &CudaBytes,
         indices: &CudaIndex,
@@ -61,22 +61,8 @@ impl CudaBackend {
         const OP: &str = "augment_batch";
         let (h, w) = (spec.h, spec.w);
         let image_len = 3 * h * w;
-        if image_len == 0 || !images.len.is_multiple_of(image_len) {
-            bail!(
-                "{OP}: the dataset has {} bytes, not a whole number of {h}x{w} RGB images",
-                images.len
-            );
-        }
         let n = indices.len();
         let with_params = spec.level != Level::Plain;
-        if with_params {
-            check_len(OP, "params", params.len(), n * PARAM_WORDS)?;
-        } else if params.len() != 0 {
-            bail!(
-                "{OP}: the plain transform takes no parameters (got {} words)",
-                params.len()
-            );
-        }
         to_u32(OP, "output size", n * image_len)?;
         let dataset_len = to_u32(OP, "dataset size", images.len / image_len)?;
         let smem = augment_smem_bytes(h, w);

@@ -10,8 +10,8 @@
 
 use anyhow::Result;
 
-use super::{check_len, kernels, to_u32, CudaBackend, CudaBuf, Gemm, LaunchConfig};
-use crate::backend::Conv2dDims;
+use super::{kernels, to_u32, CudaBackend, CudaBuf, Gemm, LaunchConfig};
+use crate::backend::{Conv2dDims, ConvOps};
 
 struct Geometry {
     d: Conv2dDims,
@@ -29,7 +29,6 @@ struct Geometry {
 impl Geometry {
     /// `workspace`: the most floats a column buffer may hold (whole images per chunk, at least one).
     fn new(op: &str, d: Conv2dDims, workspace: usize) -> Result<Self> {
-        d.validate(op)?;
         let c_in_g = d.c_in / d.groups;
         let hw = d.h_out() * d.w_out();
         let ckk = c_in_g * d.k * d.k;
@@ -96,17 +95,11 @@ impl CudaBackend {
         }
         Ok(())
     }
+}
 
-    pub(super) fn conv2d_forward_impl(
-        &self,
-        x: &CudaBuf,
-        w: &CudaBuf,
-        d: Conv2dDims,
-    ) -> Result<CudaBuf> {
-        const OP: &str = "conv2d_forward";
-        let g = Geometry::new(OP, d, self.conv_workspace)?;
-        check_len(OP, "x", x.len(), d.input_len())?;
-        check_len(OP, "w", w.len(), d.weight_len())?;
+impl ConvOps for CudaBackend {
+    fn conv2d_forward_unchecked(&self, x: &CudaBuf, w: &CudaBuf, d: Conv2dDims) -> Result<CudaBuf> {
+        let g = Geometry::new("conv2d_forward", d, self.conv_workspace)?;
         let mut y = self.alloc(d.output_len())?;
         if g.is_empty() {
             return Ok(y);
@@ -145,16 +138,13 @@ impl CudaBackend {
         Ok(y)
     }
 
-    pub(super) fn conv2d_backward_data_impl(
+    fn conv2d_backward_data_unchecked(
         &self,
         dy: &CudaBuf,
         w: &CudaBuf,
         d: Conv2dDims,
     ) -> Result<CudaBuf> {
-        const OP: &str = "conv2d_backward_data";
-        let g = Geometry::new(OP, d, self.conv_workspace)?;
-        check_len(OP, "dy", dy.len(), d.output_len())?;
-        check_len(OP, "w", w.len(), d.weight_len())?;
+        let g = Geometry::new("conv2d_backward_data", d, self.conv_workspace)?;
         let mut dx = self.alloc(d.input_len())?;
         if g.is_empty() {
             return Ok(dx);
@@ -222,16 +212,13 @@ impl CudaBackend {
         Ok(dx)
     }
 
-    pub(super) fn conv2d_backward_weight_impl(
+    fn conv2d_backward_weight_unchecked(
         &self,
         x: &CudaBuf,
         dy: &CudaBuf,
         d: Conv2dDims,
     ) -> Result<CudaBuf> {
-        const OP: &str = "conv2d_backward_weight";
-        let g = Geometry::new(OP, d, self.conv_workspace)?;
-        check_len(OP, "x", x.len(), d.input_len())?;
-        check_len(OP, "dy", dy.len(), d.output_len())?;
+        let g = Geometry::new("conv2d_backward_weight", d, self.conv_workspace)?;
         let mut dw = self.alloc(d.weight_len())?;
         if g.is_empty() {
             return Ok(dw);

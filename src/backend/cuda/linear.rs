@@ -7,23 +7,19 @@
 
 use anyhow::Result;
 
-use super::{check_len, kernels, to_u32, CudaBackend, CudaBuf, Gemm};
+use super::{kernels, to_u32, CudaBackend, CudaBuf, Gemm};
+use crate::backend::{LinearDims, LinearOps};
 
-impl CudaBackend {
-    pub(super) fn linear_forward_impl(
+impl LinearOps for CudaBackend {
+    fn linear_forward_unchecked(
         &self,
         x: &CudaBuf,
         w: &CudaBuf,
         b: &CudaBuf,
-        n: usize,
-        d_in: usize,
-        d_out: usize,
+        d: LinearDims,
     ) -> Result<CudaBuf> {
-        const OP: &str = "linear_forward";
-        check_len(OP, "x", x.len(), n * d_in)?;
-        check_len(OP, "w", w.len(), d_out * d_in)?;
-        check_len(OP, "b", b.len(), d_out)?;
-        to_u32(OP, "output size", n * d_out)?;
+        let LinearDims { n, d_in, d_out } = d;
+        to_u32("linear_forward", "output size", n * d_out)?;
         let mut y = self.alloc(n * d_out)?;
         let Some(cfg) = self.elementwise(n * d_out) else {
             return Ok(y);
@@ -37,19 +33,15 @@ impl CudaBackend {
         Ok(y)
     }
 
-    pub(super) fn linear_backward_impl(
+    fn linear_backward_unchecked(
         &self,
         dy: &CudaBuf,
         x: &CudaBuf,
         w: &CudaBuf,
-        n: usize,
-        d_in: usize,
-        d_out: usize,
+        d: LinearDims,
     ) -> Result<(CudaBuf, CudaBuf, CudaBuf)> {
         const OP: &str = "linear_backward";
-        check_len(OP, "dy", dy.len(), n * d_out)?;
-        check_len(OP, "x", x.len(), n * d_in)?;
-        check_len(OP, "w", w.len(), d_out * d_in)?;
+        let LinearDims { n, d_in, d_out } = d;
         to_u32(OP, "input size", n * d_in)?;
         to_u32(OP, "output size", n * d_out)?;
         to_u32(OP, "weight size", d_out * d_in)?;

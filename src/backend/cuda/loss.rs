@@ -4,14 +4,15 @@
 
 use anyhow::Result;
 
-use super::{check_len, kernels, to_u32, CudaBackend, CudaBuf, CudaIndex, LaunchConfig};
+use super::{kernels, to_u32, CudaBackend, CudaBuf, CudaIndex, LaunchConfig};
 use crate::backend::abi::{WEIGHT_FOCAL, WEIGHT_PER_CLASS, WEIGHT_SLA};
-use crate::backend::{LossArgs, LossOutput, LossReduction, LossTargets, LossWeighting};
+use crate::backend::{
+    CosineDims, ElementwiseOps, LossArgs, LossOps, LossOutput, LossReduction, LossTargets,
+    LossWeighting, RowDims,
+};
 
-impl CudaBackend {
-    pub(super) fn fused_loss_impl(&self, args: LossArgs<'_, Self>) -> Result<LossOutput<Self>> {
-        const OP: &str = "fused_loss";
-        args.validate(|b| b.len(), |i| i.len())?;
+impl LossOps for CudaBackend {
+    fn fused_loss_unchecked(&self, args: LossArgs<'_, Self>) -> Result<LossOutput<Self>> {
         let LossArgs {
             logits,
             n,
@@ -21,7 +22,7 @@ impl CudaBackend {
             weighting,
             reduction,
         } = args;
-        to_u32(OP, "size", n * c)?;
+        to_u32("fused_loss", "size", n * c)?;
         let (target_a, target_b, lambda) = match targets {
             LossTargets::Single(y) => (y, None, 1.0),
             LossTargets::Mixed { a, b, lambda } => (a, Some(b), lambda),
@@ -83,7 +84,7 @@ impl CudaBackend {
         self.after_checked_kernel()?;
         if reduction == LossReduction::WeightNormalized {
             // dlogits /= sum_i w_i, without reading the sum on the host.
-            let total = self.sum_impl(&weight)?;
+            let total = self.sum_unchecked(&weight)?;
             if let Some(cfg) = self.elementwise(n * c) {
                 kernels::scale_by_inverse(self.rt(), cfg, &mut dlogits, &total, (n * c) as u32)?;
             }
@@ -96,19 +97,15 @@ impl CudaBackend {
         })
     }
 
-    pub(super) fn row_cosine_impl(
+    fn row_cosine_unchecked(
         &self,
         features: &CudaBuf,
         w: &CudaBuf,
         labels: &CudaIndex,
-        n: usize,
-        d: usize,
-        c: usize,
+        dims: CosineDims,
     ) -> Result<CudaBuf> {
         const OP: &str = "row_cosine";
-        check_len(OP, "features", features.len(), n * d)?;
-        check_len(OP, "w", w.len(), c * d)?;
-        check_len(OP, "labels", labels.len(), n)?;
+        let CosineDims { n, d, c } = dims;
         to_u32(OP, "features size", n * d)?;
         to_u32(OP, "w size", c * d)?;
         let mut cos = self.alloc(n)?;
@@ -134,24 +131,17 @@ impl CudaBackend {
         Ok(cos)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn cosmax_update_impl(
+    fn cosmax_update_unchecked(
         &self,
         logits: &CudaBuf,
         cos: &CudaBuf,
         labels: &CudaIndex,
-        n: usize,
-        c: usize,
+        d: RowDims,
         table_logit: &mut CudaBuf,
         table_cos: &mut CudaBuf,
     ) -> Result<()> {
-        const OP: &str = "cosmax_update";
-        check_len(OP, "logits", logits.len(), n * c)?;
-        check_len(OP, "cos", cos.len(), n)?;
-        check_len(OP, "labels", labels.len(), n)?;
-        check_len(OP, "table_logit", table_logit.len(), c)?;
-        check_len(OP, "table_cos", table_cos.len(), c)?;
-        to_u32(OP, "size", n * c)?;
+        let RowDims { n, c } = d;
+        to_u32("cosmax_update", "size", n * c)?;
         let Some(cfg) = self.elementwise(n) else {
             return Ok(());
         };

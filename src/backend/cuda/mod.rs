@@ -31,6 +31,7 @@ mod pool;
 mod rows;
 mod runtime;
 pub mod selftest;
+mod unfused;
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -41,10 +42,7 @@ use runtime::StagingMem;
 pub use runtime::{DeviceBuffer, DeviceLimits, Gemm, LaunchConfig};
 
 use super::abi::{self, ERROR_RECORD_WORDS};
-use super::{
-    AugmentSpec, Backend, BatchNormConfig, ChannelDims, Conv2dDims, HostStaging, LossArgs,
-    LossOutput, Pool2dDims, SgdConfig, ShortcutDims,
-};
+use super::{Backend, Buffers, HostStaging};
 use runtime::DeviceRuntime;
 
 /// A device buffer of `f32`.
@@ -256,20 +254,18 @@ fn to_u32(op: &str, what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| anyhow!("{op}: {what} = {v} exceeds the kernels' 32-bit indexing"))
 }
 
-/// Errors unless a buffer has exactly the length its shape implies.
-use super::check_len;
-
-impl Backend for CudaBackend {
+impl Buffers for CudaBackend {
     type Buf = CudaBuf;
     type Index = CudaIndex;
     type Bytes = CudaBytes;
     type Staging = CudaStaging;
+}
 
+impl Backend for CudaBackend {
     fn name(&self) -> String {
         self.rt.describe()
     }
 
-    // ---- memory ----
     fn zeros(&self, len: usize) -> Result<CudaBuf> {
         self.alloc(len)
     }
@@ -285,34 +281,20 @@ impl Backend for CudaBackend {
     fn download_index(&self, buf: &CudaIndex) -> Result<Vec<u32>> {
         self.download_typed(buf)
     }
+    fn upload_bytes(&self, data: &[u8]) -> Result<CudaBytes> {
+        self.upload_bytes_impl(data)
+    }
+    fn alloc_staging(&self, len: usize) -> Result<CudaStaging> {
+        Ok(CudaStaging(self.rt.alloc_staging(len)?))
+    }
     fn len(&self, buf: &CudaBuf) -> usize {
         buf.len()
     }
-    fn copy_range(
-        &self,
-        src: &CudaBuf,
-        src_offset: usize,
-        dst: &mut CudaBuf,
-        dst_offset: usize,
-        len: usize,
-    ) -> Result<()> {
-        let src_ok = src_offset.checked_add(len).is_some_and(|e| e <= src.len());
-        let dst_ok = dst_offset.checked_add(len).is_some_and(|e| e <= dst.len());
-        if !src_ok || !dst_ok {
-            bail!(
-                "copy_range: {len} elements from offset {src_offset} of a {}-element source to offset \
-                 {dst_offset} of a {}-element destination are out of bounds",
-                src.len(),
-                dst.len()
-            );
-        }
-        self.rt.copy(
-            &src.mem,
-            4 * src_offset,
-            &mut dst.mem,
-            4 * dst_offset,
-            4 * len,
-        )
+    fn index_len(&self, buf: &CudaIndex) -> usize {
+        buf.len()
+    }
+    fn bytes_len(&self, buf: &CudaBytes) -> usize {
+        buf.len()
     }
     fn synchronize(&self) -> Result<()> {
         self.rt.synchronize()?;
@@ -324,235 +306,26 @@ impl Backend for CudaBackend {
     fn range_pop(&self) {
         self.rt.range_pop()
     }
-
-    // ---- element-wise ----
-    fn add(&self, a: &CudaBuf, b: &CudaBuf) -> Result<CudaBuf> {
-        self.add_impl(a, b)
-    }
-    fn add_assign(&self, a: &mut CudaBuf, b: &CudaBuf) -> Result<()> {
-        self.add_assign_impl(a, b)
-    }
-    fn scale(&self, a: &CudaBuf, alpha: f32) -> Result<CudaBuf> {
-        self.scale_impl(a, alpha)
-    }
-    fn sum(&self, a: &CudaBuf) -> Result<CudaBuf> {
-        self.sum_impl(a)
-    }
-    fn relu_forward(&self, x: &CudaBuf) -> Result<CudaBuf> {
-        self.relu_forward_impl(x)
-    }
-    fn mul(&self, a: &CudaBuf, b: &CudaBuf) -> Result<CudaBuf> {
-        self.mul_impl(a, b)
-    }
-    fn sla_weights(
+    fn copy_range_unchecked(
         &self,
-        prob: &CudaBuf,
-        cos_y: &CudaBuf,
-        cos_star: &CudaBuf,
-        labels: &CudaIndex,
-        gamma: f32,
-        tau: f32,
-    ) -> Result<CudaBuf> {
-        self.sla_weights_impl(prob, cos_y, cos_star, labels, gamma, tau)
-    }
-    fn softmax_xent_backward(
-        &self,
-        probs: &CudaBuf,
-        labels: &CudaIndex,
-        row_scale: &CudaBuf,
-        n: usize,
-        c: usize,
-    ) -> Result<CudaBuf> {
-        self.softmax_xent_backward_impl(probs, labels, row_scale, n, c)
-    }
-    fn relu_backward(&self, dy: &CudaBuf, y: &CudaBuf) -> Result<CudaBuf> {
-        self.relu_backward_impl(dy, y)
-    }
-
-    // ---- convolution ----
-    fn conv2d_forward(&self, x: &CudaBuf, w: &CudaBuf, d: Conv2dDims) -> Result<CudaBuf> {
-        self.conv2d_forward_impl(x, w, d)
-    }
-    fn conv2d_backward_data(&self, dy: &CudaBuf, w: &CudaBuf, d: Conv2dDims) -> Result<CudaBuf> {
-        self.conv2d_backward_data_impl(dy, w, d)
-    }
-    fn conv2d_backward_weight(&self, x: &CudaBuf, dy: &CudaBuf, d: Conv2dDims) -> Result<CudaBuf> {
-        self.conv2d_backward_weight_impl(x, dy, d)
-    }
-
-    // ---- batch norm ----
-    fn batch_norm_train_forward(
-        &self,
-        x: &CudaBuf,
-        gamma: &CudaBuf,
-        beta: &CudaBuf,
-        running_mean: &mut CudaBuf,
-        running_var: &mut CudaBuf,
-        d: ChannelDims,
-        cfg: BatchNormConfig,
-    ) -> Result<(CudaBuf, CudaBuf, CudaBuf)> {
-        self.batch_norm_train_forward_impl(x, gamma, beta, running_mean, running_var, d, cfg)
-    }
-    fn batch_norm_eval_forward(
-        &self,
-        x: &CudaBuf,
-        gamma: &CudaBuf,
-        beta: &CudaBuf,
-        running_mean: &CudaBuf,
-        running_var: &CudaBuf,
-        d: ChannelDims,
-        cfg: BatchNormConfig,
-    ) -> Result<CudaBuf> {
-        self.batch_norm_eval_forward_impl(x, gamma, beta, running_mean, running_var, d, cfg)
-    }
-    fn batch_norm_backward(
-        &self,
-        dy: &CudaBuf,
-        x: &CudaBuf,
-        gamma: &CudaBuf,
-        saved_mean: &CudaBuf,
-        saved_inv_std: &CudaBuf,
-        d: ChannelDims,
-    ) -> Result<(CudaBuf, CudaBuf, CudaBuf)> {
-        self.batch_norm_backward_impl(dy, x, gamma, saved_mean, saved_inv_std, d)
-    }
-
-    // ---- shortcut and pooling ----
-    fn shortcut_a_forward(&self, x: &CudaBuf, d: ShortcutDims) -> Result<CudaBuf> {
-        self.shortcut_a_forward_impl(x, d)
-    }
-    fn shortcut_a_backward(&self, dy: &CudaBuf, d: ShortcutDims) -> Result<CudaBuf> {
-        self.shortcut_a_backward_impl(dy, d)
-    }
-    fn max_pool_forward(&self, x: &CudaBuf, d: Pool2dDims) -> Result<(CudaBuf, CudaIndex)> {
-        self.max_pool_forward_impl(x, d)
-    }
-    fn max_pool_backward(
-        &self,
-        dy: &CudaBuf,
-        argmax: &CudaIndex,
-        d: Pool2dDims,
-    ) -> Result<CudaBuf> {
-        self.max_pool_backward_impl(dy, argmax, d)
-    }
-    fn global_avg_pool_forward(&self, x: &CudaBuf, d: ChannelDims) -> Result<CudaBuf> {
-        self.global_avg_pool_forward_impl(x, d)
-    }
-    fn global_avg_pool_backward(&self, dy: &CudaBuf, d: ChannelDims) -> Result<CudaBuf> {
-        self.global_avg_pool_backward_impl(dy, d)
-    }
-
-    // ---- linear ----
-    fn linear_forward(
-        &self,
-        x: &CudaBuf,
-        w: &CudaBuf,
-        b: &CudaBuf,
-        n: usize,
-        d_in: usize,
-        d_out: usize,
-    ) -> Result<CudaBuf> {
-        self.linear_forward_impl(x, w, b, n, d_in, d_out)
-    }
-    fn linear_backward(
-        &self,
-        dy: &CudaBuf,
-        x: &CudaBuf,
-        w: &CudaBuf,
-        n: usize,
-        d_in: usize,
-        d_out: usize,
-    ) -> Result<(CudaBuf, CudaBuf, CudaBuf)> {
-        self.linear_backward_impl(dy, x, w, n, d_in, d_out)
-    }
-
-    // ---- rows ----
-    fn softmax_rows(&self, x: &CudaBuf, n: usize, c: usize) -> Result<CudaBuf> {
-        self.softmax_rows_impl(x, n, c, false)
-    }
-    fn log_softmax_rows(&self, x: &CudaBuf, n: usize, c: usize) -> Result<CudaBuf> {
-        self.softmax_rows_impl(x, n, c, true)
-    }
-    fn add_row_bias(&self, x: &CudaBuf, bias: &CudaBuf, n: usize, c: usize) -> Result<CudaBuf> {
-        self.add_row_bias_impl(x, bias, n, c)
-    }
-    fn gather_rows(&self, x: &CudaBuf, idx: &CudaIndex, n: usize, c: usize) -> Result<CudaBuf> {
-        self.gather_rows_impl(x, idx, n, c)
-    }
-    fn row_max(&self, x: &CudaBuf, n: usize, c: usize) -> Result<(CudaBuf, CudaIndex)> {
-        self.row_max_impl(x, n, c)
-    }
-
-    // ---- the method's fused ops ----
-    fn fused_loss(&self, args: LossArgs<'_, Self>) -> Result<LossOutput<Self>> {
-        self.fused_loss_impl(args)
-    }
-    fn row_cosine(
-        &self,
-        features: &CudaBuf,
-        w: &CudaBuf,
-        labels: &CudaIndex,
-        n: usize,
-        d: usize,
-        c: usize,
-    ) -> Result<CudaBuf> {
-        self.row_cosine_impl(features, w, labels, n, d, c)
-    }
-    fn cosmax_update(
-        &self,
-        logits: &CudaBuf,
-        cos: &CudaBuf,
-        labels: &CudaIndex,
-        n: usize,
-        c: usize,
-        table_logit: &mut CudaBuf,
-        table_cos: &mut CudaBuf,
+        src: &CudaBuf,
+        src_offset: usize,
+        dst: &mut CudaBuf,
+        dst_offset: usize,
+        len: usize,
     ) -> Result<()> {
-        self.cosmax_update_impl(logits, cos, labels, n, c, table_logit, table_cos)
+        self.rt.copy(
+            &src.mem,
+            4 * src_offset,
+            &mut dst.mem,
+            4 * dst_offset,
+            4 * len,
+        )
     }
-    fn mixup(
-        &self,
-        x: &CudaBuf,
-        perm: &CudaIndex,
-        lambda: f32,
-        n: usize,
-        per_sample: usize,
-    ) -> Result<CudaBuf> {
-        self.mixup_impl(x, perm, lambda, n, per_sample)
-    }
-
-    // ---- the data path ----
-    fn alloc_staging(&self, len: usize) -> Result<CudaStaging> {
-        Ok(CudaStaging(self.rt.alloc_staging(len)?))
-    }
-    fn upload_staged(&self, staging: &CudaStaging, len: usize) -> Result<CudaBuf> {
-        super::check_staged_len(staging.0.capacity(), len)?;
+    fn upload_staged_unchecked(&self, staging: &CudaStaging, len: usize) -> Result<CudaBuf> {
         Ok(DeviceBuffer::from_mem(
             self.rt.upload_staged(&staging.0, len)?,
             len,
         ))
-    }
-    fn upload_bytes(&self, data: &[u8]) -> Result<CudaBytes> {
-        self.upload_bytes_impl(data)
-    }
-    fn augment_batch(
-        &self,
-        images: &CudaBytes,
-        indices: &CudaIndex,
-        params: &CudaBuf,
-        spec: AugmentSpec,
-    ) -> Result<CudaBuf> {
-        self.augment_batch_impl(images, indices, params, spec)
-    }
-
-    // ---- optimizer ----
-    fn sgd_step(
-        &self,
-        param: &mut CudaBuf,
-        grad: &CudaBuf,
-        velocity: &mut CudaBuf,
-        cfg: SgdConfig,
-    ) -> Result<()> {
-        self.sgd_step_impl(param, grad, velocity, cfg)
     }
 }

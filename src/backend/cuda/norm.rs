@@ -3,39 +3,28 @@
 
 use anyhow::Result;
 
-use super::{check_len, kernels, to_u32, CudaBackend, CudaBuf, LaunchConfig};
-use crate::backend::{BatchNormConfig, ChannelDims};
+use super::{kernels, to_u32, CudaBackend, CudaBuf, LaunchConfig};
+use crate::backend::{BatchNormAffine, BatchNormConfig, ChannelDims, NormOps};
 
 impl CudaBackend {
     /// One block per channel.
     fn per_channel(&self, d: ChannelDims) -> LaunchConfig {
         LaunchConfig::linear(d.c as u32, self.reduction_threads())
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn batch_norm_train_forward_impl(
+impl NormOps for CudaBackend {
+    fn batch_norm_train_forward_unchecked(
         &self,
         x: &CudaBuf,
-        gamma: &CudaBuf,
-        beta: &CudaBuf,
+        affine: BatchNormAffine<'_, Self>,
         running_mean: &mut CudaBuf,
         running_var: &mut CudaBuf,
         d: ChannelDims,
         cfg: BatchNormConfig,
     ) -> Result<(CudaBuf, CudaBuf, CudaBuf)> {
-        const OP: &str = "batch_norm_train_forward";
-        check_len(OP, "x", x.len(), d.len())?;
-        d.check_per_channel(
-            OP,
-            &[
-                ("gamma", gamma.len()),
-                ("beta", beta.len()),
-                ("running_mean", running_mean.len()),
-                ("running_var", running_var.len()),
-            ],
-        )?;
-        d.check_training_batch(OP)?;
-        to_u32(OP, "size", d.len())?;
+        to_u32("batch_norm_train_forward", "size", d.len())?;
+        let BatchNormAffine { gamma, beta } = affine;
         let mut y = self.alloc(d.len())?;
         let mut mean = self.alloc(d.c)?;
         let mut inv_std = self.alloc(d.c)?;
@@ -75,29 +64,17 @@ impl CudaBackend {
         Ok((y, mean, inv_std))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn batch_norm_eval_forward_impl(
+    fn batch_norm_eval_forward_unchecked(
         &self,
         x: &CudaBuf,
-        gamma: &CudaBuf,
-        beta: &CudaBuf,
+        affine: BatchNormAffine<'_, Self>,
         running_mean: &CudaBuf,
         running_var: &CudaBuf,
         d: ChannelDims,
         cfg: BatchNormConfig,
     ) -> Result<CudaBuf> {
-        const OP: &str = "batch_norm_eval_forward";
-        check_len(OP, "x", x.len(), d.len())?;
-        d.check_per_channel(
-            OP,
-            &[
-                ("gamma", gamma.len()),
-                ("beta", beta.len()),
-                ("running_mean", running_mean.len()),
-                ("running_var", running_var.len()),
-            ],
-        )?;
-        to_u32(OP, "size", d.len())?;
+        to_u32("batch_norm_eval_forward", "size", d.len())?;
+        let BatchNormAffine { gamma, beta } = affine;
         let mut y = self.alloc(d.len())?;
         if let Some(launch) = self.elementwise(d.len()) {
             kernels::batch_norm_eval(
@@ -118,7 +95,7 @@ impl CudaBackend {
         Ok(y)
     }
 
-    pub(super) fn batch_norm_backward_impl(
+    fn batch_norm_backward_unchecked(
         &self,
         dy: &CudaBuf,
         x: &CudaBuf,
@@ -127,18 +104,7 @@ impl CudaBackend {
         saved_inv_std: &CudaBuf,
         d: ChannelDims,
     ) -> Result<(CudaBuf, CudaBuf, CudaBuf)> {
-        const OP: &str = "batch_norm_backward";
-        check_len(OP, "dy", dy.len(), d.len())?;
-        check_len(OP, "x", x.len(), d.len())?;
-        d.check_per_channel(
-            OP,
-            &[
-                ("gamma", gamma.len()),
-                ("saved_mean", saved_mean.len()),
-                ("saved_inv_std", saved_inv_std.len()),
-            ],
-        )?;
-        to_u32(OP, "size", d.len())?;
+        to_u32("batch_norm_backward", "size", d.len())?;
         let mut dx = self.alloc(d.len())?;
         let mut dgamma = self.alloc(d.c)?;
         let mut dbeta = self.alloc(d.c)?;

@@ -2,21 +2,18 @@
 
 use anyhow::Result;
 
-use super::{check_len, kernels, to_u32, CudaBackend, CudaBuf};
-use crate::backend::SgdConfig;
+use super::{kernels, to_u32, CudaBackend, CudaBuf};
+use crate::backend::{OptimOps, SgdConfig};
 
-impl CudaBackend {
-    pub(super) fn sgd_step_impl(
+impl OptimOps for CudaBackend {
+    fn sgd_step_unchecked(
         &self,
         param: &mut CudaBuf,
         grad: &CudaBuf,
         velocity: &mut CudaBuf,
         cfg: SgdConfig,
     ) -> Result<()> {
-        const OP: &str = "sgd_step";
-        check_len(OP, "grad", grad.len(), param.len())?;
-        check_len(OP, "velocity", velocity.len(), param.len())?;
-        let n = to_u32(OP, "length", param.len())?;
+        let n = to_u32("sgd_step", "length", param.len())?;
         if let Some(launch) = self.elementwise(param.len()) {
             kernels::sgd_step(
                 self.rt(),

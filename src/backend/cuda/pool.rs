@@ -1,21 +1,93 @@
-//! Max pooling with argmax and global average pooling (kernels/pool.cu).
+//! Max pooling with argmax, global average pooling and the option-A shortcut (kernels/pool.cu).
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
-use super::{check_len, kernels, to_u32, CudaBackend, CudaBuf, CudaIndex};
-use crate::backend::{ChannelDims, Pool2dDims};
+use super::{kernels, to_u32, CudaBackend, CudaBuf, CudaIndex};
+use crate::backend::{ChannelDims, Pool2dDims, PoolOps, ShortcutDims};
 
-impl CudaBackend {
-    pub(super) fn max_pool_forward_impl(
+/// The shortcut kernels' shape arguments, after the 32-bit size checks.
+struct ShortcutArgs {
+    n: u32,
+    c_in: u32,
+    h: u32,
+    w: u32,
+    c_out: u32,
+    stride: u32,
+    h_out: u32,
+    w_out: u32,
+    pad: u32,
+}
+
+fn shortcut_args(op: &str, d: ShortcutDims) -> Result<ShortcutArgs> {
+    to_u32(op, "input size", d.input_len())?;
+    to_u32(op, "output size", d.output_len())?;
+    Ok(ShortcutArgs {
+        n: d.n as u32,
+        c_in: d.c_in as u32,
+        h: d.h as u32,
+        w: d.w as u32,
+        c_out: d.c_out as u32,
+        stride: d.stride as u32,
+        h_out: d.h_out() as u32,
+        w_out: d.w_out() as u32,
+        pad: d.pad() as u32,
+    })
+}
+
+impl PoolOps for CudaBackend {
+    fn shortcut_a_forward_unchecked(&self, x: &CudaBuf, d: ShortcutDims) -> Result<CudaBuf> {
+        let s = shortcut_args("shortcut_a_forward", d)?;
+        let mut y = self.alloc(d.output_len())?;
+        if let Some(cfg) = self.elementwise(d.output_len()) {
+            kernels::shortcut_a_forward(
+                self.rt(),
+                cfg,
+                x,
+                &mut y,
+                s.n,
+                s.c_in,
+                s.h,
+                s.w,
+                s.c_out,
+                s.stride,
+                s.h_out,
+                s.w_out,
+                s.pad,
+            )?;
+        }
+        Ok(y)
+    }
+
+    fn shortcut_a_backward_unchecked(&self, dy: &CudaBuf, d: ShortcutDims) -> Result<CudaBuf> {
+        let s = shortcut_args("shortcut_a_backward", d)?;
+        let mut dx = self.alloc(d.input_len())?;
+        if let Some(cfg) = self.elementwise(d.input_len()) {
+            kernels::shortcut_a_backward(
+                self.rt(),
+                cfg,
+                dy,
+                &mut dx,
+                s.n,
+                s.c_in,
+                s.h,
+                s.w,
+                s.c_out,
+                s.stride,
+                s.h_out,
+                s.w_out,
+                s.pad,
+            )?;
+        }
+        Ok(dx)
+    }
+
+    fn max_pool_forward_unchecked(
         &self,
         x: &CudaBuf,
         d: Pool2dDims,
     ) -> Result<(CudaBuf, CudaIndex)> {
-        const OP: &str = "max_pool_forward";
-        d.validate(OP)?;
-        check_len(OP, "x", x.len(), d.n * d.c * d.h * d.w)?;
-        let len = d.n * d.c * d.h_out() * d.w_out();
-        to_u32(OP, "output size", len)?;
+        let len = d.output_len();
+        to_u32("max_pool_forward", "output size", len)?;
         let mut y = self.alloc(len)?;
         let mut argmax = self.alloc(len)?;
         if let Some(cfg) = self.elementwise(len) {
@@ -39,18 +111,13 @@ impl CudaBackend {
         Ok((y, argmax))
     }
 
-    pub(super) fn max_pool_backward_impl(
+    fn max_pool_backward_unchecked(
         &self,
         dy: &CudaBuf,
         argmax: &CudaIndex,
         d: Pool2dDims,
     ) -> Result<CudaBuf> {
-        const OP: &str = "max_pool_backward";
-        d.validate(OP)?;
-        let out_len = d.n * d.c * d.h_out() * d.w_out();
-        check_len(OP, "dy", dy.len(), out_len)?;
-        check_len(OP, "argmax", argmax.len(), out_len)?;
-        let len = d.n * d.c * d.h * d.w;
+        let len = d.input_len();
         let mut dx = self.alloc(len)?;
         if let Some(cfg) = self.elementwise(len) {
             kernels::max_pool_backward(
@@ -73,18 +140,9 @@ impl CudaBackend {
         Ok(dx)
     }
 
-    pub(super) fn global_avg_pool_forward_impl(
-        &self,
-        x: &CudaBuf,
-        d: ChannelDims,
-    ) -> Result<CudaBuf> {
-        const OP: &str = "global_avg_pool_forward";
-        check_len(OP, "x", x.len(), d.len())?;
-        if d.hw == 0 {
-            bail!("{OP}: cannot average over an empty plane (hw = 0)");
-        }
+    fn global_avg_pool_forward_unchecked(&self, x: &CudaBuf, d: ChannelDims) -> Result<CudaBuf> {
         let rows = d.n * d.c;
-        to_u32(OP, "size", d.len())?;
+        to_u32("global_avg_pool_forward", "size", d.len())?;
         let mut y = self.alloc(rows)?;
         // One warp per row, 8 warps per block.
         if let Some(cfg) = self.launch_1d(rows * 32, 256) {
@@ -93,17 +151,8 @@ impl CudaBackend {
         Ok(y)
     }
 
-    pub(super) fn global_avg_pool_backward_impl(
-        &self,
-        dy: &CudaBuf,
-        d: ChannelDims,
-    ) -> Result<CudaBuf> {
-        const OP: &str = "global_avg_pool_backward";
-        check_len(OP, "dy", dy.len(), d.n * d.c)?;
-        if d.hw == 0 {
-            bail!("{OP}: cannot average over an empty plane (hw = 0)");
-        }
-        to_u32(OP, "size", d.len())?;
+    fn global_avg_pool_backward_unchecked(&self, dy: &CudaBuf, d: ChannelDims) -> Result<CudaBuf> {
+        to_u32("global_avg_pool_backward", "size", d.len())?;
         let mut dx = self.alloc(d.len())?;
         if let Some(cfg) = self.elementwise(d.len()) {
             kernels::global_avg_pool_backward(

@@ -1,0 +1,132 @@
+//! Argument and result types of the ops: hyper-parameters, the fused loss's targets and weighting,
+//! the augmentation spec, and host staging memory.
+
+use super::Buffers;
+use crate::augment::Level;
+
+/// Batch-norm hyper-parameters (PyTorch semantics: `running = (1 - momentum) * running + momentum *
+/// batch`, the running variance uses the unbiased batch variance, normalisation the biased one).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormConfig {
+    pub momentum: f32,
+    pub eps: f32,
+}
+
+impl Default for BatchNormConfig {
+    fn default() -> Self {
+        Self {
+            momentum: 0.1,
+            eps: 1e-5,
+        }
+    }
+}
+
+/// The learned per-channel scale and shift of a batch norm, `[c]` each.
+pub struct BatchNormAffine<'a, B: Buffers + ?Sized> {
+    pub gamma: &'a B::Buf,
+    pub beta: &'a B::Buf,
+}
+
+// Derived Copy would require `B: Copy`.
+impl<B: Buffers + ?Sized> Clone for BatchNormAffine<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Buffers + ?Sized> Copy for BatchNormAffine<'_, B> {}
+
+/// SGD with PyTorch semantics (dampening 0): `g = grad + wd * p; v = momentum * v + g;
+/// step = nesterov ? g + momentum * v : v; p -= lr * step`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdConfig {
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+}
+
+/// Targets of the fused loss: one label per row, or the mixup pair (`lambda * l(a) + (1 - lambda) * l(b)`).
+pub enum LossTargets<'a, B: Buffers + ?Sized> {
+    Single(&'a B::Index),
+    Mixed {
+        a: &'a B::Index,
+        b: &'a B::Index,
+        lambda: f32,
+    },
+}
+
+/// How the per-sample weight `w_i` of the fused loss is formed. Every weight is a constant for the
+/// gradient except `Focal`, whose gradient is the true focal-loss gradient.
+pub enum LossWeighting<'a, B: Buffers + ?Sized> {
+    /// `w_i = 1`.
+    Unit,
+    /// `w_i = class_weight[y_i]` `[c]` (inverse frequency, class-balanced); with mixed targets each
+    /// term takes the weight of its own class.
+    PerClass(&'a B::Buf),
+    /// Focal loss on the adjusted probability: `l_i = -(1 - p_i)^gamma log p_i` (single targets only).
+    Focal { gamma: f32 },
+    /// SLA (paper Eq. 12/17): `w_i = (1 - p_i)^gamma * exp(tau * cos_star[y_i] - tau * cos_y[i])`,
+    /// `cos_y [n]`, `cos_star [c]`; single targets only.
+    Sla {
+        cos_y: &'a B::Buf,
+        cos_star: &'a B::Buf,
+        gamma: f32,
+        tau: f32,
+    },
+}
+
+/// How the weighted per-sample losses are reduced to the scalar whose gradient is returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossReduction {
+    /// `sum_i w_i l_i / n`.
+    Mean,
+    /// `sum_i w_i l_i / sum_i w_i`.
+    WeightNormalized,
+}
+
+/// Arguments of the fused logit-adjusted softmax cross-entropy.
+pub struct LossArgs<'a, B: Buffers + ?Sized> {
+    /// `[n, c]` raw logits.
+    pub logits: &'a B::Buf,
+    pub n: usize,
+    pub c: usize,
+    pub targets: LossTargets<'a, B>,
+    /// `[c]` additive logit adjustment (`tau * log prior`), or `None` for plain cross-entropy.
+    pub adjustment: Option<&'a B::Buf>,
+    pub weighting: LossWeighting<'a, B>,
+    pub reduction: LossReduction,
+}
+
+/// Outputs of the fused loss, all on the device.
+pub struct LossOutput<B: Buffers + ?Sized> {
+    /// `[n]` weighted per-sample loss `w_i * l_i` (before reduction).
+    pub loss: B::Buf,
+    /// `[n]` adjusted softmax probability of the (first) target class, `p_i` of paper Eq. 9.
+    pub prob: B::Buf,
+    /// `[n]` the weight `w_i` used.
+    pub weight: B::Buf,
+    /// `[n, c]` gradient of the reduced loss with respect to the raw logits.
+    pub dlogits: B::Buf,
+}
+
+/// What [`super::Backend::augment_batch`] produces: `[n, 3, h, w]` views of `h x w` u8 images (CIFAR
+/// family: output size = input size), normalised per channel as `(v / 255 - mean) / std`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AugmentSpec {
+    pub h: usize,
+    pub w: usize,
+    /// `Level::Plain`: normalisation only, no parameters.
+    pub level: Level,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// Host memory a loader thread fills and [`super::Backend::upload_staged`] copies from: page-locked
+/// on a GPU, so the copy runs asynchronously without an intermediate pageable-memory copy.
+pub trait HostStaging: Send {
+    /// Capacity in `f32`.
+    fn capacity(&self) -> usize;
+    /// The whole buffer for writing, once no upload still reads it (on a GPU: waits for the last
+    /// copy out of it to complete).
+    fn as_mut_slice(&mut self) -> anyhow::Result<&mut [f32]>;
+}

@@ -1,0 +1,83 @@
+//! The unfused loss composition's ops (the benchmark baseline of the fused loss).
+
+use anyhow::Result;
+use rayon::prelude::*;
+
+use super::{check_indices, CpuBackend, CpuBuf, CpuIndex};
+use crate::backend::abi::{ERR_GATHER_INDEX, ERR_SLA_WEIGHTS_LABEL, ERR_XENT_LABEL};
+use crate::backend::unfused::UnfusedLossOps;
+use crate::backend::RowDims;
+
+impl UnfusedLossOps for CpuBackend {
+    fn add_row_bias_unchecked(&self, x: &CpuBuf, bias: &CpuBuf, d: RowDims) -> Result<CpuBuf> {
+        let mut y = x.0.clone();
+        if d.c > 0 {
+            self.pool.install(|| {
+                y.par_chunks_mut(d.c).for_each(|r| {
+                    for (v, &b) in r.iter_mut().zip(&bias.0) {
+                        *v += b;
+                    }
+                })
+            });
+        }
+        Ok(CpuBuf(y))
+    }
+
+    fn log_softmax_rows_unchecked(&self, x: &CpuBuf, d: RowDims) -> Result<CpuBuf> {
+        Ok(self.softmax(x, d, true))
+    }
+
+    fn gather_rows_unchecked(&self, x: &CpuBuf, idx: &CpuIndex, d: RowDims) -> Result<CpuBuf> {
+        check_indices(ERR_GATHER_INDEX, &idx.0, d.c)?;
+        Ok(CpuBuf(
+            idx.0
+                .iter()
+                .enumerate()
+                .map(|(i, &j)| x.0[i * d.c + j as usize])
+                .collect(),
+        ))
+    }
+
+    fn sla_weights_unchecked(
+        &self,
+        prob: &CpuBuf,
+        cos_y: &CpuBuf,
+        cos_star: &CpuBuf,
+        labels: &CpuIndex,
+        gamma: f32,
+        tau: f32,
+    ) -> Result<CpuBuf> {
+        let (prob, cos_y, cos_star, labels) = (&prob.0, &cos_y.0, &cos_star.0, &labels.0);
+        check_indices(ERR_SLA_WEIGHTS_LABEL, labels, cos_star.len())?;
+        Ok(CpuBuf(
+            (0..prob.len())
+                .map(|i| {
+                    (1.0 - prob[i]).powf(gamma)
+                        * (tau * cos_star[labels[i] as usize] - tau * cos_y[i]).exp()
+                })
+                .collect(),
+        ))
+    }
+
+    fn softmax_xent_backward_unchecked(
+        &self,
+        probs: &CpuBuf,
+        labels: &CpuIndex,
+        row_scale: &CpuBuf,
+        d: RowDims,
+    ) -> Result<CpuBuf> {
+        check_indices(ERR_XENT_LABEL, &labels.0, d.c)?;
+        let mut g = probs.0.clone();
+        for (i, row) in g.chunks_mut(d.c.max(1)).enumerate().take(d.n) {
+            row[labels.0[i] as usize] -= 1.0;
+            for v in row {
+                *v *= row_scale.0[i];
+            }
+        }
+        Ok(CpuBuf(g))
+    }
+
+    fn mul_unchecked(&self, a: &CpuBuf, b: &CpuBuf) -> Result<CpuBuf> {
+        Ok(self.zip_map(a, b, |x, y| x * y))
+    }
+}
