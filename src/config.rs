@@ -2,6 +2,7 @@
 //! `--config FILE.toml` give a base, command-line flags override single fields, and the resolved value is
 //! written to `DIR/config.toml` and into every checkpoint's metadata.
 
+use crate::method::{policy, Reweighting};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -64,6 +65,15 @@ pub enum LossKind {
     LaFl,
     /// LA + sample logit-aware reweighting (the paper's method).
     LaSla,
+}
+
+impl LossKind {
+    /// The `--loss` spelling.
+    pub fn cli_name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
+    }
 }
 
 /// How the per-class cos-max table S of SLA is refreshed (the paper leaves it open).
@@ -267,10 +277,10 @@ impl TrainConfig {
 
     /// The epoch from which stage-2 reweighting applies, if the loss reweights at all.
     pub fn reweight_start(&self) -> Option<usize> {
-        match self.loss {
-            LossKind::Ce | LossKind::La => None,
-            _ => self.reweight_epoch.or(self.stage2_epoch).or(Some(0)),
+        if policy(self.loss).reweighting == Reweighting::None {
+            return None;
         }
+        self.reweight_epoch.or(self.stage2_epoch).or(Some(0))
     }
 
     /// Whether `epoch` (0-based) belongs to stage 2 (no augmentation, no mixup).
@@ -335,14 +345,14 @@ impl TrainConfig {
                 );
             }
         }
-        if matches!(self.loss, LossKind::LaSla | LossKind::LaFl) && self.mixup_alpha > 0.0 {
+        if policy(self.loss).reweighting.rules().single_targets_only && self.mixup_alpha > 0.0 {
             let start = self.reweight_start().unwrap_or(0);
             if self.stage2_epoch.is_none_or(|s| start < s) {
                 bail!(
                     "--loss {} weights each sample by its own probability, which mixed (mixup) targets do \
                      not have: the reweighting starts at epoch {start} while mixup is still on; use \
                      --no-mixup, or a --reweight-epoch at or after --stage2-epoch",
-                    if self.loss == LossKind::LaSla { "la-sla" } else { "la-fl" }
+                    self.loss.cli_name()
                 );
             }
         }

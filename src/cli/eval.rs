@@ -10,7 +10,7 @@ use ltrain::model::MultiExpertNet;
 use ltrain::report::write_atomic;
 use ltrain::train::checkpoint::load_checkpoint;
 use ltrain::train::datasets;
-use ltrain::train::trainer::checkpoint_class_counts;
+use ltrain::train::run_state::checkpoint_class_counts;
 use ltrain::train::{checkpoint_config, evaluate, test_loader, Evaluation};
 use std::fmt::Write as _;
 use std::path::PathBuf;

@@ -11,7 +11,7 @@ use ltrain::config::TrainConfig;
 use ltrain::presets::{load_preset, PaperReference};
 use ltrain::report::{write_atomic, write_report, RunSummary};
 use ltrain::train::datasets::{self, Datasets};
-use ltrain::train::trainer::{CHECKPOINT_FILE, CONFIG_FILE};
+use ltrain::train::run_state::{CHECKPOINT_FILE, CONFIG_FILE};
 use ltrain::train::{train, Start};
 use std::path::{Path, PathBuf};
 

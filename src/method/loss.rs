@@ -1,7 +1,8 @@
 //! One expert's loss for one batch (paper Eq. 16 with the weights of Eq. 17 or a baseline), as the
 //! backend's fused op, plus the unfused composition kept as the benchmark baseline and cross-check.
 
-use super::plan::{EpochPlan, Reweighting};
+use super::loss_kinds::Reweighting;
+use super::plan::EpochPlan;
 use super::sla::SlaTable;
 use crate::backend::{
     Backend, CosineDims, LossArgs, LossOutput, LossReduction, LossTargets, LossWeighting, RowDims,

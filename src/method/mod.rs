@@ -4,10 +4,12 @@
 
 pub mod class_weights;
 pub mod loss;
+pub mod loss_kinds;
 pub mod plan;
 pub mod sla;
 
 pub use class_weights::{class_balanced_weights, inverse_frequency_weights, log_prior};
 pub use loss::{expert_loss, unfused_loss, ExpertLossInputs};
-pub use plan::{EpochPlan, Reweighting};
-pub use sla::SlaTable;
+pub use loss_kinds::{policy, LossPolicy, LossSetup, Reweighting, LOSS_POLICIES};
+pub use plan::{expert_level, EpochPlan};
+pub use sla::{SlaTable, SlaTableFill};

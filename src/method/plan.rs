@@ -1,22 +1,13 @@
 //! The two-stage schedule of Algorithm 1: what an epoch does (augmentation, mixup, which weights).
 
+use super::loss_kinds::{policy, Reweighting};
 use crate::augment::Level;
-use crate::config::{LossKind, TrainConfig};
+use crate::config::TrainConfig;
 
 /// Expert `k`'s augmentation level in stage 1: weak, medium, strong (paper Sec. 4.2.1), then round
 /// again for more experts.
 pub fn expert_level(k: usize) -> Level {
     Level::AUGMENTED[k % Level::AUGMENTED.len()]
-}
-
-/// The per-sample weighting an epoch uses (Eq. 17 and the baselines of Tables 1 and 6).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Reweighting {
-    None,
-    InverseFrequency,
-    ClassBalanced,
-    Focal,
-    Sla,
 }
 
 /// What one epoch does.
@@ -36,24 +27,18 @@ pub struct EpochPlan {
 impl EpochPlan {
     pub fn for_epoch(cfg: &TrainConfig, epoch: usize) -> Self {
         let stage2 = cfg.in_stage2(epoch);
+        let loss = policy(cfg.loss);
         let reweighting_on = cfg.reweight_start().is_some_and(|start| epoch >= start);
-        let reweighting = if !reweighting_on {
-            Reweighting::None
-        } else {
-            match cfg.loss {
-                LossKind::Ce | LossKind::La => Reweighting::None,
-                LossKind::LaRw => Reweighting::InverseFrequency,
-                LossKind::LaCb => Reweighting::ClassBalanced,
-                LossKind::LaFl => Reweighting::Focal,
-                LossKind::LaSla => Reweighting::Sla,
-            }
-        };
         Self {
             stage: if stage2 { 2 } else { 1 },
             augment: cfg.augment && !stage2,
             mixup_alpha: if stage2 { 0.0 } else { cfg.mixup_alpha },
-            logit_adjusted: cfg.loss != LossKind::Ce,
-            reweighting,
+            logit_adjusted: loss.logit_adjusted,
+            reweighting: if reweighting_on {
+                loss.reweighting
+            } else {
+                Reweighting::None
+            },
         }
     }
 
@@ -67,15 +52,16 @@ impl EpochPlan {
         }
     }
 
-    /// SLA needs the cos-max table filled before its first epoch.
+    /// Whether this epoch's weights read the SLA cos-max table (filled before its first epoch).
     pub fn needs_sla_table(&self) -> bool {
-        self.reweighting == Reweighting::Sla
+        self.reweighting.rules().sla_table
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::LossKind;
 
     fn paper_cifar() -> TrainConfig {
         TrainConfig {

@@ -9,8 +9,9 @@
 //! ends. The alternative (`"running"`) merges each batch into S in place before the batch's weights are
 //! formed, so S only ever moves to a larger logit.
 
-use crate::backend::{Backend, RowDims};
+use crate::backend::{Backend, CosineDims, RowDims};
 use crate::config::SlaTableRule;
+use crate::model::MultiExpertNet;
 use anyhow::Result;
 
 pub struct SlaTable<B: Backend> {
@@ -110,4 +111,58 @@ impl<B: Backend> SlaTable<B> {
 
 fn empty_logits<B: Backend>(be: &B, classes: usize) -> Result<B::Buf> {
     be.upload(&vec![f32::NEG_INFINITY; classes])
+}
+
+/// The no-gradient pass at the first SLA epoch that fills every expert's table S from the whole
+/// training set (Algorithm 1, the table of Eqs. 10-11): evaluation-mode forward on plain images, each
+/// batch merged with [`observe`](Self::observe), then [`finish`](Self::finish).
+pub struct SlaTableFill<B: Backend> {
+    fresh: Vec<SlaTable<B>>,
+    classes: usize,
+}
+
+impl<B: Backend> SlaTableFill<B> {
+    /// A pass for `experts` tables of `classes` classes.
+    pub fn new(be: &B, experts: usize, classes: usize) -> Result<Self> {
+        let fresh = (0..experts)
+            .map(|_| SlaTable::new(be, classes, SlaTableRule::Epoch))
+            .collect::<Result<_>>()?;
+        Ok(Self { fresh, classes })
+    }
+
+    /// Merges one batch: `view [n, 3, h, w]` plain images, `labels [n]`.
+    pub fn observe(
+        &mut self,
+        be: &B,
+        model: &MultiExpertNet<B>,
+        view: &B::Buf,
+        labels: &B::Index,
+        (n, h, w): (usize, usize, usize),
+    ) -> Result<()> {
+        let out = model.forward_eval(be, view, n, h, w)?;
+        let dims = CosineDims {
+            n,
+            d: model.feature_dim(),
+            c: self.classes,
+        };
+        for (k, table) in self.fresh.iter_mut().enumerate() {
+            let cos = be.row_cosine(&out.features[k], model.classifier_weight(k), labels, dims)?;
+            table.observe(be, &out.logits[k], &cos, labels, n)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the filled tables the current ones of `tables` (under any rule), with nothing pending.
+    pub fn finish(self, be: &B, tables: &mut [SlaTable<B>]) -> Result<()> {
+        let empty = (
+            vec![f32::NEG_INFINITY; self.classes],
+            vec![0.0; self.classes],
+        );
+        for (table, mut filled) in tables.iter_mut().zip(self.fresh) {
+            filled.end_epoch(be)?;
+            let current = filled.current(be)?;
+            table.restore(be, (&current.0, &current.1), (&empty.0, &empty.1))?;
+        }
+        Ok(())
+    }
 }

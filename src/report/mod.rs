@@ -4,7 +4,8 @@
 
 mod plots;
 
-use crate::config::{DatasetKind, LossKind, ModelKind, Schedule, TrainConfig};
+use crate::config::{DatasetKind, ModelKind, Schedule, TrainConfig};
+use crate::method::policy;
 use crate::metrics::{EvalMetrics, GroupSizes, ReliabilityBin, FEW_SHOT_BELOW, MANY_SHOT_ABOVE};
 use crate::presets::PaperReference;
 use anyhow::{Context, Result};
@@ -334,14 +335,7 @@ pub fn setting_line(cfg: &TrainConfig) -> String {
         Schedule::Multistep => format!("multistep x{} at {:?}", cfg.lr_decay, cfg.milestones),
         Schedule::Cosine => "cosine".to_string(),
     };
-    let loss = match cfg.loss {
-        LossKind::Ce => "CE",
-        LossKind::La => "LA",
-        LossKind::LaRw => "LA + RW",
-        LossKind::LaCb => "LA + CB",
-        LossKind::LaFl => "LA + focal",
-        LossKind::LaSla => "LA + SLA",
-    };
+    let loss = policy(cfg.loss).label;
     let stages = match cfg.stage2_epoch {
         Some(s) => format!("stage 2 from epoch {s}"),
         None => "single stage".to_string(),

@@ -1,16 +1,15 @@
 //! A complete training step on random data, for throughput measurements (`ltrain bench`, the
-//! criterion benches): the same [`train_step`] the epoch loop runs, fed in one of three ways
-//! ([`BenchInput`]) so that the cost of the data path can be told apart from the step itself.
+//! criterion benches): the same [`train_step`] the epoch loop runs (mixup drawn per step as in
+//! training), fed in one of three ways ([`BenchInput`]) so that the cost of the data path can be told
+//! apart from the step itself.
 
 use crate::augment::{Level, CIFAR_NORMALIZATION};
-use crate::backend::{
-    augment_params, AugmentSpec, Backend, HostStaging, LossReduction, SampleDims, SgdConfig,
-};
+use crate::backend::{augment_params, AugmentSpec, Backend, HostStaging, SgdConfig};
 use crate::config::{ModelKind, TrainConfig};
-use crate::method::{EpochPlan, SlaTable};
+use crate::method::{EpochPlan, LossSetup, SlaTable};
 use crate::model::MultiExpertNet;
 use crate::train::loader::STAGED_BATCHES;
-use crate::train::trainer::{train_step, StepInputs};
+use crate::train::step::{train_step, Mixup, StepBatch, StepContext};
 use anyhow::Result;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -163,17 +162,13 @@ pub struct BenchStep<B: Backend> {
     plan: EpochPlan,
     model: MultiExpertNet<B>,
     source: ViewSource<B>,
-    labels: B::Index,         // [n]
-    partner_labels: B::Index, // [n] labels of the mixup partners
-    perm: B::Index,           // [n] mixup partner of each sample
-    adjustment: B::Buf,       // [c] log prior (uniform)
+    labels: Vec<u32>, // [n]
+    losses: LossSetup<B>,
     sla_tables: Vec<SlaTable<B>>,
-    n: usize,
     size: usize,
+    /// Steps run so far (the mixup draw's step counter).
+    steps: usize,
 }
-
-/// Mixup coefficient of every timed step (its value does not change the work).
-const MIX_LAMBDA: f32 = 0.7;
 
 fn random_views(rng: &mut impl Rng, count: usize, len: usize) -> Vec<Vec<f32>> {
     (0..count)
@@ -243,9 +238,8 @@ impl<B: Backend> BenchStep<B> {
             }
         };
         let labels: Vec<u32> = (0..n).map(|_| rng.random_range(0..c as u32)).collect();
-        // Mixup partner of sample i: sample n-1-i.
-        let perm: Vec<u32> = (0..n as u32).rev().collect();
-        let partner_labels: Vec<u32> = perm.iter().map(|&j| labels[j as usize]).collect();
+        // A balanced class distribution: the logit adjustment is uniform.
+        let losses = LossSetup::new(be, &cfg, &vec![1; c])?;
         let sla_tables = (0..experts)
             .map(|_| SlaTable::new(be, c, cfg.sla_table_rule))
             .collect::<Result<Vec<_>>>()?;
@@ -253,13 +247,11 @@ impl<B: Backend> BenchStep<B> {
             plan,
             model: net,
             source,
-            labels: be.upload_index(&labels)?,
-            partner_labels: be.upload_index(&partner_labels)?,
-            perm: be.upload_index(&perm)?,
-            adjustment: be.upload(&vec![-(c as f32).ln(); c])?,
+            labels,
+            losses,
             sla_tables,
-            n,
             size,
+            steps: 0,
             cfg,
         })
     }
@@ -274,18 +266,16 @@ impl<B: Backend> BenchStep<B> {
         &self.model
     }
 
-    /// One training step: this step's views (by the [`BenchInput`]), mixup of the views (stage 1),
-    /// forward of all experts, fused losses, backward and SGD. Asynchronous on the GPU; call
-    /// `be.synchronize()` before reading a clock.
+    /// One training step: this step's views (by the [`BenchInput`]), then [`train_step`]: mixup of
+    /// the views (stage 1), forward of all experts, fused losses, backward and SGD. Asynchronous on
+    /// the GPU; call `be.synchronize()` before reading a clock.
     pub fn run(&mut self, be: &B) -> Result<()> {
-        let (n, size) = (self.n, self.size);
+        let (n, size) = (self.labels.len(), self.size);
         let views = self.source.next_views(be, n, size)?;
-        let inputs = StepInputs {
+        let ctx = StepContext {
             cfg: &self.cfg,
             plan: &self.plan,
-            adjustment: &self.adjustment,
-            class_weights: None,
-            reduction: LossReduction::Mean,
+            losses: &self.losses,
             sgd: SgdConfig {
                 lr: 0.01,
                 momentum: 0.9,
@@ -293,41 +283,14 @@ impl<B: Backend> BenchStep<B> {
                 nesterov: false,
             },
         };
-        if self.plan.mixup_alpha > 0.0 {
-            let mixed_views = views
-                .iter()
-                .map(|v| {
-                    let d = SampleDims {
-                        n,
-                        per_sample: 3 * size * size,
-                    };
-                    be.mixup(v, &self.perm, MIX_LAMBDA, d)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            train_step(
-                be,
-                &mut self.model,
-                &inputs,
-                &mixed_views,
-                &self.labels,
-                Some((&self.partner_labels, MIX_LAMBDA)),
-                n,
-                (size, size),
-                &mut self.sla_tables,
-            )?;
-        } else {
-            train_step(
-                be,
-                &mut self.model,
-                &inputs,
-                views,
-                &self.labels,
-                None,
-                n,
-                (size, size),
-                &mut self.sla_tables,
-            )?;
-        }
+        let batch = StepBatch {
+            views,
+            labels: &self.labels,
+            mixup: Mixup::for_step(&self.plan, self.cfg.seed, 0, self.steps, n),
+            hw: (size, size),
+        };
+        train_step(be, &mut self.model, &ctx, batch, &mut self.sla_tables)?;
+        self.steps += 1;
         Ok(())
     }
 }

@@ -1,4 +1,5 @@
-//! Training: the epoch loop, SGD and learning-rate schedules, evaluation, checkpoints and resume.
+//! Training: the epoch loop, the training step, SGD and learning-rate schedules, evaluation,
+//! checkpoints and resume.
 
 pub mod bench_step;
 pub mod checkpoint;
@@ -6,10 +7,13 @@ pub mod datasets;
 pub mod evaluate;
 pub mod loader;
 pub mod optimizer;
+pub mod run_state;
 pub mod schedule;
 pub mod source;
+pub mod step;
 pub mod trainer;
 
 pub use evaluate::{evaluate, test_loader, Evaluation, Prediction};
+pub use run_state::checkpoint_config;
 pub use source::ImageSource;
-pub use trainer::{checkpoint_config, train, Progress, RunResult, Start};
+pub use trainer::{train, Progress, RunResult, Start};

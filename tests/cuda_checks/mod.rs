@@ -602,10 +602,10 @@ pub fn out_of_range_indices_are_errors_like_on_the_cpu(cuda: &CudaBackend) -> Re
 /// then a class-weighted, weight-normalised step.
 pub fn training_steps_match_the_cpu(cuda: &CudaBackend) {
     use ltrain::config::TrainConfig;
-    use ltrain::method::{EpochPlan, Reweighting};
+    use ltrain::method::{EpochPlan, LossSetup, Reweighting};
     use ltrain::model::MultiExpertNet;
     use ltrain::nn::TensorData;
-    use ltrain::train::trainer::{train_step, StepInputs};
+    use ltrain::train::step::{train_step, Mixup, StepBatch, StepContext};
 
     struct StepData {
         views: Vec<Vec<f32>>,
@@ -614,7 +614,6 @@ pub fn training_steps_match_the_cpu(cuda: &CudaBackend) {
         adjustment: Vec<f32>,
         class_weights: Vec<f32>,
         classes: usize,
-        n: usize,
         side: usize,
     }
     let (classes, n, side) = (5, 6, 8);
@@ -632,23 +631,14 @@ pub fn training_steps_match_the_cpu(cuda: &CudaBackend) {
         adjustment: random(&mut g, classes, -2.0, 0.0),
         class_weights: random(&mut g, classes, 0.5, 1.5),
         classes,
-        n,
         side,
     };
     let cfg = TrainConfig::default();
 
     fn steps<B: Backend>(be: &B, cfg: &TrainConfig, data: &StepData) -> Vec<Vec<f32>> {
-        let StepData {
-            classes, n, side, ..
-        } = *data;
+        let StepData { classes, side, .. } = *data;
         let mut model = MultiExpertNet::resnet32(be, classes, 3, (24, 48), 3).unwrap();
         let views: Vec<B::Buf> = data.views.iter().map(|v| be.upload(v).unwrap()).collect();
-        let labels_b: Vec<u32> = data.perm.iter().map(|&p| data.labels[p as usize]).collect();
-        let labels = be.upload_index(&data.labels).unwrap();
-        let labels_b = be.upload_index(&labels_b).unwrap();
-        let perm = be.upload_index(&data.perm).unwrap();
-        let adjustment = be.upload(&data.adjustment).unwrap();
-        let class_weights = be.upload(&data.class_weights).unwrap();
         let sgd = SgdConfig {
             lr: 0.1,
             momentum: 0.9,
@@ -665,61 +655,40 @@ pub fn training_steps_match_the_cpu(cuda: &CudaBackend) {
         let (mixup_plan, weighted_plan) =
             (plan(Reweighting::None), plan(Reweighting::InverseFrequency));
         let mut out = Vec::new();
-        let first = StepInputs {
-            cfg,
-            plan: &mixup_plan,
-            adjustment: &adjustment,
+        let plain_losses = LossSetup {
+            adjustment: be.upload(&data.adjustment).unwrap(),
             class_weights: None,
             reduction: LossReduction::Mean,
+        };
+        let first = StepContext {
+            cfg,
+            plan: &mixup_plan,
+            losses: &plain_losses,
             sgd,
         };
-        let mixed = be
-            .mixup(
-                &views[0],
-                &perm,
-                0.6,
-                SampleDims {
-                    n,
-                    per_sample: 3 * side * side,
-                },
-            )
-            .unwrap();
-        let inputs = [
-            mixed,
-            be.scale(&views[1], 1.0).unwrap(),
-            be.scale(&views[2], 1.0).unwrap(),
-        ];
-        let loss = train_step(
-            be,
-            &mut model,
-            &first,
-            &inputs,
-            &labels,
-            Some((&labels_b, 0.6)),
-            n,
-            (side, side),
-            &mut [],
-        )
-        .unwrap();
+        let batch = |mixup| StepBatch {
+            views: &views,
+            labels: &data.labels,
+            mixup,
+            hw: (side, side),
+        };
+        let mixup = Mixup {
+            lambda: 0.6,
+            perm: data.perm.clone(),
+        };
+        let loss = train_step(be, &mut model, &first, batch(Some(mixup)), &mut []).unwrap();
         out.push(be.download(&loss).unwrap());
-        let second = StepInputs {
-            plan: &weighted_plan,
-            class_weights: Some(&class_weights),
+        let weighted_losses = LossSetup {
+            adjustment: be.upload(&data.adjustment).unwrap(),
+            class_weights: Some(be.upload(&data.class_weights).unwrap()),
             reduction: LossReduction::WeightNormalized,
+        };
+        let second = StepContext {
+            plan: &weighted_plan,
+            losses: &weighted_losses,
             ..first
         };
-        let loss = train_step(
-            be,
-            &mut model,
-            &second,
-            &views,
-            &labels,
-            None,
-            n,
-            (side, side),
-            &mut [],
-        )
-        .unwrap();
+        let loss = train_step(be, &mut model, &second, batch(None), &mut []).unwrap();
         out.push(be.download(&loss).unwrap());
         for t in model.state_dict(be).unwrap() {
             if let TensorData::F32(v) = t.data {

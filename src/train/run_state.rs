@@ -1,0 +1,215 @@
+//! The run directory's format and what carries a run across a kill: the files of a run, the
+//! checkpoint (model tensors under PyTorch's names, momentum buffers under `optimizer.`, the SLA
+//! tables under `sla.`, the progress as metadata) and the resume that restores all of it, so that a
+//! resumed run gives the result of an uninterrupted one.
+
+use super::checkpoint::{load_checkpoint, save_checkpoint};
+use crate::backend::Backend;
+use crate::config::TrainConfig;
+use crate::method::SlaTable;
+use crate::model::MultiExpertNet;
+use crate::nn::{NamedTensor, TensorData};
+use crate::report::EpochRecord;
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// File names inside a run directory.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// Checkpoint metadata keys.
+const META_CONFIG: &str = "ltrain.config";
+const META_EPOCHS_DONE: &str = "ltrain.epochs_completed";
+const META_HISTORY: &str = "ltrain.history";
+const META_SLA_FILLED: &str = "ltrain.sla_filled";
+const META_TRAIN_SECONDS: &str = "ltrain.train_seconds";
+const META_DATA_WAIT_SECONDS: &str = "ltrain.data_wait_seconds";
+const META_SAMPLES_SEEN: &str = "ltrain.samples_seen";
+const META_CLASS_COUNTS: &str = "ltrain.class_counts";
+
+/// Training progress carried across a resume.
+#[derive(Default)]
+pub struct RunState {
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// The evaluated epochs so far.
+    pub history: Vec<EpochRecord>,
+    /// Whether the SLA tables have had their filling pass.
+    pub sla_filled: bool,
+    pub train_seconds: f64,
+    /// Of `train_seconds`, the time the loop waited for the data loader.
+    pub data_wait_seconds: f64,
+    pub samples_seen: u64,
+}
+
+/// Writes the checkpoint of the run so far (atomically).
+pub fn persist<B: Backend>(
+    be: &B,
+    cfg: &TrainConfig,
+    path: &Path,
+    model: &MultiExpertNet<B>,
+    sla_tables: &[SlaTable<B>],
+    state: &RunState,
+    class_counts: &[usize],
+) -> Result<()> {
+    let mut tensors = model.state_dict(be)?;
+    for p in model.params() {
+        if let Some(v) = &p.velocity {
+            tensors.push(NamedTensor {
+                name: format!("optimizer.{}.momentum_buffer", p.name),
+                shape: p.shape.clone(),
+                data: TensorData::F32(be.download(v)?),
+            });
+        }
+    }
+    for (k, t) in sla_tables.iter().enumerate() {
+        let (cl, cc) = t.current(be)?;
+        let (nl, nc) = t.pending(be)?;
+        for (part, values) in [
+            ("current_logit", cl),
+            ("current_cos", cc),
+            ("pending_logit", nl),
+            ("pending_cos", nc),
+        ] {
+            tensors.push(NamedTensor {
+                name: format!("sla.{k}.{part}"),
+                shape: vec![values.len()],
+                data: TensorData::F32(values),
+            });
+        }
+    }
+    let mut meta = BTreeMap::new();
+    meta.insert(META_CONFIG.to_string(), cfg.to_toml()?);
+    meta.insert(META_EPOCHS_DONE.to_string(), state.epochs_done.to_string());
+    meta.insert(
+        META_HISTORY.to_string(),
+        serde_json::to_string(&state.history)?,
+    );
+    meta.insert(META_SLA_FILLED.to_string(), state.sla_filled.to_string());
+    meta.insert(
+        META_TRAIN_SECONDS.to_string(),
+        state.train_seconds.to_string(),
+    );
+    meta.insert(
+        META_DATA_WAIT_SECONDS.to_string(),
+        state.data_wait_seconds.to_string(),
+    );
+    meta.insert(
+        META_SAMPLES_SEEN.to_string(),
+        state.samples_seen.to_string(),
+    );
+    meta.insert(
+        META_CLASS_COUNTS.to_string(),
+        serde_json::to_string(class_counts)?,
+    );
+    save_checkpoint(path, &tensors, &meta)
+}
+
+/// Restores the model, momentum buffers and SLA tables from `path` and returns the progress.
+pub fn restore<B: Backend>(
+    be: &B,
+    path: &Path,
+    model: &mut MultiExpertNet<B>,
+    sla_tables: &mut [SlaTable<B>],
+) -> Result<RunState> {
+    let (tensors, meta) = load_checkpoint(path)?;
+    let (model_tensors, extra): (Vec<NamedTensor>, Vec<NamedTensor>) = tensors
+        .into_iter()
+        .partition(|t| !t.name.starts_with("optimizer.") && !t.name.starts_with("sla."));
+    model
+        .load_state_dict(be, &model_tensors)
+        .with_context(|| format!("resuming from {}", path.display()))?;
+    let extra: BTreeMap<String, NamedTensor> =
+        extra.into_iter().map(|t| (t.name.clone(), t)).collect();
+    let f32_of = |name: &str| -> Result<Vec<f32>> {
+        match extra.get(name).map(|t| &t.data) {
+            Some(TensorData::F32(v)) => Ok(v.clone()),
+            _ => bail!(
+                "{}: the checkpoint has no f32 tensor {name}; it was not written by `ltrain train`, \
+                 use --init to start from its weights instead",
+                path.display()
+            ),
+        }
+    };
+    for p in model.params_mut() {
+        let name = format!("optimizer.{}.momentum_buffer", p.name);
+        if extra.contains_key(&name) {
+            p.velocity = Some(be.upload(&f32_of(&name)?)?);
+        }
+    }
+    for (k, t) in sla_tables.iter_mut().enumerate() {
+        let part = |p: &str| f32_of(&format!("sla.{k}.{p}"));
+        let (cl, cc, nl, nc) = (
+            part("current_logit")?,
+            part("current_cos")?,
+            part("pending_logit")?,
+            part("pending_cos")?,
+        );
+        t.restore(be, (&cl, &cc), (&nl, &nc))?;
+    }
+    let get = |key: &str| -> Result<&String> {
+        meta.get(key).with_context(|| {
+            format!(
+                "{}: checkpoint metadata lacks {key}; it was not written by `ltrain train`",
+                path.display()
+            )
+        })
+    };
+    Ok(RunState {
+        epochs_done: get(META_EPOCHS_DONE)?.parse()?,
+        history: serde_json::from_str(get(META_HISTORY)?)?,
+        sla_filled: get(META_SLA_FILLED)? == "true",
+        train_seconds: get(META_TRAIN_SECONDS)?.parse()?,
+        // Absent in checkpoints written before it was measured.
+        data_wait_seconds: meta
+            .get(META_DATA_WAIT_SECONDS)
+            .map_or(Ok(0.0), |v| v.parse())?,
+        samples_seen: get(META_SAMPLES_SEEN)?.parse()?,
+    })
+}
+
+/// The resolved configuration stored in a checkpoint written by `ltrain train`.
+pub fn checkpoint_config(path: &Path) -> Result<TrainConfig> {
+    let (_, meta) = load_checkpoint(path)?;
+    let text = meta.get(META_CONFIG).with_context(|| {
+        format!(
+            "{}: no ltrain configuration in the checkpoint metadata",
+            path.display()
+        )
+    })?;
+    TrainConfig::from_toml_str(text, &format!("{} (metadata)", path.display()))
+}
+
+/// The training class counts stored in a checkpoint written by `ltrain train` (the many / medium /
+/// few split of an evaluation follows from them).
+pub fn checkpoint_class_counts(path: &Path) -> Result<Vec<usize>> {
+    let (_, meta) = load_checkpoint(path)?;
+    let text = meta.get(META_CLASS_COUNTS).with_context(|| {
+        format!(
+            "{}: no training class counts in the checkpoint metadata",
+            path.display()
+        )
+    })?;
+    serde_json::from_str(text)
+        .with_context(|| format!("{}: malformed {META_CLASS_COUNTS}", path.display()))
+}
+
+/// Drops `metrics.jsonl` lines of epochs after the checkpoint (a run killed between the two writes).
+pub fn truncate_metrics(path: &Path, epochs_done: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<EpochRecord>(line).is_ok_and(|r| r.epoch <= epochs_done)
+        })
+        .collect();
+    let mut body = kept.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    std::fs::write(path, body).with_context(|| format!("cannot rewrite {}", path.display()))
+}
