@@ -1,12 +1,6 @@
 // Element-wise ops and mixup: one thread per element, grid-stride loops (the launcher caps the grid).
 #include "common.cuh"
 
-// y = a + b   [n]
-KERNEL void add(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y,
-                unsigned n) {
-    for (unsigned i = global_thread(); i < n; i += grid_threads()) y[i] = a[i] + b[i];
-}
-
 // a += b   [n]
 KERNEL void add_assign(float* __restrict__ a, const float* __restrict__ b, unsigned n) {
     for (unsigned i = global_thread(); i < n; i += grid_threads()) a[i] += b[i];

@@ -95,11 +95,6 @@ impl PhiloxStream {
         ((self.next_u32() as u64 * n as u64) >> 32) as u32
     }
 
-    /// True with probability `p`.
-    pub fn bernoulli(&mut self, p: f32) -> bool {
-        self.uniform() < p
-    }
-
     /// Fisher–Yates shuffle (from the back, as numpy does), one draw per position.
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {

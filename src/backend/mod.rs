@@ -155,11 +155,6 @@ pub trait Backend:
     }
 
     // ---- element-wise ----
-    /// `a + b`.
-    fn add(&self, a: &Self::Buf, b: &Self::Buf) -> Result<Self::Buf> {
-        check_same_len("add", self.len(a), self.len(b))?;
-        self.add_unchecked(a, b)
-    }
     /// `a += b`.
     fn add_assign(&self, a: &mut Self::Buf, b: &Self::Buf) -> Result<()> {
         check_same_len("add_assign", self.len(a), self.len(b))?;

@@ -28,7 +28,6 @@ pub trait Buffers {
 
 /// Element-wise ops, the sum reduction and mixup.
 pub trait ElementwiseOps: Buffers {
-    fn add_unchecked(&self, a: &Self::Buf, b: &Self::Buf) -> Result<Self::Buf>;
     fn add_assign_unchecked(&self, a: &mut Self::Buf, b: &Self::Buf) -> Result<()>;
     fn scale_unchecked(&self, a: &Self::Buf, alpha: f32) -> Result<Self::Buf>;
     fn sum_unchecked(&self, a: &Self::Buf) -> Result<Self::Buf>;

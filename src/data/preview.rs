@@ -7,7 +7,6 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::imagenet::ImageNetSet;
 use super::ImageSet;
 use crate::augment::{ops::Image, Level};
 
@@ -111,18 +110,4 @@ pub fn preview_set(
         Ok(set.augmented(i, level, seed, epoch))
     })?;
     write_png(&grid(&cells, draws, 3), path)
-}
-
-/// Preview grid of ImageNet-LT samples `indices` (decoded and augmented at the set's size).
-pub fn preview_imagenet(
-    set: &ImageNetSet,
-    indices: &[usize],
-    draws: usize,
-    seed: u64,
-    path: &Path,
-) -> Result<()> {
-    let cells = preview_cells(indices, draws, |i, level, epoch| {
-        set.augmented(i, level, seed, epoch)
-    })?;
-    write_png(&grid(&cells, draws, 1), path)
 }

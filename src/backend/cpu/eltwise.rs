@@ -29,10 +29,6 @@ impl CpuBackend {
 }
 
 impl ElementwiseOps for CpuBackend {
-    fn add_unchecked(&self, a: &CpuBuf, b: &CpuBuf) -> Result<CpuBuf> {
-        Ok(self.zip_map(a, b, |x, y| x + y))
-    }
-
     fn add_assign_unchecked(&self, a: &mut CpuBuf, b: &CpuBuf) -> Result<()> {
         self.pool.install(|| {
             a.0.par_iter_mut()

@@ -25,15 +25,6 @@ impl ElementwiseOps for CudaBackend {
         Ok(out)
     }
 
-    fn add_unchecked(&self, a: &CudaBuf, b: &CudaBuf) -> Result<CudaBuf> {
-        let n = to_u32("add", "length", a.len())?;
-        let mut y = self.alloc(a.len())?;
-        if let Some(cfg) = self.elementwise(a.len()) {
-            kernels::add(self.rt(), cfg, a, b, &mut y, n)?;
-        }
-        Ok(y)
-    }
-
     fn add_assign_unchecked(&self, a: &mut CudaBuf, b: &CudaBuf) -> Result<()> {
         let n = to_u32("add_assign", "length", a.len())?;
         if let Some(cfg) = self.elementwise(a.len()) {
