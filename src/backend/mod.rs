@@ -5,10 +5,10 @@
 //! - [`Backend`] is what callers call. Each op's contract (buffer lengths against the shape, valid
 //!   shapes, options that go together) is checked once, here, in the op's provided method, which
 //!   then calls the backend's computation;
-//! - the op-family traits of [`ops`] (`ConvOps`, `NormOps`, ...) are what a backend implements: one
+//! - the op-family traits of `ops.rs` ([`ConvOps`], `NormOps`, ...) are what a backend implements: one
 //!   `*_unchecked` method per op, in the backend's file of that family (`cpu/conv.rs`,
 //!   `cuda/conv.rs` + `kernels/conv.cu`), relying on the contract;
-//! - the shapes ([`shapes`]) and argument types ([`args`]) the ops take.
+//! - the shapes (`shapes.rs`, e.g. [`Conv2dDims`]) and argument types (`args.rs`) the ops take.
 //!
 //! Data-dependent checks (a label below the class count, a valid augmentation row) need the data:
 //! the CPU backend makes them on the host, the CUDA kernels on the device, both with the messages of
@@ -70,7 +70,7 @@ pub(crate) fn check_rows(op: &str, what: &str, len: usize, d: RowDims) -> Result
 }
 
 /// The op interface: memory, then every op as a provided method that checks the op's contract and
-/// calls the backend's computation (the op-family traits of [`ops`]).
+/// calls the backend's computation (the op-family traits of `ops.rs`).
 pub trait Backend:
     Buffers
     + ElementwiseOps

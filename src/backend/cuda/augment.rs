@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 
+use super::runtime::DeviceRuntime;
 use super::{kernels, to_u32, CudaBackend, CudaBuf, CudaIndex, DeviceBuffer, LaunchConfig};
 use crate::augment::Level;
 use crate::backend::abi::{AUGMENT_SCRATCH_WORDS, PARAM_WORDS};
@@ -16,6 +17,23 @@ pub struct CudaBytes {
 }
 
 impl CudaBytes {
+    /// `data` on the device of `rt`, padded with zeros to whole words.
+    pub(super) fn upload(rt: &dyn DeviceRuntime, data: &[u8]) -> Result<Self> {
+        let words = data.len().div_ceil(4);
+        let mem = if data.len() == 4 * words {
+            rt.upload(data)?
+        } else {
+            let mut padded = Vec::with_capacity(4 * words);
+            padded.extend_from_slice(data);
+            padded.resize(4 * words, 0);
+            rt.upload(&padded)?
+        };
+        Ok(Self {
+            words: DeviceBuffer::from_mem(mem, words),
+            len: data.len(),
+        })
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len
@@ -30,24 +48,6 @@ impl CudaBytes {
 fn augment_smem_bytes(h: usize, w: usize) -> usize {
     let hw = h * w;
     4 * 3 * hw + 4 * AUGMENT_SCRATCH_WORDS + 2 * 3 * hw
-}
-
-impl CudaBackend {
-    pub(super) fn upload_bytes_impl(&self, data: &[u8]) -> Result<CudaBytes> {
-        let words = data.len().div_ceil(4);
-        let mem = if data.len() == 4 * words {
-            self.rt().upload(data)?
-        } else {
-            let mut padded = Vec::with_capacity(4 * words);
-            padded.extend_from_slice(data);
-            padded.resize(4 * words, 0);
-            self.rt().upload(&padded)?
-        };
-        Ok(CudaBytes {
-            words: DeviceBuffer::from_mem(mem, words),
-            len: data.len(),
-        })
-    }
 }
 
 impl AugmentOps for CudaBackend {

@@ -1,5 +1,5 @@
 //! CUDA backend: hand-written kernels (`kernels/*.cu`, compiled to PTX by build.rs) and cuBLAS GEMMs,
-//! written once against a small device-runtime seam ([`runtime::DeviceRuntime`]) with two
+//! written once against a small device-runtime seam (`runtime::DeviceRuntime`) with two
 //! implementations:
 //! - the GPU ([`CudaBackend::new_gpu`]): cudarc 0.19 with dynamically loaded `libcuda` and `libcublas`,
 //!   one stream, TF32 GEMMs by default ([`CudaOptions::tf32`]);
@@ -282,7 +282,7 @@ impl Backend for CudaBackend {
         self.download_typed(buf)
     }
     fn upload_bytes(&self, data: &[u8]) -> Result<CudaBytes> {
-        self.upload_bytes_impl(data)
+        CudaBytes::upload(self.rt(), data)
     }
     fn alloc_staging(&self, len: usize) -> Result<CudaStaging> {
         Ok(CudaStaging(self.rt.alloc_staging(len)?))
