@@ -497,9 +497,9 @@ fn generate_bindings(modules: &[Module], ptx: &PtxFiles) -> String {
             writeln!(
                 s,
                 "\n/// Launches `{name}` (kernels/{module}.cu).\n#[allow(clippy::too_many_arguments, \
-                 dead_code)]\npub(crate) fn {name}(rt: &dyn DeviceRuntime, cfg: LaunchConfig{params}) \
+                 dead_code)]\npub(crate) fn {name}(dev: &Device, cfg: LaunchConfig{params}) \
                  -> anyhow::Result<()> {{\n    const KERNEL: KernelRef = KernelRef {{ module: {module:?}, \
-                 name: {name:?}, emulated: emulated::ltrain_emu_{name} }};\n    rt.launch(&KERNEL, \
+                 name: {name:?}, emulated: emulated::ltrain_emu_{name} }};\n    dev.launch(&KERNEL, \
                  &cfg, &mut [{args}])\n}}",
                 name = k.name,
                 module = m.name,

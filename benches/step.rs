@@ -8,12 +8,13 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throug
 use ltrain::backend::cpu::CpuBackend;
 use ltrain::backend::cuda::CudaBackend;
 use ltrain::backend::Backend;
-use ltrain::config::ModelKind;
+use ltrain::config::{ExpertWidth, ModelKind};
 use ltrain::train::bench_step::{BenchInput, BenchStep, BenchStepConfig};
 use std::time::Duration;
 
 const STEP: BenchStepConfig = BenchStepConfig {
     model: ModelKind::Resnet32,
+    expert_width: ExpertWidth::Reduced,
     experts: 3,
     batch_size: 128,
     classes: 10,

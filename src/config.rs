@@ -93,6 +93,9 @@ pub enum DeviceKind {
     Cuda,
     /// CUDA when a usable GPU is found, otherwise the CPU (with a one-line notice).
     Auto,
+    /// The CUDA backend on its CPU emulator: the GPU's kernels and device work without a GPU (slow;
+    /// for checking and counting, not for training).
+    CudaEmulated,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

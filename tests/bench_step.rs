@@ -6,7 +6,7 @@
 use ltrain::backend::cpu::CpuBackend;
 use ltrain::backend::cuda::CudaBackend;
 use ltrain::backend::Backend;
-use ltrain::config::ModelKind;
+use ltrain::config::{ExpertWidth, ModelKind};
 use ltrain::train::bench_step::{BenchInput, BenchStep, BenchStepConfig};
 use std::process::Command;
 
@@ -19,6 +19,7 @@ const INPUTS: [BenchInput; 3] = [
 fn tiny(input: BenchInput, stage2: bool) -> BenchStepConfig {
     BenchStepConfig {
         model: ModelKind::Resnet32,
+        expert_width: ExpertWidth::Reduced,
         experts: 3,
         batch_size: 4,
         classes: 3,

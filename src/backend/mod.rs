@@ -26,6 +26,7 @@
 pub mod abi;
 mod args;
 pub mod augment_params;
+pub mod counters;
 pub mod cpu;
 pub mod cuda;
 mod ops;
@@ -33,6 +34,8 @@ mod shapes;
 pub mod unfused;
 
 use anyhow::{bail, Result};
+
+use counters::DeviceCounters;
 
 pub use args::{
     AugmentSpec, BatchNormAffine, BatchNormConfig, HostStaging, LossArgs, LossOutput,
@@ -111,6 +114,10 @@ pub trait Backend:
     /// Profiler range markers (NVTX on CUDA); no-ops by default.
     fn range_push(&self, _name: &str) {}
     fn range_pop(&self) {}
+    /// The device work counted so far ([`counters`]); `None` on a backend without a device.
+    fn device_counters(&self) -> Option<DeviceCounters> {
+        None
+    }
     /// [`Backend::copy_range`] after its bounds check.
     fn copy_range_unchecked(
         &self,

@@ -1,12 +1,16 @@
 //! `ltrain bench`: training throughput (samples/s) of a model on a device, on random data, with the
 //! full stage-1 step (three augmented views, mixup, fused loss, backward, SGD) or the stage-2 step,
-//! fed pre-augmented views, views augmented on the device, or views uploaded from the host.
+//! fed pre-augmented views, views augmented on the device, or views uploaded from the host; with
+//! `--counters`, the device work of a step as counted by the CUDA backend and the time an H200 model
+//! makes of it.
 
 use super::device::{dispatch, OnBackend};
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use ltrain::backend::counters::H200_MODEL;
+use ltrain::backend::cuda::CudaBackend;
 use ltrain::backend::Backend;
-use ltrain::config::{DeviceKind, ModelKind};
+use ltrain::config::{DeviceKind, ExpertWidth, ModelKind};
 use ltrain::train::bench_step::{BenchInput, BenchStep, BenchStepConfig};
 use std::time::Instant;
 
@@ -14,6 +18,9 @@ use std::time::Instant;
 pub struct BenchCmd {
     #[arg(long, value_enum, default_value = "resnet32")]
     pub model: ModelKind,
+    /// ResNet-32 experts' widths: full (32/64) or reduced (24/48).
+    #[arg(long, value_enum, default_value = "reduced")]
+    pub expert_width: ExpertWidth,
     #[arg(long, default_value_t = 3)]
     pub experts: usize,
     #[arg(long, default_value_t = 128)]
@@ -28,7 +35,7 @@ pub struct BenchCmd {
     /// CPU threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// Timed steps (after the warm-up steps).
+    /// Timed (or counted) steps, after the warm-up steps.
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
     #[arg(long, default_value_t = 3)]
@@ -44,9 +51,31 @@ pub struct BenchCmd {
     /// Strict fp32 GEMMs on the GPU (no TF32).
     #[arg(long)]
     pub no_tf32: bool,
+    /// Print the device work of a step (kernel launches, cuBLAS calls, memsets, allocations, copies,
+    /// synchronisations, FLOPs, bytes moved) and the step time an H200 model makes of it. Needs a
+    /// CUDA backend: `--device cuda`, or `--device cuda-emulated` without a GPU.
+    #[arg(long)]
+    pub counters: bool,
+    /// With `--counters --device cuda-emulated`: run no kernel and hold no memory, only count (exact
+    /// counts for shapes too large to emulate, e.g. ResNet-50 at 224 px; no times).
+    #[arg(long, requires = "counters")]
+    pub count_only: bool,
 }
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
+    if cmd.counters && cmd.device == DeviceKind::Cpu {
+        bail!(
+            "--counters counts the device work of the CUDA backend; use --device cuda, or \
+             --device cuda-emulated without a GPU"
+        );
+    }
+    if cmd.count_only {
+        if cmd.device != DeviceKind::CudaEmulated {
+            bail!("--count-only runs on the emulator: add --device cuda-emulated");
+        }
+        let be = CudaBackend::new_count_only().context("the count-only CUDA emulator")?;
+        return cmd.run(&be);
+    }
     let tf32 = !cmd.no_tf32;
     let (device, threads) = (cmd.device, cmd.threads);
     dispatch(device, threads, tf32, cmd)
@@ -67,6 +96,7 @@ impl OnBackend for BenchCmd {
             be,
             BenchStepConfig {
                 model: self.model,
+                expert_width: self.expert_width,
                 experts: self.experts,
                 batch_size: n,
                 classes: self.classes,
@@ -75,28 +105,69 @@ impl OnBackend for BenchCmd {
                 input: self.input,
             },
         )?;
-        for _ in 0..self.warmup {
+        // The counters need a warm step: the first one fills the allocation cache.
+        let warmup = if self.counters {
+            self.warmup.max(1)
+        } else {
+            self.warmup
+        };
+        for _ in 0..warmup {
             step.run(be)?;
         }
         be.synchronize()?;
+        let before = be.device_counters();
         let start = Instant::now();
         for _ in 0..self.steps {
             step.run(be)?;
         }
         be.synchronize()?;
         let secs = start.elapsed().as_secs_f64();
+        let after = be.device_counters();
         let samples = (self.steps * n) as f64;
-        println!(
-            "{:?} x{} experts, batch {n}, {size}x{size}, stage {}, {} input, {}: {:.1} samples/s ({:.2} ms/step over {} steps)",
+        let width = match (self.model, self.expert_width) {
+            (ModelKind::Resnet32, ExpertWidth::Full) => " (full width)",
+            (ModelKind::Resnet32, ExpertWidth::Reduced) => " (reduced width)",
+            _ => "",
+        };
+        let shape = format!(
+            "{:?}{width} x{} experts, batch {n}, {size}x{size}, stage {}, {} input, {}",
             self.model,
             self.experts,
             step.plan().stage,
             self.input.name(),
             be.name(),
-            samples / secs,
-            secs * 1e3 / self.steps as f64,
-            self.steps
         );
+        if !self.count_only {
+            println!(
+                "{shape}: {:.1} samples/s ({:.2} ms/step over {} steps)",
+                samples / secs,
+                secs * 1e3 / self.steps as f64,
+                self.steps
+            );
+        } else {
+            println!("{shape}");
+        }
+        if let (true, Some(before), Some(after)) = (self.counters, before, after) {
+            let steps = self.steps.max(1) as u64;
+            let mut counted = after.since(&before);
+            // The last synchronisation is the bench's, not the steps'.
+            counted.synchronizations = counted.synchronizations.saturating_sub(1);
+            let per = counted.per_step(steps);
+            println!(
+                "device work per step (counted over {steps} steps after {warmup} warm-up steps):"
+            );
+            print!("{}", per.table());
+            let m = H200_MODEL.step(&per);
+            println!(
+                "{} (modelled, not measured): host {:.2} ms, device {:.2} ms -> {:.2} ms/step",
+                H200_MODEL.name,
+                m.host * 1e3,
+                m.device * 1e3,
+                m.step * 1e3
+            );
+            println!("kernels per step:");
+            print!("{}", per.kernel_table());
+        }
         Ok(())
     }
 }

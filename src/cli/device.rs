@@ -24,6 +24,7 @@ pub fn dispatch<J: OnBackend>(
     let gpu = || CudaBackend::new_gpu_with(0, CudaOptions { tf32 });
     match device {
         DeviceKind::Cpu => job.run(&cpu()?),
+        DeviceKind::CudaEmulated => job.run(&CudaBackend::new_emulated_with(CudaOptions { tf32 })?),
         DeviceKind::Cuda => job.run(&gpu().context(
             "--device cuda: no usable CUDA GPU (use --device cpu, or --device auto to fall back)",
         )?),

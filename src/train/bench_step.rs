@@ -5,7 +5,7 @@
 
 use crate::augment::{Level, CIFAR_NORMALIZATION};
 use crate::backend::{augment_params, AugmentSpec, Backend, HostStaging, SgdConfig};
-use crate::config::{ModelKind, TrainConfig};
+use crate::config::{ExpertWidth, ModelKind, TrainConfig};
 use crate::method::{EpochPlan, LossSetup, SlaTable};
 use crate::model::MultiExpertNet;
 use crate::train::loader::STAGED_BATCHES;
@@ -47,6 +47,8 @@ impl BenchInput {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BenchStepConfig {
     pub model: ModelKind,
+    /// ResNet-32 experts' widths.
+    pub expert_width: ExpertWidth,
     pub experts: usize,
     pub batch_size: usize,
     pub classes: usize,
@@ -180,6 +182,7 @@ impl<B: Backend> BenchStep<B> {
     pub fn new(be: &B, bench: BenchStepConfig) -> Result<Self> {
         let BenchStepConfig {
             model,
+            expert_width,
             experts,
             batch_size: n,
             classes: c,
@@ -189,6 +192,7 @@ impl<B: Backend> BenchStep<B> {
         } = bench;
         let cfg = TrainConfig {
             model,
+            expert_width,
             experts,
             batch_size: n,
             stage2_epoch: Some(if stage2 { 0 } else { 1 }),

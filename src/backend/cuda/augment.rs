@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 
-use super::runtime::DeviceRuntime;
+use super::device::Device;
 use super::{kernels, to_u32, CudaBackend, CudaBuf, CudaIndex, DeviceBuffer, LaunchConfig};
 use crate::augment::Level;
 use crate::backend::abi::{AUGMENT_SCRATCH_WORDS, PARAM_WORDS};
@@ -17,16 +17,16 @@ pub struct CudaBytes {
 }
 
 impl CudaBytes {
-    /// `data` on the device of `rt`, padded with zeros to whole words.
-    pub(super) fn upload(rt: &dyn DeviceRuntime, data: &[u8]) -> Result<Self> {
+    /// `data` on `dev`, padded with zeros to whole words.
+    pub(super) fn upload(dev: &Device, data: &[u8]) -> Result<Self> {
         let words = data.len().div_ceil(4);
         let mem = if data.len() == 4 * words {
-            rt.upload(data)?
+            dev.upload(data)?
         } else {
             let mut padded = Vec::with_capacity(4 * words);
             padded.extend_from_slice(data);
             padded.resize(4 * words, 0);
-            rt.upload(&padded)?
+            dev.upload(&padded)?
         };
         Ok(Self {
             words: DeviceBuffer::from_mem(mem, words),
@@ -80,7 +80,7 @@ impl AugmentOps for CudaBackend {
         }
         // The emulator runs a block's threads as fibers: fewer of them are faster, same result.
         let threads = if self.is_emulated() { 64 } else { 256 };
-        let blocks = n.min(self.rt().max_grid_blocks() as usize).max(1);
+        let blocks = n.min(self.dev().max_grid_blocks() as usize).max(1);
         let cfg = LaunchConfig {
             shared_mem_bytes: smem as u32,
             large_shared_mem: smem > limits.shared_per_block as usize,
@@ -97,7 +97,7 @@ impl AugmentOps for CudaBackend {
         {
             let mut record = self.error_record()?;
             kernels::augment_batch(
-                self.rt(),
+                self.dev(),
                 cfg,
                 &images.words,
                 indices,

@@ -77,7 +77,7 @@ impl CudaBackend {
         let d = g.d;
         if let Some(cfg) = self.elementwise(count * d.c_in * g.hw) {
             kernels::im2col(
-                self.rt(),
+                self.dev(),
                 cfg,
                 x,
                 col,
@@ -191,7 +191,7 @@ impl ConvOps for CudaBackend {
             if let Some(dcol) = dcol.as_ref() {
                 if let Some(cfg) = self.elementwise(count * d.c_in * d.h * d.w) {
                     kernels::col2im(
-                        self.rt(),
+                        self.dev(),
                         cfg,
                         dcol,
                         &mut dx,
@@ -260,7 +260,7 @@ impl ConvOps for CudaBackend {
                 .elementwise(weight_len)
                 .unwrap_or(LaunchConfig::linear(1, 32));
             kernels::sum_rows(
-                self.rt(),
+                self.dev(),
                 cfg,
                 &partial,
                 &mut dw,

@@ -10,17 +10,17 @@ impl ElementwiseOps for CudaBackend {
     /// device).
     fn sum_unchecked(&self, a: &CudaBuf) -> Result<CudaBuf> {
         let n = to_u32("sum", "length", a.len())?;
-        let mut out = self.alloc(1)?;
         let Some(cfg) = self.elementwise(a.len()) else {
-            return Ok(out);
+            return self.alloc_zeroed(1); // the sum of nothing
         };
+        let mut out = self.alloc(1)?;
         if cfg.grid.0 == 1 {
-            kernels::reduce_sum(self.rt(), cfg, a, &mut out, n)?;
+            kernels::reduce_sum(self.dev(), cfg, a, &mut out, n)?;
         } else {
             let mut partial = self.alloc(cfg.grid.0 as usize)?;
-            kernels::reduce_sum(self.rt(), cfg, a, &mut partial, n)?;
+            kernels::reduce_sum(self.dev(), cfg, a, &mut partial, n)?;
             let last = LaunchConfig::linear(1, 256);
-            kernels::reduce_sum(self.rt(), last, &partial, &mut out, cfg.grid.0)?;
+            kernels::reduce_sum(self.dev(), last, &partial, &mut out, cfg.grid.0)?;
         }
         Ok(out)
     }
@@ -28,7 +28,7 @@ impl ElementwiseOps for CudaBackend {
     fn add_assign_unchecked(&self, a: &mut CudaBuf, b: &CudaBuf) -> Result<()> {
         let n = to_u32("add_assign", "length", a.len())?;
         if let Some(cfg) = self.elementwise(a.len()) {
-            kernels::add_assign(self.rt(), cfg, a, b, n)?;
+            kernels::add_assign(self.dev(), cfg, a, b, n)?;
         }
         Ok(())
     }
@@ -37,7 +37,7 @@ impl ElementwiseOps for CudaBackend {
         let n = to_u32("scale", "length", a.len())?;
         let mut y = self.alloc(a.len())?;
         if let Some(cfg) = self.elementwise(a.len()) {
-            kernels::scale(self.rt(), cfg, a, &mut y, alpha, n)?;
+            kernels::scale(self.dev(), cfg, a, &mut y, alpha, n)?;
         }
         Ok(y)
     }
@@ -46,7 +46,7 @@ impl ElementwiseOps for CudaBackend {
         let n = to_u32("relu_forward", "length", x.len())?;
         let mut y = self.alloc(x.len())?;
         if let Some(cfg) = self.elementwise(x.len()) {
-            kernels::relu_forward(self.rt(), cfg, x, &mut y, n)?;
+            kernels::relu_forward(self.dev(), cfg, x, &mut y, n)?;
         }
         Ok(y)
     }
@@ -55,7 +55,7 @@ impl ElementwiseOps for CudaBackend {
         let n = to_u32("relu_backward", "length", dy.len())?;
         let mut dx = self.alloc(dy.len())?;
         if let Some(cfg) = self.elementwise(dy.len()) {
-            kernels::relu_backward(self.rt(), cfg, dy, y, &mut dx, n)?;
+            kernels::relu_backward(self.dev(), cfg, dy, y, &mut dx, n)?;
         }
         Ok(dx)
     }
@@ -73,7 +73,7 @@ impl ElementwiseOps for CudaBackend {
             {
                 let mut record = self.error_record()?;
                 kernels::mixup(
-                    self.rt(),
+                    self.dev(),
                     cfg,
                     x,
                     perm,

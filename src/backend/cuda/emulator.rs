@@ -22,10 +22,10 @@ use super::runtime::{
 /// cudaMalloc's alignment.
 const ALIGN: usize = 256;
 
-/// One emulated device allocation: zero-initialised host memory, accessed through raw pointers only
-/// (kernels write through them), freed on drop.
+/// One emulated device allocation: host memory accessed through raw pointers only (kernels write
+/// through them), freed on drop. A count-only emulator hands out sizes without memory (`ptr` None).
 pub(crate) struct HostMem {
-    ptr: NonNull<u8>,
+    ptr: Option<NonNull<u8>>,
     bytes: usize,
 }
 
@@ -35,45 +35,75 @@ unsafe impl Send for HostMem {}
 unsafe impl Sync for HostMem {}
 
 impl HostMem {
-    fn zeroed(bytes: usize) -> Result<Self> {
+    /// `bytes` of memory (none at all when not executing). Uninitialised: `Device::alloc` poisons
+    /// it before any use.
+    fn new(bytes: usize, execute: bool) -> Result<Self> {
+        if !execute {
+            return Ok(Self { ptr: None, bytes });
+        }
         let layout = Self::layout(bytes)?;
         // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        let ptr = unsafe { alloc::alloc(layout) };
         match NonNull::new(ptr) {
-            Some(ptr) => Ok(Self { ptr, bytes }),
+            Some(ptr) => Ok(Self {
+                ptr: Some(ptr),
+                bytes,
+            }),
             None => bail!("emulator: out of host memory allocating {bytes} bytes"),
         }
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
     }
 
     fn layout(bytes: usize) -> Result<Layout> {
         Ok(Layout::from_size_align(bytes.max(1), ALIGN)?)
     }
 
+    /// Fills the memory with NaN bytes: what an op reads without writing it first is NaN.
+    fn poison(&mut self) {
+        if let Some(ptr) = self.ptr {
+            // SAFETY: the allocation holds `bytes.max(1)` bytes.
+            unsafe { std::ptr::write_bytes(ptr.as_ptr(), POISON, self.bytes) };
+        }
+    }
+
     fn address(&self) -> u64 {
-        self.ptr.as_ptr() as u64
+        self.ptr.map_or(0, |p| p.as_ptr() as u64)
+    }
+
+    /// The first `bytes` bytes (empty without memory).
+    fn as_ptr(&self) -> *mut u8 {
+        self.ptr.map_or(std::ptr::null_mut(), NonNull::as_ptr)
     }
 
     fn as_slice_f32(&self, len: usize) -> &[f32] {
-        assert!(len * 4 <= self.bytes);
-        // SAFETY: in bounds, 256-byte aligned, initialised (zeroed at allocation), and no &mut alias
-        // can exist while &self is borrowed.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<f32>(), len) }
+        assert!(len * 4 <= self.bytes && self.ptr.is_some());
+        // SAFETY: in bounds, 256-byte aligned, initialised (poisoned at allocation), and no &mut
+        // alias can exist while &self is borrowed.
+        unsafe { std::slice::from_raw_parts(self.as_ptr().cast::<f32>(), len) }
     }
 
     fn as_mut_slice_f32(&mut self, len: usize) -> &mut [f32] {
-        assert!(len * 4 <= self.bytes);
+        assert!(len * 4 <= self.bytes && self.ptr.is_some());
         // SAFETY: as above, with exclusive access through &mut self.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast::<f32>(), len) }
+        unsafe { std::slice::from_raw_parts_mut(self.as_ptr().cast::<f32>(), len) }
     }
 }
 
 impl Drop for HostMem {
     fn drop(&mut self) {
-        let layout = Self::layout(self.bytes).expect("layout was valid at allocation");
-        // SAFETY: allocated by alloc_zeroed with this layout.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) };
+        if let Some(ptr) = self.ptr {
+            let layout = Self::layout(self.bytes).expect("layout was valid at allocation");
+            // SAFETY: allocated by `alloc` with this layout.
+            unsafe { alloc::dealloc(ptr.as_ptr(), layout) };
+        }
     }
 }
+
+/// The byte uninitialised emulator memory holds: `0xFFFFFFFF` is a NaN as `f32`.
+const POISON: u8 = 0xFF;
 
 fn host(mem: &Mem) -> Result<&HostMem> {
     match mem {
@@ -93,11 +123,14 @@ fn host_mut(mem: &mut Mem) -> Result<&mut HostMem> {
 pub(crate) struct EmulatorRuntime {
     /// Round GEMM inputs to TF32 (10-bit mantissa), as cuBLAS does with TF32 tensor-op math.
     tf32: bool,
+    /// Run kernels and copies; `false` only goes through the motions (sizes, launch checks) so that
+    /// the device work of shapes too large to emulate can be counted.
+    execute: bool,
 }
 
 impl EmulatorRuntime {
-    pub(crate) fn new(tf32: bool) -> Self {
-        Self { tf32 }
+    pub(crate) fn new(tf32: bool, execute: bool) -> Self {
+        Self { tf32, execute }
     }
 }
 
@@ -108,8 +141,9 @@ const EMULATOR_MAX_GRID: u32 = 8;
 impl DeviceRuntime for EmulatorRuntime {
     fn describe(&self) -> String {
         format!(
-            "cuda emulator (CPU, H200 launch limits, TF32 {})",
-            if self.tf32 { "emulated" } else { "off" }
+            "cuda emulator (CPU, H200 launch limits, TF32 {}{})",
+            if self.tf32 { "emulated" } else { "off" },
+            if self.execute { "" } else { ", count only" }
         )
     }
     fn is_emulated(&self) -> bool {
@@ -122,33 +156,46 @@ impl DeviceRuntime for EmulatorRuntime {
         EMULATOR_MAX_GRID
     }
 
-    fn alloc_zeroed(&self, bytes: usize) -> Result<Mem> {
-        Ok(Mem::Host(HostMem::zeroed(bytes)?))
+    fn alloc(&self, bytes: usize) -> Result<Mem> {
+        Ok(Mem::Host(HostMem::new(bytes, self.execute)?))
     }
 
-    fn upload(&self, bytes: &[u8]) -> Result<Mem> {
-        let mem = HostMem::zeroed(bytes.len())?;
-        // SAFETY: the allocation holds bytes.len() bytes and does not overlap the source.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), mem.ptr.as_ptr(), bytes.len()) };
-        Ok(Mem::Host(mem))
+    fn poison(&self, mem: &mut Mem) {
+        if let Mem::Host(h) = mem {
+            h.poison();
+        }
+    }
+
+    fn write(&self, dst: &mut Mem, src: &[u8]) -> Result<()> {
+        let dst = host_mut(dst)?;
+        assert!(src.len() <= dst.bytes);
+        if self.execute {
+            // SAFETY: in bounds; the destination is a distinct allocation.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_ptr(), src.len()) };
+        }
+        Ok(())
     }
 
     fn alloc_staging(&self, len: usize) -> Result<StagingMem> {
         Ok(StagingMem::Host(vec![0.0; len]))
     }
 
-    fn upload_staged(&self, staging: &StagingMem, len: usize) -> Result<Mem> {
+    fn write_staged(&self, dst: &mut Mem, staging: &StagingMem, len: usize) -> Result<()> {
         match staging {
-            StagingMem::Host(v) => self.upload(bytemuck::cast_slice(&v[..len])),
+            StagingMem::Host(v) => self.write(dst, bytemuck::cast_slice(&v[..len])),
             StagingMem::Gpu(_) => bail!("GPU staging memory was passed to the CUDA emulator"),
         }
     }
 
-    fn download(&self, src: &Mem, dst: &mut [u8]) -> Result<()> {
+    fn read(&self, src: &Mem, dst: &mut [u8]) -> Result<()> {
         let src = host(src)?;
         assert!(dst.len() <= src.bytes);
-        // SAFETY: in bounds; dst is a distinct Rust slice.
-        unsafe { std::ptr::copy_nonoverlapping(src.ptr.as_ptr(), dst.as_mut_ptr(), dst.len()) };
+        if self.execute {
+            // SAFETY: in bounds; dst is a distinct Rust slice.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr(), dst.len()) };
+        } else {
+            dst.fill(0);
+        }
         Ok(())
     }
 
@@ -162,22 +209,26 @@ impl DeviceRuntime for EmulatorRuntime {
     ) -> Result<()> {
         let (src, dst) = (host(src)?, host_mut(dst)?);
         assert!(src_offset + bytes <= src.bytes && dst_offset + bytes <= dst.bytes);
-        // SAFETY: both ranges are in bounds, and &Mem / &mut Mem are distinct allocations.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                src.ptr.as_ptr().add(src_offset),
-                dst.ptr.as_ptr().add(dst_offset),
-                bytes,
-            )
-        };
+        if self.execute {
+            // SAFETY: both ranges are in bounds, and &Mem / &mut Mem are distinct allocations.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src.as_ptr().add(src_offset),
+                    dst.as_ptr().add(dst_offset),
+                    bytes,
+                )
+            };
+        }
         Ok(())
     }
 
     fn memset_zero(&self, dst: &mut Mem, bytes: usize) -> Result<()> {
         let dst = host_mut(dst)?;
         assert!(bytes <= dst.bytes);
-        // SAFETY: in bounds.
-        unsafe { std::ptr::write_bytes(dst.ptr.as_ptr(), 0, bytes) };
+        if self.execute {
+            // SAFETY: in bounds.
+            unsafe { std::ptr::write_bytes(dst.as_ptr(), 0, bytes) };
+        }
         Ok(())
     }
 
@@ -188,6 +239,9 @@ impl DeviceRuntime for EmulatorRuntime {
         args: &mut [KernelArg<'_>],
     ) -> Result<()> {
         self.limits().check(kernel.name, cfg, 0)?;
+        if !self.execute {
+            return Ok(());
+        }
         let mut slots = pack_args(args, |arg| match arg {
             KernelArg::Const(mem) => Ok(host(mem)?.address()),
             KernelArg::Mut(mem) => Ok(host_mut(mem)?.address()),
@@ -221,6 +275,9 @@ impl DeviceRuntime for EmulatorRuntime {
     }
 
     fn gemm(&self, g: &Gemm, a: &Mem, b: &Mem, c: &mut Mem) -> Result<()> {
+        if !self.execute {
+            return Ok(());
+        }
         let (a, b, c) = (host(a)?, host(b)?, host_mut(c)?);
         let a = a.as_slice_f32(a.bytes / 4);
         let b = b.as_slice_f32(b.bytes / 4);

@@ -28,6 +28,12 @@ use super::runtime::{
 /// One device allocation (bytes).
 pub(crate) struct GpuMem(CudaSlice<u8>);
 
+impl GpuMem {
+    pub(crate) fn bytes(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// Page-locked host memory for batches built on the host. Its copies to the device are asynchronous,
 /// so the host must not write it again before the last one has completed: `copied` is recorded after
 /// each copy and waited on before the memory is lent out for writing. (cudarc's own tracking of
@@ -248,28 +254,20 @@ impl DeviceRuntime for GpuRuntime {
         self.sm_count.max(1) * 16
     }
 
-    fn alloc_zeroed(&self, bytes: usize) -> Result<Mem> {
-        // cudarc allocates stream-ordered (cuMemAllocAsync); a zero-byte request gets a small block
-        // so every buffer has a valid address.
-        let slice = self
-            .stream
-            .alloc_zeros::<u8>(bytes.max(4))
+    fn alloc(&self, bytes: usize) -> Result<Mem> {
+        // Stream-ordered (cuMemAllocAsync); a zero-byte request gets a small block so every buffer
+        // has a valid address.
+        // SAFETY: the memory is uninitialised; the backend writes it before reading (`Device`).
+        let slice = unsafe { self.stream.alloc::<u8>(bytes.max(4)) }
             .with_context(|| format!("cannot allocate {bytes} bytes on the GPU"))?;
         Ok(Mem::Gpu(GpuMem(slice)))
     }
 
-    fn upload(&self, bytes: &[u8]) -> Result<Mem> {
-        if bytes.is_empty() {
-            return self.alloc_zeroed(0);
-        }
-        // Not zeroed first: the copy overwrites every byte (uploads run every step).
-        // SAFETY: the whole allocation is written by the copy below, in stream order, before use.
-        let mut dst = unsafe { self.stream.alloc::<u8>(bytes.len()) }
-            .with_context(|| format!("cannot allocate {} bytes on the GPU", bytes.len()))?;
+    fn write(&self, dst: &mut Mem, src: &[u8]) -> Result<()> {
+        let dst = gpu_mut(dst)?;
         self.stream
-            .memcpy_htod(bytes, &mut dst)
-            .context("host-to-device copy")?;
-        Ok(Mem::Gpu(GpuMem(dst)))
+            .memcpy_htod(src, &mut dst.0.slice_mut(0..src.len()))
+            .context("host-to-device copy")
     }
 
     fn alloc_staging(&self, len: usize) -> Result<StagingMem> {
@@ -290,21 +288,20 @@ impl DeviceRuntime for GpuRuntime {
         Ok(StagingMem::Gpu(GpuStaging { pinned, copied }))
     }
 
-    fn upload_staged(&self, staging: &StagingMem, len: usize) -> Result<Mem> {
+    fn write_staged(&self, dst: &mut Mem, staging: &StagingMem, len: usize) -> Result<()> {
         let StagingMem::Gpu(staging) = staging else {
             bail!("emulator staging memory was passed to the GPU backend");
         };
         // Page-locked source: the driver copies by DMA, asynchronously, in stream order.
         let src = staging.pinned.as_slice()?;
-        let mem = self.upload(bytemuck::cast_slice(&src[..len]))?;
+        self.write(dst, bytemuck::cast_slice(&src[..len]))?;
         staging
             .copied
             .record(&self.stream)
-            .context("recording the staging upload")?;
-        Ok(mem)
+            .context("recording the staging upload")
     }
 
-    fn download(&self, src: &Mem, dst: &mut [u8]) -> Result<()> {
+    fn read(&self, src: &Mem, dst: &mut [u8]) -> Result<()> {
         let src = gpu(src)?;
         if !dst.is_empty() {
             let len = dst.len();

@@ -3,6 +3,7 @@
 //! arguments with `&DeviceBuffer<T>` for `const T*`, `&mut DeviceBuffer<T>` for `T*`, `Option<..>` for
 //! `_opt` pointers), plus the embedded PTX.
 
-use super::runtime::{DeviceBuffer, DeviceRuntime, EmuLaunch, KernelArg, KernelRef, LaunchConfig};
+use super::device::Device;
+use super::runtime::{DeviceBuffer, EmuLaunch, KernelArg, KernelRef, LaunchConfig};
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));

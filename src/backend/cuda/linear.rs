@@ -24,7 +24,7 @@ impl LinearOps for CudaBackend {
         let Some(cfg) = self.elementwise(n * d_out) else {
             return Ok(y);
         };
-        kernels::broadcast_rows(self.rt(), cfg, b, &mut y, n as u32, d_out as u32)?;
+        kernels::broadcast_rows(self.dev(), cfg, b, &mut y, n as u32, d_out as u32)?;
         let gemm = Gemm {
             beta: 1.0,
             ..Gemm::new(true, false, d_out, n, d_in)
@@ -55,7 +55,7 @@ impl LinearOps for CudaBackend {
             self.gemm(&Gemm::new(false, true, d_in, d_out, n), x, dy, &mut dw)?;
         }
         if let Some(cfg) = self.elementwise(d_out) {
-            kernels::sum_rows(self.rt(), cfg, dy, &mut db, n as u32, d_out as u32, 0)?;
+            kernels::sum_rows(self.dev(), cfg, dy, &mut db, n as u32, d_out as u32, 0)?;
         }
         Ok((dx, dw, db))
     }

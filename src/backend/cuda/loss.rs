@@ -58,7 +58,7 @@ impl LossOps for CudaBackend {
         {
             let mut record = self.error_record()?;
             kernels::fused_loss_rows(
-                self.rt(),
+                self.dev(),
                 cfg,
                 logits,
                 adjustment,
@@ -86,7 +86,7 @@ impl LossOps for CudaBackend {
             // dlogits /= sum_i w_i, without reading the sum on the host.
             let total = self.sum_unchecked(&weight)?;
             if let Some(cfg) = self.elementwise(n * c) {
-                kernels::scale_by_inverse(self.rt(), cfg, &mut dlogits, &total, (n * c) as u32)?;
+                kernels::scale_by_inverse(self.dev(), cfg, &mut dlogits, &total, (n * c) as u32)?;
             }
         }
         Ok(LossOutput {
@@ -114,7 +114,7 @@ impl LossOps for CudaBackend {
             {
                 let mut record = self.error_record()?;
                 kernels::row_cosine(
-                    self.rt(),
+                    self.dev(),
                     cfg,
                     features,
                     w,
@@ -146,11 +146,11 @@ impl LossOps for CudaBackend {
             return Ok(());
         };
         // Per class: the batch's best (logit, earliest sample) as an ordered u64 key, 0 = none.
-        let mut keys = self.alloc::<u64>(c)?;
+        let mut keys = self.alloc_zeroed::<u64>(c)?;
         {
             let mut record = self.error_record()?;
             kernels::cosmax_batch_best(
-                self.rt(),
+                self.dev(),
                 cfg,
                 logits,
                 labels,
@@ -163,7 +163,7 @@ impl LossOps for CudaBackend {
         self.after_checked_kernel()?;
         let merge = self.elementwise(c).unwrap_or(LaunchConfig::linear(1, 32));
         kernels::cosmax_merge(
-            self.rt(),
+            self.dev(),
             merge,
             &keys,
             logits,

@@ -19,6 +19,7 @@
 
 mod augment;
 mod conv;
+mod device;
 mod eltwise;
 mod emulator;
 mod gpu;
@@ -43,6 +44,8 @@ pub use runtime::{DeviceBuffer, DeviceLimits, Gemm, LaunchConfig};
 
 use super::abi::{self, ERROR_RECORD_WORDS};
 use super::{Backend, Buffers, HostStaging};
+use crate::backend::counters::DeviceCounters;
+use device::{byte_size, Device};
 use runtime::DeviceRuntime;
 
 /// A device buffer of `f32`.
@@ -88,7 +91,7 @@ impl HostStaging for CudaStaging {
 
 /// The CUDA backend over one device runtime (GPU or emulator).
 pub struct CudaBackend {
-    rt: Box<dyn DeviceRuntime>,
+    dev: Device,
     /// Device-side error record `[code, position, value, detail]` (`abi::ERROR_RECORD_WORDS`):
     /// kernels that meet a bad index or parameter row write the first one there.
     error_record: Mutex<DeviceBuffer<u32>>,
@@ -114,15 +117,25 @@ impl CudaBackend {
     }
 
     pub fn new_emulated_with(options: CudaOptions) -> Result<Self> {
-        let rt = emulator::EmulatorRuntime::new(options.tf32);
+        let rt = emulator::EmulatorRuntime::new(options.tf32, true);
+        Self::with_runtime(Box::new(rt))
+    }
+
+    /// An emulator that runs no kernel and holds no memory: it only counts the device work
+    /// ([`Backend::device_counters`]) of shapes too large to emulate. Results are meaningless.
+    pub fn new_count_only() -> Result<Self> {
+        let rt = emulator::EmulatorRuntime::new(true, false);
         Self::with_runtime(Box::new(rt))
     }
 
     fn with_runtime(rt: Box<dyn DeviceRuntime>) -> Result<Self> {
-        let record =
-            DeviceBuffer::from_mem(rt.alloc_zeroed(4 * ERROR_RECORD_WORDS)?, ERROR_RECORD_WORDS);
+        let dev = Device::new(rt);
+        let record = DeviceBuffer::from_mem(
+            dev.alloc_zeroed(4 * ERROR_RECORD_WORDS)?,
+            ERROR_RECORD_WORDS,
+        );
         Ok(Self {
-            rt,
+            dev,
             error_record: Mutex::new(record),
             conv_workspace: DEFAULT_CONV_WORKSPACE,
         })
@@ -137,36 +150,44 @@ impl CudaBackend {
 
     /// Whether this backend runs on the CPU emulator.
     pub fn is_emulated(&self) -> bool {
-        self.rt.is_emulated()
+        self.dev.is_emulated()
     }
 
     /// The launch limits in force.
     pub fn limits(&self) -> DeviceLimits {
-        self.rt.limits()
+        self.dev.limits()
     }
 
-    fn rt(&self) -> &dyn DeviceRuntime {
-        self.rt.as_ref()
+    fn dev(&self) -> &Device {
+        &self.dev
+    }
+
+    /// An uninitialised buffer of `len` elements (every op writes all of its outputs).
+    fn alloc<T>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        Ok(DeviceBuffer::from_mem(
+            self.dev.alloc(byte_size::<T>(len)?)?,
+            len,
+        ))
     }
 
     /// A zero-filled buffer of `len` elements.
-    fn alloc<T>(&self, len: usize) -> Result<DeviceBuffer<T>> {
-        let bytes = len
-            .checked_mul(std::mem::size_of::<T>())
-            .ok_or_else(|| anyhow!("buffer of {len} elements is too large"))?;
-        Ok(DeviceBuffer::from_mem(self.rt.alloc_zeroed(bytes)?, len))
+    fn alloc_zeroed<T>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        Ok(DeviceBuffer::from_mem(
+            self.dev.alloc_zeroed(byte_size::<T>(len)?)?,
+            len,
+        ))
     }
 
     fn upload_typed<T: bytemuck::Pod>(&self, data: &[T]) -> Result<DeviceBuffer<T>> {
         Ok(DeviceBuffer::from_mem(
-            self.rt.upload(bytemuck::cast_slice(data))?,
+            self.dev.upload(bytemuck::cast_slice(data))?,
             data.len(),
         ))
     }
 
     fn download_typed<T: bytemuck::Pod + Default>(&self, buf: &DeviceBuffer<T>) -> Result<Vec<T>> {
         let mut out = vec![T::default(); buf.len()];
-        self.rt
+        self.dev
             .download(&buf.mem, bytemuck::cast_slice_mut(&mut out))?;
         self.check_device_errors()?;
         Ok(out)
@@ -179,7 +200,7 @@ impl CudaBackend {
         }
         let blocks = n
             .div_ceil(threads as usize)
-            .min(self.rt.max_grid_blocks() as usize);
+            .min(self.dev.max_grid_blocks() as usize);
         Some(LaunchConfig::linear(blocks as u32, threads))
     }
 
@@ -194,13 +215,13 @@ impl CudaBackend {
             return None;
         }
         let threads = cols.next_multiple_of(32).clamp(32, 256) as u32;
-        let blocks = rows.min(self.rt.max_grid_blocks() as usize);
+        let blocks = rows.min(self.dev.max_grid_blocks() as usize);
         Some(LaunchConfig::linear(blocks as u32, threads))
     }
 
     /// Threads of a block that reduces one channel (batch-norm statistics).
     fn reduction_threads(&self) -> u32 {
-        if self.rt.is_emulated() {
+        if self.dev.is_emulated() {
             128
         } else {
             1024
@@ -210,7 +231,7 @@ impl CudaBackend {
     /// Validated GEMM on f32 buffers.
     fn gemm(&self, g: &Gemm, a: &CudaBuf, b: &CudaBuf, c: &mut CudaBuf) -> Result<()> {
         g.validate(a.len(), b.len(), c.len())?;
-        self.rt.gemm(g, &a.mem, &b.mem, &mut c.mem)
+        self.dev.gemm(g, &a.mem, &b.mem, &mut c.mem)
     }
 
     /// The error record, locked for a launch of an error-raising kernel.
@@ -222,9 +243,10 @@ impl CudaBackend {
 
     /// After an error-raising kernel: on the emulator (synchronous) report a raised error now; on
     /// the GPU it is reported at the next synchronising call.
+    /// The read is not counted: the GPU has no such read, and counts must match it.
     fn after_checked_kernel(&self) -> Result<()> {
-        if self.rt.is_emulated() {
-            self.check_device_errors()
+        if self.dev.is_emulated() {
+            self.report_device_errors(false)
         } else {
             Ok(())
         }
@@ -232,15 +254,24 @@ impl CudaBackend {
 
     /// Reads (and clears) the device-side error record; a raised error becomes the op's message.
     fn check_device_errors(&self) -> Result<()> {
+        self.report_device_errors(true)
+    }
+
+    /// [`Self::check_device_errors`], the read counted or not.
+    fn report_device_errors(&self, counted: bool) -> Result<()> {
         let mut record = self.error_record()?;
         let mut words = [0u32; ERROR_RECORD_WORDS];
-        self.rt
-            .download(&record.mem, bytemuck::cast_slice_mut(&mut words))?;
+        let dst = bytemuck::cast_slice_mut(&mut words);
+        if counted {
+            self.dev.download(&record.mem, dst)?;
+        } else {
+            self.dev.read_uncounted(&record.mem, dst)?;
+        }
         let [code, position, value, detail] = words;
         if code == 0 {
             return Ok(());
         }
-        self.rt
+        self.dev
             .memset_zero(&mut record.mem, 4 * ERROR_RECORD_WORDS)?;
         bail!(
             "{}",
@@ -263,11 +294,11 @@ impl Buffers for CudaBackend {
 
 impl Backend for CudaBackend {
     fn name(&self) -> String {
-        self.rt.describe()
+        self.dev.describe()
     }
 
     fn zeros(&self, len: usize) -> Result<CudaBuf> {
-        self.alloc(len)
+        self.alloc_zeroed(len)
     }
     fn upload(&self, data: &[f32]) -> Result<CudaBuf> {
         self.upload_typed(data)
@@ -282,10 +313,10 @@ impl Backend for CudaBackend {
         self.download_typed(buf)
     }
     fn upload_bytes(&self, data: &[u8]) -> Result<CudaBytes> {
-        CudaBytes::upload(self.rt(), data)
+        CudaBytes::upload(self.dev(), data)
     }
     fn alloc_staging(&self, len: usize) -> Result<CudaStaging> {
-        Ok(CudaStaging(self.rt.alloc_staging(len)?))
+        Ok(CudaStaging(self.dev.alloc_staging(len)?))
     }
     fn len(&self, buf: &CudaBuf) -> usize {
         buf.len()
@@ -297,14 +328,17 @@ impl Backend for CudaBackend {
         buf.len()
     }
     fn synchronize(&self) -> Result<()> {
-        self.rt.synchronize()?;
+        self.dev.synchronize()?;
         self.check_device_errors()
     }
     fn range_push(&self, name: &str) {
-        self.rt.range_push(name)
+        self.dev.range_push(name)
     }
     fn range_pop(&self) {
-        self.rt.range_pop()
+        self.dev.range_pop()
+    }
+    fn device_counters(&self) -> Option<DeviceCounters> {
+        Some(self.dev.counters())
     }
     fn copy_range_unchecked(
         &self,
@@ -314,7 +348,7 @@ impl Backend for CudaBackend {
         dst_offset: usize,
         len: usize,
     ) -> Result<()> {
-        self.rt.copy(
+        self.dev.copy(
             &src.mem,
             4 * src_offset,
             &mut dst.mem,
@@ -324,7 +358,7 @@ impl Backend for CudaBackend {
     }
     fn upload_staged_unchecked(&self, staging: &CudaStaging, len: usize) -> Result<CudaBuf> {
         Ok(DeviceBuffer::from_mem(
-            self.rt.upload_staged(&staging.0, len)?,
+            self.dev.upload_staged(&staging.0, len)?,
             len,
         ))
     }

@@ -33,7 +33,7 @@ impl NormOps for CudaBackend {
         }
         let (n, c, hw) = (d.n as u32, d.c as u32, d.hw as u32);
         kernels::batch_norm_stats(
-            self.rt(),
+            self.dev(),
             self.per_channel(d),
             x,
             &mut mean,
@@ -48,7 +48,7 @@ impl NormOps for CudaBackend {
         )?;
         if let Some(launch) = self.elementwise(d.len()) {
             kernels::batch_norm_apply(
-                self.rt(),
+                self.dev(),
                 launch,
                 x,
                 &mean,
@@ -78,7 +78,7 @@ impl NormOps for CudaBackend {
         let mut y = self.alloc(d.len())?;
         if let Some(launch) = self.elementwise(d.len()) {
             kernels::batch_norm_eval(
-                self.rt(),
+                self.dev(),
                 launch,
                 x,
                 gamma,
@@ -113,7 +113,7 @@ impl NormOps for CudaBackend {
         }
         let (n, c, hw) = (d.n as u32, d.c as u32, d.hw as u32);
         kernels::batch_norm_backward_reduce(
-            self.rt(),
+            self.dev(),
             self.per_channel(d),
             dy,
             x,
@@ -127,7 +127,7 @@ impl NormOps for CudaBackend {
         )?;
         if let Some(launch) = self.elementwise(d.len()) {
             kernels::batch_norm_backward_apply(
-                self.rt(),
+                self.dev(),
                 launch,
                 dy,
                 x,

@@ -16,7 +16,7 @@ impl OptimOps for CudaBackend {
         let n = to_u32("sgd_step", "length", param.len())?;
         if let Some(launch) = self.elementwise(param.len()) {
             kernels::sgd_step(
-                self.rt(),
+                self.dev(),
                 launch,
                 param,
                 grad,

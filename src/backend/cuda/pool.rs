@@ -40,7 +40,7 @@ impl PoolOps for CudaBackend {
         let mut y = self.alloc(d.output_len())?;
         if let Some(cfg) = self.elementwise(d.output_len()) {
             kernels::shortcut_a_forward(
-                self.rt(),
+                self.dev(),
                 cfg,
                 x,
                 &mut y,
@@ -63,7 +63,7 @@ impl PoolOps for CudaBackend {
         let mut dx = self.alloc(d.input_len())?;
         if let Some(cfg) = self.elementwise(d.input_len()) {
             kernels::shortcut_a_backward(
-                self.rt(),
+                self.dev(),
                 cfg,
                 dy,
                 &mut dx,
@@ -92,7 +92,7 @@ impl PoolOps for CudaBackend {
         let mut argmax = self.alloc(len)?;
         if let Some(cfg) = self.elementwise(len) {
             kernels::max_pool_forward(
-                self.rt(),
+                self.dev(),
                 cfg,
                 x,
                 &mut y,
@@ -121,7 +121,7 @@ impl PoolOps for CudaBackend {
         let mut dx = self.alloc(len)?;
         if let Some(cfg) = self.elementwise(len) {
             kernels::max_pool_backward(
-                self.rt(),
+                self.dev(),
                 cfg,
                 dy,
                 argmax,
@@ -146,7 +146,7 @@ impl PoolOps for CudaBackend {
         let mut y = self.alloc(rows)?;
         // One warp per row, 8 warps per block.
         if let Some(cfg) = self.launch_1d(rows * 32, 256) {
-            kernels::global_avg_pool_forward(self.rt(), cfg, x, &mut y, rows as u32, d.hw as u32)?;
+            kernels::global_avg_pool_forward(self.dev(), cfg, x, &mut y, rows as u32, d.hw as u32)?;
         }
         Ok(y)
     }
@@ -156,7 +156,7 @@ impl PoolOps for CudaBackend {
         let mut dx = self.alloc(d.len())?;
         if let Some(cfg) = self.elementwise(d.len()) {
             kernels::global_avg_pool_backward(
-                self.rt(),
+                self.dev(),
                 cfg,
                 dy,
                 &mut dx,

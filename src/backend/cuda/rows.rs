@@ -17,7 +17,7 @@ impl CudaBackend {
         let mut y = self.alloc(d.len())?;
         if let Some(cfg) = self.per_row(d.n, d.c) {
             kernels::softmax_rows(
-                self.rt(),
+                self.dev(),
                 cfg,
                 x,
                 &mut y,
@@ -41,7 +41,7 @@ impl RowOps for CudaBackend {
         let mut index = self.alloc(d.n)?;
         if let Some(cfg) = self.per_row(d.n, d.c) {
             kernels::row_max(
-                self.rt(),
+                self.dev(),
                 cfg,
                 x,
                 &mut value,

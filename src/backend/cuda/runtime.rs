@@ -8,6 +8,7 @@ use std::marker::PhantomData;
 
 use anyhow::{bail, ensure, Result};
 
+use super::device::DeviceMem;
 use super::emulator::HostMem;
 use super::gpu::{GpuMem, GpuStaging};
 
@@ -37,6 +38,16 @@ pub(crate) enum Mem {
     Gpu(GpuMem),
 }
 
+impl Mem {
+    /// Size in bytes.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Mem::Host(h) => h.bytes(),
+            Mem::Gpu(g) => g.bytes(),
+        }
+    }
+}
+
 /// Host staging memory of one runtime (`Backend::alloc_staging`).
 pub(crate) enum StagingMem {
     /// The emulator's: ordinary host memory.
@@ -64,13 +75,13 @@ impl StagingMem {
 /// A typed device buffer (`f32` for [`super::CudaBuf`], `u32` for [`super::CudaIndex`], `u64` for
 /// scratch keys). Opaque outside the backend.
 pub struct DeviceBuffer<T> {
-    pub(crate) mem: Mem,
+    pub(crate) mem: DeviceMem,
     len: usize,
     _element: PhantomData<T>,
 }
 
 impl<T> DeviceBuffer<T> {
-    pub(crate) fn from_mem(mem: Mem, len: usize) -> Self {
+    pub(crate) fn from_mem(mem: DeviceMem, len: usize) -> Self {
         Self {
             mem,
             len,
@@ -90,7 +101,7 @@ impl<T> DeviceBuffer<T> {
 
 impl<T> std::fmt::Debug for DeviceBuffer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let place = match self.mem {
+        let place = match *self.mem {
             Mem::Host(_) => "emulated",
             Mem::Gpu(_) => "gpu",
         };
@@ -414,7 +425,8 @@ impl Gemm {
 }
 
 /// What the backend needs from a device. Every operation is enqueued in order on one stream; errors of
-/// asynchronous work may surface at the next synchronising call.
+/// asynchronous work may surface at the next synchronising call. The backend reaches it only through
+/// [`super::device::Device`], which counts and caches.
 pub(crate) trait DeviceRuntime: Send + Sync {
     /// E.g. `cuda: NVIDIA H200 (sm_90, TF32 on)` or `cuda emulator (CPU)`.
     fn describe(&self) -> String;
@@ -424,13 +436,18 @@ pub(crate) trait DeviceRuntime: Send + Sync {
     /// Largest useful 1-D grid for grid-stride kernels.
     fn max_grid_blocks(&self) -> u32;
 
-    fn alloc_zeroed(&self, bytes: usize) -> Result<Mem>;
-    fn upload(&self, bytes: &[u8]) -> Result<Mem>;
+    /// `bytes` of uninitialised memory.
+    fn alloc(&self, bytes: usize) -> Result<Mem>;
+    /// Marks memory handed out again as uninitialised (the emulator fills it with NaN bytes).
+    fn poison(&self, _mem: &mut Mem) {}
+    /// Copies `src` to the start of `dst` (host to device).
+    fn write(&self, dst: &mut Mem, src: &[u8]) -> Result<()>;
     /// Host staging memory of `len` zeroed `f32`.
     fn alloc_staging(&self, len: usize) -> Result<StagingMem>;
-    /// Uploads `staging[..len]` (checked by the caller); asynchronous on a GPU.
-    fn upload_staged(&self, staging: &StagingMem, len: usize) -> Result<Mem>;
-    fn download(&self, src: &Mem, dst: &mut [u8]) -> Result<()>;
+    /// Copies `staging[..len]` (checked by the caller) to the start of `dst`; asynchronous on a GPU.
+    fn write_staged(&self, dst: &mut Mem, staging: &StagingMem, len: usize) -> Result<()>;
+    /// Copies the first `dst.len()` bytes of `src` to the host, after the queued work.
+    fn read(&self, src: &Mem, dst: &mut [u8]) -> Result<()>;
     /// Copies `bytes` from `src[src_offset..]` to `dst[dst_offset..]` (byte offsets, checked by the
     /// caller).
     fn copy(

@@ -22,7 +22,7 @@ pub fn block_tree_sum(be: &CudaBackend, x: &[f32], threads: u32) -> Result<f32> 
     let mut out = be.alloc::<f32>(1)?;
     let n = to_u32("block_tree_sum", "length", x.len())?;
     kernels::selftest_block_tree_sum(
-        be.rt(),
+        be.dev(),
         LaunchConfig::linear(1, threads),
         &input,
         &mut out,
@@ -38,7 +38,7 @@ pub fn block_tree_sum_without_barriers(be: &CudaBackend, x: &[f32], threads: u32
     let mut out = be.alloc::<f32>(1)?;
     let n = to_u32("block_tree_sum_without_barriers", "length", x.len())?;
     kernels::selftest_block_tree_sum_racy(
-        be.rt(),
+        be.dev(),
         LaunchConfig::linear(1, threads),
         &input,
         &mut out,
@@ -54,7 +54,7 @@ pub fn warp_sums(be: &CudaBackend, x: &[f32], threads: u32) -> Result<Vec<f32>> 
     let n = to_u32("warp_sums", "length", x.len())?;
     let blocks = x.len().div_ceil(threads as usize).max(1) as u32;
     kernels::selftest_warp_sum(
-        be.rt(),
+        be.dev(),
         LaunchConfig::linear(blocks, threads),
         &input,
         &mut out,
@@ -70,7 +70,7 @@ pub fn warp_ballots(be: &CudaBackend, x: &[f32], threads: u32) -> Result<Vec<u32
     let n = to_u32("warp_ballots", "length", x.len())?;
     let blocks = x.len().div_ceil(threads as usize).max(1) as u32;
     kernels::selftest_ballot(
-        be.rt(),
+        be.dev(),
         LaunchConfig::linear(blocks, threads),
         &input,
         &mut out,
@@ -87,9 +87,9 @@ pub fn histogram(
     cfg: LaunchConfig,
 ) -> Result<Vec<u32>> {
     let input = be.upload_typed(values)?;
-    let mut counts = be.alloc::<u32>(bins as usize)?;
+    let mut counts = be.alloc_zeroed::<u32>(bins as usize)?;
     let n = to_u32("histogram", "length", values.len())?;
-    kernels::selftest_histogram(be.rt(), cfg, &input, &mut counts, n, bins)?;
+    kernels::selftest_histogram(be.dev(), cfg, &input, &mut counts, n, bins)?;
     be.download_typed(&counts)
 }
 
@@ -98,13 +98,13 @@ pub fn histogram(
 pub fn barrier_deadlock(be: &CudaBackend, threads: u32) -> Result<()> {
     emulator_only(be, "barrier_deadlock")?;
     let mut out = be.alloc::<f32>(threads as usize)?;
-    kernels::selftest_barrier_deadlock(be.rt(), LaunchConfig::linear(1, threads), &mut out)
+    kernels::selftest_barrier_deadlock(be.dev(), LaunchConfig::linear(1, threads), &mut out)
 }
 
 /// Launches a kernel that does nothing with `cfg` (to probe the launch-limit checks).
 pub fn launch_noop(be: &CudaBackend, cfg: LaunchConfig) -> Result<()> {
     let mut out = be.alloc::<f32>(1)?;
-    kernels::selftest_noop(be.rt(), cfg, &mut out)?;
+    kernels::selftest_noop(be.dev(), cfg, &mut out)?;
     be.synchronize()
 }
 

@@ -11,7 +11,7 @@ impl UnfusedLossOps for CudaBackend {
         to_u32("add_row_bias", "size", d.len())?;
         let mut y = self.alloc(d.len())?;
         if let Some(cfg) = self.elementwise(d.len()) {
-            kernels::add_row_bias(self.rt(), cfg, x, bias, &mut y, d.n as u32, d.c as u32)?;
+            kernels::add_row_bias(self.dev(), cfg, x, bias, &mut y, d.n as u32, d.c as u32)?;
         }
         Ok(y)
     }
@@ -27,7 +27,7 @@ impl UnfusedLossOps for CudaBackend {
             {
                 let mut record = self.error_record()?;
                 kernels::gather_rows(
-                    self.rt(),
+                    self.dev(),
                     cfg,
                     x,
                     idx,
@@ -59,7 +59,7 @@ impl UnfusedLossOps for CudaBackend {
             {
                 let mut record = self.error_record()?;
                 kernels::sla_weights(
-                    self.rt(),
+                    self.dev(),
                     cfg,
                     prob,
                     cos_y,
@@ -91,7 +91,7 @@ impl UnfusedLossOps for CudaBackend {
             {
                 let mut record = self.error_record()?;
                 kernels::softmax_xent_backward(
-                    self.rt(),
+                    self.dev(),
                     cfg,
                     probs,
                     labels,
@@ -111,7 +111,7 @@ impl UnfusedLossOps for CudaBackend {
         let n = to_u32("mul", "length", a.len())?;
         let mut y = self.alloc(a.len())?;
         if let Some(cfg) = self.elementwise(a.len()) {
-            kernels::mul(self.rt(), cfg, a, b, &mut y, n)?;
+            kernels::mul(self.dev(), cfg, a, b, &mut y, n)?;
         }
         Ok(y)
     }

@@ -1,0 +1,289 @@
+//! The one door to the device: every operation of the CUDA backend (and of the generated kernel
+//! launchers) goes through [`Device`], which
+//! - counts it ([`DeviceCounters`]; the same counts on the GPU and the emulator, since both run
+//!   behind this layer), with the bytes and FLOPs involved;
+//! - serves allocations from memory freed earlier (a caching allocator keyed by exact size): a
+//!   training step that repeats the shapes of the previous one allocates nothing, and freeing is a
+//!   push onto a free list. Memory is handed back to the driver only when an allocation fails (then
+//!   the cache is emptied and the allocation retried) or when the backend goes away. Single stream:
+//!   a block freed by one op and handed to a later one is used in stream order, so no event is needed.
+//!
+//! Fresh memory is uninitialised; the emulator fills every block it hands out with NaN bytes, so an
+//! op that relied on zeros fails its tests (on the GPU, [`Device::alloc_zeroed`] is the only way to
+//! get zeros).
+
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::{anyhow, Context, Result};
+
+use super::runtime::{
+    DeviceLimits, DeviceRuntime, Gemm, KernelArg, KernelRef, LaunchConfig, Mem, StagingMem,
+};
+use crate::backend::counters::DeviceCounters;
+
+/// What the memory handles share with the device: the counters and the free lists.
+struct Shared {
+    counters: Mutex<DeviceCounters>,
+    /// Freed allocations by size in bytes.
+    cache: Mutex<HashMap<usize, Vec<Mem>>>,
+}
+
+impl Shared {
+    fn counters(&self) -> MutexGuard<'_, DeviceCounters> {
+        // Counting must not fail an op: a poisoned lock still holds valid counts.
+        self.counters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn cache(&self) -> MutexGuard<'_, HashMap<usize, Vec<Mem>>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A device allocation on loan from the cache; it goes back there when dropped.
+pub(crate) struct DeviceMem {
+    mem: Option<Mem>,
+    bytes: usize,
+    shared: Arc<Shared>,
+}
+
+impl Deref for DeviceMem {
+    type Target = Mem;
+    fn deref(&self) -> &Mem {
+        self.mem.as_ref().expect("present until dropped")
+    }
+}
+
+impl DerefMut for DeviceMem {
+    fn deref_mut(&mut self) -> &mut Mem {
+        self.mem.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for DeviceMem {
+    fn drop(&mut self) {
+        if let Some(mem) = self.mem.take() {
+            self.shared.cache().entry(self.bytes).or_default().push(mem);
+        }
+    }
+}
+
+/// The runtime behind the counters and the cache.
+pub(crate) struct Device {
+    rt: Box<dyn DeviceRuntime>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // Memory still on loan returns to the cache and is freed with the last handle.
+        self.shared.cache().clear();
+    }
+}
+
+impl Device {
+    pub(crate) fn new(rt: Box<dyn DeviceRuntime>) -> Self {
+        Self {
+            rt,
+            shared: Arc::new(Shared {
+                counters: Mutex::new(DeviceCounters::default()),
+                cache: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub(crate) fn counters(&self) -> DeviceCounters {
+        self.shared.counters().clone()
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        self.rt.describe()
+    }
+    pub(crate) fn is_emulated(&self) -> bool {
+        self.rt.is_emulated()
+    }
+    pub(crate) fn limits(&self) -> DeviceLimits {
+        self.rt.limits()
+    }
+    pub(crate) fn max_grid_blocks(&self) -> u32 {
+        self.rt.max_grid_blocks()
+    }
+
+    /// `bytes` of uninitialised device memory (NaN bytes on the emulator).
+    pub(crate) fn alloc(&self, bytes: usize) -> Result<DeviceMem> {
+        let cached = self.shared.cache().get_mut(&bytes).and_then(Vec::pop);
+        let mut mem = match cached {
+            Some(mem) => mem,
+            None => self.alloc_fresh(bytes)?,
+        };
+        self.rt.poison(&mut mem);
+        Ok(DeviceMem {
+            mem: Some(mem),
+            bytes,
+            shared: self.shared.clone(),
+        })
+    }
+
+    fn alloc_fresh(&self, bytes: usize) -> Result<Mem> {
+        let mem = match self.rt.alloc(bytes) {
+            Ok(mem) => mem,
+            Err(first) => {
+                // Out of memory, perhaps only because the cache holds it: hand it back and retry.
+                let freed: usize = self.shared.cache().drain().map(|(_, v)| v.len()).sum();
+                if freed == 0 {
+                    return Err(first);
+                }
+                self.shared.counters().frees += freed as u64;
+                self.rt.alloc(bytes)?
+            }
+        };
+        let mut c = self.shared.counters();
+        c.allocations += 1;
+        c.allocation_bytes += bytes as u64;
+        Ok(mem)
+    }
+
+    /// `bytes` of zeros.
+    pub(crate) fn alloc_zeroed(&self, bytes: usize) -> Result<DeviceMem> {
+        let mut mem = self.alloc(bytes)?;
+        self.memset_zero(&mut mem, bytes)?;
+        Ok(mem)
+    }
+
+    /// `data` in fresh device memory.
+    pub(crate) fn upload(&self, data: &[u8]) -> Result<DeviceMem> {
+        let mut mem = self.alloc(data.len())?;
+        if !data.is_empty() {
+            self.rt.write(&mut mem, data)?;
+            let mut c = self.shared.counters();
+            c.h2d_copies += 1;
+            c.h2d_bytes += data.len() as u64;
+            c.bytes_moved += data.len() as u64;
+        }
+        Ok(mem)
+    }
+
+    /// `staging[..len]` (f32) in fresh device memory, copied asynchronously on a GPU.
+    pub(crate) fn upload_staged(&self, staging: &StagingMem, len: usize) -> Result<DeviceMem> {
+        let bytes = 4 * len;
+        let mut mem = self.alloc(bytes)?;
+        self.rt.write_staged(&mut mem, staging, len)?;
+        let mut c = self.shared.counters();
+        c.h2d_copies += 1;
+        c.h2d_bytes += bytes as u64;
+        c.bytes_moved += bytes as u64;
+        Ok(mem)
+    }
+
+    pub(crate) fn alloc_staging(&self, len: usize) -> Result<StagingMem> {
+        self.rt.alloc_staging(len)
+    }
+
+    /// Copies the first `dst.len()` bytes of `src` to the host; waits for the device.
+    pub(crate) fn download(&self, src: &Mem, dst: &mut [u8]) -> Result<()> {
+        self.rt.read(src, dst)?;
+        let mut c = self.shared.counters();
+        c.d2h_copies += 1;
+        c.d2h_bytes += dst.len() as u64;
+        c.bytes_moved += dst.len() as u64;
+        c.synchronizations += 1;
+        Ok(())
+    }
+
+    /// [`Device::download`] without counting it: the emulator's immediate error report, which the
+    /// GPU does not make.
+    pub(crate) fn read_uncounted(&self, src: &Mem, dst: &mut [u8]) -> Result<()> {
+        self.rt.read(src, dst)
+    }
+
+    /// Copies `bytes` from `src[src_offset..]` to `dst[dst_offset..]` (checked by the caller).
+    pub(crate) fn copy(
+        &self,
+        src: &Mem,
+        src_offset: usize,
+        dst: &mut Mem,
+        dst_offset: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.rt.copy(src, src_offset, dst, dst_offset, bytes)?;
+        let mut c = self.shared.counters();
+        c.d2d_copies += 1;
+        c.d2d_bytes += bytes as u64;
+        c.bytes_moved += 2 * bytes as u64;
+        Ok(())
+    }
+
+    pub(crate) fn memset_zero(&self, dst: &mut Mem, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.rt.memset_zero(dst, bytes)?;
+        let mut c = self.shared.counters();
+        c.memsets += 1;
+        c.memset_bytes += bytes as u64;
+        c.bytes_moved += bytes as u64;
+        Ok(())
+    }
+
+    pub(crate) fn launch(
+        &self,
+        kernel: &KernelRef,
+        cfg: &LaunchConfig,
+        args: &mut [KernelArg<'_>],
+    ) -> Result<()> {
+        let bytes: u64 = args
+            .iter()
+            .map(|a| match a {
+                KernelArg::Const(mem) => mem.bytes() as u64,
+                KernelArg::Mut(mem) => mem.bytes() as u64,
+                _ => 0,
+            })
+            .sum();
+        self.rt.launch(kernel, cfg, args)?;
+        let mut c = self.shared.counters();
+        c.kernel_launches += 1;
+        c.bytes_moved += bytes;
+        let k = c.kernels.entry(kernel.name.to_string()).or_default();
+        k.launches += 1;
+        k.bytes += bytes;
+        Ok(())
+    }
+
+    /// `g` was validated against the buffer lengths by the caller.
+    pub(crate) fn gemm(&self, g: &Gemm, a: &Mem, b: &Mem, c: &mut Mem) -> Result<()> {
+        if g.m == 0 || g.n == 0 || g.batch == 0 {
+            return Ok(());
+        }
+        self.rt.gemm(g, a, b, c)?;
+        let (m, n, k, batch) = (g.m as u64, g.n as u64, g.k as u64, g.batch as u64);
+        let read_c = if g.beta != 0.0 { m * n } else { 0 };
+        let mut counts = self.shared.counters();
+        counts.blas_calls += 1;
+        counts.blas_flops += 2 * m * n * k * batch;
+        counts.bytes_moved += 4 * batch * (m * k + k * n + m * n + read_c);
+        Ok(())
+    }
+
+    pub(crate) fn synchronize(&self) -> Result<()> {
+        self.rt.synchronize()?;
+        self.shared.counters().synchronizations += 1;
+        Ok(())
+    }
+
+    pub(crate) fn range_push(&self, name: &str) {
+        self.rt.range_push(name)
+    }
+    pub(crate) fn range_pop(&self) {
+        self.rt.range_pop()
+    }
+}
+
+/// Errors unless an element count fits in bytes.
+pub(crate) fn byte_size<T>(len: usize) -> Result<usize> {
+    len.checked_mul(std::mem::size_of::<T>())
+        .ok_or_else(|| anyhow!("a buffer of {len} elements is too large"))
+        .context("device allocation")
+}
