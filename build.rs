@@ -181,6 +181,8 @@ fn parse_param(path: &Path, kernel: &str, text: &str) -> Param {
         "unsigned*" | "unsigned int*" => ParamType::MutPtr("u32"),
         "const unsigned long long*" => ParamType::ConstPtr("u64"),
         "unsigned long long*" => ParamType::MutPtr("u64"),
+        "const double*" => ParamType::ConstPtr("f64"),
+        "double*" => ParamType::MutPtr("f64"),
         "float" => ParamType::Scalar("f32"),
         "int" => ParamType::Scalar("i32"),
         "unsigned" | "unsigned int" => ParamType::Scalar("u32"),

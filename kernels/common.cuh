@@ -5,7 +5,8 @@
 // - declare kernels as `KERNEL void name(params)`: build.rs parses these signatures and generates the
 //   typed Rust launcher (GPU and emulator) from them, so each signature is written exactly once;
 // - parameter types: `const float*`, `float*`, `const unsigned*`, `unsigned*`,
-//   `const unsigned long long*`, `unsigned long long*` (optionally `__restrict__`), `float`, `int`,
+//   `const unsigned long long*`, `unsigned long long*`, `const double*`, `double*` (optionally
+//   `__restrict__`), `float`, `int`,
 //   `unsigned`, `unsigned long long`; a pointer whose name ends in `_opt` may be null (Rust: `Option`);
 // - blocks are a multiple of 32 threads when warp collectives are used (full-mask shuffles);
 // - no early `return` before a `__syncthreads()` (the emulator reports it as a deadlock);

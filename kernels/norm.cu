@@ -1,6 +1,11 @@
 // Batch normalisation over [n, c, hw], PyTorch semantics (biased variance to normalise, unbiased to
-// the running variance). Statistics: one block per channel, two passes, accumulated in double (as the
-// CPU reference does); the element-wise parts are grid-stride kernels.
+// the running variance), with what follows it in a ResNet fused in: `y = relu(bn(x) + residual)` in
+// the forward, the ReLU's mask applied to the incoming gradient in the backward.
+//
+// Per-channel sums are spread over the whole device: each block sums one slice of one channel (in
+// double, shifted by the channel's first value so that the one-pass variance does not cancel), and
+// the last block to finish a channel (an atomic counter, which it resets) adds the slices up in
+// order. One launch per reduction, deterministic, no atomics on values.
 #include "common.cuh"
 
 __device__ __forceinline__ unsigned channel_element(unsigned t, unsigned ch, unsigned c,
@@ -8,94 +13,160 @@ __device__ __forceinline__ unsigned channel_element(unsigned t, unsigned ch, uns
     return ((t / hw) * c + ch) * hw + t % hw;
 }
 
-// One block per channel: saved mean and 1/sqrt(var + eps), running statistics updated in place.
-KERNEL void batch_norm_stats(const float* __restrict__ x, float* __restrict__ saved_mean,
+// Whether this block, having written its slice of channel `ch` to `partial`, was the channel's last
+// (all threads get the answer).
+__device__ bool last_slice_of_channel(unsigned* counters, unsigned ch, unsigned slices) {
+    __shared__ int last;
+    __threadfence();  // the slice is visible to the block that adds them up
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&counters[ch], 1u) == slices - 1;
+    __syncthreads();
+    const bool result = last != 0;
+    __syncthreads();  // `last` is rewritten by the next slice
+    return result;
+}
+
+// Statistics: saved mean and 1/sqrt(var + eps), running statistics updated in place. Work items are
+// (slice, channel), slice-major; `partial` [c, slices, 2] (shifted sum, shifted sum of squares),
+// `counters` [c] zero on entry and on exit.
+KERNEL void batch_norm_stats(const float* __restrict__ x, double* __restrict__ partial,
+                             unsigned* __restrict__ counters, float* __restrict__ saved_mean,
                              float* __restrict__ saved_inv_std, float* __restrict__ running_mean,
                              float* __restrict__ running_var, unsigned n, unsigned c, unsigned hw,
-                             float eps, float momentum) {
-    const unsigned ch = blockIdx.x;
-    const unsigned count = n * hw;
-    double acc = 0.0;
-    for (unsigned t = threadIdx.x; t < count; t += blockDim.x) acc += x[channel_element(t, ch, c, hw)];
-    const double mean = block_sum(acc) / count;
-    acc = 0.0;
-    for (unsigned t = threadIdx.x; t < count; t += blockDim.x) {
-        const double d = double(x[channel_element(t, ch, c, hw)]) - mean;
-        acc += d * d;
-    }
-    const double var = block_sum(acc) / count;
-    if (threadIdx.x == 0) {
-        const double m = momentum;
-        saved_mean[ch] = float(mean);
-        saved_inv_std[ch] = float(1.0 / sqrt(var + double(eps)));
-        running_mean[ch] = float((1.0 - m) * running_mean[ch] + m * mean);
-        running_var[ch] = float((1.0 - m) * running_var[ch] + m * var * count / (count - 1));
+                             unsigned slices, float eps, float momentum) {
+    const unsigned count = n * hw, per = (count + slices - 1) / slices;
+    for (unsigned item = blockIdx.x; item < c * slices; item += gridDim.x) {
+        const unsigned ch = item % c, slice = item / c;
+        const double shift = x[ch * hw];
+        const unsigned t1 = min(count, (slice + 1) * per);
+        double s1 = 0.0, s2 = 0.0;
+        for (unsigned t = slice * per + threadIdx.x; t < t1; t += blockDim.x) {
+            const double v = double(x[channel_element(t, ch, c, hw)]) - shift;
+            s1 += v;
+            s2 += v * v;
+        }
+        s1 = block_sum(s1);
+        s2 = block_sum(s2);
+        if (threadIdx.x == 0) {
+            partial[(size_t(ch) * slices + slice) * 2] = s1;
+            partial[(size_t(ch) * slices + slice) * 2 + 1] = s2;
+        }
+        if (last_slice_of_channel(counters, ch, slices) && threadIdx.x == 0) {
+            const volatile double* p = partial + size_t(ch) * slices * 2;
+            double t_s1 = 0.0, t_s2 = 0.0;
+            for (unsigned s = 0; s < slices; ++s) {
+                t_s1 += p[2 * s];
+                t_s2 += p[2 * s + 1];
+            }
+            const double shifted_mean = t_s1 / count;
+            const double var = fmax(t_s2 / count - shifted_mean * shifted_mean, 0.0);
+            const double mean = shift + shifted_mean;
+            const double m = momentum;
+            saved_mean[ch] = float(mean);
+            saved_inv_std[ch] = float(1.0 / sqrt(var + double(eps)));
+            running_mean[ch] = float((1.0 - m) * running_mean[ch] + m * mean);
+            running_var[ch] = float((1.0 - m) * running_var[ch] + m * var * count / (count - 1));
+            counters[ch] = 0u;
+        }
     }
 }
 
-// y = (x - mean) * inv_std * gamma + beta with the saved batch statistics.
+// y = act((x - mean) * (gamma * inv_std) + beta [+ residual]), act = ReLU when `relu`.
 KERNEL void batch_norm_apply(const float* __restrict__ x, const float* __restrict__ mean,
                              const float* __restrict__ inv_std, const float* __restrict__ gamma,
-                             const float* __restrict__ beta, float* __restrict__ y, unsigned n,
-                             unsigned c, unsigned hw) {
+                             const float* __restrict__ beta, const float* __restrict__ residual_opt,
+                             float* __restrict__ y, int relu, unsigned n, unsigned c, unsigned hw) {
     const unsigned total = n * c * hw;
     for (unsigned i = global_thread(); i < total; i += grid_threads()) {
         const unsigned ch = (i / hw) % c;
-        y[i] = (x[i] - mean[ch]) * (gamma[ch] * inv_std[ch]) + beta[ch];
+        float v = (x[i] - mean[ch]) * (gamma[ch] * inv_std[ch]) + beta[ch];
+        if (residual_opt != nullptr) v += residual_opt[i];
+        y[i] = relu ? fmaxf(v, 0.0f) : v;
     }
 }
 
 // Evaluation: the same with the running statistics.
 KERNEL void batch_norm_eval(const float* __restrict__ x, const float* __restrict__ gamma,
                             const float* __restrict__ beta, const float* __restrict__ running_mean,
-                            const float* __restrict__ running_var, float* __restrict__ y,
-                            unsigned n, unsigned c, unsigned hw, float eps) {
+                            const float* __restrict__ running_var,
+                            const float* __restrict__ residual_opt, float* __restrict__ y,
+                            int relu, unsigned n, unsigned c, unsigned hw, float eps) {
     const unsigned total = n * c * hw;
     for (unsigned i = global_thread(); i < total; i += grid_threads()) {
         const unsigned ch = (i / hw) % c;
         const float scale = float(double(gamma[ch]) / sqrt(double(running_var[ch]) + double(eps)));
-        y[i] = (x[i] - running_mean[ch]) * scale + beta[ch];
+        float v = (x[i] - running_mean[ch]) * scale + beta[ch];
+        if (residual_opt != nullptr) v += residual_opt[i];
+        y[i] = relu ? fmaxf(v, 0.0f) : v;
     }
 }
 
-// One block per channel: dbeta = sum dy, dgamma = sum dy * x_hat.
+// The gradient reaching the normalisation: dy, masked by the fused ReLU's output when there was one.
+__device__ __forceinline__ float incoming(const float* dy, const float* relu_y_opt, unsigned i) {
+    return relu_y_opt == nullptr || relu_y_opt[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+// dbeta = sum g, dgamma = sum g * x_hat per channel (g the incoming gradient); work items and
+// `partial` [c, slices, 2] / `counters` as in batch_norm_stats.
 KERNEL void batch_norm_backward_reduce(const float* __restrict__ dy, const float* __restrict__ x,
                                        const float* __restrict__ mean,
                                        const float* __restrict__ inv_std,
-                                       float* __restrict__ dgamma, float* __restrict__ dbeta,
-                                       unsigned n, unsigned c, unsigned hw) {
-    const unsigned ch = blockIdx.x;
-    const unsigned count = n * hw;
-    const double m = mean[ch], s = inv_std[ch];
-    double sum_dy = 0.0, sum_dy_xhat = 0.0;
-    for (unsigned t = threadIdx.x; t < count; t += blockDim.x) {
-        const unsigned i = channel_element(t, ch, c, hw);
-        const double g = dy[i];
-        sum_dy += g;
-        sum_dy_xhat += g * (double(x[i]) - m) * s;
-    }
-    sum_dy = block_sum(sum_dy);
-    sum_dy_xhat = block_sum(sum_dy_xhat);
-    if (threadIdx.x == 0) {
-        dbeta[ch] = float(sum_dy);
-        dgamma[ch] = float(sum_dy_xhat);
+                                       const float* __restrict__ relu_y_opt,
+                                       double* __restrict__ partial,
+                                       unsigned* __restrict__ counters, float* __restrict__ dgamma,
+                                       float* __restrict__ dbeta, unsigned n, unsigned c,
+                                       unsigned hw, unsigned slices) {
+    const unsigned count = n * hw, per = (count + slices - 1) / slices;
+    for (unsigned item = blockIdx.x; item < c * slices; item += gridDim.x) {
+        const unsigned ch = item % c, slice = item / c;
+        const double m = mean[ch], s = inv_std[ch];
+        const unsigned t1 = min(count, (slice + 1) * per);
+        double sum_g = 0.0, sum_g_xhat = 0.0;
+        for (unsigned t = slice * per + threadIdx.x; t < t1; t += blockDim.x) {
+            const unsigned i = channel_element(t, ch, c, hw);
+            const double g = incoming(dy, relu_y_opt, i);
+            sum_g += g;
+            sum_g_xhat += g * (double(x[i]) - m) * s;
+        }
+        sum_g = block_sum(sum_g);
+        sum_g_xhat = block_sum(sum_g_xhat);
+        if (threadIdx.x == 0) {
+            partial[(size_t(ch) * slices + slice) * 2] = sum_g;
+            partial[(size_t(ch) * slices + slice) * 2 + 1] = sum_g_xhat;
+        }
+        if (last_slice_of_channel(counters, ch, slices) && threadIdx.x == 0) {
+            const volatile double* p = partial + size_t(ch) * slices * 2;
+            double t_g = 0.0, t_g_xhat = 0.0;
+            for (unsigned sl = 0; sl < slices; ++sl) {
+                t_g += p[2 * sl];
+                t_g_xhat += p[2 * sl + 1];
+            }
+            dbeta[ch] = float(t_g);
+            dgamma[ch] = float(t_g_xhat);
+            counters[ch] = 0u;
+        }
     }
 }
 
-// dx = gamma * inv_std / m * (m * dy - sum(dy) - x_hat * sum(dy * x_hat)),  m = n * hw.
+// dx = gamma * inv_std / m * (m * g - sum(g) - x_hat * sum(g * x_hat)),  m = n * hw; the masked g
+// itself into `masked_dy_opt` (the residual's gradient) when given.
 KERNEL void batch_norm_backward_apply(const float* __restrict__ dy, const float* __restrict__ x,
                                       const float* __restrict__ mean,
                                       const float* __restrict__ inv_std,
                                       const float* __restrict__ gamma,
                                       const float* __restrict__ dgamma,
-                                      const float* __restrict__ dbeta, float* __restrict__ dx,
+                                      const float* __restrict__ dbeta,
+                                      const float* __restrict__ relu_y_opt,
+                                      float* __restrict__ dx, float* __restrict__ masked_dy_opt,
                                       unsigned n, unsigned c, unsigned hw) {
     const unsigned total = n * c * hw;
     const float count = float(n * hw);
     for (unsigned i = global_thread(); i < total; i += grid_threads()) {
         const unsigned ch = (i / hw) % c;
+        const float g = incoming(dy, relu_y_opt, i);
         const float x_hat = (x[i] - mean[ch]) * inv_std[ch];
         const float k = gamma[ch] * inv_std[ch] / count;
-        dx[i] = k * (count * dy[i] - dbeta[ch] - x_hat * dgamma[ch]);
+        dx[i] = k * (count * g - dbeta[ch] - x_hat * dgamma[ch]);
+        if (masked_dy_opt != nullptr) masked_dy_opt[i] = g;
     }
 }

@@ -26,8 +26,8 @@ fn convolutions_match_the_cpu() {
 }
 
 #[test]
-fn convolutions_in_image_chunks_match_the_cpu() {
-    cuda_checks::convolutions_in_image_chunks_match_the_cpu(emulated().with_conv_workspace(1000));
+fn convolutions_over_many_tiles_and_splits_match_the_cpu() {
+    cuda_checks::convolutions_over_many_tiles_and_splits_match_the_cpu(&emulated());
 }
 
 #[test]

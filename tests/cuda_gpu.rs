@@ -110,8 +110,8 @@ fn convolutions_match_the_cpu() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn convolutions_in_image_chunks_match_the_cpu() {
-    cuda_checks::convolutions_in_image_chunks_match_the_cpu(gpu().with_conv_workspace(1000));
+fn convolutions_over_many_tiles_and_splits_match_the_cpu() {
+    cuda_checks::convolutions_over_many_tiles_and_splits_match_the_cpu(&gpu());
 }
 
 #[test]

@@ -35,6 +35,65 @@ impl<B: Buffers + ?Sized> Clone for BatchNormAffine<'_, B> {
 }
 impl<B: Buffers + ?Sized> Copy for BatchNormAffine<'_, B> {}
 
+/// Running statistics of a batch norm, `[c]` each, updated in place by a training forward.
+pub struct BatchNormRunning<'a, B: Buffers + ?Sized> {
+    pub mean: &'a mut B::Buf,
+    pub var: &'a mut B::Buf,
+}
+
+/// Statistics a batch norm normalises with, `[c]` each: the running ones in evaluation, the saved
+/// batch ones (`mean`, `1 / sqrt(var + eps)`) in the backward.
+pub struct BatchNormStats<'a, B: Buffers + ?Sized> {
+    pub mean: &'a B::Buf,
+    pub var: &'a B::Buf,
+}
+
+/// What follows a batch norm in a ResNet, fused into it: `y = relu(bn(x) + residual)`.
+pub struct BatchNormAct<'a, B: Buffers + ?Sized> {
+    /// `[n, c, hw]` added after the normalisation (a residual block's shortcut).
+    pub residual: Option<&'a B::Buf>,
+    pub relu: bool,
+}
+
+impl<B: Buffers + ?Sized> BatchNormAct<'_, B> {
+    /// The plain batch norm.
+    pub fn none() -> Self {
+        Self {
+            residual: None,
+            relu: false,
+        }
+    }
+}
+
+/// The backward of a batch norm whose forward fused a ReLU.
+pub struct BatchNormBackwardAct<'a, B: Buffers + ?Sized> {
+    /// That forward's output `[n, c, hw]`: the gradient passes where it is positive.
+    pub relu_output: Option<&'a B::Buf>,
+    /// Return the masked gradient too (the residual's gradient).
+    pub keep_masked: bool,
+}
+
+impl<B: Buffers + ?Sized> BatchNormBackwardAct<'_, B> {
+    /// The plain batch norm.
+    pub fn none() -> Self {
+        Self {
+            relu_output: None,
+            keep_masked: false,
+        }
+    }
+}
+
+/// What a batch norm's backward returns.
+pub struct BatchNormGrads<B: Buffers + ?Sized> {
+    /// `[n, c, hw]`.
+    pub dx: B::Buf,
+    /// `[c]` each.
+    pub dgamma: B::Buf,
+    pub dbeta: B::Buf,
+    /// `[n, c, hw]` the incoming gradient after the ReLU mask, when asked for.
+    pub masked_dy: Option<B::Buf>,
+}
+
 /// SGD with PyTorch semantics (dampening 0): `g = grad + wd * p; v = momentum * v + g;
 /// step = nesterov ? g + momentum * v : v; p -= lr * step`.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -38,7 +38,8 @@ use anyhow::{bail, Result};
 use counters::DeviceCounters;
 
 pub use args::{
-    AugmentSpec, BatchNormAffine, BatchNormConfig, HostStaging, LossArgs, LossOutput,
+    AugmentSpec, BatchNormAct, BatchNormAffine, BatchNormBackwardAct, BatchNormConfig,
+    BatchNormGrads, BatchNormRunning, BatchNormStats, HostStaging, LossArgs, LossOutput,
     LossReduction, LossTargets, LossWeighting, SgdConfig,
 };
 pub use ops::{
@@ -243,15 +244,35 @@ pub trait Backend:
         d: ChannelDims,
         cfg: BatchNormConfig,
     ) -> Result<(Self::Buf, Self::Buf, Self::Buf)> {
+        let running = BatchNormRunning {
+            mean: running_mean,
+            var: running_var,
+        };
+        self.batch_norm_train_forward_act(x, affine, running, d, cfg, BatchNormAct::none())
+    }
+    /// [`Backend::batch_norm_train_forward`] with the activation that follows fused in:
+    /// `y = relu(bn(x) + residual)` (each part optional).
+    fn batch_norm_train_forward_act(
+        &self,
+        x: &Self::Buf,
+        affine: BatchNormAffine<'_, Self>,
+        running: BatchNormRunning<'_, Self>,
+        d: ChannelDims,
+        cfg: BatchNormConfig,
+        act: BatchNormAct<'_, Self>,
+    ) -> Result<(Self::Buf, Self::Buf, Self::Buf)> {
         const OP: &str = "batch_norm_train_forward";
         check_len(OP, "x", self.len(x), d.len())?;
         for (what, buf) in [
             ("gamma", affine.gamma),
             ("beta", affine.beta),
-            ("running_mean", &*running_mean),
-            ("running_var", &*running_var),
+            ("running_mean", &*running.mean),
+            ("running_var", &*running.var),
         ] {
             check_len(OP, what, self.len(buf), d.c)?;
+        }
+        if let Some(r) = act.residual {
+            check_len(OP, "residual", self.len(r), d.len())?;
         }
         let count = d.n * d.hw;
         if count < 2 {
@@ -260,7 +281,7 @@ pub trait Backend:
                  use a larger batch"
             );
         }
-        self.batch_norm_train_forward_unchecked(x, affine, running_mean, running_var, d, cfg)
+        self.batch_norm_train_forward_unchecked(x, affine, running, d, cfg, act)
     }
     /// Evaluation forward with the running statistics.
     fn batch_norm_eval_forward(
@@ -272,17 +293,36 @@ pub trait Backend:
         d: ChannelDims,
         cfg: BatchNormConfig,
     ) -> Result<Self::Buf> {
+        let running = BatchNormStats {
+            mean: running_mean,
+            var: running_var,
+        };
+        self.batch_norm_eval_forward_act(x, affine, running, d, cfg, BatchNormAct::none())
+    }
+    /// [`Backend::batch_norm_eval_forward`] with the activation that follows fused in.
+    fn batch_norm_eval_forward_act(
+        &self,
+        x: &Self::Buf,
+        affine: BatchNormAffine<'_, Self>,
+        running: BatchNormStats<'_, Self>,
+        d: ChannelDims,
+        cfg: BatchNormConfig,
+        act: BatchNormAct<'_, Self>,
+    ) -> Result<Self::Buf> {
         const OP: &str = "batch_norm_eval_forward";
         check_len(OP, "x", self.len(x), d.len())?;
         for (what, buf) in [
             ("gamma", affine.gamma),
             ("beta", affine.beta),
-            ("running_mean", running_mean),
-            ("running_var", running_var),
+            ("running_mean", running.mean),
+            ("running_var", running.var),
         ] {
             check_len(OP, what, self.len(buf), d.c)?;
         }
-        self.batch_norm_eval_forward_unchecked(x, affine, running_mean, running_var, d, cfg)
+        if let Some(r) = act.residual {
+            check_len(OP, "residual", self.len(r), d.len())?;
+        }
+        self.batch_norm_eval_forward_unchecked(x, affine, running, d, cfg, act)
     }
     /// Backward of the training forward: `(dx, dgamma [c], dbeta [c])`.
     fn batch_norm_backward(
@@ -294,17 +334,39 @@ pub trait Backend:
         saved_inv_std: &Self::Buf,
         d: ChannelDims,
     ) -> Result<(Self::Buf, Self::Buf, Self::Buf)> {
+        let saved = BatchNormStats {
+            mean: saved_mean,
+            var: saved_inv_std,
+        };
+        let g =
+            self.batch_norm_backward_act(dy, x, gamma, saved, d, BatchNormBackwardAct::none())?;
+        Ok((g.dx, g.dgamma, g.dbeta))
+    }
+    /// Backward of [`Backend::batch_norm_train_forward_act`] with a fused ReLU (its output in
+    /// `act.relu_output`); `saved` holds the forward's `(saved_mean, saved_inv_std)`.
+    fn batch_norm_backward_act(
+        &self,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        gamma: &Self::Buf,
+        saved: BatchNormStats<'_, Self>,
+        d: ChannelDims,
+        act: BatchNormBackwardAct<'_, Self>,
+    ) -> Result<BatchNormGrads<Self>> {
         const OP: &str = "batch_norm_backward";
         check_len(OP, "dy", self.len(dy), d.len())?;
         check_len(OP, "x", self.len(x), d.len())?;
         for (what, buf) in [
             ("gamma", gamma),
-            ("saved_mean", saved_mean),
-            ("saved_inv_std", saved_inv_std),
+            ("saved_mean", saved.mean),
+            ("saved_inv_std", saved.var),
         ] {
             check_len(OP, what, self.len(buf), d.c)?;
         }
-        self.batch_norm_backward_unchecked(dy, x, gamma, saved_mean, saved_inv_std, d)
+        if let Some(y) = act.relu_output {
+            check_len(OP, "relu_output", self.len(y), d.len())?;
+        }
+        self.batch_norm_backward_unchecked(dy, x, gamma, saved, d, act)
     }
 
     // ---- shortcut and pooling ----

@@ -8,7 +8,8 @@
 use anyhow::Result;
 
 use super::args::{
-    AugmentSpec, BatchNormAffine, BatchNormConfig, HostStaging, LossArgs, LossOutput, SgdConfig,
+    AugmentSpec, BatchNormAct, BatchNormAffine, BatchNormBackwardAct, BatchNormConfig,
+    BatchNormGrads, BatchNormRunning, BatchNormStats, HostStaging, LossArgs, LossOutput, SgdConfig,
 };
 use super::shapes::{
     ChannelDims, Conv2dDims, CosineDims, LinearDims, Pool2dDims, RowDims, SampleDims, ShortcutDims,
@@ -65,35 +66,36 @@ pub trait ConvOps: Buffers {
     ) -> Result<Self::Buf>;
 }
 
-/// Batch normalisation.
+/// Batch normalisation, with the activation that follows it fused in.
 pub trait NormOps: Buffers {
+    /// `(y, saved_mean, saved_inv_std)`.
     fn batch_norm_train_forward_unchecked(
         &self,
         x: &Self::Buf,
         affine: BatchNormAffine<'_, Self>,
-        running_mean: &mut Self::Buf,
-        running_var: &mut Self::Buf,
+        running: BatchNormRunning<'_, Self>,
         d: ChannelDims,
         cfg: BatchNormConfig,
+        act: BatchNormAct<'_, Self>,
     ) -> Result<(Self::Buf, Self::Buf, Self::Buf)>;
     fn batch_norm_eval_forward_unchecked(
         &self,
         x: &Self::Buf,
         affine: BatchNormAffine<'_, Self>,
-        running_mean: &Self::Buf,
-        running_var: &Self::Buf,
+        running: BatchNormStats<'_, Self>,
         d: ChannelDims,
         cfg: BatchNormConfig,
+        act: BatchNormAct<'_, Self>,
     ) -> Result<Self::Buf>;
     fn batch_norm_backward_unchecked(
         &self,
         dy: &Self::Buf,
         x: &Self::Buf,
         gamma: &Self::Buf,
-        saved_mean: &Self::Buf,
-        saved_inv_std: &Self::Buf,
+        saved: BatchNormStats<'_, Self>,
         d: ChannelDims,
-    ) -> Result<(Self::Buf, Self::Buf, Self::Buf)>;
+        act: BatchNormBackwardAct<'_, Self>,
+    ) -> Result<BatchNormGrads<Self>>;
 }
 
 /// Pooling and the option-A shortcut.

@@ -39,7 +39,7 @@ impl<B: Backend> Stem<B> {
     /// Takes the input images: the first convolution's weight gradient needs them.
     fn forward_train(&mut self, be: &B, x: B::Buf, xs: Nchw) -> Result<Nchw> {
         let (a0, s0) = self.conv1.forward(be, &x, xs)?;
-        let r0 = be.relu_forward(&self.bn1.forward_train(be, &a0, s0)?)?;
+        let r0 = self.bn1.forward_train_act(be, &a0, s0, None, true)?;
         let pooled = match &mut self.maxpool {
             Some(mp) => Some(mp.forward_train(be, &r0, s0)?),
             None => None,
@@ -69,7 +69,7 @@ impl<B: Backend> Stem<B> {
 
     fn forward_eval(&self, be: &B, x: &B::Buf, xs: Nchw) -> Result<(B::Buf, Nchw)> {
         let (a0, s0) = self.conv1.forward(be, x, xs)?;
-        let r0 = be.relu_forward(&self.bn1.forward_eval(be, &a0, s0)?)?;
+        let r0 = self.bn1.forward_eval_act(be, &a0, s0, None, true)?;
         match &self.maxpool {
             Some(mp) => mp.forward_eval(be, &r0, s0),
             None => Ok((r0, s0)),
@@ -85,9 +85,9 @@ impl<B: Backend> Stem<B> {
             Some(mp) => mp.backward(be, &dy, sv.s0)?,
             None => dy,
         };
-        let da0 = self
+        let (da0, _) = self
             .bn1
-            .backward(be, &be.relu_backward(&dr0, &sv.r0)?, &sv.a0, sv.s0)?;
+            .backward_act(be, &dr0, &sv.a0, sv.s0, Some(&sv.r0), false)?;
         self.conv1.backward_weight(be, &sv.x, &da0, sv.xs)
     }
 }

@@ -92,21 +92,22 @@ impl<B: Backend> BasicBlock<B> {
         self.conv2.c_out
     }
 
-    /// Adds the shortcut of `x` to `acc` (the residual branch output) in place.
-    fn add_shortcut(&self, be: &B, acc: &mut B::Buf, x: &B::Buf, s: Nchw) -> Result<()> {
-        match self.shortcut {
-            Some(sc) => be.add_assign(acc, &be.shortcut_a_forward(x, sc.dims(s))?),
-            None => be.add_assign(acc, x),
-        }
+    /// The shortcut of `x`: `None` for the identity (`x` itself).
+    fn shortcut(&self, be: &B, x: &B::Buf, s: Nchw) -> Result<Option<B::Buf>> {
+        self.shortcut
+            .map(|sc| be.shortcut_a_forward(x, sc.dims(s)))
+            .transpose()
     }
 
     pub fn forward_train(&mut self, be: &B, x: &B::Buf, s: Nchw) -> Result<(B::Buf, Nchw)> {
         let (a1, mid) = self.conv1.forward(be, x, s)?;
-        let r1 = be.relu_forward(&self.bn1.forward_train(be, &a1, mid)?)?;
+        let r1 = self.bn1.forward_train_act(be, &a1, mid, None, true)?;
         let (a2, out) = self.conv2.forward(be, &r1, mid)?;
-        let mut b2 = self.bn2.forward_train(be, &a2, out)?;
-        self.add_shortcut(be, &mut b2, x, s)?;
-        let y = be.relu_forward(&b2)?;
+        let shortcut = self.shortcut(be, x, s)?;
+        let residual = shortcut.as_ref().unwrap_or(x);
+        let y = self
+            .bn2
+            .forward_train_act(be, &a2, out, Some(residual), true)?;
         self.saved = Some(BasicSaved {
             x: s,
             mid,
@@ -119,11 +120,14 @@ impl<B: Backend> BasicBlock<B> {
 
     pub fn forward_eval(&self, be: &B, x: &B::Buf, s: Nchw) -> Result<(B::Buf, Nchw)> {
         let (a1, mid) = self.conv1.forward(be, x, s)?;
-        let r1 = be.relu_forward(&self.bn1.forward_eval(be, &a1, mid)?)?;
+        let r1 = self.bn1.forward_eval_act(be, &a1, mid, None, true)?;
         let (a2, out) = self.conv2.forward(be, &r1, mid)?;
-        let mut b2 = self.bn2.forward_eval(be, &a2, out)?;
-        self.add_shortcut(be, &mut b2, x, s)?;
-        Ok((be.relu_forward(&b2)?, out))
+        let shortcut = self.shortcut(be, x, s)?;
+        let residual = shortcut.as_ref().unwrap_or(x);
+        let y = self
+            .bn2
+            .forward_eval_act(be, &a2, out, Some(residual), true)?;
+        Ok((y, out))
     }
 
     /// `x` and `y` are the input and output of the training forward; returns `dx`.
@@ -134,12 +138,13 @@ impl<B: Backend> BasicBlock<B> {
                 self.conv1.weight.name
             )
         })?;
-        let dsum = be.relu_backward(dy, y)?;
         let out = self.conv2.out_shape(sv.mid);
-        let da2 = self.bn2.backward(be, &dsum, &sv.a2, out)?;
+        let (da2, dsum) = self.bn2.backward_act(be, dy, &sv.a2, out, Some(y), true)?;
+        let dsum = dsum.context("the batch norm returns the masked gradient it was asked for")?;
         let dr1 = self.conv2.backward(be, &sv.r1, &da2, sv.mid)?;
-        let db1 = be.relu_backward(&dr1, &sv.r1)?;
-        let da1 = self.bn1.backward(be, &db1, &sv.a1, sv.mid)?;
+        let (da1, _) = self
+            .bn1
+            .backward_act(be, &dr1, &sv.a1, sv.mid, Some(&sv.r1), false)?;
         let mut dx = self.conv1.backward(be, x, &da1, sv.x)?;
         match self.shortcut {
             Some(sc) => be.add_assign(&mut dx, &be.shortcut_a_backward(&dsum, sc.dims(sv.x))?)?,
@@ -266,23 +271,22 @@ impl<B: Backend> Bottleneck<B> {
 
     pub fn forward_train(&mut self, be: &B, x: &B::Buf, s: Nchw) -> Result<(B::Buf, Nchw)> {
         let (a1, s1) = self.conv1.forward(be, x, s)?;
-        let r1 = be.relu_forward(&self.bn1.forward_train(be, &a1, s1)?)?;
+        let r1 = self.bn1.forward_train_act(be, &a1, s1, None, true)?;
         let (a2, s2) = self.conv2.forward(be, &r1, s1)?;
-        let r2 = be.relu_forward(&self.bn2.forward_train(be, &a2, s2)?)?;
+        let r2 = self.bn2.forward_train_act(be, &a2, s2, None, true)?;
         let (a3, out) = self.conv3.forward(be, &r2, s2)?;
-        let mut sum = self.bn3.forward_train(be, &a3, out)?;
-        let ad = match &mut self.downsample {
+        let (ad, projected) = match &mut self.downsample {
             Some(ds) => {
                 let (ad, _) = ds.conv.forward(be, x, s)?;
-                be.add_assign(&mut sum, &ds.bn.forward_train(be, &ad, out)?)?;
-                Some(ad)
+                let projected = ds.bn.forward_train(be, &ad, out)?;
+                (Some(ad), Some(projected))
             }
-            None => {
-                be.add_assign(&mut sum, x)?;
-                None
-            }
+            None => (None, None),
         };
-        let y = be.relu_forward(&sum)?;
+        let residual = projected.as_ref().unwrap_or(x);
+        let y = self
+            .bn3
+            .forward_train_act(be, &a3, out, Some(residual), true)?;
         self.saved = Some(BottleneckSaved {
             x: s,
             s1,
@@ -299,19 +303,22 @@ impl<B: Backend> Bottleneck<B> {
 
     pub fn forward_eval(&self, be: &B, x: &B::Buf, s: Nchw) -> Result<(B::Buf, Nchw)> {
         let (a1, s1) = self.conv1.forward(be, x, s)?;
-        let r1 = be.relu_forward(&self.bn1.forward_eval(be, &a1, s1)?)?;
+        let r1 = self.bn1.forward_eval_act(be, &a1, s1, None, true)?;
         let (a2, s2) = self.conv2.forward(be, &r1, s1)?;
-        let r2 = be.relu_forward(&self.bn2.forward_eval(be, &a2, s2)?)?;
+        let r2 = self.bn2.forward_eval_act(be, &a2, s2, None, true)?;
         let (a3, out) = self.conv3.forward(be, &r2, s2)?;
-        let mut sum = self.bn3.forward_eval(be, &a3, out)?;
-        match &self.downsample {
+        let projected = match &self.downsample {
             Some(ds) => {
                 let (ad, _) = ds.conv.forward(be, x, s)?;
-                be.add_assign(&mut sum, &ds.bn.forward_eval(be, &ad, out)?)?;
+                Some(ds.bn.forward_eval(be, &ad, out)?)
             }
-            None => be.add_assign(&mut sum, x)?,
-        }
-        Ok((be.relu_forward(&sum)?, out))
+            None => None,
+        };
+        let residual = projected.as_ref().unwrap_or(x);
+        let y = self
+            .bn3
+            .forward_eval_act(be, &a3, out, Some(residual), true)?;
+        Ok((y, out))
     }
 
     /// `x` and `y` are the input and output of the training forward; returns `dx`.
@@ -322,17 +329,17 @@ impl<B: Backend> Bottleneck<B> {
                 self.conv1.weight.name
             )
         })?;
-        let dsum = be.relu_backward(dy, y)?;
         let out = self.conv3.out_shape(sv.s2);
-        let da3 = self.bn3.backward(be, &dsum, &sv.a3, out)?;
+        let (da3, dsum) = self.bn3.backward_act(be, dy, &sv.a3, out, Some(y), true)?;
+        let dsum = dsum.context("the batch norm returns the masked gradient it was asked for")?;
         let dr2 = self.conv3.backward(be, &sv.r2, &da3, sv.s2)?;
-        let da2 = self
+        let (da2, _) = self
             .bn2
-            .backward(be, &be.relu_backward(&dr2, &sv.r2)?, &sv.a2, sv.s2)?;
+            .backward_act(be, &dr2, &sv.a2, sv.s2, Some(&sv.r2), false)?;
         let dr1 = self.conv2.backward(be, &sv.r1, &da2, sv.s1)?;
-        let da1 = self
+        let (da1, _) = self
             .bn1
-            .backward(be, &be.relu_backward(&dr1, &sv.r1)?, &sv.a1, sv.s1)?;
+            .backward_act(be, &dr1, &sv.a1, sv.s1, Some(&sv.r1), false)?;
         let mut dx = self.conv1.backward(be, x, &da1, sv.x)?;
         match (&mut self.downsample, &sv.ad) {
             (Some(ds), Some(ad)) => {

@@ -1,7 +1,10 @@
 //! 2-D batch normalisation with PyTorch semantics and state-dict names.
 
 use super::{check_len, Counter, Module, Nchw, Param, RunningStat, StateMut, StateRef};
-use crate::backend::{Backend, BatchNormAffine, BatchNormConfig};
+use crate::backend::{
+    Backend, BatchNormAct, BatchNormAffine, BatchNormBackwardAct, BatchNormConfig,
+    BatchNormRunning, BatchNormStats,
+};
 use anyhow::{Context, Result};
 
 /// Batch norm over `[n, c, h, w]`: weight 1, bias 0, running mean 0, running variance 1.
@@ -43,6 +46,7 @@ impl<B: Backend> BatchNorm2d<B> {
         })
     }
 
+    /// (The training forward borrows the running statistics mutably beside these.)
     fn affine(&self) -> BatchNormAffine<'_, B> {
         BatchNormAffine {
             gamma: &self.weight.value,
@@ -53,19 +57,31 @@ impl<B: Backend> BatchNorm2d<B> {
     /// Normalises with the batch statistics, updates the running statistics and saves the
     /// batch statistics for `backward`.
     pub fn forward_train(&mut self, be: &B, x: &B::Buf, s: Nchw) -> Result<B::Buf> {
+        self.forward_train_act(be, x, s, None, false)
+    }
+
+    /// [`forward_train`](Self::forward_train) with what follows fused in:
+    /// `relu(bn(x) + residual)` (ReLU when `relu`).
+    pub fn forward_train_act(
+        &mut self,
+        be: &B,
+        x: &B::Buf,
+        s: Nchw,
+        residual: Option<&B::Buf>,
+        relu: bool,
+    ) -> Result<B::Buf> {
         check_len(be, x, s.len(), &self.weight.name)?;
         let affine = BatchNormAffine {
             gamma: &self.weight.value,
             beta: &self.bias.value,
         };
-        let (y, mean, inv_std) = be.batch_norm_train_forward(
-            x,
-            affine,
-            &mut self.running_mean.value,
-            &mut self.running_var.value,
-            s.channel_dims(),
-            self.cfg,
-        )?;
+        let running = BatchNormRunning {
+            mean: &mut self.running_mean.value,
+            var: &mut self.running_var.value,
+        };
+        let act = BatchNormAct { residual, relu };
+        let (y, mean, inv_std) =
+            be.batch_norm_train_forward_act(x, affine, running, s.channel_dims(), self.cfg, act)?;
         self.num_batches_tracked.value += 1;
         self.saved = Some((mean, inv_std));
         Ok(y)
@@ -73,27 +89,62 @@ impl<B: Backend> BatchNorm2d<B> {
 
     /// Normalises with the running statistics.
     pub fn forward_eval(&self, be: &B, x: &B::Buf, s: Nchw) -> Result<B::Buf> {
+        self.forward_eval_act(be, x, s, None, false)
+    }
+
+    /// [`forward_eval`](Self::forward_eval) with what follows fused in, as in
+    /// [`forward_train_act`](Self::forward_train_act).
+    pub fn forward_eval_act(
+        &self,
+        be: &B,
+        x: &B::Buf,
+        s: Nchw,
+        residual: Option<&B::Buf>,
+        relu: bool,
+    ) -> Result<B::Buf> {
         check_len(be, x, s.len(), &self.weight.name)?;
-        be.batch_norm_eval_forward(
-            x,
-            self.affine(),
-            &self.running_mean.value,
-            &self.running_var.value,
-            s.channel_dims(),
-            self.cfg,
-        )
+        let affine = self.affine();
+        let running = BatchNormStats {
+            mean: &self.running_mean.value,
+            var: &self.running_var.value,
+        };
+        let act = BatchNormAct { residual, relu };
+        be.batch_norm_eval_forward_act(x, affine, running, s.channel_dims(), self.cfg, act)
     }
 
     /// Stores the weight and bias gradients and returns `dx`; `x` is the forward input.
     pub fn backward(&mut self, be: &B, dy: &B::Buf, x: &B::Buf, s: Nchw) -> Result<B::Buf> {
+        Ok(self.backward_act(be, dy, x, s, None, false)?.0)
+    }
+
+    /// Backward of [`forward_train_act`](Self::forward_train_act) with a ReLU: `relu_output` is its
+    /// output. Returns `dx` and, with `keep_masked`, the gradient after the ReLU's mask (the
+    /// residual's).
+    pub fn backward_act(
+        &mut self,
+        be: &B,
+        dy: &B::Buf,
+        x: &B::Buf,
+        s: Nchw,
+        relu_output: Option<&B::Buf>,
+        keep_masked: bool,
+    ) -> Result<(B::Buf, Option<B::Buf>)> {
         let (mean, inv_std) = self.saved.take().with_context(|| {
             format!("{}: backward without a training forward", self.weight.name)
         })?;
-        let (dx, dgamma, dbeta) =
-            be.batch_norm_backward(dy, x, &self.weight.value, &mean, &inv_std, s.channel_dims())?;
-        self.weight.grad = Some(dgamma);
-        self.bias.grad = Some(dbeta);
-        Ok(dx)
+        let saved = BatchNormStats {
+            mean: &mean,
+            var: &inv_std,
+        };
+        let act = BatchNormBackwardAct {
+            relu_output,
+            keep_masked,
+        };
+        let g =
+            be.batch_norm_backward_act(dy, x, &self.weight.value, saved, s.channel_dims(), act)?;
+        self.weight.grad = Some(g.dgamma);
+        self.bias.grad = Some(g.dbeta);
+        Ok((g.dx, g.masked_dy))
     }
 }
 

@@ -38,6 +38,7 @@ pub fn checks<B: UnfusedLoss>() -> Vec<Check<B>> {
         ("batch_norm", ops::batch_norm::<B>),
         ("batch_norm_backward", ops::batch_norm_backward::<B>),
         ("batch_norm_hand", ops::batch_norm_hand::<B>),
+        ("batch_norm_act", ops::batch_norm_act::<B>),
         ("max_pool", ops::max_pool::<B>),
         ("max_pool_backward", ops::max_pool_backward::<B>),
         ("global_avg_pool", ops::global_avg_pool::<B>),

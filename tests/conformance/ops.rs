@@ -2,10 +2,11 @@
 
 use anyhow::{ensure, Result};
 use ltrain::backend::UnfusedLoss;
-use ltrain::backend::{BatchNormAffine, CosineDims, LinearDims, RowDims, SampleDims};
 use ltrain::backend::{
-    BatchNormConfig, ChannelDims, Conv2dDims, HostStaging, Pool2dDims, SgdConfig, ShortcutDims,
+    BatchNormAct, BatchNormBackwardAct, BatchNormConfig, BatchNormRunning, BatchNormStats,
+    ChannelDims, Conv2dDims, HostStaging, Pool2dDims, SgdConfig, ShortcutDims,
 };
+use ltrain::backend::{BatchNormAffine, CosineDims, LinearDims, RowDims, SampleDims};
 use rand::seq::SliceRandom;
 
 use super::reference as r;
@@ -344,6 +345,138 @@ fn bn_shapes() -> Vec<ChannelDims> {
         ChannelDims { n: 1, c: 2, hw: 9 },
         ChannelDims { n: 8, c: 2, hw: 16 },
     ]
+}
+
+/// The batch norm with what follows it fused in (`relu(bn(x) + residual)`) against the definitions, in
+/// training and evaluation, and its backward against the plain one on the ReLU-masked gradient; the
+/// last shape is long enough per channel that a device sums it in several slices.
+pub fn batch_norm_act<B: UnfusedLoss>(be: &B) -> Result<()> {
+    let mut g = rng(61);
+    let cfg = BatchNormConfig::default();
+    let eps = cfg.eps as f64;
+    let mut shapes = bn_shapes();
+    shapes.push(ChannelDims {
+        n: 6,
+        c: 3,
+        hw: 1500,
+    });
+    for d in shapes {
+        let x = uniform(&mut g, d.len(), -2.0, 2.0);
+        let residual = uniform(&mut g, d.len(), -1.0, 1.0);
+        let gamma = uniform(&mut g, d.c, 0.5, 1.5);
+        let beta = uniform(&mut g, d.c, -0.5, 0.5);
+        let (xb, rb, gb, bb) = (
+            up(be, &x)?,
+            up(be, &residual)?,
+            up(be, &gamma)?,
+            up(be, &beta)?,
+        );
+        let affine = || BatchNormAffine {
+            gamma: &gb,
+            beta: &bb,
+        };
+        let act = BatchNormAct {
+            residual: Some(&rb),
+            relu: true,
+        };
+        let (mut rm, mut rv) = (be.zeros(d.c)?, up(be, &vec![1.0; d.c])?);
+        let running = BatchNormRunning {
+            mean: &mut rm,
+            var: &mut rv,
+        };
+        let (y, mean, inv_std) =
+            be.batch_norm_train_forward_act(&xb, affine(), running, d, cfg, act)?;
+        let (x64, g64, b64) = (f64s(&x), f64s(&gamma), f64s(&beta));
+        let fused = |plain: Vec<f64>| -> Vec<f64> {
+            plain
+                .iter()
+                .zip(&residual)
+                .map(|(v, &r)| (v + r as f64).max(0.0))
+                .collect()
+        };
+        let what = format!("batch_norm_train_forward_act {d:?}");
+        let y_host = down(be, &y)?;
+        assert_close(
+            &format!("{what} y"),
+            &y_host,
+            &fused(r::batch_norm_train(&x64, &g64, &b64, d, eps)),
+            1e-5,
+            1e-4,
+        )?;
+        let stats = r::channel_stats(&x64, d);
+        let want_mean: Vec<f64> = stats.iter().map(|s| s.0).collect();
+        assert_close(
+            &format!("{what} saved_mean"),
+            &down(be, &mean)?,
+            &want_mean,
+            1e-7,
+            1e-6,
+        )?;
+
+        let running = BatchNormStats {
+            mean: &rm,
+            var: &rv,
+        };
+        let act = BatchNormAct {
+            residual: Some(&rb),
+            relu: true,
+        };
+        let ye = be.batch_norm_eval_forward_act(&xb, affine(), running, d, cfg, act)?;
+        let (rm_host, rv_host) = (f64s(&down(be, &rm)?), f64s(&down(be, &rv)?));
+        let want = r::batch_norm_with(&x64, &g64, &b64, d, |ch| (rm_host[ch], rv_host[ch] + eps));
+        assert_close(
+            &format!("batch_norm_eval_forward_act {d:?}"),
+            &down(be, &ye)?,
+            &fused(want),
+            1e-5,
+            1e-4,
+        )?;
+
+        let dy = uniform(&mut g, d.len(), -1.0, 1.0);
+        let saved = BatchNormStats {
+            mean: &mean,
+            var: &inv_std,
+        };
+        let back = BatchNormBackwardAct {
+            relu_output: Some(&y),
+            keep_masked: true,
+        };
+        let grads = be.batch_norm_backward_act(&up(be, &dy)?, &xb, &gb, saved, d, back)?;
+        let masked: Vec<f64> = dy
+            .iter()
+            .zip(&y_host)
+            .map(|(&g, &v)| if v > 0.0 { g as f64 } else { 0.0 })
+            .collect();
+        let what = format!("batch_norm_backward_act {d:?}");
+        let masked_dy = grads
+            .masked_dy
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("{what}: no masked gradient"))?;
+        assert_exact(&format!("{what} masked dy"), &down(be, masked_dy)?, &masked)?;
+        let (dx_ref, dg_ref, db_ref) = r::batch_norm_backward(&masked, &x64, &g64, d, eps);
+        assert_close(
+            &format!("{what} dx"),
+            &down(be, &grads.dx)?,
+            &dx_ref,
+            1e-5,
+            1e-4,
+        )?;
+        assert_close(
+            &format!("{what} dgamma"),
+            &down(be, &grads.dgamma)?,
+            &dg_ref,
+            1e-4,
+            1e-4,
+        )?;
+        assert_close(
+            &format!("{what} dbeta"),
+            &down(be, &grads.dbeta)?,
+            &db_ref,
+            1e-4,
+            1e-5,
+        )?;
+    }
+    Ok(())
 }
 
 /// Training and evaluation forward against the definitions (f64 stats, biased variance for y, unbiased

@@ -148,24 +148,35 @@ pub fn convolutions_match_the_cpu(cuda: &CudaBackend) {
     }
 }
 
-/// `chunked`: a CUDA backend whose conv workspace holds one image of this case at a time.
-pub fn convolutions_in_image_chunks_match_the_cpu(chunked: CudaBackend) {
-    // Each image's column matrix has 4 * 3 * 3 * 5 * 4 = 720 floats: a 1000-float workspace takes
-    // one image per chunk, so the weight gradient accumulates across chunks.
-    let d = conv_cases()[1];
-    let cuda = conv_outputs(&chunked, d, 7);
-    let cpu = conv_outputs(&cpu(), d, 7);
-    for (j, name) in ["forward", "backward_data", "backward_weight"]
-        .iter()
-        .enumerate()
+/// Convolutions whose products span many tiles, and whose weight gradients are summed in many
+/// splits across blocks (the last block of each tile adds the partials up).
+pub fn convolutions_over_many_tiles_and_splits_match_the_cpu(cuda: &CudaBackend) {
+    let d = |n, c_in, h, w, c_out, k, stride, pad, groups| Conv2dDims {
+        n,
+        c_in,
+        h,
+        w,
+        c_out,
+        k,
+        stride,
+        pad,
+        groups,
+    };
+    for (i, d) in [
+        d(16, 4, 16, 16, 20, 3, 1, 1, 1),
+        d(8, 8, 12, 12, 40, 3, 2, 1, 2),
+        d(4, 96, 6, 6, 144, 1, 1, 0, 1),
+    ]
+    .into_iter()
+    .enumerate()
     {
-        assert_near(
-            &format!("chunked conv {name}"),
-            &cuda[j],
-            &cpu[j],
-            1e-4,
-            1e-5,
-        );
+        let (cuda, cpu) = on!(cuda, |be| conv_outputs(be, d, 40 + i as u64));
+        for (j, name) in ["forward", "backward_data", "backward_weight"]
+            .iter()
+            .enumerate()
+        {
+            assert_near(&format!("conv {name} {d:?}"), &cuda[j], &cpu[j], 1e-4, 1e-5);
+        }
     }
 }
 

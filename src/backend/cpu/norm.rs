@@ -6,7 +6,10 @@ use anyhow::Result;
 use rayon::prelude::*;
 
 use super::{CpuBackend, CpuBuf};
-use crate::backend::{BatchNormAffine, BatchNormConfig, ChannelDims, NormOps};
+use crate::backend::{
+    BatchNormAct, BatchNormAffine, BatchNormBackwardAct, BatchNormConfig, BatchNormGrads,
+    BatchNormRunning, BatchNormStats, ChannelDims, NormOps,
+};
 
 /// Sums `f(i)` over the flat indices `i` of every element of channel `ch`, in f64.
 fn channel_sum(d: ChannelDims, ch: usize, mut f: impl FnMut(usize) -> f64) -> f64 {
@@ -42,6 +45,16 @@ fn normalize(
     y
 }
 
+/// `y = relu(y + residual)`, each part as `act` asks, in f32 in that order (as the unfused ops).
+fn activate(y: &mut [f32], act: BatchNormAct<'_, CpuBackend>) {
+    if let Some(r) = act.residual {
+        y.par_iter_mut().zip(&r.0).for_each(|(v, &r)| *v += r);
+    }
+    if act.relu {
+        y.par_iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+}
+
 impl NormOps for CpuBackend {
     /// Training forward: returns `(y [n, c, hw], saved_mean [c], saved_inv_std [c])` and updates the running
     /// statistics in place.
@@ -49,13 +62,13 @@ impl NormOps for CpuBackend {
         &self,
         x: &CpuBuf,
         affine: BatchNormAffine<'_, Self>,
-        running_mean: &mut CpuBuf,
-        running_var: &mut CpuBuf,
+        running: BatchNormRunning<'_, Self>,
         d: ChannelDims,
         cfg: BatchNormConfig,
+        act: BatchNormAct<'_, Self>,
     ) -> Result<(CpuBuf, CpuBuf, CpuBuf)> {
         let (x, gamma, beta) = (&x.0, &affine.gamma.0, &affine.beta.0);
-        let (running_mean, running_var) = (&mut running_mean.0, &mut running_var.0);
+        let (running_mean, running_var) = (&mut running.mean.0, &mut running.var.0);
         self.pool.install(|| {
             let count = d.n * d.hw;
             // (mean, biased variance) per channel, two-pass in f64.
@@ -86,7 +99,8 @@ impl NormOps for CpuBackend {
             let scale: Vec<f64> = (0..d.c)
                 .map(|ch| gamma[ch] as f64 / (stats[ch].1 + eps).sqrt())
                 .collect();
-            let y = normalize(x, d, |ch| (stats[ch].0, scale[ch], beta[ch] as f64));
+            let mut y = normalize(x, d, |ch| (stats[ch].0, scale[ch], beta[ch] as f64));
+            activate(&mut y, act);
             Ok((CpuBuf(y), CpuBuf(saved_mean), CpuBuf(saved_inv_std)))
         })
     }
@@ -96,22 +110,24 @@ impl NormOps for CpuBackend {
         &self,
         x: &CpuBuf,
         affine: BatchNormAffine<'_, Self>,
-        running_mean: &CpuBuf,
-        running_var: &CpuBuf,
+        running: BatchNormStats<'_, Self>,
         d: ChannelDims,
         cfg: BatchNormConfig,
+        act: BatchNormAct<'_, Self>,
     ) -> Result<CpuBuf> {
         let (gamma, beta) = (&affine.gamma.0, &affine.beta.0);
-        let (running_mean, running_var) = (&running_mean.0, &running_var.0);
+        let (running_mean, running_var) = (&running.mean.0, &running.var.0);
         let eps = cfg.eps as f64;
         Ok(CpuBuf(self.pool.install(|| {
-            normalize(&x.0, d, |ch| {
+            let mut y = normalize(&x.0, d, |ch| {
                 (
                     running_mean[ch] as f64,
                     gamma[ch] as f64 / (running_var[ch] as f64 + eps).sqrt(),
                     beta[ch] as f64,
                 )
-            })
+            });
+            activate(&mut y, act);
+            y
         })))
     }
 
@@ -122,13 +138,22 @@ impl NormOps for CpuBackend {
         dy: &CpuBuf,
         x: &CpuBuf,
         gamma: &CpuBuf,
-        saved_mean: &CpuBuf,
-        saved_inv_std: &CpuBuf,
+        saved: BatchNormStats<'_, Self>,
         d: ChannelDims,
-    ) -> Result<(CpuBuf, CpuBuf, CpuBuf)> {
-        let (dy, x, gamma) = (&dy.0, &x.0, &gamma.0);
-        let (saved_mean, saved_inv_std) = (&saved_mean.0, &saved_inv_std.0);
-        self.pool.install(|| {
+        act: BatchNormBackwardAct<'_, Self>,
+    ) -> Result<BatchNormGrads<Self>> {
+        // The gradient reaching the normalisation: dy where the fused ReLU passed it.
+        let masked = act.relu_output.map(|y| {
+            self.pool.install(|| {
+                dy.0.par_iter()
+                    .zip(&y.0)
+                    .map(|(&g, &v)| if v > 0.0 { g } else { 0.0 })
+                    .collect::<Vec<f32>>()
+            })
+        });
+        let (dy, x, gamma) = (masked.as_ref().unwrap_or(&dy.0), &x.0, &gamma.0);
+        let (saved_mean, saved_inv_std) = (&saved.mean.0, &saved.var.0);
+        let (dx, dgamma, dbeta) = self.pool.install(|| {
             let count = (d.n * d.hw) as f64;
             // (sum dy, sum dy * x_hat) per channel.
             let sums: Vec<(f64, f64)> = (0..d.c)
@@ -161,7 +186,13 @@ impl NormOps for CpuBackend {
             }
             let dgamma = sums.iter().map(|s| s.1 as f32).collect();
             let dbeta = sums.iter().map(|s| s.0 as f32).collect();
-            Ok((CpuBuf(dx), CpuBuf(dgamma), CpuBuf(dbeta)))
+            (dx, dgamma, dbeta)
+        });
+        Ok(BatchNormGrads {
+            dx: CpuBuf(dx),
+            dgamma: CpuBuf(dgamma),
+            dbeta: CpuBuf(dbeta),
+            masked_dy: masked.filter(|_| act.keep_masked).map(CpuBuf),
         })
     }
 }

@@ -1,140 +1,172 @@
-//! 2-D convolution by im2col (kernels/conv.cu) + cuBLAS GEMMs, batched over the images of a chunk:
-//! per image and group `g`, with `ckk = (c_in / groups) * k * k` and `hw = h_out * w_out`
-//! (row-major shapes; cuBLAS sees each as its column-major transpose):
-//! - forward:         `y_g [c_out_g, hw] = w_g [c_out_g, ckk] · col_g [ckk, hw]`;
-//! - backward data:   `dcol_g [ckk, hw] = w_gᵀ · dy_g`, then col2im gathers it into `dx`;
-//! - backward weight: per image `dw_g = dy_g · col_gᵀ` into a partial, folded over images by
-//!   `sum_rows` (fixed order, no atomics).
-//!
-//! A 1x1, stride-1, unpadded convolution uses its input directly as the column matrix.
+//! 2-D convolution as implicit GEMM (kernels/conv.cu): the forward, data-gradient and
+//! weight-gradient products gather their operand tiles from the NCHW tensors in shared memory, one
+//! launch per pass and no column matrix in global memory. Per group, with `kk = k * k` and
+//! `P = h_out * w_out`, the products are `[c_out_g, c_in_g kk] x [c_in_g kk, n P]` (forward),
+//! `[c_in_g, c_out_g kk] x [c_out_g kk, n h w]` (data) and `[c_out_g, n P] x [n P, c_in_g kk]`
+//! (weight, its long sum split across blocks and added up in split order by the last block of each
+//! tile).
 
 use anyhow::Result;
 
-use super::{kernels, to_u32, CudaBackend, CudaBuf, Gemm, LaunchConfig};
+use super::{kernels, to_u32, CudaBackend, CudaBuf, LaunchConfig};
 use crate::backend::{Conv2dDims, ConvOps};
 
-struct Geometry {
-    d: Conv2dDims,
-    c_in_g: usize,
-    c_out_g: usize,
-    /// `c_in_g * k * k`: rows of one group's column matrix.
-    ckk: usize,
-    /// `h_out * w_out`.
-    hw: usize,
-    direct: bool,
-    /// Images per chunk.
-    chunk: usize,
+/// The tile shape of a product with `m` rows (kernels/conv.cu `conv2d_*_m{16,32,64,128}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tiles {
+    M16,
+    M32,
+    M64,
+    M128,
 }
 
-impl Geometry {
-    /// `workspace`: the most floats a column buffer may hold (whole images per chunk, at least one).
-    fn new(op: &str, d: Conv2dDims, workspace: usize) -> Result<Self> {
-        let c_in_g = d.c_in / d.groups;
-        let hw = d.h_out() * d.w_out();
-        let ckk = c_in_g * d.k * d.k;
-        let col_per_image = d.c_in * d.k * d.k * hw;
+impl Tiles {
+    fn for_rows(m: usize) -> Self {
+        match m {
+            0..=16 => Tiles::M16,
+            17..=32 => Tiles::M32,
+            33..=64 => Tiles::M64,
+            _ => Tiles::M128,
+        }
+    }
+    /// `(BM, BN)`.
+    fn shape(self) -> (usize, usize) {
+        match self {
+            Tiles::M16 => (16, 128),
+            Tiles::M32 => (32, 128),
+            Tiles::M64 => (64, 64),
+            Tiles::M128 => (128, 64),
+        }
+    }
+    /// Tiles of an `m x n` product per group.
+    fn count(self, m: usize, n: usize) -> usize {
+        let (bm, bn) = self.shape();
+        m.div_ceil(bm) * n.div_ceil(bn)
+    }
+}
+
+/// Threads of a convolution block (kernels/conv.cu `CONV_THREADS`).
+const CONV_THREADS: u32 = 256;
+/// A weight-gradient split sums at least this many products per output before handing over.
+const MIN_SPLIT: usize = 256;
+
+/// The kernels' shape arguments, after the 32-bit size checks.
+struct ConvArgs {
+    n: u32,
+    c_in: u32,
+    h: u32,
+    w: u32,
+    c_out: u32,
+    k: u32,
+    stride: u32,
+    pad: u32,
+    h_out: u32,
+    w_out: u32,
+    groups: u32,
+}
+
+impl ConvArgs {
+    fn new(op: &str, d: Conv2dDims) -> Result<Self> {
         to_u32(op, "input size", d.input_len())?;
         to_u32(op, "output size", d.output_len())?;
-        to_u32(op, "column matrix of one image", col_per_image)?;
+        to_u32(op, "weight size", d.weight_len())?;
         Ok(Self {
-            d,
-            c_in_g,
-            c_out_g: d.c_out / d.groups,
-            ckk,
-            hw,
-            direct: d.k == 1 && d.stride == 1 && d.pad == 0,
-            chunk: (workspace / col_per_image.max(1)).clamp(1, d.n.max(1)),
+            n: d.n as u32,
+            c_in: d.c_in as u32,
+            h: d.h as u32,
+            w: d.w as u32,
+            c_out: d.c_out as u32,
+            k: d.k as u32,
+            stride: d.stride as u32,
+            pad: d.pad as u32,
+            h_out: d.h_out() as u32,
+            w_out: d.w_out() as u32,
+            groups: d.groups as u32,
         })
     }
+}
 
-    /// Column-matrix rows of one image (all groups).
-    fn col_rows(&self) -> usize {
-        self.d.c_in * self.d.k * self.d.k
-    }
-
-    /// `[first, first + count)` image chunks.
-    fn chunks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        (0..self.d.n)
-            .step_by(self.chunk)
-            .map(|first| (first, self.chunk.min(self.d.n - first)))
-    }
-
-    /// Nothing to compute (an empty batch or channel count): outputs stay zero.
-    fn is_empty(&self) -> bool {
-        self.d.n == 0 || self.hw == 0 || self.c_out_g == 0 || self.c_in_g == 0
-    }
+/// The product sizes `(m, n, k)` per group of each pass.
+fn forward_product(d: Conv2dDims) -> (usize, usize, usize) {
+    let kk = d.k * d.k;
+    (
+        d.c_out / d.groups,
+        d.n * d.h_out() * d.w_out(),
+        (d.c_in / d.groups) * kk,
+    )
+}
+fn data_product(d: Conv2dDims) -> (usize, usize, usize) {
+    let kk = d.k * d.k;
+    (
+        d.c_in / d.groups,
+        d.n * d.h * d.w,
+        (d.c_out / d.groups) * kk,
+    )
+}
+fn weight_product(d: Conv2dDims) -> (usize, usize, usize) {
+    let kk = d.k * d.k;
+    (
+        d.c_out / d.groups,
+        (d.c_in / d.groups) * kk,
+        d.n * d.h_out() * d.w_out(),
+    )
 }
 
 impl CudaBackend {
-    fn im2col(
+    /// A grid-stride launch over `items` blocks of work, counting the product's FLOPs.
+    fn conv_launch(
         &self,
-        x: &CudaBuf,
-        col: &mut CudaBuf,
-        g: &Geometry,
-        first: usize,
-        count: usize,
-    ) -> Result<()> {
-        let d = g.d;
-        if let Some(cfg) = self.elementwise(count * d.c_in * g.hw) {
-            kernels::im2col(
-                self.dev(),
-                cfg,
-                x,
-                col,
-                first as u32,
-                count as u32,
-                d.c_in as u32,
-                d.h as u32,
-                d.w as u32,
-                d.k as u32,
-                d.stride as u32,
-                d.pad as u32,
-                d.h_out() as u32,
-                d.w_out() as u32,
-            )?;
+        items: usize,
+        (m, n, k): (usize, usize, usize),
+        groups: usize,
+    ) -> Option<LaunchConfig> {
+        if items == 0 || m == 0 || n == 0 {
+            return None;
         }
-        Ok(())
+        self.dev()
+            .count_kernel_flops(2 * (m * n * k * groups) as u64);
+        let blocks = items.min(self.dev().max_grid_blocks() as usize);
+        Some(LaunchConfig::linear(blocks as u32, CONV_THREADS))
     }
 }
 
 impl ConvOps for CudaBackend {
     fn conv2d_forward_unchecked(&self, x: &CudaBuf, w: &CudaBuf, d: Conv2dDims) -> Result<CudaBuf> {
-        let g = Geometry::new("conv2d_forward", d, self.conv_workspace)?;
+        let a = ConvArgs::new("conv2d_forward", d)?;
         let mut y = self.alloc(d.output_len())?;
-        if g.is_empty() {
+        let product = forward_product(d);
+        let tiles = Tiles::for_rows(product.0);
+        let Some(cfg) = self.conv_launch(
+            tiles.count(product.0, product.1) * d.groups,
+            product,
+            d.groups,
+        ) else {
             return Ok(y);
-        }
-        let mut col = if g.direct {
-            None
-        } else {
-            Some(self.alloc(g.chunk * g.col_rows() * g.hw)?)
         };
-        for (first, count) in g.chunks() {
-            let (a, a_base, a_stride) = match col.as_mut() {
-                Some(col) => {
-                    self.im2col(x, col, &g, first, count)?;
-                    (&*col, 0, g.col_rows() * g.hw)
-                }
-                None => (x, first * d.c_in * g.hw, d.c_in * g.hw),
-            };
-            for group in 0..d.groups {
-                // C (hw x c_out_g, ldc hw) = A (hw x ckk, lda hw) · B (ckk x c_out_g, ldb ckk)
-                let gemm = Gemm {
-                    a_offset: a_base + group * g.ckk * g.hw,
-                    lda: g.hw,
-                    stride_a: a_stride,
-                    b_offset: group * g.c_out_g * g.ckk,
-                    ldb: g.ckk,
-                    stride_b: 0,
-                    c_offset: first * d.c_out * g.hw + group * g.c_out_g * g.hw,
-                    ldc: g.hw,
-                    stride_c: d.c_out * g.hw,
-                    batch: count,
-                    ..Gemm::new(false, false, g.hw, g.c_out_g, g.ckk)
-                };
-                self.gemm(&gemm, a, w, &mut y)?;
-            }
-        }
+        let launch = match tiles {
+            Tiles::M16 => kernels::conv2d_forward_m16,
+            Tiles::M32 => kernels::conv2d_forward_m32,
+            Tiles::M64 => kernels::conv2d_forward_m64,
+            Tiles::M128 => kernels::conv2d_forward_m128,
+        };
+        launch(
+            self.dev(),
+            cfg,
+            x,
+            w,
+            &mut y,
+            a.n,
+            a.c_in,
+            a.h,
+            a.w,
+            a.c_out,
+            a.k,
+            a.stride,
+            a.pad,
+            a.h_out,
+            a.w_out,
+            a.groups,
+        )?;
         Ok(y)
     }
 
@@ -144,71 +176,41 @@ impl ConvOps for CudaBackend {
         w: &CudaBuf,
         d: Conv2dDims,
     ) -> Result<CudaBuf> {
-        let g = Geometry::new("conv2d_backward_data", d, self.conv_workspace)?;
+        let a = ConvArgs::new("conv2d_backward_data", d)?;
         let mut dx = self.alloc(d.input_len())?;
-        if g.is_empty() {
+        let product = data_product(d);
+        let tiles = Tiles::for_rows(product.0);
+        let Some(cfg) = self.conv_launch(
+            tiles.count(product.0, product.1) * d.groups,
+            product,
+            d.groups,
+        ) else {
             return Ok(dx);
-        }
-        let mut dcol = if g.direct {
-            None
-        } else {
-            Some(self.alloc(g.chunk * g.col_rows() * g.hw)?)
         };
-        for (first, count) in g.chunks() {
-            for group in 0..d.groups {
-                // C (hw x ckk, ldc hw) = A (dy: hw x c_out_g, lda hw) · op(B) (w stored ckk x c_out_g,
-                // ldb ckk, transposed: c_out_g x ckk)
-                let gemm = Gemm {
-                    a_offset: first * d.c_out * g.hw + group * g.c_out_g * g.hw,
-                    lda: g.hw,
-                    stride_a: d.c_out * g.hw,
-                    b_offset: group * g.c_out_g * g.ckk,
-                    ldb: g.ckk,
-                    stride_b: 0,
-                    ldc: g.hw,
-                    batch: count,
-                    ..Gemm::new(false, true, g.hw, g.ckk, g.c_out_g)
-                };
-                match dcol.as_mut() {
-                    Some(dcol) => {
-                        let gemm = Gemm {
-                            c_offset: group * g.ckk * g.hw,
-                            stride_c: g.col_rows() * g.hw,
-                            ..gemm
-                        };
-                        self.gemm(&gemm, dy, w, dcol)?;
-                    }
-                    None => {
-                        let gemm = Gemm {
-                            c_offset: first * d.c_in * g.hw + group * g.ckk * g.hw,
-                            stride_c: d.c_in * g.hw,
-                            ..gemm
-                        };
-                        self.gemm(&gemm, dy, w, &mut dx)?;
-                    }
-                }
-            }
-            if let Some(dcol) = dcol.as_ref() {
-                if let Some(cfg) = self.elementwise(count * d.c_in * d.h * d.w) {
-                    kernels::col2im(
-                        self.dev(),
-                        cfg,
-                        dcol,
-                        &mut dx,
-                        first as u32,
-                        count as u32,
-                        d.c_in as u32,
-                        d.h as u32,
-                        d.w as u32,
-                        d.k as u32,
-                        d.stride as u32,
-                        d.pad as u32,
-                        d.h_out() as u32,
-                        d.w_out() as u32,
-                    )?;
-                }
-            }
-        }
+        let launch = match tiles {
+            Tiles::M16 => kernels::conv2d_backward_data_m16,
+            Tiles::M32 => kernels::conv2d_backward_data_m32,
+            Tiles::M64 => kernels::conv2d_backward_data_m64,
+            Tiles::M128 => kernels::conv2d_backward_data_m128,
+        };
+        launch(
+            self.dev(),
+            cfg,
+            dy,
+            w,
+            &mut dx,
+            a.n,
+            a.c_in,
+            a.h,
+            a.w,
+            a.c_out,
+            a.k,
+            a.stride,
+            a.pad,
+            a.h_out,
+            a.w_out,
+            a.groups,
+        )?;
         Ok(dx)
     }
 
@@ -218,57 +220,49 @@ impl ConvOps for CudaBackend {
         dy: &CudaBuf,
         d: Conv2dDims,
     ) -> Result<CudaBuf> {
-        let g = Geometry::new("conv2d_backward_weight", d, self.conv_workspace)?;
+        let a = ConvArgs::new("conv2d_backward_weight", d)?;
         let mut dw = self.alloc(d.weight_len())?;
-        if g.is_empty() {
+        let product = weight_product(d);
+        let tiles_shape = Tiles::for_rows(product.0);
+        let (bm, bn) = tiles_shape.shape();
+        let tiles = tiles_shape.count(product.0, product.1) * d.groups;
+        // Enough splits to give every resident block work, each at least MIN_SPLIT long.
+        let sum_len = product.2;
+        let max_splits = sum_len.div_ceil(MIN_SPLIT).max(1);
+        let wanted = (self.dev().max_grid_blocks() as usize).div_ceil(tiles.max(1));
+        let splits = wanted.clamp(1, max_splits);
+        let Some(cfg) = self.conv_launch(tiles * splits, product, d.groups) else {
             return Ok(dw);
-        }
-        let weight_len = d.weight_len();
-        let mut partial = self.alloc(g.chunk * weight_len)?; // [chunk, c_out, ckk]
-        let mut col = if g.direct {
-            None
-        } else {
-            Some(self.alloc(g.chunk * g.col_rows() * g.hw)?)
         };
-        for (index, (first, count)) in g.chunks().enumerate() {
-            let (a, a_base, a_stride) = match col.as_mut() {
-                Some(col) => {
-                    self.im2col(x, col, &g, first, count)?;
-                    (&*col, 0, g.col_rows() * g.hw)
-                }
-                None => (x, first * d.c_in * g.hw, d.c_in * g.hw),
-            };
-            for group in 0..d.groups {
-                // C (ckk x c_out_g, ldc ckk) = op(A) (col stored hw x ckk, lda hw, transposed)
-                //                               · B (dy: hw x c_out_g, ldb hw)
-                let gemm = Gemm {
-                    a_offset: a_base + group * g.ckk * g.hw,
-                    lda: g.hw,
-                    stride_a: a_stride,
-                    b_offset: first * d.c_out * g.hw + group * g.c_out_g * g.hw,
-                    ldb: g.hw,
-                    stride_b: d.c_out * g.hw,
-                    c_offset: group * g.c_out_g * g.ckk,
-                    ldc: g.ckk,
-                    stride_c: weight_len,
-                    batch: count,
-                    ..Gemm::new(true, false, g.ckk, g.c_out_g, g.hw)
-                };
-                self.gemm(&gemm, a, dy, &mut partial)?;
-            }
-            let cfg = self
-                .elementwise(weight_len)
-                .unwrap_or(LaunchConfig::linear(1, 32));
-            kernels::sum_rows(
-                self.dev(),
-                cfg,
-                &partial,
-                &mut dw,
-                count as u32,
-                weight_len as u32,
-                i32::from(index > 0),
-            )?;
-        }
+        let mut partial = self.alloc::<f32>(splits * tiles * bm * bn)?;
+        let mut counters = self.block_counters(tiles)?;
+        let launch = match tiles_shape {
+            Tiles::M16 => kernels::conv2d_backward_weight_m16,
+            Tiles::M32 => kernels::conv2d_backward_weight_m32,
+            Tiles::M64 => kernels::conv2d_backward_weight_m64,
+            Tiles::M128 => kernels::conv2d_backward_weight_m128,
+        };
+        launch(
+            self.dev(),
+            cfg,
+            x,
+            dy,
+            &mut partial,
+            &mut dw,
+            &mut counters,
+            a.n,
+            a.c_in,
+            a.h,
+            a.w,
+            a.c_out,
+            a.k,
+            a.stride,
+            a.pad,
+            a.h_out,
+            a.w_out,
+            a.groups,
+            to_u32("conv2d_backward_weight", "splits", splits)?,
+        )?;
         Ok(dw)
     }
 }

@@ -96,6 +96,11 @@ impl Device {
         self.shared.counters().clone()
     }
 
+    /// Counts `flops` of the backend's own matrix-product kernels (a launch does not know them).
+    pub(crate) fn count_kernel_flops(&self, flops: u64) {
+        self.shared.counters().kernel_flops += flops;
+    }
+
     pub(crate) fn describe(&self) -> String {
         self.rt.describe()
     }

@@ -67,9 +67,6 @@ impl Default for CudaOptions {
     }
 }
 
-/// Default largest im2col workspace of one convolution call, in floats (256 MiB).
-const DEFAULT_CONV_WORKSPACE: usize = 1 << 26;
-
 /// Whether this build can use a CUDA GPU here: GPU kernels embedded at build time (nvcc was found),
 /// `libcuda` and `libcublas` loadable, at least one device. `Err` says why not, in one line; never
 /// panics. `--device auto` uses it to fall back to the CPU.
@@ -95,8 +92,9 @@ pub struct CudaBackend {
     /// Device-side error record `[code, position, value, detail]` (`abi::ERROR_RECORD_WORDS`):
     /// kernels that meet a bad index or parameter row write the first one there.
     error_record: Mutex<DeviceBuffer<u32>>,
-    /// Largest im2col workspace of one convolution call, in floats.
-    conv_workspace: usize,
+    /// Counters of the last-block reductions (convolution weight gradients, batch-norm sums), zero
+    /// between launches; grown when a launch needs more.
+    block_counters: Mutex<DeviceBuffer<u32>>,
 }
 
 impl CudaBackend {
@@ -134,18 +132,12 @@ impl CudaBackend {
             dev.alloc_zeroed(4 * ERROR_RECORD_WORDS)?,
             ERROR_RECORD_WORDS,
         );
+        let dev_counters = dev.alloc_zeroed(0)?;
         Ok(Self {
             dev,
             error_record: Mutex::new(record),
-            conv_workspace: DEFAULT_CONV_WORKSPACE,
+            block_counters: Mutex::new(DeviceBuffer::from_mem(dev_counters, 0)),
         })
-    }
-
-    /// Caps the im2col workspace of one convolution call at `floats` (default 64 Mi floats): a batch
-    /// whose column matrices need more is processed in chunks of whole images (at least one).
-    pub fn with_conv_workspace(mut self, floats: usize) -> Self {
-        self.conv_workspace = floats.max(1);
-        self
     }
 
     /// Whether this backend runs on the CPU emulator.
@@ -219,13 +211,17 @@ impl CudaBackend {
         Some(LaunchConfig::linear(blocks as u32, threads))
     }
 
-    /// Threads of a block that reduces one channel (batch-norm statistics).
-    fn reduction_threads(&self) -> u32 {
-        if self.dev.is_emulated() {
-            128
-        } else {
-            1024
+    /// `len` counters of a last-block reduction (kernels/conv.cu, kernels/norm.cu), zero between
+    /// launches: the last block to finish an output resets its counter.
+    fn block_counters(&self, len: usize) -> Result<MutexGuard<'_, DeviceBuffer<u32>>> {
+        let mut counters = self
+            .block_counters
+            .lock()
+            .map_err(|_| anyhow!("CUDA backend: block counter lock poisoned"))?;
+        if counters.len() < len {
+            *counters = self.alloc_zeroed(len.next_power_of_two())?;
         }
+        Ok(counters)
     }
 
     /// Validated GEMM on f32 buffers.

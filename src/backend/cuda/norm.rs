@@ -1,15 +1,30 @@
-//! Batch normalisation (kernels/norm.cu): per-channel statistics one block per channel, element-wise
-//! normalisation and gradient; PyTorch semantics (see `BatchNormConfig`).
+//! Batch normalisation (kernels/norm.cu): per-channel sums spread over the device (slices of each
+//! channel summed by different blocks, added up in order by the channel's last block), the
+//! element-wise normalisation with the following residual add and ReLU fused in, and the backward
+//! with the ReLU's mask; PyTorch semantics (see `BatchNormConfig`).
 
 use anyhow::Result;
 
 use super::{kernels, to_u32, CudaBackend, CudaBuf, LaunchConfig};
-use crate::backend::{BatchNormAffine, BatchNormConfig, ChannelDims, NormOps};
+use crate::backend::{
+    BatchNormAct, BatchNormAffine, BatchNormBackwardAct, BatchNormConfig, BatchNormGrads,
+    BatchNormRunning, BatchNormStats, ChannelDims, NormOps,
+};
+
+/// Threads of a block that sums one slice of a channel.
+const SLICE_THREADS: u32 = 256;
+/// A slice holds at least this many values of its channel.
+const MIN_SLICE: usize = 2048;
 
 impl CudaBackend {
-    /// One block per channel.
-    fn per_channel(&self, d: ChannelDims) -> LaunchConfig {
-        LaunchConfig::linear(d.c as u32, self.reduction_threads())
+    /// `(launch, slices per channel)` of a per-channel reduction: enough slices to give every
+    /// resident block work, each at least `MIN_SLICE` long.
+    fn channel_slices(&self, d: ChannelDims) -> (LaunchConfig, usize) {
+        let count = d.n * d.hw;
+        let wanted = (self.dev().max_grid_blocks() as usize).div_ceil(d.c.max(1));
+        let slices = wanted.clamp(1, count.div_ceil(MIN_SLICE).max(1));
+        let blocks = (d.c * slices).min(self.dev().max_grid_blocks() as usize);
+        (LaunchConfig::linear(blocks as u32, SLICE_THREADS), slices)
     }
 }
 
@@ -18,13 +33,13 @@ impl NormOps for CudaBackend {
         &self,
         x: &CudaBuf,
         affine: BatchNormAffine<'_, Self>,
-        running_mean: &mut CudaBuf,
-        running_var: &mut CudaBuf,
+        running: BatchNormRunning<'_, Self>,
         d: ChannelDims,
         cfg: BatchNormConfig,
+        act: BatchNormAct<'_, Self>,
     ) -> Result<(CudaBuf, CudaBuf, CudaBuf)> {
-        to_u32("batch_norm_train_forward", "size", d.len())?;
-        let BatchNormAffine { gamma, beta } = affine;
+        const OP: &str = "batch_norm_train_forward";
+        to_u32(OP, "size", d.len())?;
         let mut y = self.alloc(d.len())?;
         let mut mean = self.alloc(d.c)?;
         let mut inv_std = self.alloc(d.c)?;
@@ -32,20 +47,28 @@ impl NormOps for CudaBackend {
             return Ok((y, mean, inv_std));
         }
         let (n, c, hw) = (d.n as u32, d.c as u32, d.hw as u32);
-        kernels::batch_norm_stats(
-            self.dev(),
-            self.per_channel(d),
-            x,
-            &mut mean,
-            &mut inv_std,
-            running_mean,
-            running_var,
-            n,
-            c,
-            hw,
-            cfg.eps,
-            cfg.momentum,
-        )?;
+        let (launch, slices) = self.channel_slices(d);
+        let mut partial = self.alloc::<f64>(2 * d.c * slices)?;
+        {
+            let mut counters = self.block_counters(d.c)?;
+            kernels::batch_norm_stats(
+                self.dev(),
+                launch,
+                x,
+                &mut partial,
+                &mut counters,
+                &mut mean,
+                &mut inv_std,
+                running.mean,
+                running.var,
+                n,
+                c,
+                hw,
+                to_u32(OP, "slices", slices)?,
+                cfg.eps,
+                cfg.momentum,
+            )?;
+        }
         if let Some(launch) = self.elementwise(d.len()) {
             kernels::batch_norm_apply(
                 self.dev(),
@@ -53,9 +76,11 @@ impl NormOps for CudaBackend {
                 x,
                 &mean,
                 &inv_std,
-                gamma,
-                beta,
+                affine.gamma,
+                affine.beta,
+                act.residual,
                 &mut y,
+                i32::from(act.relu),
                 n,
                 c,
                 hw,
@@ -68,24 +93,25 @@ impl NormOps for CudaBackend {
         &self,
         x: &CudaBuf,
         affine: BatchNormAffine<'_, Self>,
-        running_mean: &CudaBuf,
-        running_var: &CudaBuf,
+        running: BatchNormStats<'_, Self>,
         d: ChannelDims,
         cfg: BatchNormConfig,
+        act: BatchNormAct<'_, Self>,
     ) -> Result<CudaBuf> {
         to_u32("batch_norm_eval_forward", "size", d.len())?;
-        let BatchNormAffine { gamma, beta } = affine;
         let mut y = self.alloc(d.len())?;
         if let Some(launch) = self.elementwise(d.len()) {
             kernels::batch_norm_eval(
                 self.dev(),
                 launch,
                 x,
-                gamma,
-                beta,
-                running_mean,
-                running_var,
+                affine.gamma,
+                affine.beta,
+                running.mean,
+                running.var,
+                act.residual,
                 &mut y,
+                i32::from(act.relu),
                 d.n as u32,
                 d.c as u32,
                 d.hw as u32,
@@ -100,48 +126,75 @@ impl NormOps for CudaBackend {
         dy: &CudaBuf,
         x: &CudaBuf,
         gamma: &CudaBuf,
-        saved_mean: &CudaBuf,
-        saved_inv_std: &CudaBuf,
+        saved: BatchNormStats<'_, Self>,
         d: ChannelDims,
-    ) -> Result<(CudaBuf, CudaBuf, CudaBuf)> {
-        to_u32("batch_norm_backward", "size", d.len())?;
+        act: BatchNormBackwardAct<'_, Self>,
+    ) -> Result<BatchNormGrads<Self>> {
+        const OP: &str = "batch_norm_backward";
+        to_u32(OP, "size", d.len())?;
         let mut dx = self.alloc(d.len())?;
         let mut dgamma = self.alloc(d.c)?;
         let mut dbeta = self.alloc(d.c)?;
+        let mut masked_dy = if act.keep_masked && act.relu_output.is_some() {
+            Some(self.alloc(d.len())?)
+        } else {
+            None
+        };
         if d.c == 0 || d.n * d.hw == 0 {
-            return Ok((dx, dgamma, dbeta));
+            return Ok(BatchNormGrads {
+                dx,
+                dgamma,
+                dbeta,
+                masked_dy,
+            });
         }
         let (n, c, hw) = (d.n as u32, d.c as u32, d.hw as u32);
-        kernels::batch_norm_backward_reduce(
-            self.dev(),
-            self.per_channel(d),
-            dy,
-            x,
-            saved_mean,
-            saved_inv_std,
-            &mut dgamma,
-            &mut dbeta,
-            n,
-            c,
-            hw,
-        )?;
+        let (launch, slices) = self.channel_slices(d);
+        let mut partial = self.alloc::<f64>(2 * d.c * slices)?;
+        {
+            let mut counters = self.block_counters(d.c)?;
+            kernels::batch_norm_backward_reduce(
+                self.dev(),
+                launch,
+                dy,
+                x,
+                saved.mean,
+                saved.var,
+                act.relu_output,
+                &mut partial,
+                &mut counters,
+                &mut dgamma,
+                &mut dbeta,
+                n,
+                c,
+                hw,
+                to_u32(OP, "slices", slices)?,
+            )?;
+        }
         if let Some(launch) = self.elementwise(d.len()) {
             kernels::batch_norm_backward_apply(
                 self.dev(),
                 launch,
                 dy,
                 x,
-                saved_mean,
-                saved_inv_std,
+                saved.mean,
+                saved.var,
                 gamma,
                 &dgamma,
                 &dbeta,
+                act.relu_output,
                 &mut dx,
+                masked_dy.as_mut(),
                 n,
                 c,
                 hw,
             )?;
         }
-        Ok((dx, dgamma, dbeta))
+        Ok(BatchNormGrads {
+            dx,
+            dgamma,
+            dbeta,
+            masked_dy,
+        })
     }
 }
