@@ -502,7 +502,7 @@ fn generate_bindings(modules: &[Module], ptx: &PtxFiles) -> String {
                  dead_code)]\npub(crate) fn {name}(dev: &Device, cfg: LaunchConfig{params}) \
                  -> anyhow::Result<()> {{\n    const KERNEL: KernelRef = KernelRef {{ module: {module:?}, \
                  name: {name:?}, emulated: emulated::ltrain_emu_{name} }};\n    dev.launch(&KERNEL, \
-                 &cfg, &mut [{args}])\n}}",
+                 &cfg, &[{args}])\n}}",
                 name = k.name,
                 module = m.name,
             )

@@ -18,16 +18,6 @@ KERNEL void broadcast_rows(const float* __restrict__ row, float* __restrict__ y,
     for (unsigned i = global_thread(); i < total; i += grid_threads()) y[i] = row[i % c];
 }
 
-KERNEL void relu_forward(const float* __restrict__ x, float* __restrict__ y, unsigned n) {
-    for (unsigned i = global_thread(); i < n; i += grid_threads()) y[i] = fmaxf(x[i], 0.0f);
-}
-
-// dx = dy * (y > 0), y the ReLU output
-KERNEL void relu_backward(const float* __restrict__ dy, const float* __restrict__ y,
-                          float* __restrict__ dx, unsigned n) {
-    for (unsigned i = global_thread(); i < n; i += grid_threads()) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
-}
-
 // y_i = lambda * x_i + (1 - lambda) * x_perm[i]   x, y [n, per_sample]
 KERNEL void mixup(const float* __restrict__ x, const unsigned* __restrict__ perm,
                   float* __restrict__ y, unsigned* __restrict__ error_record, float lambda,

@@ -130,6 +130,30 @@ pub trait Backend:
     ) -> Result<()>;
     /// [`Backend::upload_staged`] after its capacity check.
     fn upload_staged_unchecked(&self, staging: &Self::Staging, len: usize) -> Result<Self::Buf>;
+    /// [`Backend::view`] after its bounds check.
+    fn view_unchecked(&self, buf: &Self::Buf, offset: usize, len: usize) -> Result<Self::Buf>;
+    /// [`Backend::write`] after its length check.
+    fn write_unchecked(&self, dst: &mut Self::Buf, data: &[f32]) -> Result<()>;
+    /// Whether two buffers share memory (views of overlapping parts of one allocation).
+    fn shares_memory(&self, a: &Self::Buf, b: &Self::Buf) -> bool;
+
+    /// A buffer sharing elements `offset..offset + len` of `buf`'s memory: what is written through
+    /// either is seen through both (flat parameter stores, the experts' rows of the shared trunk's
+    /// batch). An op's output must not share memory with its inputs (the contracts check it where
+    /// an op writes in place).
+    fn view(&self, buf: &Self::Buf, offset: usize, len: usize) -> Result<Self::Buf> {
+        let buf_len = self.len(buf);
+        if offset.checked_add(len).is_none_or(|end| end > buf_len) {
+            bail!("view: {len} elements from offset {offset} of a {buf_len}-element buffer are out of bounds");
+        }
+        self.view_unchecked(buf, offset, len)
+    }
+
+    /// Copies `data` into `dst` (of the same length), e.g. loaded weights into a parameter's view.
+    fn write(&self, dst: &mut Self::Buf, data: &[f32]) -> Result<()> {
+        check_len("write", "dst", self.len(dst), data.len())?;
+        self.write_unchecked(dst, data)
+    }
 
     /// `dst[dst_offset..dst_offset + len] = src[src_offset..src_offset + len]`.
     fn copy_range(
@@ -149,6 +173,7 @@ pub trait Backend:
                  offset {dst_offset} of a {dst_len}-element destination are out of bounds"
             );
         }
+        check_disjoint(self, "copy_range", &[("dst", dst)], &[("src", src)])?;
         self.copy_range_unchecked(src, src_offset, dst, dst_offset, len)
     }
 
@@ -166,6 +191,7 @@ pub trait Backend:
     /// `a += b`.
     fn add_assign(&self, a: &mut Self::Buf, b: &Self::Buf) -> Result<()> {
         check_same_len("add_assign", self.len(a), self.len(b))?;
+        check_disjoint(self, "add_assign", &[("a", a)], &[("b", b)])?;
         self.add_assign_unchecked(a, b)
     }
     /// `alpha * a`.
@@ -175,14 +201,6 @@ pub trait Backend:
     /// Sum of all elements, as a one-element buffer (read it back only when needed).
     fn sum(&self, a: &Self::Buf) -> Result<Self::Buf> {
         self.sum_unchecked(a)
-    }
-    fn relu_forward(&self, x: &Self::Buf) -> Result<Self::Buf> {
-        self.relu_forward_unchecked(x)
-    }
-    /// `dx = dy * (y > 0)` where `y` is the ReLU output.
-    fn relu_backward(&self, dy: &Self::Buf, y: &Self::Buf) -> Result<Self::Buf> {
-        check_same_len("relu_backward", self.len(dy), self.len(y))?;
-        self.relu_backward_unchecked(dy, y)
     }
     /// Mixup of a batch `x [n, per_sample]`: `y_i = lambda * x_i + (1 - lambda) * x_perm[i]`,
     /// `perm [n]`.
@@ -274,6 +292,15 @@ pub trait Backend:
         if let Some(r) = act.residual {
             check_len(OP, "residual", self.len(r), d.len())?;
         }
+        check_disjoint(
+            self,
+            OP,
+            &[
+                ("running_mean", &*running.mean),
+                ("running_var", &*running.var),
+            ],
+            &[("x", x), ("gamma", affine.gamma), ("beta", affine.beta)],
+        )?;
         let count = d.n * d.hw;
         if count < 2 {
             bail!(
@@ -529,6 +556,12 @@ pub trait Backend:
         check_len(OP, "labels", self.index_len(labels), d.n)?;
         check_len(OP, "table_logit", self.len(table_logit), d.c)?;
         check_len(OP, "table_cos", self.len(table_cos), d.c)?;
+        check_disjoint(
+            self,
+            OP,
+            &[("table_logit", table_logit), ("table_cos", table_cos)],
+            &[("logits", logits), ("cos", cos)],
+        )?;
         self.cosmax_update_unchecked(logits, cos, labels, d, table_logit, table_cos)
     }
 
@@ -577,8 +610,32 @@ pub trait Backend:
         let len = self.len(param);
         check_len(OP, "grad", self.len(grad), len)?;
         check_len(OP, "velocity", self.len(velocity), len)?;
+        check_disjoint(
+            self,
+            OP,
+            &[("param", param), ("velocity", velocity)],
+            &[("grad", grad)],
+        )?;
         self.sgd_step_unchecked(param, grad, velocity, cfg)
     }
+}
+
+/// Errors if a buffer an op writes in place shares memory with another of its buffers (each written
+/// one against every other one).
+fn check_disjoint<B: Backend + ?Sized>(
+    be: &B,
+    op: &str,
+    written: &[(&str, &B::Buf)],
+    read: &[(&str, &B::Buf)],
+) -> Result<()> {
+    for (i, &(name, w)) in written.iter().enumerate() {
+        for &(other, b) in written[i + 1..].iter().chain(read) {
+            if be.shares_memory(w, b) {
+                bail!("{op}: `{name}` shares memory with `{other}`; an op's outputs must not overlap its other buffers");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Errors unless there is a plane to average over.

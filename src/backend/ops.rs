@@ -32,8 +32,6 @@ pub trait ElementwiseOps: Buffers {
     fn add_assign_unchecked(&self, a: &mut Self::Buf, b: &Self::Buf) -> Result<()>;
     fn scale_unchecked(&self, a: &Self::Buf, alpha: f32) -> Result<Self::Buf>;
     fn sum_unchecked(&self, a: &Self::Buf) -> Result<Self::Buf>;
-    fn relu_forward_unchecked(&self, x: &Self::Buf) -> Result<Self::Buf>;
-    fn relu_backward_unchecked(&self, dy: &Self::Buf, y: &Self::Buf) -> Result<Self::Buf>;
     /// Also checks that every `perm` entry is below `d.n` (on the host or in the kernel).
     fn mixup_unchecked(
         &self,

@@ -29,8 +29,8 @@ pub fn checks<B: UnfusedLoss>() -> Vec<Check<B>> {
     vec![
         ("memory", ops::memory::<B>),
         ("staging", ops::staging::<B>),
+        ("views", ops::views::<B>),
         ("elementwise", ops::elementwise::<B>),
-        ("relu", ops::relu::<B>),
         ("mixup", ops::mixup::<B>),
         ("conv2d_forward", ops::conv_forward::<B>),
         ("conv2d_backward", ops::conv_backward::<B>),

@@ -48,6 +48,82 @@ pub fn memory<B: UnfusedLoss>(be: &B) -> Result<()> {
     be.synchronize()
 }
 
+/// Views share their parent's memory both ways; ops read views like buffers and write through them in
+/// place; a view past the end, or an in-place op whose buffers overlap, is an error.
+pub fn views<B: UnfusedLoss>(be: &B) -> Result<()> {
+    let data: Vec<f32> = (0..12).map(|v| v as f32).collect();
+    let mut buf = up(be, &data)?;
+    let v = be.view(&buf, 2, 5)?;
+    assert_exact("view", &down(be, &v)?, &f64s(&data[2..7]))?;
+    let mut tail = be.view(&buf, 7, 5)?;
+    be.write(&mut tail, &[-1.0, -2.0, -3.0, -4.0, -5.0])?;
+    let mut want = f64s(&data);
+    want[7..].copy_from_slice(&[-1.0, -2.0, -3.0, -4.0, -5.0]);
+    assert_exact("write through a view", &down(be, &buf)?, &want)?;
+    be.add_assign(&mut tail, &v)?;
+    for k in 0..5 {
+        want[7 + k] += want[2 + k];
+    }
+    assert_exact("add_assign into a view", &down(be, &buf)?, &want)?;
+    ensure!(
+        be.shares_memory(&buf, &v) && !be.shares_memory(&v, &tail),
+        "shares_memory"
+    );
+    let overlapping = be.view(&buf, 4, 5)?;
+    let mut v = v;
+    expect_err(
+        "add_assign of overlapping views",
+        be.add_assign(&mut v, &overlapping),
+    )?;
+    expect_err("a view past the end", be.view(&buf, 8, 5))?;
+    expect_err("write of the wrong length", be.write(&mut buf, &[1.0]))?;
+
+    // An op on a view (the second sample of a batch) equals the op on a copy of those values.
+    let (n, d_in, d_out) = (3, 4, 2);
+    let mut g = rng(80);
+    let x = uniform(&mut g, n * d_in, -1.0, 1.0);
+    let w = uniform(&mut g, d_out * d_in, -1.0, 1.0);
+    let b = uniform(&mut g, d_out, -1.0, 1.0);
+    let (xb, wb, bb) = (up(be, &x)?, up(be, &w)?, up(be, &b)?);
+    let row = LinearDims { n: 1, d_in, d_out };
+    let on_view = be.linear_forward(&be.view(&xb, d_in, d_in)?, &wb, &bb, row)?;
+    let on_copy = be.linear_forward(&up(be, &x[d_in..2 * d_in])?, &wb, &bb, row)?;
+    assert_exact(
+        "linear on a view",
+        &down(be, &on_view)?,
+        &f64s(&down(be, &on_copy)?),
+    )?;
+
+    // SGD over views of flat buffers updates the flat buffers.
+    let (mut params, grads, mut velocity) = (up(be, &x)?, up(be, &w)?, be.zeros(12)?);
+    let cfg = SgdConfig {
+        lr: 0.5,
+        momentum: 0.9,
+        weight_decay: 0.0,
+        nesterov: false,
+    };
+    let mut p_view = be.view(&params, 4, 8)?;
+    let mut v_view = be.view(&velocity, 4, 8)?;
+    be.sgd_step(&mut p_view, &grads, &mut v_view, cfg)?;
+    let got = down(be, &params)?;
+    let want: Vec<f64> = (0..12)
+        .map(|i| {
+            if i < 4 {
+                x[i] as f64
+            } else {
+                x[i] as f64 - 0.5 * w[i - 4] as f64
+            }
+        })
+        .collect();
+    assert_close("sgd on views", &got, &want, 1e-7, 1e-6)?;
+    let p_alias = be.view(&params, 0, 8)?;
+    expect_err(
+        "sgd_step with the gradient inside the parameters",
+        be.sgd_step(&mut params, &p_alias, &mut velocity, cfg),
+    )?;
+    be.synchronize()
+}
+
 /// Staged uploads copy the requested prefix, and a staging buffer rewritten right after an upload
 /// does not change what was uploaded: on a GPU the copy is still queued behind `busy` work when the
 /// host asks to write again, so `as_mut_slice` must wait for it.
@@ -131,45 +207,6 @@ pub fn elementwise<B: UnfusedLoss>(be: &B) -> Result<()> {
         be.add_assign(&mut a, &b),
     )?;
     Ok(())
-}
-
-/// ReLU is exact; its backward is checked against `dy * (y > 0)` and by finite differences away from 0.
-pub fn relu<B: UnfusedLoss>(be: &B) -> Result<()> {
-    let mut g = rng(2);
-    let mut x = uniform(&mut g, 300, -1.0, 1.0);
-    x[0] = 0.0;
-    x[1] = -0.0;
-    let y = be.relu_forward(&up(be, &x)?)?;
-    let want: Vec<f64> = x.iter().map(|&v| (v as f64).max(0.0)).collect();
-    assert_exact("relu_forward", &down(be, &y)?, &want)?;
-    let dy = uniform(&mut g, 300, -1.0, 1.0);
-    let dx = down(be, &be.relu_backward(&up(be, &dy)?, &y)?)?;
-    let want: Vec<f64> = x
-        .iter()
-        .zip(&dy)
-        .map(|(&v, &d)| if v > 0.0 { d as f64 } else { 0.0 })
-        .collect();
-    assert_exact("relu_backward", &dx, &want)?;
-    // Finite differences need |x| > h.
-    let xs: Vec<f32> = x
-        .iter()
-        .map(|&v| if v.abs() < 0.01 { 0.5 } else { v })
-        .collect();
-    let y = be.relu_forward(&up(be, &xs)?)?;
-    let dx = down(be, &be.relu_backward(&up(be, &dy)?, &y)?)?;
-    let dy64 = f64s(&dy);
-    let f = |x: &[f64]| dot(&dy64, &x.iter().map(|v| v.max(0.0)).collect::<Vec<_>>());
-    fd_check(
-        "relu_backward",
-        &dx,
-        f,
-        &f64s(&xs),
-        &mut g,
-        50,
-        1e-3,
-        1e-6,
-        1e-6,
-    )
 }
 
 pub fn mixup<B: UnfusedLoss>(be: &B) -> Result<()> {

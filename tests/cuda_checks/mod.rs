@@ -80,19 +80,13 @@ pub fn elementwise_ops_match_the_cpu(cuda: &CudaBackend) {
         let (ab, bb) = (be.upload(&a).unwrap(), be.upload(&b).unwrap());
         let mut acc = be.upload(&a).unwrap();
         be.add_assign(&mut acc, &bb).unwrap();
-        let y = be.relu_forward(&ab).unwrap();
         vec![
             down(be, &acc),
             down(be, &be.scale(&ab, 0.3).unwrap()),
             down(be, &be.sum(&ab).unwrap()),
-            down(be, &y),
-            down(be, &be.relu_backward(&bb, &y).unwrap()),
         ]
     });
-    for (i, name) in ["add_assign", "scale", "sum", "relu", "relu_backward"]
-        .iter()
-        .enumerate()
-    {
+    for (i, name) in ["add_assign", "scale", "sum"].iter().enumerate() {
         assert_near(name, &cuda[i], &cpu[i], 1e-4, 1e-6);
     }
 }

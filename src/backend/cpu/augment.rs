@@ -31,7 +31,7 @@ impl AugmentOps for CpuBackend {
         let rows: Vec<_> = match spec.level {
             Level::Plain => vec![augment::LevelParams::identity(); n],
             _ => {
-                for (i, row) in params.0.chunks(PARAM_WORDS).enumerate() {
+                for (i, row) in params.as_slice().chunks(PARAM_WORDS).enumerate() {
                     if let Some(word) = augment_params::malformed_word(row, h, w) {
                         bail!(
                             "{}",
@@ -45,7 +45,7 @@ impl AugmentOps for CpuBackend {
                     }
                 }
                 params
-                    .0
+                    .as_slice()
                     .chunks(PARAM_WORDS)
                     .map(augment_params::unpack)
                     .collect::<Result<Vec<_>>>()?
@@ -67,6 +67,6 @@ impl AugmentOps for CpuBackend {
                     augment::normalize_into(&augment::apply(&recipe, p, &image), &norm, slot);
                 })
         });
-        Ok(CpuBuf(out))
+        Ok(CpuBuf::from_vec(out))
     }
 }

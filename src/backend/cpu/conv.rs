@@ -164,11 +164,11 @@ fn col2im(g: &Geometry, col: &[f32], dx: &mut [f32]) {
 impl ConvOps for CpuBackend {
     /// `x [n, c_in, h, w]`, `w [c_out, c_in / groups, k, k]` → `y [n, c_out, h_out, w_out]`.
     fn conv2d_forward_unchecked(&self, x: &CpuBuf, w: &CpuBuf, d: Conv2dDims) -> Result<CpuBuf> {
-        let (x, w) = (&x.0, &w.0);
+        let (x, w) = (x.as_slice(), w.as_slice());
         let g = Geometry::new(d);
         let mut y = vec![0.0f32; d.output_len()];
         if y.is_empty() || g.in_per_sample() == 0 {
-            return Ok(CpuBuf(y));
+            return Ok(CpuBuf::from_vec(y));
         }
         self.pool.install(|| {
             y.par_chunks_mut(g.out_per_sample())
@@ -203,7 +203,7 @@ impl ConvOps for CpuBackend {
                     },
                 )
         });
-        Ok(CpuBuf(y))
+        Ok(CpuBuf::from_vec(y))
     }
 
     /// `dy [n, c_out, h_out, w_out]`, `w [c_out, c_in / groups, k, k]` → `dx [n, c_in, h, w]`.
@@ -213,11 +213,11 @@ impl ConvOps for CpuBackend {
         w: &CpuBuf,
         d: Conv2dDims,
     ) -> Result<CpuBuf> {
-        let (dy, w) = (&dy.0, &w.0);
+        let (dy, w) = (dy.as_slice(), w.as_slice());
         let g = Geometry::new(d);
         let mut dx = vec![0.0f32; d.input_len()];
         if dx.is_empty() || g.out_per_sample() == 0 {
-            return Ok(CpuBuf(dx));
+            return Ok(CpuBuf::from_vec(dx));
         }
         self.pool.install(|| {
             dx.par_chunks_mut(g.in_per_sample())
@@ -251,7 +251,7 @@ impl ConvOps for CpuBackend {
                     },
                 )
         });
-        Ok(CpuBuf(dx))
+        Ok(CpuBuf::from_vec(dx))
     }
 
     /// `x [n, c_in, h, w]`, `dy [n, c_out, h_out, w_out]` → `dw [c_out, c_in / groups, k, k]`.
@@ -261,11 +261,11 @@ impl ConvOps for CpuBackend {
         dy: &CpuBuf,
         d: Conv2dDims,
     ) -> Result<CpuBuf> {
-        let (x, dy) = (&x.0, &dy.0);
+        let (x, dy) = (x.as_slice(), dy.as_slice());
         let g = Geometry::new(d);
         let weight_len = d.weight_len();
         if d.n == 0 || weight_len == 0 || g.hw_out == 0 {
-            return Ok(CpuBuf(vec![0.0; weight_len]));
+            return Ok(CpuBuf::from_vec(vec![0.0; weight_len]));
         }
         self.pool.install(|| {
             // Fixed chunking of the batch (depends on n only), partials summed in chunk order.
@@ -314,7 +314,7 @@ impl ConvOps for CpuBackend {
                     .zip(partial.par_iter())
                     .for_each(|(a, b)| *a += b);
             }
-            Ok(CpuBuf(dw))
+            Ok(CpuBuf::from_vec(dw))
         })
     }
 }

@@ -18,10 +18,11 @@ impl CpuBackend {
         b: &CpuBuf,
         f: impl Fn(f32, f32) -> f32 + Sync,
     ) -> CpuBuf {
-        CpuBuf(self.pool.install(|| {
-            a.0.par_iter()
+        CpuBuf::from_vec(self.pool.install(|| {
+            a.as_slice()
+                .par_iter()
                 .with_min_len(CHUNK)
-                .zip(&b.0)
+                .zip(b.as_slice())
                 .map(|(&x, &y)| f(x, y))
                 .collect()
         }))
@@ -31,17 +32,19 @@ impl CpuBackend {
 impl ElementwiseOps for CpuBackend {
     fn add_assign_unchecked(&self, a: &mut CpuBuf, b: &CpuBuf) -> Result<()> {
         self.pool.install(|| {
-            a.0.par_iter_mut()
+            a.as_mut_slice()
+                .par_iter_mut()
                 .with_min_len(CHUNK)
-                .zip(&b.0)
+                .zip(b.as_slice())
                 .for_each(|(x, y)| *x += y)
         });
         Ok(())
     }
 
     fn scale_unchecked(&self, a: &CpuBuf, alpha: f32) -> Result<CpuBuf> {
-        Ok(CpuBuf(self.pool.install(|| {
-            a.0.par_iter()
+        Ok(CpuBuf::from_vec(self.pool.install(|| {
+            a.as_slice()
+                .par_iter()
                 .with_min_len(CHUNK)
                 .map(|x| alpha * x)
                 .collect()
@@ -51,24 +54,12 @@ impl ElementwiseOps for CpuBackend {
     /// Accumulated in f64 over fixed chunks combined in order.
     fn sum_unchecked(&self, a: &CpuBuf) -> Result<CpuBuf> {
         let partials: Vec<f64> = self.pool.install(|| {
-            a.0.par_chunks(CHUNK)
+            a.as_slice()
+                .par_chunks(CHUNK)
                 .map(|c| c.iter().map(|&v| v as f64).sum())
                 .collect()
         });
-        Ok(CpuBuf(vec![partials.iter().sum::<f64>() as f32]))
-    }
-
-    fn relu_forward_unchecked(&self, x: &CpuBuf) -> Result<CpuBuf> {
-        Ok(CpuBuf(self.pool.install(|| {
-            x.0.par_iter()
-                .with_min_len(CHUNK)
-                .map(|&v| v.max(0.0))
-                .collect()
-        })))
-    }
-
-    fn relu_backward_unchecked(&self, dy: &CpuBuf, y: &CpuBuf) -> Result<CpuBuf> {
-        Ok(self.zip_map(dy, y, |g, v| if v > 0.0 { g } else { 0.0 }))
+        Ok(CpuBuf::from_vec(vec![partials.iter().sum::<f64>() as f32]))
     }
 
     fn mixup_unchecked(
@@ -82,20 +73,20 @@ impl ElementwiseOps for CpuBackend {
         let per_sample = d.per_sample;
         let mut y = vec![0.0f32; d.len()];
         if per_sample == 0 {
-            return Ok(CpuBuf(y));
+            return Ok(CpuBuf::from_vec(y));
         }
         let other = 1.0 - lambda;
         self.pool.install(|| {
             y.par_chunks_mut(per_sample)
-                .zip(x.0.par_chunks(per_sample))
+                .zip(x.as_slice().par_chunks(per_sample))
                 .zip(perm.0.par_iter())
                 .for_each(|((y_s, x_s), &j)| {
-                    let x_j = &x.0[j as usize * per_sample..(j as usize + 1) * per_sample];
+                    let x_j = &x.as_slice()[j as usize * per_sample..(j as usize + 1) * per_sample];
                     for ((o, &a), &b) in y_s.iter_mut().zip(x_s).zip(x_j) {
                         *o = lambda * a + other * b;
                     }
                 })
         });
-        Ok(CpuBuf(y))
+        Ok(CpuBuf::from_vec(y))
     }
 }

@@ -18,7 +18,7 @@ impl LinearOps for CpuBackend {
         d: LinearDims,
     ) -> Result<CpuBuf> {
         let LinearDims { n, d_in, d_out } = d;
-        let (x, w, b) = (&x.0, &w.0, &b.0);
+        let (x, w, b) = (x.as_slice(), w.as_slice(), b.as_slice());
         let mut y: Vec<f32> = (0..n).flat_map(|_| b.iter().copied()).collect();
         matmul(
             n,
@@ -31,7 +31,7 @@ impl LinearOps for CpuBackend {
             Layout::Transposed,
             true,
         );
-        Ok(CpuBuf(y))
+        Ok(CpuBuf::from_vec(y))
     }
 
     /// `(dx [n, in] = dy · w, dw [out, in] = dyᵀ · x, db [out] = column sums of dy)`.
@@ -43,7 +43,7 @@ impl LinearOps for CpuBackend {
         d: LinearDims,
     ) -> Result<(CpuBuf, CpuBuf, CpuBuf)> {
         let LinearDims { n, d_in, d_out } = d;
-        let (dy, x, w) = (&dy.0, &x.0, &w.0);
+        let (dy, x, w) = (dy.as_slice(), x.as_slice(), w.as_slice());
         let mut dx = vec![0.0f32; n * d_in];
         matmul(
             n,
@@ -75,9 +75,9 @@ impl LinearOps for CpuBackend {
             }
         }
         Ok((
-            CpuBuf(dx),
-            CpuBuf(dw),
-            CpuBuf(db.into_iter().map(|v| v as f32).collect()),
+            CpuBuf::from_vec(dx),
+            CpuBuf::from_vec(dw),
+            CpuBuf::from_vec(db.into_iter().map(|v| v as f32).collect()),
         ))
     }
 }

@@ -162,11 +162,13 @@ impl LossOps for CpuBackend {
             weighting,
             reduction,
         } = args;
-        let logits = &logits.0[..];
-        let adjustment = adjustment.map(|adj| &adj.0[..]);
+        let logits = logits.as_slice();
+        let adjustment = adjustment.map(|adj| adj.as_slice());
         let (labels_a, mixed): (&[u32], Option<(&[u32], f64)>) = match targets {
-            LossTargets::Single(y) => (&y.0, None),
-            LossTargets::Mixed { a, b, lambda } => (&a.0, Some((&b.0[..], lambda as f64))),
+            LossTargets::Single(y) => (y.as_slice(), None),
+            LossTargets::Mixed { a, b, lambda } => {
+                (a.as_slice(), Some((b.as_slice(), lambda as f64)))
+            }
         };
         check_indices(ERR_LOSS_TARGET, labels_a, c)?;
         if let Some((labels_b, _)) = mixed {
@@ -174,7 +176,7 @@ impl LossOps for CpuBackend {
         }
         let weighting = match weighting {
             LossWeighting::Unit => Weighting::PerClass(None),
-            LossWeighting::PerClass(cw) => Weighting::PerClass(Some(&cw.0[..])),
+            LossWeighting::PerClass(cw) => Weighting::PerClass(Some(cw.as_slice())),
             LossWeighting::Focal { gamma } => Weighting::Focal {
                 gamma: gamma as f64,
             },
@@ -184,8 +186,8 @@ impl LossOps for CpuBackend {
                 gamma,
                 tau,
             } => Weighting::Sla {
-                cos_y: &cos_y.0,
-                cos_star: &cos_star.0,
+                cos_y: cos_y.as_slice(),
+                cos_star: cos_star.as_slice(),
                 gamma: gamma as f64,
                 tau: tau as f64,
             },
@@ -228,10 +230,10 @@ impl LossOps for CpuBackend {
                 .with_min_len(1 << 14)
                 .for_each(|g| *g = (inv * *g as f64) as f32);
             Ok(LossOutput {
-                loss: CpuBuf(rows.iter().map(|r| r.loss as f32).collect()),
-                prob: CpuBuf(rows.iter().map(|r| r.prob as f32).collect()),
-                weight: CpuBuf(rows.iter().map(|r| r.weight as f32).collect()),
-                dlogits: CpuBuf(dlogits),
+                loss: CpuBuf::from_vec(rows.iter().map(|r| r.loss as f32).collect()),
+                prob: CpuBuf::from_vec(rows.iter().map(|r| r.prob as f32).collect()),
+                weight: CpuBuf::from_vec(rows.iter().map(|r| r.weight as f32).collect()),
+                dlogits: CpuBuf::from_vec(dlogits),
             })
         })
     }
@@ -245,9 +247,9 @@ impl LossOps for CpuBackend {
         dims: CosineDims,
     ) -> Result<CpuBuf> {
         let CosineDims { n, d, c } = dims;
-        let (features, w, labels) = (&features.0, &w.0, &labels.0);
+        let (features, w, labels) = (features.as_slice(), w.as_slice(), &labels.0);
         check_indices(ERR_COSINE_LABEL, labels, c)?;
-        Ok(CpuBuf(self.pool.install(|| {
+        Ok(CpuBuf::from_vec(self.pool.install(|| {
             (0..n)
                 .into_par_iter()
                 .map(|i| {
@@ -282,8 +284,8 @@ impl LossOps for CpuBackend {
         table_cos: &mut CpuBuf,
     ) -> Result<()> {
         let c = d.c;
-        let (logits, cos, labels) = (&logits.0, &cos.0, &labels.0);
-        let (table_logit, table_cos) = (&mut table_logit.0, &mut table_cos.0);
+        let (logits, cos, labels) = (logits.as_slice(), cos.as_slice(), &labels.0);
+        let (table_logit, table_cos) = (table_logit.as_mut_slice(), table_cos.as_mut_slice());
         check_indices(ERR_COSMAX_LABEL, labels, c)?;
         // Best batch sample per class: (logit, index).
         let mut best: Vec<Option<(f32, usize)>> = vec![None; c];

@@ -18,6 +18,9 @@ mod pool;
 mod rows;
 mod unfused;
 
+use std::cell::UnsafeCell;
+use std::sync::Arc;
+
 use anyhow::{bail, Context, Result};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
@@ -25,13 +28,68 @@ pub use augment::CpuBytes;
 
 use super::{abi, Backend, Buffers, HostStaging};
 
-/// A host buffer of `f32`. Code outside the backend sees it only through [`Backend`].
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct CpuBuf(Vec<f32>);
+/// Host memory shared by a buffer and its views ([`Backend::view`]).
+struct CpuStorage(UnsafeCell<Vec<f32>>);
+
+// SAFETY: the memory is reached only through `CpuBuf::as_slice` / `as_mut_slice`, whose ranges the
+// op contracts keep apart whenever one of them is written (`Backend::shares_memory`), like disjoint
+// `split_at_mut` halves; ops write their outputs from one thread at a time or over disjoint chunks.
+unsafe impl Sync for CpuStorage {}
+unsafe impl Send for CpuStorage {}
+
+/// A host buffer of `f32`, or a view of part of one (sharing its memory). Code outside the backend
+/// sees it only through [`Backend`].
+pub struct CpuBuf {
+    storage: Arc<CpuStorage>,
+    offset: usize,
+    len: usize,
+}
+
+impl CpuBuf {
+    fn from_vec(v: Vec<f32>) -> Self {
+        let len = v.len();
+        Self {
+            storage: Arc::new(CpuStorage(UnsafeCell::new(v))),
+            offset: 0,
+            len,
+        }
+    }
+
+    fn as_slice(&self) -> &[f32] {
+        // SAFETY: `offset + len` lies inside the vector (checked when the view was made); the vector
+        // is never resized; no `&mut` slice of an overlapping range lives while this one does (the
+        // op contracts, see `CpuStorage`).
+        unsafe {
+            std::slice::from_raw_parts((*self.storage.0.get()).as_ptr().add(self.offset), self.len)
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        // SAFETY: as in `as_slice`, and no other slice of an overlapping range lives meanwhile.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                (*self.storage.0.get()).as_mut_ptr().add(self.offset),
+                self.len,
+            )
+        }
+    }
+}
+
+impl std::fmt::Debug for CpuBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CpuBuf[{}; offset {}]", self.len, self.offset)
+    }
+}
 
 /// A host buffer of `u32` (labels, indices, permutations).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CpuIndex(Vec<u32>);
+
+impl CpuIndex {
+    fn as_slice(&self) -> &[u32] {
+        &self.0
+    }
+}
 
 /// Staging memory of the CPU backend: plain host memory (its "upload" is a copy).
 #[derive(Debug)]
@@ -102,13 +160,13 @@ impl Backend for CpuBackend {
     }
 
     fn zeros(&self, len: usize) -> Result<CpuBuf> {
-        Ok(CpuBuf(vec![0.0; len]))
+        Ok(CpuBuf::from_vec(vec![0.0; len]))
     }
     fn upload(&self, data: &[f32]) -> Result<CpuBuf> {
-        Ok(CpuBuf(data.to_vec()))
+        Ok(CpuBuf::from_vec(data.to_vec()))
     }
     fn download(&self, buf: &CpuBuf) -> Result<Vec<f32>> {
-        Ok(buf.0.clone())
+        Ok(buf.as_slice().to_vec())
     }
     fn upload_index(&self, data: &[u32]) -> Result<CpuIndex> {
         Ok(CpuIndex(data.to_vec()))
@@ -123,7 +181,7 @@ impl Backend for CpuBackend {
         Ok(CpuStaging(vec![0.0; len]))
     }
     fn len(&self, buf: &CpuBuf) -> usize {
-        buf.0.len()
+        buf.len
     }
     fn index_len(&self, buf: &CpuIndex) -> usize {
         buf.0.len()
@@ -139,10 +197,29 @@ impl Backend for CpuBackend {
         dst_offset: usize,
         len: usize,
     ) -> Result<()> {
-        dst.0[dst_offset..dst_offset + len].copy_from_slice(&src.0[src_offset..src_offset + len]);
+        dst.as_mut_slice()[dst_offset..dst_offset + len]
+            .copy_from_slice(&src.as_slice()[src_offset..src_offset + len]);
         Ok(())
     }
+    fn view_unchecked(&self, buf: &CpuBuf, offset: usize, len: usize) -> Result<CpuBuf> {
+        Ok(CpuBuf {
+            storage: buf.storage.clone(),
+            offset: buf.offset + offset,
+            len,
+        })
+    }
+    fn write_unchecked(&self, dst: &mut CpuBuf, data: &[f32]) -> Result<()> {
+        dst.as_mut_slice().copy_from_slice(data);
+        Ok(())
+    }
+    fn shares_memory(&self, a: &CpuBuf, b: &CpuBuf) -> bool {
+        Arc::ptr_eq(&a.storage, &b.storage)
+            && a.offset < b.offset + b.len
+            && b.offset < a.offset + a.len
+            && a.len > 0
+            && b.len > 0
+    }
     fn upload_staged_unchecked(&self, staging: &CpuStaging, len: usize) -> Result<CpuBuf> {
-        Ok(CpuBuf(staging.0[..len].to_vec()))
+        Ok(CpuBuf::from_vec(staging.0[..len].to_vec()))
     }
 }

@@ -48,7 +48,9 @@ fn normalize(
 /// `y = relu(y + residual)`, each part as `act` asks, in f32 in that order (as the unfused ops).
 fn activate(y: &mut [f32], act: BatchNormAct<'_, CpuBackend>) {
     if let Some(r) = act.residual {
-        y.par_iter_mut().zip(&r.0).for_each(|(v, &r)| *v += r);
+        y.par_iter_mut()
+            .zip(r.as_slice())
+            .for_each(|(v, &r)| *v += r);
     }
     if act.relu {
         y.par_iter_mut().for_each(|v| *v = v.max(0.0));
@@ -67,8 +69,12 @@ impl NormOps for CpuBackend {
         cfg: BatchNormConfig,
         act: BatchNormAct<'_, Self>,
     ) -> Result<(CpuBuf, CpuBuf, CpuBuf)> {
-        let (x, gamma, beta) = (&x.0, &affine.gamma.0, &affine.beta.0);
-        let (running_mean, running_var) = (&mut running.mean.0, &mut running.var.0);
+        let (x, gamma, beta) = (
+            x.as_slice(),
+            affine.gamma.as_slice(),
+            affine.beta.as_slice(),
+        );
+        let (running_mean, running_var) = (running.mean.as_mut_slice(), running.var.as_mut_slice());
         self.pool.install(|| {
             let count = d.n * d.hw;
             // (mean, biased variance) per channel, two-pass in f64.
@@ -101,7 +107,11 @@ impl NormOps for CpuBackend {
                 .collect();
             let mut y = normalize(x, d, |ch| (stats[ch].0, scale[ch], beta[ch] as f64));
             activate(&mut y, act);
-            Ok((CpuBuf(y), CpuBuf(saved_mean), CpuBuf(saved_inv_std)))
+            Ok((
+                CpuBuf::from_vec(y),
+                CpuBuf::from_vec(saved_mean),
+                CpuBuf::from_vec(saved_inv_std),
+            ))
         })
     }
 
@@ -115,11 +125,11 @@ impl NormOps for CpuBackend {
         cfg: BatchNormConfig,
         act: BatchNormAct<'_, Self>,
     ) -> Result<CpuBuf> {
-        let (gamma, beta) = (&affine.gamma.0, &affine.beta.0);
-        let (running_mean, running_var) = (&running.mean.0, &running.var.0);
+        let (gamma, beta) = (affine.gamma.as_slice(), affine.beta.as_slice());
+        let (running_mean, running_var) = (running.mean.as_slice(), running.var.as_slice());
         let eps = cfg.eps as f64;
-        Ok(CpuBuf(self.pool.install(|| {
-            let mut y = normalize(&x.0, d, |ch| {
+        Ok(CpuBuf::from_vec(self.pool.install(|| {
+            let mut y = normalize(x.as_slice(), d, |ch| {
                 (
                     running_mean[ch] as f64,
                     gamma[ch] as f64 / (running_var[ch] as f64 + eps).sqrt(),
@@ -145,14 +155,19 @@ impl NormOps for CpuBackend {
         // The gradient reaching the normalisation: dy where the fused ReLU passed it.
         let masked = act.relu_output.map(|y| {
             self.pool.install(|| {
-                dy.0.par_iter()
-                    .zip(&y.0)
+                dy.as_slice()
+                    .par_iter()
+                    .zip(y.as_slice())
                     .map(|(&g, &v)| if v > 0.0 { g } else { 0.0 })
                     .collect::<Vec<f32>>()
             })
         });
-        let (dy, x, gamma) = (masked.as_ref().unwrap_or(&dy.0), &x.0, &gamma.0);
-        let (saved_mean, saved_inv_std) = (&saved.mean.0, &saved.var.0);
+        let (dy, x, gamma) = (
+            masked.as_deref().unwrap_or(dy.as_slice()),
+            x.as_slice(),
+            gamma.as_slice(),
+        );
+        let (saved_mean, saved_inv_std) = (saved.mean.as_slice(), saved.var.as_slice());
         let (dx, dgamma, dbeta) = self.pool.install(|| {
             let count = (d.n * d.hw) as f64;
             // (sum dy, sum dy * x_hat) per channel.
@@ -189,10 +204,10 @@ impl NormOps for CpuBackend {
             (dx, dgamma, dbeta)
         });
         Ok(BatchNormGrads {
-            dx: CpuBuf(dx),
-            dgamma: CpuBuf(dgamma),
-            dbeta: CpuBuf(dbeta),
-            masked_dy: masked.filter(|_| act.keep_masked).map(CpuBuf),
+            dx: CpuBuf::from_vec(dx),
+            dgamma: CpuBuf::from_vec(dgamma),
+            dbeta: CpuBuf::from_vec(dbeta),
+            masked_dy: masked.filter(|_| act.keep_masked).map(CpuBuf::from_vec),
         })
     }
 }

@@ -23,10 +23,14 @@ impl OptimOps for CpuBackend {
         } = cfg;
         self.pool.install(|| {
             param
-                .0
+                .as_mut_slice()
                 .par_iter_mut()
                 .with_min_len(1 << 14)
-                .zip(grad.0.par_iter().zip(velocity.0.par_iter_mut()))
+                .zip(
+                    grad.as_slice()
+                        .par_iter()
+                        .zip(velocity.as_mut_slice().par_iter_mut()),
+                )
                 .for_each(|(p, (&g, v))| {
                     let g = g + weight_decay * *p;
                     *v = momentum * *v + g;

@@ -12,14 +12,14 @@ impl PoolOps for CpuBackend {
     /// the flat index into `x`. Windows are scanned row-major and the first maximum wins; padding
     /// never wins.
     fn max_pool_forward_unchecked(&self, x: &CpuBuf, d: Pool2dDims) -> Result<(CpuBuf, CpuIndex)> {
-        let x = &x.0;
+        let x = x.as_slice();
         let (h_out, w_out) = (d.h_out(), d.w_out());
         let out_plane = h_out * w_out;
         let in_plane = d.h * d.w;
         let mut y = vec![0.0f32; d.n * d.c * out_plane];
         let mut argmax = vec![0u32; y.len()];
         if y.is_empty() {
-            return Ok((CpuBuf(y), CpuIndex(argmax)));
+            return Ok((CpuBuf::from_vec(y), CpuIndex(argmax)));
         }
         self.pool.install(|| {
             y.par_chunks_mut(out_plane)
@@ -52,7 +52,7 @@ impl PoolOps for CpuBackend {
                     }
                 })
         });
-        Ok((CpuBuf(y), CpuIndex(argmax)))
+        Ok((CpuBuf::from_vec(y), CpuIndex(argmax)))
     }
 
     /// Routes `dy [n, c, h_out, w_out]` to the argmax positions: `dx [n, c, h, w]`.
@@ -63,12 +63,12 @@ impl PoolOps for CpuBackend {
         d: Pool2dDims,
     ) -> Result<CpuBuf> {
         const OP: &str = "max_pool_backward";
-        let (dy, argmax) = (&dy.0, &argmax.0);
+        let (dy, argmax) = (dy.as_slice(), &argmax.0);
         let out_plane = d.h_out() * d.w_out();
         let in_plane = d.h * d.w;
         let mut dx = vec![0.0f32; d.n * d.c * in_plane];
         if dx.is_empty() || out_plane == 0 {
-            return Ok(CpuBuf(dx));
+            return Ok(CpuBuf::from_vec(dx));
         }
         self.pool.install(|| dx.par_chunks_mut(in_plane)
         .zip(dy.par_chunks(out_plane).zip(argmax.par_chunks(out_plane)))
@@ -84,13 +84,14 @@ impl PoolOps for CpuBackend {
             }
             Ok(())
         }))?;
-        Ok(CpuBuf(dx))
+        Ok(CpuBuf::from_vec(dx))
     }
 
     /// `x [n, c, hw]` → `[n, c]` (mean over `hw`).
     fn global_avg_pool_forward_unchecked(&self, x: &CpuBuf, d: ChannelDims) -> Result<CpuBuf> {
-        Ok(CpuBuf(self.pool.install(|| {
-            x.0.par_chunks(d.hw)
+        Ok(CpuBuf::from_vec(self.pool.install(|| {
+            x.as_slice()
+                .par_chunks(d.hw)
                 .map(|p| (p.iter().map(|&v| v as f64).sum::<f64>() / d.hw as f64) as f32)
                 .collect()
         })))
@@ -102,21 +103,21 @@ impl PoolOps for CpuBackend {
         let inv = 1.0 / d.hw as f32;
         self.pool.install(|| {
             dx.par_chunks_mut(d.hw)
-                .zip(dy.0.par_iter())
+                .zip(dy.as_slice().par_iter())
                 .for_each(|(p, &g)| p.fill(g * inv))
         });
-        Ok(CpuBuf(dx))
+        Ok(CpuBuf::from_vec(dx))
     }
 
     /// `x [n, c_in, h, w]` → `x[:, :, ::s, ::s]` zero-padded by `(c_out - c_in) / 2` channels on each side:
     /// `[n, c_out, ceil(h / s), ceil(w / s)]`.
     fn shortcut_a_forward_unchecked(&self, x: &CpuBuf, d: ShortcutDims) -> Result<CpuBuf> {
-        let (x, pad) = (&x.0, d.pad());
+        let (x, pad) = (x.as_slice(), d.pad());
         let (h_out, w_out) = (d.h_out(), d.w_out());
         let out_plane = h_out * w_out;
         let mut y = vec![0.0f32; d.n * d.c_out * out_plane];
         if y.is_empty() {
-            return Ok(CpuBuf(y));
+            return Ok(CpuBuf::from_vec(y));
         }
         self.pool.install(|| {
             y.par_chunks_mut(out_plane)
@@ -134,17 +135,17 @@ impl PoolOps for CpuBackend {
                     }
                 })
         });
-        Ok(CpuBuf(y))
+        Ok(CpuBuf::from_vec(y))
     }
 
     /// Adjoint of the forward: `dy [n, c_out, h_out, w_out]` → `dx [n, c_in, h, w]`.
     fn shortcut_a_backward_unchecked(&self, dy: &CpuBuf, d: ShortcutDims) -> Result<CpuBuf> {
-        let (dy, pad) = (&dy.0, d.pad());
+        let (dy, pad) = (dy.as_slice(), d.pad());
         let (h_out, w_out) = (d.h_out(), d.w_out());
         let in_plane = d.h * d.w;
         let mut dx = vec![0.0f32; d.n * d.c_in * in_plane];
         if dx.is_empty() {
-            return Ok(CpuBuf(dx));
+            return Ok(CpuBuf::from_vec(dx));
         }
         self.pool.install(|| {
             dx.par_chunks_mut(in_plane)
@@ -159,6 +160,6 @@ impl PoolOps for CpuBackend {
                     }
                 })
         });
-        Ok(CpuBuf(dx))
+        Ok(CpuBuf::from_vec(dx))
     }
 }

@@ -19,11 +19,11 @@ impl CpuBackend {
         let c = d.c;
         let mut y = vec![0.0f32; d.len()];
         if c == 0 {
-            return CpuBuf(y);
+            return CpuBuf::from_vec(y);
         }
         self.pool.install(|| {
             y.par_chunks_mut(c)
-                .zip(x.0.par_chunks(c))
+                .zip(x.as_slice().par_chunks(c))
                 .for_each(|(y_r, x_r)| {
                     let (max, log_sum) = row_max_and_log_sum(x_r);
                     for (o, &v) in y_r.iter_mut().zip(x_r) {
@@ -36,7 +36,7 @@ impl CpuBackend {
                     }
                 })
         });
-        CpuBuf(y)
+        CpuBuf::from_vec(y)
     }
 }
 
@@ -48,10 +48,11 @@ impl RowOps for CpuBackend {
     /// The first maximum wins.
     fn row_max_unchecked(&self, x: &CpuBuf, d: RowDims) -> Result<(CpuBuf, CpuIndex)> {
         if d.c == 0 {
-            return Ok((CpuBuf(Vec::new()), CpuIndex(Vec::new())));
+            return Ok((CpuBuf::from_vec(Vec::new()), CpuIndex(Vec::new())));
         }
         let (max, argmax) = self.pool.install(|| {
-            x.0.par_chunks(d.c)
+            x.as_slice()
+                .par_chunks(d.c)
                 .map(|r| {
                     let mut best = 0;
                     for (j, &v) in r.iter().enumerate().skip(1) {
@@ -63,6 +64,6 @@ impl RowOps for CpuBackend {
                 })
                 .unzip()
         });
-        Ok((CpuBuf(max), CpuIndex(argmax)))
+        Ok((CpuBuf::from_vec(max), CpuIndex(argmax)))
     }
 }

@@ -10,17 +10,17 @@ use crate::backend::RowDims;
 
 impl UnfusedLossOps for CpuBackend {
     fn add_row_bias_unchecked(&self, x: &CpuBuf, bias: &CpuBuf, d: RowDims) -> Result<CpuBuf> {
-        let mut y = x.0.clone();
+        let mut y = x.as_slice().to_vec();
         if d.c > 0 {
             self.pool.install(|| {
                 y.par_chunks_mut(d.c).for_each(|r| {
-                    for (v, &b) in r.iter_mut().zip(&bias.0) {
+                    for (v, &b) in r.iter_mut().zip(bias.as_slice()) {
                         *v += b;
                     }
                 })
             });
         }
-        Ok(CpuBuf(y))
+        Ok(CpuBuf::from_vec(y))
     }
 
     fn log_softmax_rows_unchecked(&self, x: &CpuBuf, d: RowDims) -> Result<CpuBuf> {
@@ -29,11 +29,11 @@ impl UnfusedLossOps for CpuBackend {
 
     fn gather_rows_unchecked(&self, x: &CpuBuf, idx: &CpuIndex, d: RowDims) -> Result<CpuBuf> {
         check_indices(ERR_GATHER_INDEX, &idx.0, d.c)?;
-        Ok(CpuBuf(
+        Ok(CpuBuf::from_vec(
             idx.0
                 .iter()
                 .enumerate()
-                .map(|(i, &j)| x.0[i * d.c + j as usize])
+                .map(|(i, &j)| x.as_slice()[i * d.c + j as usize])
                 .collect(),
         ))
     }
@@ -47,9 +47,14 @@ impl UnfusedLossOps for CpuBackend {
         gamma: f32,
         tau: f32,
     ) -> Result<CpuBuf> {
-        let (prob, cos_y, cos_star, labels) = (&prob.0, &cos_y.0, &cos_star.0, &labels.0);
+        let (prob, cos_y, cos_star, labels) = (
+            prob.as_slice(),
+            cos_y.as_slice(),
+            cos_star.as_slice(),
+            &labels.0,
+        );
         check_indices(ERR_SLA_WEIGHTS_LABEL, labels, cos_star.len())?;
-        Ok(CpuBuf(
+        Ok(CpuBuf::from_vec(
             (0..prob.len())
                 .map(|i| {
                     (1.0 - prob[i]).powf(gamma)
@@ -67,14 +72,14 @@ impl UnfusedLossOps for CpuBackend {
         d: RowDims,
     ) -> Result<CpuBuf> {
         check_indices(ERR_XENT_LABEL, &labels.0, d.c)?;
-        let mut g = probs.0.clone();
+        let mut g = probs.as_slice().to_vec();
         for (i, row) in g.chunks_mut(d.c.max(1)).enumerate().take(d.n) {
             row[labels.0[i] as usize] -= 1.0;
             for v in row {
-                *v *= row_scale.0[i];
+                *v *= row_scale.as_slice()[i];
             }
         }
-        Ok(CpuBuf(g))
+        Ok(CpuBuf::from_vec(g))
     }
 
     fn mul_unchecked(&self, a: &CpuBuf, b: &CpuBuf) -> Result<CpuBuf> {

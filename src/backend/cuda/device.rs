@@ -13,7 +13,7 @@
 //! get zeros).
 
 use std::collections::HashMap;
-use std::ops::{Deref, DerefMut};
+use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{anyhow, Context, Result};
@@ -51,12 +51,6 @@ impl Deref for DeviceMem {
     type Target = Mem;
     fn deref(&self) -> &Mem {
         self.mem.as_ref().expect("present until dropped")
-    }
-}
-
-impl DerefMut for DeviceMem {
-    fn deref_mut(&mut self) -> &mut Mem {
-        self.mem.as_mut().expect("present until dropped")
     }
 }
 
@@ -117,11 +111,11 @@ impl Device {
     /// `bytes` of uninitialised device memory (NaN bytes on the emulator).
     pub(crate) fn alloc(&self, bytes: usize) -> Result<DeviceMem> {
         let cached = self.shared.cache().get_mut(&bytes).and_then(Vec::pop);
-        let mut mem = match cached {
+        let mem = match cached {
             Some(mem) => mem,
             None => self.alloc_fresh(bytes)?,
         };
-        self.rt.poison(&mut mem);
+        self.rt.poison(&mem);
         Ok(DeviceMem {
             mem: Some(mem),
             bytes,
@@ -150,29 +144,36 @@ impl Device {
 
     /// `bytes` of zeros.
     pub(crate) fn alloc_zeroed(&self, bytes: usize) -> Result<DeviceMem> {
-        let mut mem = self.alloc(bytes)?;
-        self.memset_zero(&mut mem, bytes)?;
+        let mem = self.alloc(bytes)?;
+        self.memset_zero(&mem, 0, bytes)?;
         Ok(mem)
     }
 
     /// `data` in fresh device memory.
     pub(crate) fn upload(&self, data: &[u8]) -> Result<DeviceMem> {
-        let mut mem = self.alloc(data.len())?;
-        if !data.is_empty() {
-            self.rt.write(&mut mem, data)?;
-            let mut c = self.shared.counters();
-            c.h2d_copies += 1;
-            c.h2d_bytes += data.len() as u64;
-            c.bytes_moved += data.len() as u64;
-        }
+        let mem = self.alloc(data.len())?;
+        self.write(&mem, 0, data)?;
         Ok(mem)
+    }
+
+    /// Copies `data` into `dst` from byte `offset` on.
+    pub(crate) fn write(&self, dst: &Mem, offset: usize, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.rt.write(dst, offset, data)?;
+        let mut c = self.shared.counters();
+        c.h2d_copies += 1;
+        c.h2d_bytes += data.len() as u64;
+        c.bytes_moved += data.len() as u64;
+        Ok(())
     }
 
     /// `staging[..len]` (f32) in fresh device memory, copied asynchronously on a GPU.
     pub(crate) fn upload_staged(&self, staging: &StagingMem, len: usize) -> Result<DeviceMem> {
         let bytes = 4 * len;
-        let mut mem = self.alloc(bytes)?;
-        self.rt.write_staged(&mut mem, staging, len)?;
+        let mem = self.alloc(bytes)?;
+        self.rt.write_staged(&mem, 0, staging, len)?;
         let mut c = self.shared.counters();
         c.h2d_copies += 1;
         c.h2d_bytes += bytes as u64;
@@ -184,9 +185,9 @@ impl Device {
         self.rt.alloc_staging(len)
     }
 
-    /// Copies the first `dst.len()` bytes of `src` to the host; waits for the device.
-    pub(crate) fn download(&self, src: &Mem, dst: &mut [u8]) -> Result<()> {
-        self.rt.read(src, dst)?;
+    /// Copies `dst.len()` bytes of `src` from byte `offset` on to the host; waits for the device.
+    pub(crate) fn download(&self, src: &Mem, offset: usize, dst: &mut [u8]) -> Result<()> {
+        self.rt.read(src, offset, dst)?;
         let mut c = self.shared.counters();
         c.d2h_copies += 1;
         c.d2h_bytes += dst.len() as u64;
@@ -197,8 +198,8 @@ impl Device {
 
     /// [`Device::download`] without counting it: the emulator's immediate error report, which the
     /// GPU does not make.
-    pub(crate) fn read_uncounted(&self, src: &Mem, dst: &mut [u8]) -> Result<()> {
-        self.rt.read(src, dst)
+    pub(crate) fn read_uncounted(&self, src: &Mem, offset: usize, dst: &mut [u8]) -> Result<()> {
+        self.rt.read(src, offset, dst)
     }
 
     /// Copies `bytes` from `src[src_offset..]` to `dst[dst_offset..]` (checked by the caller).
@@ -206,7 +207,7 @@ impl Device {
         &self,
         src: &Mem,
         src_offset: usize,
-        dst: &mut Mem,
+        dst: &Mem,
         dst_offset: usize,
         bytes: usize,
     ) -> Result<()> {
@@ -221,11 +222,11 @@ impl Device {
         Ok(())
     }
 
-    pub(crate) fn memset_zero(&self, dst: &mut Mem, bytes: usize) -> Result<()> {
+    pub(crate) fn memset_zero(&self, dst: &Mem, offset: usize, bytes: usize) -> Result<()> {
         if bytes == 0 {
             return Ok(());
         }
-        self.rt.memset_zero(dst, bytes)?;
+        self.rt.memset_zero(dst, offset, bytes)?;
         let mut c = self.shared.counters();
         c.memsets += 1;
         c.memset_bytes += bytes as u64;
@@ -237,13 +238,12 @@ impl Device {
         &self,
         kernel: &KernelRef,
         cfg: &LaunchConfig,
-        args: &mut [KernelArg<'_>],
+        args: &[KernelArg<'_>],
     ) -> Result<()> {
         let bytes: u64 = args
             .iter()
             .map(|a| match a {
-                KernelArg::Const(mem) => mem.bytes() as u64,
-                KernelArg::Mut(mem) => mem.bytes() as u64,
+                KernelArg::Buffer { bytes, .. } => *bytes as u64,
                 _ => 0,
             })
             .sum();
@@ -258,7 +258,7 @@ impl Device {
     }
 
     /// `g` was validated against the buffer lengths by the caller.
-    pub(crate) fn gemm(&self, g: &Gemm, a: &Mem, b: &Mem, c: &mut Mem) -> Result<()> {
+    pub(crate) fn gemm(&self, g: &Gemm, a: &Mem, b: &Mem, c: &Mem) -> Result<()> {
         if g.m == 0 || g.n == 0 || g.batch == 0 {
             return Ok(());
         }

@@ -42,24 +42,6 @@ impl ElementwiseOps for CudaBackend {
         Ok(y)
     }
 
-    fn relu_forward_unchecked(&self, x: &CudaBuf) -> Result<CudaBuf> {
-        let n = to_u32("relu_forward", "length", x.len())?;
-        let mut y = self.alloc(x.len())?;
-        if let Some(cfg) = self.elementwise(x.len()) {
-            kernels::relu_forward(self.dev(), cfg, x, &mut y, n)?;
-        }
-        Ok(y)
-    }
-
-    fn relu_backward_unchecked(&self, dy: &CudaBuf, y: &CudaBuf) -> Result<CudaBuf> {
-        let n = to_u32("relu_backward", "length", dy.len())?;
-        let mut dx = self.alloc(dy.len())?;
-        if let Some(cfg) = self.elementwise(dy.len()) {
-            kernels::relu_backward(self.dev(), cfg, dy, y, &mut dx, n)?;
-        }
-        Ok(dx)
-    }
-
     fn mixup_unchecked(
         &self,
         x: &CudaBuf,

@@ -53,16 +53,12 @@ impl HostMem {
         }
     }
 
-    pub(crate) fn bytes(&self) -> usize {
-        self.bytes
-    }
-
     fn layout(bytes: usize) -> Result<Layout> {
         Ok(Layout::from_size_align(bytes.max(1), ALIGN)?)
     }
 
     /// Fills the memory with NaN bytes: what an op reads without writing it first is NaN.
-    fn poison(&mut self) {
+    fn poison(&self) {
         if let Some(ptr) = self.ptr {
             // SAFETY: the allocation holds `bytes.max(1)` bytes.
             unsafe { std::ptr::write_bytes(ptr.as_ptr(), POISON, self.bytes) };
@@ -76,19 +72,6 @@ impl HostMem {
     /// The first `bytes` bytes (empty without memory).
     fn as_ptr(&self) -> *mut u8 {
         self.ptr.map_or(std::ptr::null_mut(), NonNull::as_ptr)
-    }
-
-    fn as_slice_f32(&self, len: usize) -> &[f32] {
-        assert!(len * 4 <= self.bytes && self.ptr.is_some());
-        // SAFETY: in bounds, 256-byte aligned, initialised (poisoned at allocation), and no &mut
-        // alias can exist while &self is borrowed.
-        unsafe { std::slice::from_raw_parts(self.as_ptr().cast::<f32>(), len) }
-    }
-
-    fn as_mut_slice_f32(&mut self, len: usize) -> &mut [f32] {
-        assert!(len * 4 <= self.bytes && self.ptr.is_some());
-        // SAFETY: as above, with exclusive access through &mut self.
-        unsafe { std::slice::from_raw_parts_mut(self.as_ptr().cast::<f32>(), len) }
     }
 }
 
@@ -106,13 +89,6 @@ impl Drop for HostMem {
 const POISON: u8 = 0xFF;
 
 fn host(mem: &Mem) -> Result<&HostMem> {
-    match mem {
-        Mem::Host(h) => Ok(h),
-        Mem::Gpu(_) => bail!("a GPU buffer was passed to the CUDA emulator backend"),
-    }
-}
-
-fn host_mut(mem: &mut Mem) -> Result<&mut HostMem> {
     match mem {
         Mem::Host(h) => Ok(h),
         Mem::Gpu(_) => bail!("a GPU buffer was passed to the CUDA emulator backend"),
@@ -160,18 +136,20 @@ impl DeviceRuntime for EmulatorRuntime {
         Ok(Mem::Host(HostMem::new(bytes, self.execute)?))
     }
 
-    fn poison(&self, mem: &mut Mem) {
+    fn poison(&self, mem: &Mem) {
         if let Mem::Host(h) = mem {
             h.poison();
         }
     }
 
-    fn write(&self, dst: &mut Mem, src: &[u8]) -> Result<()> {
-        let dst = host_mut(dst)?;
-        assert!(src.len() <= dst.bytes);
+    fn write(&self, dst: &Mem, offset: usize, src: &[u8]) -> Result<()> {
+        let dst = host(dst)?;
+        assert!(offset + src.len() <= dst.bytes);
         if self.execute {
-            // SAFETY: in bounds; the destination is a distinct allocation.
-            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_ptr(), src.len()) };
+            // SAFETY: in bounds; the destination is device memory, not the host slice.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_ptr().add(offset), src.len())
+            };
         }
         Ok(())
     }
@@ -180,19 +158,27 @@ impl DeviceRuntime for EmulatorRuntime {
         Ok(StagingMem::Host(vec![0.0; len]))
     }
 
-    fn write_staged(&self, dst: &mut Mem, staging: &StagingMem, len: usize) -> Result<()> {
+    fn write_staged(
+        &self,
+        dst: &Mem,
+        offset: usize,
+        staging: &StagingMem,
+        len: usize,
+    ) -> Result<()> {
         match staging {
-            StagingMem::Host(v) => self.write(dst, bytemuck::cast_slice(&v[..len])),
+            StagingMem::Host(v) => self.write(dst, offset, bytemuck::cast_slice(&v[..len])),
             StagingMem::Gpu(_) => bail!("GPU staging memory was passed to the CUDA emulator"),
         }
     }
 
-    fn read(&self, src: &Mem, dst: &mut [u8]) -> Result<()> {
+    fn read(&self, src: &Mem, offset: usize, dst: &mut [u8]) -> Result<()> {
         let src = host(src)?;
-        assert!(dst.len() <= src.bytes);
+        assert!(offset + dst.len() <= src.bytes);
         if self.execute {
             // SAFETY: in bounds; dst is a distinct Rust slice.
-            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr(), dst.len()) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr().add(offset), dst.as_mut_ptr(), dst.len())
+            };
         } else {
             dst.fill(0);
         }
@@ -203,14 +189,14 @@ impl DeviceRuntime for EmulatorRuntime {
         &self,
         src: &Mem,
         src_offset: usize,
-        dst: &mut Mem,
+        dst: &Mem,
         dst_offset: usize,
         bytes: usize,
     ) -> Result<()> {
-        let (src, dst) = (host(src)?, host_mut(dst)?);
+        let (src, dst) = (host(src)?, host(dst)?);
         assert!(src_offset + bytes <= src.bytes && dst_offset + bytes <= dst.bytes);
         if self.execute {
-            // SAFETY: both ranges are in bounds, and &Mem / &mut Mem are distinct allocations.
+            // SAFETY: both ranges are in bounds and do not overlap (checked by the caller).
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     src.as_ptr().add(src_offset),
@@ -222,31 +208,22 @@ impl DeviceRuntime for EmulatorRuntime {
         Ok(())
     }
 
-    fn memset_zero(&self, dst: &mut Mem, bytes: usize) -> Result<()> {
-        let dst = host_mut(dst)?;
-        assert!(bytes <= dst.bytes);
+    fn memset_zero(&self, dst: &Mem, offset: usize, bytes: usize) -> Result<()> {
+        let dst = host(dst)?;
+        assert!(offset + bytes <= dst.bytes);
         if self.execute {
             // SAFETY: in bounds.
-            unsafe { std::ptr::write_bytes(dst.as_ptr(), 0, bytes) };
+            unsafe { std::ptr::write_bytes(dst.as_ptr().add(offset), 0, bytes) };
         }
         Ok(())
     }
 
-    fn launch(
-        &self,
-        kernel: &KernelRef,
-        cfg: &LaunchConfig,
-        args: &mut [KernelArg<'_>],
-    ) -> Result<()> {
+    fn launch(&self, kernel: &KernelRef, cfg: &LaunchConfig, args: &[KernelArg<'_>]) -> Result<()> {
         self.limits().check(kernel.name, cfg, 0)?;
         if !self.execute {
             return Ok(());
         }
-        let mut slots = pack_args(args, |arg| match arg {
-            KernelArg::Const(mem) => Ok(host(mem)?.address()),
-            KernelArg::Mut(mem) => Ok(host_mut(mem)?.address()),
-            _ => unreachable!("pack_args only asks for buffers"),
-        })?;
+        let mut slots = pack_args(args, |mem| Ok(host(mem)?.address()))?;
         let mut pointers: Vec<*mut c_void> = slots
             .iter_mut()
             .map(|slot| (slot as *mut u64).cast::<c_void>())
@@ -274,15 +251,23 @@ impl DeviceRuntime for EmulatorRuntime {
         Ok(())
     }
 
-    fn gemm(&self, g: &Gemm, a: &Mem, b: &Mem, c: &mut Mem) -> Result<()> {
+    fn gemm(&self, g: &Gemm, a: &Mem, b: &Mem, c: &Mem) -> Result<()> {
         if !self.execute {
             return Ok(());
         }
-        let (a, b, c) = (host(a)?, host(b)?, host_mut(c)?);
-        let a = a.as_slice_f32(a.bytes / 4);
-        let b = b.as_slice_f32(b.bytes / 4);
-        let c_len = c.bytes / 4;
-        host_gemm(g, a, b, c.as_mut_slice_f32(c_len), self.tf32);
+        let (a, b, c) = (host(a)?, host(b)?, host(c)?);
+        let operand = |m: &HostMem| (m.as_ptr().cast::<f32>().cast_const(), m.bytes / 4);
+        // SAFETY: the three are live allocations of the given lengths; the caller checked that the
+        // elements the GEMM writes in C overlap nothing it reads in A and B.
+        unsafe {
+            host_gemm(
+                g,
+                operand(a),
+                operand(b),
+                c.as_ptr().cast::<f32>(),
+                self.tf32,
+            )
+        };
         Ok(())
     }
 
@@ -304,19 +289,37 @@ fn to_tf32(x: f32) -> f32 {
 }
 
 /// cuBLAS's `sgemmStridedBatched` (column-major) on the CPU through the `gemm` crate, whose arbitrary
-/// row/column strides express each operand exactly as cuBLAS reads it. `g` is validated.
-pub(crate) fn host_gemm(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], tf32: bool) {
+/// row/column strides express each operand exactly as cuBLAS reads it. `g` is validated against the
+/// operands' lengths; A and B are `(pointer, elements)`, C a pointer (its length checked by `g`).
+///
+/// # Safety
+/// The pointers must be live for the given lengths, and the elements of C the GEMM writes must not
+/// overlap A or B.
+unsafe fn host_gemm(
+    g: &Gemm,
+    (a, a_len): (*const f32, usize),
+    (b, b_len): (*const f32, usize),
+    c: *mut f32,
+    tf32: bool,
+) {
     let (m, n, k) = (g.m, g.n, g.k);
     if m == 0 || n == 0 {
         return;
     }
     let rounded;
     let (a, b) = if tf32 {
+        // SAFETY: live for these lengths (the caller).
+        let (a, b) = unsafe {
+            (
+                std::slice::from_raw_parts(a, a_len),
+                std::slice::from_raw_parts(b, b_len),
+            )
+        };
         rounded = (
             a.iter().map(|&x| to_tf32(x)).collect::<Vec<_>>(),
             b.iter().map(|&x| to_tf32(x)).collect::<Vec<_>>(),
         );
-        (&rounded.0[..], &rounded.1[..])
+        (rounded.0.as_ptr(), rounded.1.as_ptr())
     } else {
         (a, b)
     };
@@ -336,27 +339,29 @@ pub(crate) fn host_gemm(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], tf32: boo
         let c0 = g.c_offset + batch * g.stride_c;
         if k == 0 {
             for j in 0..n {
-                for v in &mut c[c0 + j * g.ldc..c0 + j * g.ldc + m] {
+                for i in 0..m {
+                    // SAFETY: inside C (validated).
+                    let v = unsafe { &mut *c.add(c0 + j * g.ldc + i) };
                     *v = if g.beta == 0.0 { 0.0 } else { g.beta * *v };
                 }
             }
             continue;
         }
         // SAFETY: `g.validate` checked that every element op(A), op(B) and C address lies inside
-        // `a`, `b` and `c`; `c` is exclusively borrowed and distinct from the inputs.
+        // its operand; what is written of C overlaps neither input (the caller).
         unsafe {
             ::gemm::gemm(
                 m,
                 n,
                 k,
-                c.as_mut_ptr().add(c0),
+                c.add(c0),
                 g.ldc as isize,
                 1,
                 g.beta != 0.0, // C is not read when beta is 0, as in cuBLAS
-                a.as_ptr().add(a0),
+                a.add(a0),
                 a_cs,
                 a_rs,
-                b.as_ptr().add(b0),
+                b.add(b0),
                 b_cs,
                 b_rs,
                 g.beta,

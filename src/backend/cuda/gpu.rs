@@ -28,12 +28,6 @@ use super::runtime::{
 /// One device allocation (bytes).
 pub(crate) struct GpuMem(CudaSlice<u8>);
 
-impl GpuMem {
-    pub(crate) fn bytes(&self) -> usize {
-        self.0.len()
-    }
-}
-
 /// Page-locked host memory for batches built on the host. Its copies to the device are asynchronous,
 /// so the host must not write it again before the last one has completed: `copied` is recorded after
 /// each copy and waited on before the memory is lent out for writing. (cudarc's own tracking of
@@ -67,13 +61,6 @@ impl Drop for GpuStaging {
 }
 
 fn gpu(mem: &Mem) -> Result<&GpuMem> {
-    match mem {
-        Mem::Gpu(g) => Ok(g),
-        Mem::Host(_) => bail!("an emulator buffer was passed to the GPU backend"),
-    }
-}
-
-fn gpu_mut(mem: &mut Mem) -> Result<&mut GpuMem> {
     match mem {
         Mem::Gpu(g) => Ok(g),
         Mem::Host(_) => bail!("an emulator buffer was passed to the GPU backend"),
@@ -263,10 +250,11 @@ impl DeviceRuntime for GpuRuntime {
         Ok(Mem::Gpu(GpuMem(slice)))
     }
 
-    fn write(&self, dst: &mut Mem, src: &[u8]) -> Result<()> {
-        let dst = gpu_mut(dst)?;
-        self.stream
-            .memcpy_htod(src, &mut dst.0.slice_mut(0..src.len()))
+    fn write(&self, dst: &Mem, offset: usize, src: &[u8]) -> Result<()> {
+        let dst = self.device_address(gpu(dst)?) + offset as u64;
+        self.ctx.bind_to_thread()?;
+        // SAFETY: the caller checked that `offset + src.len()` lies inside the allocation.
+        unsafe { driver_result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
             .context("host-to-device copy")
     }
 
@@ -288,25 +276,32 @@ impl DeviceRuntime for GpuRuntime {
         Ok(StagingMem::Gpu(GpuStaging { pinned, copied }))
     }
 
-    fn write_staged(&self, dst: &mut Mem, staging: &StagingMem, len: usize) -> Result<()> {
+    fn write_staged(
+        &self,
+        dst: &Mem,
+        offset: usize,
+        staging: &StagingMem,
+        len: usize,
+    ) -> Result<()> {
         let StagingMem::Gpu(staging) = staging else {
             bail!("emulator staging memory was passed to the GPU backend");
         };
         // Page-locked source: the driver copies by DMA, asynchronously, in stream order.
         let src = staging.pinned.as_slice()?;
-        self.write(dst, bytemuck::cast_slice(&src[..len]))?;
+        self.write(dst, offset, bytemuck::cast_slice(&src[..len]))?;
         staging
             .copied
             .record(&self.stream)
             .context("recording the staging upload")
     }
 
-    fn read(&self, src: &Mem, dst: &mut [u8]) -> Result<()> {
-        let src = gpu(src)?;
+    fn read(&self, src: &Mem, offset: usize, dst: &mut [u8]) -> Result<()> {
+        let src = self.device_address(gpu(src)?) + offset as u64;
         if !dst.is_empty() {
-            let len = dst.len();
-            self.stream
-                .memcpy_dtoh(&src.0.slice(0..len), dst)
+            self.ctx.bind_to_thread()?;
+            // SAFETY: the caller checked that `offset + dst.len()` lies inside the allocation; the
+            // synchronisation below completes the copy before `dst` is used.
+            unsafe { driver_result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
                 .context("device-to-host copy")?;
         }
         self.stream
@@ -318,38 +313,33 @@ impl DeviceRuntime for GpuRuntime {
         &self,
         src: &Mem,
         src_offset: usize,
-        dst: &mut Mem,
+        dst: &Mem,
         dst_offset: usize,
         bytes: usize,
     ) -> Result<()> {
         if bytes == 0 {
             return Ok(());
         }
-        let (src, dst) = (gpu(src)?, gpu_mut(dst)?);
-        self.stream
-            .memcpy_dtod(
-                &src.0.slice(src_offset..src_offset + bytes),
-                &mut dst.0.slice_mut(dst_offset..dst_offset + bytes),
-            )
+        let src = self.device_address(gpu(src)?) + src_offset as u64;
+        let dst = self.device_address(gpu(dst)?) + dst_offset as u64;
+        self.ctx.bind_to_thread()?;
+        // SAFETY: both ranges lie inside their allocations and do not overlap (the caller).
+        unsafe { driver_result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
             .context("device-to-device copy")
     }
 
-    fn memset_zero(&self, dst: &mut Mem, bytes: usize) -> Result<()> {
+    fn memset_zero(&self, dst: &Mem, offset: usize, bytes: usize) -> Result<()> {
         if bytes == 0 {
             return Ok(());
         }
-        let dst = gpu_mut(dst)?;
-        self.stream
-            .memset_zeros(&mut dst.0.slice_mut(0..bytes))
+        let dst = self.device_address(gpu(dst)?) + offset as u64;
+        self.ctx.bind_to_thread()?;
+        // SAFETY: the range lies inside the allocation (the caller).
+        unsafe { driver_result::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }
             .context("device memset")
     }
 
-    fn launch(
-        &self,
-        kernel: &KernelRef,
-        cfg: &LaunchConfig,
-        args: &mut [KernelArg<'_>],
-    ) -> Result<()> {
+    fn launch(&self, kernel: &KernelRef, cfg: &LaunchConfig, args: &[KernelArg<'_>]) -> Result<()> {
         let loaded = self.functions.get(kernel.name).ok_or_else(|| {
             anyhow!(
                 "kernel `{}` (kernels/{}.cu) was not loaded",
@@ -367,11 +357,7 @@ impl DeviceRuntime for GpuRuntime {
                 )
                 .with_context(|| format!("kernel `{}`: opting in to shared memory", kernel.name))?;
         }
-        let mut slots = pack_args(args, |arg| match arg {
-            KernelArg::Const(mem) => Ok(self.device_address(gpu(mem)?)),
-            KernelArg::Mut(mem) => Ok(self.device_address(gpu(mem)?)),
-            _ => unreachable!("pack_args only asks for buffers"),
-        })?;
+        let mut slots = pack_args(args, |mem| Ok(self.device_address(gpu(mem)?)))?;
         let mut params: Vec<*mut c_void> = slots
             .iter_mut()
             .map(|slot| (slot as *mut u64).cast::<c_void>())
@@ -398,13 +384,13 @@ impl DeviceRuntime for GpuRuntime {
         })
     }
 
-    fn gemm(&self, g: &Gemm, a: &Mem, b: &Mem, c: &mut Mem) -> Result<()> {
+    fn gemm(&self, g: &Gemm, a: &Mem, b: &Mem, c: &Mem) -> Result<()> {
         if g.m == 0 || g.n == 0 || g.batch == 0 {
             return Ok(());
         }
         let a = self.device_address(gpu(a)?) + 4 * g.a_offset as u64;
         let b = self.device_address(gpu(b)?) + 4 * g.b_offset as u64;
-        let c = self.device_address(gpu_mut(c)?) + 4 * g.c_offset as u64;
+        let c = self.device_address(gpu(c)?) + 4 * g.c_offset as u64;
         let op = |t: bool| {
             if t {
                 cublas::sys::cublasOperation_t::CUBLAS_OP_T

@@ -179,8 +179,11 @@ impl CudaBackend {
 
     fn download_typed<T: bytemuck::Pod + Default>(&self, buf: &DeviceBuffer<T>) -> Result<Vec<T>> {
         let mut out = vec![T::default(); buf.len()];
-        self.dev
-            .download(&buf.mem, bytemuck::cast_slice_mut(&mut out))?;
+        self.dev.download(
+            &buf.mem,
+            buf.byte_offset(),
+            bytemuck::cast_slice_mut(&mut out),
+        )?;
         self.check_device_errors()?;
         Ok(out)
     }
@@ -224,10 +227,19 @@ impl CudaBackend {
         Ok(counters)
     }
 
-    /// Validated GEMM on f32 buffers.
+    /// Validated GEMM on f32 buffers (offsets relative to each buffer, which may be a view).
     fn gemm(&self, g: &Gemm, a: &CudaBuf, b: &CudaBuf, c: &mut CudaBuf) -> Result<()> {
         g.validate(a.len(), b.len(), c.len())?;
-        self.dev.gemm(g, &a.mem, &b.mem, &mut c.mem)
+        if c.overlaps(a) || c.overlaps(b) {
+            bail!("gemm: C shares memory with an input");
+        }
+        let in_allocation = Gemm {
+            a_offset: g.a_offset + a.byte_offset() / 4,
+            b_offset: g.b_offset + b.byte_offset() / 4,
+            c_offset: g.c_offset + c.byte_offset() / 4,
+            ..*g
+        };
+        self.dev.gemm(&in_allocation, &a.mem, &b.mem, &c.mem)
     }
 
     /// The error record, locked for a launch of an error-raising kernel.
@@ -255,20 +267,20 @@ impl CudaBackend {
 
     /// [`Self::check_device_errors`], the read counted or not.
     fn report_device_errors(&self, counted: bool) -> Result<()> {
-        let mut record = self.error_record()?;
+        let record = self.error_record()?;
         let mut words = [0u32; ERROR_RECORD_WORDS];
         let dst = bytemuck::cast_slice_mut(&mut words);
         if counted {
-            self.dev.download(&record.mem, dst)?;
+            self.dev.download(&record.mem, 0, dst)?;
         } else {
-            self.dev.read_uncounted(&record.mem, dst)?;
+            self.dev.read_uncounted(&record.mem, 0, dst)?;
         }
         let [code, position, value, detail] = words;
         if code == 0 {
             return Ok(());
         }
         self.dev
-            .memset_zero(&mut record.mem, 4 * ERROR_RECORD_WORDS)?;
+            .memset_zero(&record.mem, 0, 4 * ERROR_RECORD_WORDS)?;
         bail!(
             "{}",
             abi::error_message(code, position.into(), value.into(), detail.into())
@@ -346,11 +358,21 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         self.dev.copy(
             &src.mem,
-            4 * src_offset,
-            &mut dst.mem,
-            4 * dst_offset,
+            src.byte_offset() + 4 * src_offset,
+            &dst.mem,
+            dst.byte_offset() + 4 * dst_offset,
             4 * len,
         )
+    }
+    fn view_unchecked(&self, buf: &CudaBuf, offset: usize, len: usize) -> Result<CudaBuf> {
+        Ok(buf.view(offset, len))
+    }
+    fn write_unchecked(&self, dst: &mut CudaBuf, data: &[f32]) -> Result<()> {
+        self.dev
+            .write(&dst.mem, dst.byte_offset(), bytemuck::cast_slice(data))
+    }
+    fn shares_memory(&self, a: &CudaBuf, b: &CudaBuf) -> bool {
+        a.overlaps(b)
     }
     fn upload_staged_unchecked(&self, staging: &CudaStaging, len: usize) -> Result<CudaBuf> {
         Ok(DeviceBuffer::from_mem(

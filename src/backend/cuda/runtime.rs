@@ -5,6 +5,7 @@
 
 use std::ffi::{c_char, c_int, c_void};
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use anyhow::{bail, ensure, Result};
 
@@ -38,16 +39,6 @@ pub(crate) enum Mem {
     Gpu(GpuMem),
 }
 
-impl Mem {
-    /// Size in bytes.
-    pub(crate) fn bytes(&self) -> usize {
-        match self {
-            Mem::Host(h) => h.bytes(),
-            Mem::Gpu(g) => g.bytes(),
-        }
-    }
-}
-
 /// Host staging memory of one runtime (`Backend::alloc_staging`).
 pub(crate) enum StagingMem {
     /// The emulator's: ordinary host memory.
@@ -72,10 +63,12 @@ impl StagingMem {
     }
 }
 
-/// A typed device buffer (`f32` for [`super::CudaBuf`], `u32` for [`super::CudaIndex`], `u64` for
-/// scratch keys). Opaque outside the backend.
+/// A typed device buffer (`f32` for [`super::CudaBuf`], `u32` for [`super::CudaIndex`], `u64`/`f64`
+/// for scratch), or a view of part of one (sharing its allocation). Opaque outside the backend.
 pub struct DeviceBuffer<T> {
-    pub(crate) mem: DeviceMem,
+    pub(crate) mem: Arc<DeviceMem>,
+    /// Offset into the allocation, in elements.
+    offset: usize,
     len: usize,
     _element: PhantomData<T>,
 }
@@ -83,7 +76,8 @@ pub struct DeviceBuffer<T> {
 impl<T> DeviceBuffer<T> {
     pub(crate) fn from_mem(mem: DeviceMem, len: usize) -> Self {
         Self {
-            mem,
+            mem: Arc::new(mem),
+            offset: 0,
             len,
             _element: PhantomData,
         }
@@ -91,33 +85,68 @@ impl<T> DeviceBuffer<T> {
     pub(crate) fn len(&self) -> usize {
         self.len
     }
-    pub(crate) fn arg(&self) -> KernelArg<'_> {
-        KernelArg::Const(&self.mem)
+    /// Elements `offset..offset + len` of this buffer, sharing its memory (checked by the caller).
+    pub(crate) fn view(&self, offset: usize, len: usize) -> Self {
+        Self {
+            mem: self.mem.clone(),
+            offset: self.offset + offset,
+            len,
+            _element: PhantomData,
+        }
     }
+    /// Where the buffer starts in its allocation, in bytes.
+    pub(crate) fn byte_offset(&self) -> usize {
+        self.offset * std::mem::size_of::<T>()
+    }
+    pub(crate) fn bytes(&self) -> usize {
+        self.len * std::mem::size_of::<T>()
+    }
+    /// Whether the two buffers share memory (the same allocation, overlapping ranges).
+    pub(crate) fn overlaps<U>(&self, other: &DeviceBuffer<U>) -> bool {
+        let (a0, b0) = (self.byte_offset(), other.byte_offset());
+        Arc::ptr_eq(&self.mem, &other.mem)
+            && a0 < b0 + other.bytes()
+            && b0 < a0 + self.bytes()
+            && self.len > 0
+            && other.len > 0
+    }
+    pub(crate) fn arg(&self) -> KernelArg<'_> {
+        KernelArg::Buffer {
+            mem: &self.mem,
+            offset: self.byte_offset(),
+            bytes: self.bytes(),
+        }
+    }
+    /// The same as [`Self::arg`]: `&mut` marks the kernels' outputs in the launchers' signatures.
     pub(crate) fn arg_mut(&mut self) -> KernelArg<'_> {
-        KernelArg::Mut(&mut self.mem)
+        self.arg()
     }
 }
 
 impl<T> std::fmt::Debug for DeviceBuffer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let place = match *self.mem {
+        let place = match **self.mem {
             Mem::Host(_) => "emulated",
             Mem::Gpu(_) => "gpu",
         };
         write!(
             f,
-            "DeviceBuffer<{}>[{}; {place}]",
+            "DeviceBuffer<{}>[{}; offset {}; {place}]",
             std::any::type_name::<T>(),
-            self.len
+            self.len,
+            self.offset
         )
     }
 }
 
 /// One kernel argument, as cuLaunchKernel takes them (a pointer to each value).
 pub(crate) enum KernelArg<'a> {
-    Const(&'a Mem),
-    Mut(&'a mut Mem),
+    /// Bytes `offset..offset + bytes` of an allocation.
+    Buffer {
+        mem: &'a Mem,
+        offset: usize,
+        bytes: usize,
+    },
     /// A null pointer (an absent `_opt` buffer).
     Null,
     U32(u32),
@@ -148,14 +177,14 @@ impl From<u64> for KernelArg<'_> {
 }
 
 /// Stores each argument's value in its own 8-byte slot (little-endian, so a 4-byte parameter reads
-/// the low half) and returns the slots; `address_of` turns a buffer into its device address.
+/// the low half) and returns the slots; `address_of` gives an allocation's device address.
 pub(crate) fn pack_args(
-    args: &mut [KernelArg<'_>],
-    mut address_of: impl FnMut(&mut KernelArg<'_>) -> Result<u64>,
+    args: &[KernelArg<'_>],
+    mut address_of: impl FnMut(&Mem) -> Result<u64>,
 ) -> Result<Vec<u64>> {
-    args.iter_mut()
+    args.iter()
         .map(|a| match *a {
-            KernelArg::Const(_) | KernelArg::Mut(_) => address_of(a),
+            KernelArg::Buffer { mem, offset, .. } => Ok(address_of(mem)? + offset as u64),
             KernelArg::Null => Ok(0),
             KernelArg::U32(v) => Ok(u64::from(v)),
             KernelArg::I32(v) => Ok(u64::from(v as u32)),
@@ -439,34 +468,38 @@ pub(crate) trait DeviceRuntime: Send + Sync {
     /// `bytes` of uninitialised memory.
     fn alloc(&self, bytes: usize) -> Result<Mem>;
     /// Marks memory handed out again as uninitialised (the emulator fills it with NaN bytes).
-    fn poison(&self, _mem: &mut Mem) {}
-    /// Copies `src` to the start of `dst` (host to device).
-    fn write(&self, dst: &mut Mem, src: &[u8]) -> Result<()>;
+    fn poison(&self, _mem: &Mem) {}
+    /// Copies `src` to `dst` from byte `offset` on (host to device). Device memory is written
+    /// through shared references: the device, not Rust, orders its accesses (one stream).
+    fn write(&self, dst: &Mem, offset: usize, src: &[u8]) -> Result<()>;
     /// Host staging memory of `len` zeroed `f32`.
     fn alloc_staging(&self, len: usize) -> Result<StagingMem>;
-    /// Copies `staging[..len]` (checked by the caller) to the start of `dst`; asynchronous on a GPU.
-    fn write_staged(&self, dst: &mut Mem, staging: &StagingMem, len: usize) -> Result<()>;
-    /// Copies the first `dst.len()` bytes of `src` to the host, after the queued work.
-    fn read(&self, src: &Mem, dst: &mut [u8]) -> Result<()>;
+    /// Copies `staging[..len]` (checked by the caller) to `dst` from byte `offset` on; asynchronous
+    /// on a GPU.
+    fn write_staged(
+        &self,
+        dst: &Mem,
+        offset: usize,
+        staging: &StagingMem,
+        len: usize,
+    ) -> Result<()>;
+    /// Copies `dst.len()` bytes of `src` from byte `offset` on to the host, after the queued work.
+    fn read(&self, src: &Mem, offset: usize, dst: &mut [u8]) -> Result<()>;
     /// Copies `bytes` from `src[src_offset..]` to `dst[dst_offset..]` (byte offsets, checked by the
-    /// caller).
+    /// caller; the ranges do not overlap).
     fn copy(
         &self,
         src: &Mem,
         src_offset: usize,
-        dst: &mut Mem,
+        dst: &Mem,
         dst_offset: usize,
         bytes: usize,
     ) -> Result<()>;
-    fn memset_zero(&self, dst: &mut Mem, bytes: usize) -> Result<()>;
-    fn launch(
-        &self,
-        kernel: &KernelRef,
-        cfg: &LaunchConfig,
-        args: &mut [KernelArg<'_>],
-    ) -> Result<()>;
-    /// `g` was validated against the buffer lengths by the caller.
-    fn gemm(&self, g: &Gemm, a: &Mem, b: &Mem, c: &mut Mem) -> Result<()>;
+    fn memset_zero(&self, dst: &Mem, offset: usize, bytes: usize) -> Result<()>;
+    fn launch(&self, kernel: &KernelRef, cfg: &LaunchConfig, args: &[KernelArg<'_>]) -> Result<()>;
+    /// `g` was validated against the buffer lengths by the caller; its offsets are from the start
+    /// of each allocation.
+    fn gemm(&self, g: &Gemm, a: &Mem, b: &Mem, c: &Mem) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
     fn range_push(&self, name: &str);
     fn range_pop(&self);
