@@ -52,7 +52,8 @@ fn bench_backend<B: Backend>(crit: &mut Criterion, be: &B, device: &str, quick: 
         let x = random(be, d.input_len(), &mut rng); // [n, c_in, h, w]
         let w = random(be, d.weight_len(), &mut rng); // [c_out, c_in, 3, 3]
         let dy = random(be, d.output_len(), &mut rng); // [n, c_out, h_out, w_out]
-                                                       // Multiply-adds of each of the three ops.
+        let mut dw = be.zeros(d.weight_len()).unwrap(); // [c_out, c_in, 3, 3]
+                                                        // Multiply-adds of each of the three ops.
         let macs = (d.output_len() * c_in * 9) as u64;
         group.throughput(Throughput::Elements(macs));
         group.bench_function(BenchmarkId::new("forward", name), |b| {
@@ -71,9 +72,8 @@ fn bench_backend<B: Backend>(crit: &mut Criterion, be: &B, device: &str, quick: 
         });
         group.bench_function(BenchmarkId::new("backward_weight", name), |b| {
             b.iter(|| {
-                let dw = be.conv2d_backward_weight(&x, &dy, d).unwrap();
+                be.conv2d_backward_weight(&x, &dy, d, &mut dw).unwrap();
                 be.synchronize().unwrap();
-                dw
             })
         });
     }

@@ -3,6 +3,7 @@
 // Per group (c_in_g = c_in / groups, c_out_g = c_out / groups, kk = k * k, P = h_out * w_out):
 // - forward:         y[co, (s, p)]       = sum over (ci, kh, kw) of w[co, (ci, kh, kw)] * X[(ci, kh, kw), (s, p)]
 // - backward data:   dx[ci, (s, ih, iw)] = sum over (co, kh, kw) of w[co, (ci, kh, kw)] * D[(co, kh, kw), (s, ih, iw)]
+//                    (or += with `accumulate`: a residual block adds its shortcut's gradient this way)
 // - backward weight: dw[co, (ci, kh, kw)] = sum over (s, p) of dy[co, (s, p)] * X[(ci, kh, kw), (s, p)]
 // where X is the im2col view of x (zero where the kernel covers padding) and D the transposed-
 // convolution view of dy (zero where no output position maps onto the input position).
@@ -184,7 +185,7 @@ __device__ void conv_forward(const float* x, const float* w, float* y, int n_img
 
 template <int BM, int BN, int TM, int TN>
 __device__ void conv_backward_data(const float* dy, const float* w, float* dx, int n_img,
-                                   ConvGeom g, int groups) {
+                                   ConvGeom g, int groups, bool accumulate) {
     constexpr int TX = BN / TN, TY = BM / TM;
     const int M = g.c_in_g, N = n_img * g.HW, K = g.c_out_g * g.kk;
     const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
@@ -202,7 +203,8 @@ __device__ void conv_backward_data(const float* dy, const float* w, float* dx, i
                 const int q = ti.n0 + tx + j * TX;
                 if (q >= N) continue;
                 const int s = q / g.HW, pix = q % g.HW;
-                dx[(size_t(s) * g.c_in + ti.group * g.c_in_g + ci) * g.HW + pix] = acc[i][j];
+                float* out = dx + (size_t(s) * g.c_in + ti.group * g.c_in_g + ci) * g.HW + pix;
+                *out = accumulate ? *out + acc[i][j] : acc[i][j];
             }
         }
     }
@@ -272,9 +274,9 @@ KERNEL void conv2d_forward_m16(const float* __restrict__ x, const float* __restr
 KERNEL void conv2d_backward_data_m16(const float* __restrict__ dy, const float* __restrict__ w,
                                  float* __restrict__ dx, unsigned n, unsigned c_in, unsigned h,
                                  unsigned w_in, unsigned c_out, unsigned k, unsigned stride,
-                                 unsigned pad, unsigned h_out, unsigned w_out, unsigned groups) {
+                                 unsigned pad, unsigned h_out, unsigned w_out, unsigned groups, int accumulate) {
     const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_backward_data<16, 128, 2, 4>(dy, w, dx, int(n), g, int(groups));
+    conv_backward_data<16, 128, 2, 4>(dy, w, dx, int(n), g, int(groups), accumulate != 0);
 }
 KERNEL void conv2d_backward_weight_m16(const float* __restrict__ x, const float* __restrict__ dy,
                                    float* __restrict__ partial, float* __restrict__ dw,
@@ -296,9 +298,9 @@ KERNEL void conv2d_forward_m32(const float* __restrict__ x, const float* __restr
 KERNEL void conv2d_backward_data_m32(const float* __restrict__ dy, const float* __restrict__ w,
                                  float* __restrict__ dx, unsigned n, unsigned c_in, unsigned h,
                                  unsigned w_in, unsigned c_out, unsigned k, unsigned stride,
-                                 unsigned pad, unsigned h_out, unsigned w_out, unsigned groups) {
+                                 unsigned pad, unsigned h_out, unsigned w_out, unsigned groups, int accumulate) {
     const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_backward_data<32, 128, 4, 4>(dy, w, dx, int(n), g, int(groups));
+    conv_backward_data<32, 128, 4, 4>(dy, w, dx, int(n), g, int(groups), accumulate != 0);
 }
 KERNEL void conv2d_backward_weight_m32(const float* __restrict__ x, const float* __restrict__ dy,
                                    float* __restrict__ partial, float* __restrict__ dw,
@@ -320,9 +322,9 @@ KERNEL void conv2d_forward_m64(const float* __restrict__ x, const float* __restr
 KERNEL void conv2d_backward_data_m64(const float* __restrict__ dy, const float* __restrict__ w,
                                  float* __restrict__ dx, unsigned n, unsigned c_in, unsigned h,
                                  unsigned w_in, unsigned c_out, unsigned k, unsigned stride,
-                                 unsigned pad, unsigned h_out, unsigned w_out, unsigned groups) {
+                                 unsigned pad, unsigned h_out, unsigned w_out, unsigned groups, int accumulate) {
     const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_backward_data<64, 64, 4, 4>(dy, w, dx, int(n), g, int(groups));
+    conv_backward_data<64, 64, 4, 4>(dy, w, dx, int(n), g, int(groups), accumulate != 0);
 }
 KERNEL void conv2d_backward_weight_m64(const float* __restrict__ x, const float* __restrict__ dy,
                                    float* __restrict__ partial, float* __restrict__ dw,
@@ -344,9 +346,9 @@ KERNEL void conv2d_forward_m128(const float* __restrict__ x, const float* __rest
 KERNEL void conv2d_backward_data_m128(const float* __restrict__ dy, const float* __restrict__ w,
                                  float* __restrict__ dx, unsigned n, unsigned c_in, unsigned h,
                                  unsigned w_in, unsigned c_out, unsigned k, unsigned stride,
-                                 unsigned pad, unsigned h_out, unsigned w_out, unsigned groups) {
+                                 unsigned pad, unsigned h_out, unsigned w_out, unsigned groups, int accumulate) {
     const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_backward_data<128, 64, 8, 4>(dy, w, dx, int(n), g, int(groups));
+    conv_backward_data<128, 64, 8, 4>(dy, w, dx, int(n), g, int(groups), accumulate != 0);
 }
 KERNEL void conv2d_backward_weight_m128(const float* __restrict__ x, const float* __restrict__ dy,
                                    float* __restrict__ partial, float* __restrict__ dw,

@@ -3,7 +3,7 @@
 //! loader, bit-exact round trips, strict loading errors, atomic writes.
 
 use ltrain::backend::cpu::CpuBackend;
-use ltrain::backend::{Backend, Buffers};
+use ltrain::backend::Backend;
 use ltrain::model::MultiExpertNet;
 use ltrain::nn::{NamedTensor, TensorData};
 use ltrain::train::checkpoint::{load_checkpoint, load_model, save_checkpoint};
@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 type Be = CpuBackend;
-type Buf = <CpuBackend as Buffers>::Buf;
 
 fn backend() -> Be {
     CpuBackend::new(Some(2)).expect("cpu backend")
@@ -155,11 +154,9 @@ fn stepped_model(be: &Be, seed: u64) -> MultiExpertNet<Be> {
     let mut model = MultiExpertNet::resnet32(be, 4, 3, (24, 48), seed).unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
     for _ in 0..2 {
-        let x: Vec<Buf> = (0..3)
-            .map(|_| be.upload(&randn(&mut rng, 2 * 3 * 8 * 8)).unwrap())
-            .collect();
-        let refs: Vec<&Buf> = x.iter().collect();
-        model.forward_train(be, &refs, 2, 8, 8).unwrap();
+        // Three views of two 8x8 samples, stacked.
+        let x = be.upload(&randn(&mut rng, 3 * 2 * 3 * 8 * 8)).unwrap();
+        model.forward_train(be, x, 3, 2, 8, 8).unwrap();
     }
     model
 }

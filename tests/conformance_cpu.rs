@@ -35,9 +35,14 @@ fn results_do_not_depend_on_the_thread_count() {
     let x = uniform(&mut g, d.input_len(), -1.0, 1.0);
     let dy = uniform(&mut g, d.output_len(), -1.0, 1.0);
     let dw = |be: &CpuBackend| {
-        let dw = be
-            .conv2d_backward_weight(&be.upload(&x).unwrap(), &be.upload(&dy).unwrap(), d)
-            .unwrap();
+        let mut dw = be.zeros(d.weight_len()).unwrap();
+        be.conv2d_backward_weight(
+            &be.upload(&x).unwrap(),
+            &be.upload(&dy).unwrap(),
+            d,
+            &mut dw,
+        )
+        .unwrap();
         be.download(&dw).unwrap()
     };
     let (dw1, dw2) = (dw(&one), dw(&two));

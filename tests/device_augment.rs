@@ -47,7 +47,7 @@ fn spec(level: Level) -> AugmentSpec {
     AugmentSpec {
         h: H,
         w: W,
-        level,
+        drawn: level != Level::Plain,
         mean: CIFAR_NORMALIZATION.mean,
         std: CIFAR_NORMALIZATION.std,
     }

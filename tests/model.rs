@@ -37,6 +37,12 @@ fn central_difference(f: &mut dyn FnMut(f32) -> f64, eps: f32) -> f64 {
     (f(eps) - f(-eps)) / (2.0 * eps as f64)
 }
 
+/// The views stacked into one `[views * n, 3, h, w]` input, as `forward_train` takes them.
+fn stack(be: &Be, views: &[&Buf]) -> Buf {
+    let host: Vec<f32> = views.iter().flat_map(|v| be.download(v).unwrap()).collect();
+    be.upload(&host).unwrap()
+}
+
 fn relative_error(a: f64, b: f64) -> f64 {
     (a - b).abs() / a.abs().max(b.abs()).max(1e-12)
 }
@@ -269,7 +275,9 @@ fn shapes_of(
         .map(|_| be.upload(&randn(&mut rng, batch * 3 * hw * hw)).unwrap())
         .collect();
     let refs: Vec<&Buf> = xs.iter().collect();
-    let outs = model.forward_train(be, &refs, batch, hw, hw).unwrap();
+    let outs = model
+        .forward_train(be, stack(be, &refs), views, batch, hw, hw)
+        .unwrap();
     outs.iter()
         .map(|o| (be.len(&o.logits), be.len(&o.features)))
         .collect()
@@ -311,7 +319,7 @@ fn output_shapes_of_every_architecture() {
 
     // Wrong inputs are refused with a message, not a panic.
     let err = r32
-        .forward_train(&be, &[&x, &x], batch, 32, 32)
+        .forward_train(&be, stack(&be, &[&x, &x]), 2, batch, 32, 32)
         .err()
         .expect("three experts need three views or one");
     assert!(
@@ -338,7 +346,7 @@ fn features_are_the_classifier_input() {
         .map(|_| be.upload(&randn(&mut rng, n * 3 * hw * hw)).unwrap())
         .collect();
     let outs = model
-        .forward_train(&be, &[&views[0], &views[1]], n, hw, hw)
+        .forward_train(&be, stack(&be, &[&views[0], &views[1]]), 2, n, hw, hw)
         .unwrap();
     let d = model.feature_dim();
     let state = host_state(&be, &model);
@@ -417,8 +425,9 @@ fn check_block(mut block: ResBlock<Be>, s: Nchw, expected_out: Nchw) {
     let (y, out) = block.forward_train(&be, &xb, s).unwrap();
     assert_eq!(out, expected_out);
     let r = randn(&mut rng, out.len());
-    let dx = block
-        .backward(&be, &xb, &y, &be.upload(&r).unwrap())
+    let mut dx = be.empty(s.len()).unwrap();
+    block
+        .backward_into(&be, &xb, &y, &be.upload(&r).unwrap(), &mut dx)
         .unwrap();
     let dx = be.download(&dx).unwrap();
     let params = block_params(&block, &be);
@@ -507,7 +516,9 @@ fn net_loss(
     r: &[Vec<f32>],
 ) -> f64 {
     let refs: Vec<&Buf> = views.iter().collect();
-    let outs = model.forward_train(be, &refs, s.n, s.h, s.w).unwrap();
+    let outs = model
+        .forward_train(be, stack(be, &refs), refs.len(), s.n, s.h, s.w)
+        .unwrap();
     outs.iter()
         .zip(r)
         .map(|(o, r)| dot(&be.download(&o.logits).unwrap(), r))
@@ -523,7 +534,9 @@ fn net_gradients(
     r: &[Vec<f32>],
 ) -> Vec<Vec<f32>> {
     let refs: Vec<&Buf> = views.iter().collect();
-    model.forward_train(be, &refs, s.n, s.h, s.w).unwrap();
+    model
+        .forward_train(be, stack(be, &refs), refs.len(), s.n, s.h, s.w)
+        .unwrap();
     let dlogits: Vec<Buf> = r.iter().map(|r| be.upload(r).unwrap()).collect();
     model.backward(be, &dlogits).unwrap();
     model
@@ -664,8 +677,16 @@ fn each_expert_reads_its_own_view() {
             .map(|o| be.download(&o.logits).unwrap())
             .collect()
     };
-    let single = logits(model.forward_train(&be, &[&a], s.n, s.h, s.w).unwrap());
-    let split = logits(model.forward_train(&be, &[&a, &pa], s.n, s.h, s.w).unwrap());
+    let single = logits(
+        model
+            .forward_train(&be, stack(&be, &[&a]), 1, s.n, s.h, s.w)
+            .unwrap(),
+    );
+    let split = logits(
+        model
+            .forward_train(&be, stack(&be, &[&a, &pa]), 2, s.n, s.h, s.w)
+            .unwrap(),
+    );
     let reverse_rows =
         |l: &[f32]| -> Vec<f32> { l.chunks(c).rev().flat_map(|x| x.iter().copied()).collect() };
     let close = |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(p, q)| (p - q).abs() < 1e-4);
@@ -714,7 +735,9 @@ fn steps_to_overfit(experts: usize, max_steps: usize) -> Option<usize> {
     };
     for step in 0..max_steps {
         let views: Vec<&Buf> = vec![&x; experts];
-        let outs = model.forward_train(&be, &views, n, hw, hw).unwrap();
+        let outs = model
+            .forward_train(&be, stack(&be, &views), experts, n, hw, hw)
+            .unwrap();
         let mut fitted = true;
         let mut dlogits = Vec::with_capacity(experts);
         for o in &outs {
@@ -777,7 +800,7 @@ fn eval_probabilities_are_the_mean_of_expert_softmaxes() {
     // A few training forwards move the running statistics away from their initial values.
     for _ in 0..3 {
         let x = be.upload(&randn(&mut rng, n * 3 * hw * hw)).unwrap();
-        model.forward_train(&be, &[&x], n, hw, hw).unwrap();
+        model.forward_train(&be, x, 1, n, hw, hw).unwrap();
     }
     let x = be.upload(&randn(&mut rng, n * 3 * hw * hw)).unwrap();
     let out = model.forward_eval(&be, &x, n, hw, hw).unwrap();

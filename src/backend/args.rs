@@ -69,8 +69,8 @@ impl<B: Buffers + ?Sized> BatchNormAct<'_, B> {
 pub struct BatchNormBackwardAct<'a, B: Buffers + ?Sized> {
     /// That forward's output `[n, c, hw]`: the gradient passes where it is positive.
     pub relu_output: Option<&'a B::Buf>,
-    /// Return the masked gradient too (the residual's gradient).
-    pub keep_masked: bool,
+    /// Where to write the masked gradient too (`[n, c, hw]`, the residual's gradient).
+    pub masked_dy: Option<&'a mut B::Buf>,
 }
 
 impl<B: Buffers + ?Sized> BatchNormBackwardAct<'_, B> {
@@ -78,20 +78,45 @@ impl<B: Buffers + ?Sized> BatchNormBackwardAct<'_, B> {
     pub fn none() -> Self {
         Self {
             relu_output: None,
-            keep_masked: false,
+            masked_dy: None,
         }
     }
 }
 
-/// What a batch norm's backward returns.
-pub struct BatchNormGrads<B: Buffers + ?Sized> {
-    /// `[n, c, hw]`.
-    pub dx: B::Buf,
-    /// `[c]` each.
-    pub dgamma: B::Buf,
-    pub dbeta: B::Buf,
-    /// `[n, c, hw]` the incoming gradient after the ReLU mask, when asked for.
-    pub masked_dy: Option<B::Buf>,
+impl<'a, B: Buffers + ?Sized> BatchNormBackwardAct<'a, B> {
+    /// A fused ReLU whose output was `y`.
+    pub fn relu(y: &'a B::Buf) -> Self {
+        Self {
+            relu_output: Some(y),
+            masked_dy: None,
+        }
+    }
+}
+
+/// Whether an op writes its output over the destination or adds it to what is there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    Overwrite,
+    /// `dst += result` (a residual block's input gradient: the shortcut's, then the branch's).
+    Add,
+}
+
+/// What a batch norm's backward reads: the gradient of its output, its input, `gamma` and the
+/// forward's saved `(mean, 1 / sqrt(var + eps))`.
+pub struct BatchNormBackwardInputs<'a, B: Buffers + ?Sized> {
+    /// `[n, c, hw]` each.
+    pub dy: &'a B::Buf,
+    pub x: &'a B::Buf,
+    /// `[c]`.
+    pub gamma: &'a B::Buf,
+    pub saved: BatchNormStats<'a, B>,
+}
+
+/// Where a backward writes the gradients of a layer's two parameters (batch norm's `gamma` and
+/// `beta`, a linear layer's weight and bias): views of the flat gradient buffer, overwritten.
+pub struct ParamGrads<'a, B: Buffers + ?Sized> {
+    pub weight: &'a mut B::Buf,
+    pub bias: &'a mut B::Buf,
 }
 
 /// SGD with PyTorch semantics (dampening 0): `g = grad + wd * p; v = momentum * v + g;
@@ -174,10 +199,26 @@ pub struct LossOutput<B: Buffers + ?Sized> {
 pub struct AugmentSpec {
     pub h: usize,
     pub w: usize,
-    /// `Level::Plain`: normalisation only, no parameters.
-    pub level: Level,
+    /// Whether every row has drawn parameters (an augmented level: each row's parameters say what
+    /// is done, so one launch serves views of several levels); `false`: the plain transform,
+    /// normalisation only, no parameters.
+    pub drawn: bool,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+}
+
+impl AugmentSpec {
+    /// [`AugmentSpec::drawn`] for views of `levels` built in one launch: all plain or all augmented.
+    pub fn drawn_for(levels: &[Level]) -> anyhow::Result<bool> {
+        let drawn = levels.iter().filter(|&&l| l != Level::Plain).count();
+        if drawn != 0 && drawn != levels.len() {
+            anyhow::bail!(
+                "views of levels {levels:?} cannot share an augmentation launch: the plain \
+                 transform has no parameters"
+            );
+        }
+        Ok(drawn != 0)
+    }
 }
 
 /// Host memory a loader thread fills and [`super::Backend::upload_staged`] copies from: page-locked

@@ -38,9 +38,9 @@ use anyhow::{bail, Result};
 use counters::DeviceCounters;
 
 pub use args::{
-    AugmentSpec, BatchNormAct, BatchNormAffine, BatchNormBackwardAct, BatchNormConfig,
-    BatchNormGrads, BatchNormRunning, BatchNormStats, HostStaging, LossArgs, LossOutput,
-    LossReduction, LossTargets, LossWeighting, SgdConfig,
+    AugmentSpec, BatchNormAct, BatchNormAffine, BatchNormBackwardAct, BatchNormBackwardInputs,
+    BatchNormConfig, BatchNormRunning, BatchNormStats, HostStaging, LossArgs, LossOutput,
+    LossReduction, LossTargets, LossWeighting, ParamGrads, SgdConfig, WriteMode,
 };
 pub use ops::{
     AugmentOps, Buffers, ConvOps, ElementwiseOps, LinearOps, LossOps, NormOps, OptimOps, PoolOps,
@@ -95,6 +95,9 @@ pub trait Backend:
 
     // ---- memory (what each backend implements itself) ----
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    /// A buffer of unspecified contents for an op to write all of (NaN on the CPU and on the
+    /// emulator, so that reading it before writing shows in tests); no zero-fill on a GPU.
+    fn empty(&self, len: usize) -> Result<Self::Buf>;
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     fn upload_index(&self, data: &[u32]) -> Result<Self::Index>;
@@ -231,23 +234,42 @@ pub trait Backend:
         w: &Self::Buf,
         d: Conv2dDims,
     ) -> Result<Self::Buf> {
+        let mut dx = self.empty(d.input_len())?;
+        self.conv2d_backward_data_into(dy, w, d, &mut dx, WriteMode::Overwrite)?;
+        Ok(dx)
+    }
+    /// The input gradient written over `dx` or added to it (`mode`).
+    fn conv2d_backward_data_into(
+        &self,
+        dy: &Self::Buf,
+        w: &Self::Buf,
+        d: Conv2dDims,
+        dx: &mut Self::Buf,
+        mode: WriteMode,
+    ) -> Result<()> {
         const OP: &str = "conv2d_backward_data";
         d.validate(OP)?;
         check_len(OP, "dy", self.len(dy), d.output_len())?;
         check_len(OP, "w", self.len(w), d.weight_len())?;
-        self.conv2d_backward_data_unchecked(dy, w, d)
+        check_len(OP, "dx", self.len(dx), d.input_len())?;
+        check_disjoint(self, OP, &[("dx", dx)], &[("dy", dy), ("w", w)])?;
+        self.conv2d_backward_data_unchecked(dy, w, d, dx, mode)
     }
+    /// The weight gradient, written over `dw` (a view of the flat gradient buffer).
     fn conv2d_backward_weight(
         &self,
         x: &Self::Buf,
         dy: &Self::Buf,
         d: Conv2dDims,
-    ) -> Result<Self::Buf> {
+        dw: &mut Self::Buf,
+    ) -> Result<()> {
         const OP: &str = "conv2d_backward_weight";
         d.validate(OP)?;
         check_len(OP, "x", self.len(x), d.input_len())?;
         check_len(OP, "dy", self.len(dy), d.output_len())?;
-        self.conv2d_backward_weight_unchecked(x, dy, d)
+        check_len(OP, "dw", self.len(dw), d.weight_len())?;
+        check_disjoint(self, OP, &[("dw", dw)], &[("x", x), ("dy", dy)])?;
+        self.conv2d_backward_weight_unchecked(x, dy, d, dw)
     }
 
     // ---- batch norm (gamma, beta, running stats `[c]`) ----
@@ -351,49 +373,58 @@ pub trait Backend:
         }
         self.batch_norm_eval_forward_unchecked(x, affine, running, d, cfg, act)
     }
-    /// Backward of the training forward: `(dx, dgamma [c], dbeta [c])`.
+    /// Backward of [`Backend::batch_norm_train_forward_act`] (for a fused ReLU, its output in
+    /// `act.relu_output`): returns `dx`, writes `dgamma` and `dbeta` over `grads` and the masked
+    /// gradient over `act.masked_dy` when given.
     fn batch_norm_backward(
         &self,
-        dy: &Self::Buf,
-        x: &Self::Buf,
-        gamma: &Self::Buf,
-        saved_mean: &Self::Buf,
-        saved_inv_std: &Self::Buf,
-        d: ChannelDims,
-    ) -> Result<(Self::Buf, Self::Buf, Self::Buf)> {
-        let saved = BatchNormStats {
-            mean: saved_mean,
-            var: saved_inv_std,
-        };
-        let g =
-            self.batch_norm_backward_act(dy, x, gamma, saved, d, BatchNormBackwardAct::none())?;
-        Ok((g.dx, g.dgamma, g.dbeta))
-    }
-    /// Backward of [`Backend::batch_norm_train_forward_act`] with a fused ReLU (its output in
-    /// `act.relu_output`); `saved` holds the forward's `(saved_mean, saved_inv_std)`.
-    fn batch_norm_backward_act(
-        &self,
-        dy: &Self::Buf,
-        x: &Self::Buf,
-        gamma: &Self::Buf,
-        saved: BatchNormStats<'_, Self>,
+        inputs: BatchNormBackwardInputs<'_, Self>,
         d: ChannelDims,
         act: BatchNormBackwardAct<'_, Self>,
-    ) -> Result<BatchNormGrads<Self>> {
+        grads: ParamGrads<'_, Self>,
+    ) -> Result<Self::Buf> {
         const OP: &str = "batch_norm_backward";
+        let BatchNormBackwardInputs {
+            dy,
+            x,
+            gamma,
+            saved,
+        } = &inputs;
         check_len(OP, "dy", self.len(dy), d.len())?;
         check_len(OP, "x", self.len(x), d.len())?;
         for (what, buf) in [
-            ("gamma", gamma),
+            ("gamma", *gamma),
             ("saved_mean", saved.mean),
             ("saved_inv_std", saved.var),
+            ("dgamma", &*grads.weight),
+            ("dbeta", &*grads.bias),
         ] {
             check_len(OP, what, self.len(buf), d.c)?;
         }
         if let Some(y) = act.relu_output {
             check_len(OP, "relu_output", self.len(y), d.len())?;
         }
-        self.batch_norm_backward_unchecked(dy, x, gamma, saved, d, act)
+        let mut written = vec![("dgamma", &*grads.weight), ("dbeta", &*grads.bias)];
+        if let Some(m) = &act.masked_dy {
+            if act.relu_output.is_none() {
+                bail!("{OP}: a masked gradient asked for without the ReLU output that masks it");
+            }
+            check_len(OP, "masked_dy", self.len(m), d.len())?;
+            written.push(("masked_dy", &**m));
+        }
+        check_disjoint(
+            self,
+            OP,
+            &written,
+            &[
+                ("dy", dy),
+                ("x", x),
+                ("gamma", gamma),
+                ("saved_mean", saved.mean),
+                ("saved_inv_std", saved.var),
+            ],
+        )?;
+        self.batch_norm_backward_unchecked(inputs, d, act, grads)
     }
 
     // ---- shortcut and pooling ----
@@ -403,11 +434,19 @@ pub trait Backend:
         check_len(OP, "x", self.len(x), d.input_len())?;
         self.shortcut_a_forward_unchecked(x, d)
     }
-    fn shortcut_a_backward(&self, dy: &Self::Buf, d: ShortcutDims) -> Result<Self::Buf> {
+    /// The input gradient, written over `dx`.
+    fn shortcut_a_backward(
+        &self,
+        dy: &Self::Buf,
+        d: ShortcutDims,
+        dx: &mut Self::Buf,
+    ) -> Result<()> {
         const OP: &str = "shortcut_a_backward";
         d.validate(OP)?;
         check_len(OP, "dy", self.len(dy), d.output_len())?;
-        self.shortcut_a_backward_unchecked(dy, d)
+        check_len(OP, "dx", self.len(dx), d.input_len())?;
+        check_disjoint(self, OP, &[("dx", dx)], &[("dy", dy)])?;
+        self.shortcut_a_backward_unchecked(dy, d, dx)
     }
     /// Max pooling (padding never wins); returns `(y, argmax)` with `argmax` the flat input index.
     fn max_pool_forward(&self, x: &Self::Buf, d: Pool2dDims) -> Result<(Self::Buf, Self::Index)> {
@@ -456,19 +495,28 @@ pub trait Backend:
         check_len(OP, "b", self.len(b), d.d_out)?;
         self.linear_forward_unchecked(x, w, b, d)
     }
-    /// `(dx [n, in], dw [out, in], db [out])`.
+    /// Returns `dx [n, in]`; writes `dw [out, in]` and `db [out]` over `grads`.
     fn linear_backward(
         &self,
         dy: &Self::Buf,
         x: &Self::Buf,
         w: &Self::Buf,
         d: LinearDims,
-    ) -> Result<(Self::Buf, Self::Buf, Self::Buf)> {
+        grads: ParamGrads<'_, Self>,
+    ) -> Result<Self::Buf> {
         const OP: &str = "linear_backward";
         check_len(OP, "dy", self.len(dy), d.n * d.d_out)?;
         check_len(OP, "x", self.len(x), d.n * d.d_in)?;
         check_len(OP, "w", self.len(w), d.d_out * d.d_in)?;
-        self.linear_backward_unchecked(dy, x, w, d)
+        check_len(OP, "dw", self.len(grads.weight), d.d_out * d.d_in)?;
+        check_len(OP, "db", self.len(grads.bias), d.d_out)?;
+        check_disjoint(
+            self,
+            OP,
+            &[("dw", &*grads.weight), ("db", &*grads.bias)],
+            &[("dy", dy), ("x", x), ("w", w)],
+        )?;
+        self.linear_backward_unchecked(dy, x, w, d, grads)
     }
 
     // ---- rows `[n, c]` ----
@@ -566,10 +614,11 @@ pub trait Backend:
     }
 
     // ---- the data path ----
-    /// Builds normalised views `[n, 3, h, w]` of the images `indices [n]` of `images [N, 3, h, w]`
-    /// under `spec.level`. `params [n, augment_params::PARAM_WORDS]` holds each sample's drawn
+    /// Builds normalised views `[n, 3, h, w]` of the images `indices [n]` of `images [N, 3, h, w]`.
+    /// With `spec.drawn`, `params [n, augment_params::PARAM_WORDS]` holds each sample's drawn
     /// parameters in the layout of [`augment_params`] (drawn on the host by the same generator as the
-    /// host path, see `augment_params::draw_batch`); for `Level::Plain` it must be empty. The result
+    /// host path, see `augment_params::draw_batch`; rows of different levels may be mixed, e.g. the
+    /// experts' views of one batch, stacked); for the plain transform it must be empty. The result
     /// equals `augment::apply` + `augment::normalize_into` on the same parameters.
     fn augment_batch(
         &self,
@@ -586,7 +635,7 @@ pub trait Backend:
             bail!("{OP}: the dataset has {bytes} bytes, not a whole number of {h}x{w} RGB images");
         }
         let words = self.len(params);
-        if spec.level == crate::augment::Level::Plain {
+        if !spec.drawn {
             if words != 0 {
                 bail!("{OP}: the plain transform takes no parameters (got {words} words)");
             }

@@ -8,8 +8,9 @@
 use anyhow::Result;
 
 use super::args::{
-    AugmentSpec, BatchNormAct, BatchNormAffine, BatchNormBackwardAct, BatchNormConfig,
-    BatchNormGrads, BatchNormRunning, BatchNormStats, HostStaging, LossArgs, LossOutput, SgdConfig,
+    AugmentSpec, BatchNormAct, BatchNormAffine, BatchNormBackwardAct, BatchNormBackwardInputs,
+    BatchNormConfig, BatchNormRunning, BatchNormStats, HostStaging, LossArgs, LossOutput,
+    ParamGrads, SgdConfig, WriteMode,
 };
 use super::shapes::{
     ChannelDims, Conv2dDims, CosineDims, LinearDims, Pool2dDims, RowDims, SampleDims, ShortcutDims,
@@ -55,13 +56,16 @@ pub trait ConvOps: Buffers {
         dy: &Self::Buf,
         w: &Self::Buf,
         d: Conv2dDims,
-    ) -> Result<Self::Buf>;
+        dx: &mut Self::Buf,
+        mode: WriteMode,
+    ) -> Result<()>;
     fn conv2d_backward_weight_unchecked(
         &self,
         x: &Self::Buf,
         dy: &Self::Buf,
         d: Conv2dDims,
-    ) -> Result<Self::Buf>;
+        dw: &mut Self::Buf,
+    ) -> Result<()>;
 }
 
 /// Batch normalisation, with the activation that follows it fused in.
@@ -87,19 +91,22 @@ pub trait NormOps: Buffers {
     ) -> Result<Self::Buf>;
     fn batch_norm_backward_unchecked(
         &self,
-        dy: &Self::Buf,
-        x: &Self::Buf,
-        gamma: &Self::Buf,
-        saved: BatchNormStats<'_, Self>,
+        inputs: BatchNormBackwardInputs<'_, Self>,
         d: ChannelDims,
         act: BatchNormBackwardAct<'_, Self>,
-    ) -> Result<BatchNormGrads<Self>>;
+        grads: ParamGrads<'_, Self>,
+    ) -> Result<Self::Buf>;
 }
 
 /// Pooling and the option-A shortcut.
 pub trait PoolOps: Buffers {
     fn shortcut_a_forward_unchecked(&self, x: &Self::Buf, d: ShortcutDims) -> Result<Self::Buf>;
-    fn shortcut_a_backward_unchecked(&self, dy: &Self::Buf, d: ShortcutDims) -> Result<Self::Buf>;
+    fn shortcut_a_backward_unchecked(
+        &self,
+        dy: &Self::Buf,
+        d: ShortcutDims,
+        dx: &mut Self::Buf,
+    ) -> Result<()>;
     fn max_pool_forward_unchecked(
         &self,
         x: &Self::Buf,
@@ -129,13 +136,15 @@ pub trait LinearOps: Buffers {
         b: &Self::Buf,
         d: LinearDims,
     ) -> Result<Self::Buf>;
+    /// `dx`.
     fn linear_backward_unchecked(
         &self,
         dy: &Self::Buf,
         x: &Self::Buf,
         w: &Self::Buf,
         d: LinearDims,
-    ) -> Result<(Self::Buf, Self::Buf, Self::Buf)>;
+        grads: ParamGrads<'_, Self>,
+    ) -> Result<Self::Buf>;
 }
 
 /// Row-wise ops on `[n, c]` matrices the model needs (evaluation).

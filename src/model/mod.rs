@@ -20,7 +20,8 @@ pub use state::is_model_tensor;
 use crate::backend::{Backend, RowDims};
 use crate::config::{ExpertWidth, ModelKind, TrainConfig};
 use crate::nn::{
-    BatchNorm2d, Conv2d, Linear, MaxPool2d, Module, Nchw, Param, Stage, StateMut, StateRef,
+    BatchNorm2d, Conv2d, Linear, MaxPool2d, Module, Nchw, Param, ParamStore, Stage, StateMut,
+    StateRef,
 };
 use anyhow::{bail, ensure, Context, Result};
 use parts::{Expert, Stem, Trunk};
@@ -86,7 +87,7 @@ pub struct EvalOut<B: Backend> {
 enum ExpertInputs<B: Backend> {
     /// One view for all experts: every expert reads the trunk output itself.
     Shared,
-    /// One view per expert: expert `k` reads its own copy of rows `k * batch .. (k + 1) * batch`.
+    /// One view per expert: expert `k` reads a view of rows `k * batch .. (k + 1) * batch`.
     Split(Vec<B::Buf>),
 }
 
@@ -102,7 +103,28 @@ pub struct MultiExpertNet<B: Backend> {
     num_classes: usize,
     shared: Trunk<B>,
     experts: Vec<Expert<B>>,
+    /// Every parameter's value, gradient and momentum, flat (the parameters are views of it).
+    store: ParamStore<B>,
     saved: Option<NetSaved<B>>,
+}
+
+/// The parameters of a trunk and its experts in `model.parameters()` order (the order of
+/// [`Module::visit`] on the model).
+fn params_of<'a, B: Backend>(
+    shared: &'a mut Trunk<B>,
+    experts: &'a mut [Expert<B>],
+) -> Vec<&'a mut Param<B>> {
+    let mut out = Vec::new();
+    let mut take = |s: StateMut<'a, B>| {
+        if let StateMut::Param(p) = s {
+            out.push(p)
+        }
+    };
+    shared.visit_mut(&mut take);
+    for e in experts {
+        e.visit_mut(&mut take);
+    }
+    out
 }
 
 impl<B: Backend> MultiExpertNet<B> {
@@ -226,11 +248,15 @@ impl<B: Backend> MultiExpertNet<B> {
                 (shared, experts)
             }
         };
+        let mut shared = shared;
+        let mut expert_list = expert_list;
+        let store = ParamStore::gather(be, params_of(&mut shared, &mut expert_list))?;
         Ok(Self {
             arch,
             num_classes,
             shared,
             experts: expert_list,
+            store,
             saved: None,
         })
     }
@@ -266,77 +292,73 @@ impl<B: Backend> MultiExpertNet<B> {
     }
 
     pub fn params_mut(&mut self) -> Vec<&mut Param<B>> {
-        let mut out = Vec::new();
-        self.visit_mut(&mut |s| {
-            if let StateMut::Param(p) = s {
-                out.push(p)
-            }
-        });
-        out
+        params_of(&mut self.shared, &mut self.experts)
+    }
+
+    /// The parameters beside the flat store they are views of (for the optimizer).
+    pub fn params_and_store_mut(&mut self) -> (Vec<&mut Param<B>>, &mut ParamStore<B>) {
+        (
+            params_of(&mut self.shared, &mut self.experts),
+            &mut self.store,
+        )
     }
 
     pub fn num_parameters(&self) -> usize {
         self.params().iter().map(|p| p.numel()).sum()
     }
 
-    /// Training forward. `views` holds one `[batch, 3, h, w]` input per expert, or a single one
-    /// that all experts share (stage 2). The trunk runs once, on the views concatenated into
-    /// `[views * batch, 3, h, w]`; expert `k` gets its view's rows. Returns per expert the logits
-    /// `[batch, classes]` and the features `[batch, d]`; keeps what `backward` needs.
+    /// Training forward of `x [views * batch, 3, h, w]`: the views stacked, one per expert (expert
+    /// `k` trains on view `k`) or a single one all experts share (stage 2). The trunk runs once on
+    /// all of them and expert `k` reads its view's rows of the trunk output in place. Returns per
+    /// expert the logits `[batch, classes]` and the features `[batch, d]`; keeps what `backward`
+    /// needs.
     pub fn forward_train(
         &mut self,
         be: &B,
-        views: &[&B::Buf],
+        x: B::Buf,
+        views: usize,
         batch: usize,
         h: usize,
         w: usize,
     ) -> Result<Vec<ExpertOut<B>>> {
         let experts = self.experts.len();
         ensure!(
-            views.len() == experts || views.len() == 1,
-            "forward_train: {} input views for {experts} experts (give one per expert, or one for all)",
-            views.len()
+            views == experts || views == 1,
+            "forward_train: {views} input views for {experts} experts (give one per expert, or one for all)"
         );
         ensure!(batch >= 1, "forward_train: empty batch");
+        let xs = Nchw::new(views * batch, 3, h, w);
+        ensure!(
+            be.len(&x) == xs.len(),
+            "forward_train: the input holds {} values, {views} views of [{batch}, 3, {h}, {w}] need {}",
+            be.len(&x),
+            xs.len()
+        );
         self.saved = None;
-        let per_view = batch * 3 * h * w;
-        let mut x = be.zeros(views.len() * per_view)?; // [views * batch, 3, h, w]
-        for (k, view) in views.iter().enumerate() {
-            ensure!(
-                be.len(view) == per_view,
-                "forward_train: view {k} holds {} values, [{batch}, 3, {h}, {w}] needs {per_view}",
-                be.len(view)
-            );
-            be.copy_range(view, 0, &mut x, k * per_view, per_view)?;
-        }
         be.range_push("shared forward");
-        let trunk_shape =
-            self.shared
-                .forward_train(be, x, Nchw::new(views.len() * batch, 3, h, w))?;
+        let trunk_shape = self.shared.forward_train(be, x, xs)?;
         be.range_pop();
         let (trunk_out, _) = self.shared.output()?;
         let expert_shape = trunk_shape.with_n(batch);
+        let len = expert_shape.len();
         let mut outs = Vec::with_capacity(experts);
-        let inputs = if views.len() == 1 {
-            for (k, expert) in self.experts.iter_mut().enumerate() {
-                be.range_push(EXPERT_FORWARD[k.min(EXPERT_FORWARD.len() - 1)]);
-                let (logits, features) = expert.forward_train(be, trunk_out, expert_shape)?;
-                be.range_pop();
-                outs.push(ExpertOut { logits, features });
-            }
+        let mut split = Vec::with_capacity(experts);
+        for (k, expert) in self.experts.iter_mut().enumerate() {
+            let input = if views == 1 {
+                None
+            } else {
+                Some(be.view(trunk_out, k * len, len)?)
+            };
+            be.range_push(EXPERT_FORWARD[k.min(EXPERT_FORWARD.len() - 1)]);
+            let (logits, features) =
+                expert.forward_train(be, input.as_ref().unwrap_or(trunk_out), expert_shape)?;
+            be.range_pop();
+            outs.push(ExpertOut { logits, features });
+            split.extend(input);
+        }
+        let inputs = if views == 1 {
             ExpertInputs::Shared
         } else {
-            let len = expert_shape.len();
-            let mut split = Vec::with_capacity(experts);
-            for (k, expert) in self.experts.iter_mut().enumerate() {
-                let mut input = be.zeros(len)?;
-                be.copy_range(trunk_out, k * len, &mut input, 0, len)?;
-                be.range_push(EXPERT_FORWARD[k.min(EXPERT_FORWARD.len() - 1)]);
-                let (logits, features) = expert.forward_train(be, &input, expert_shape)?;
-                be.range_pop();
-                outs.push(ExpertOut { logits, features });
-                split.push(input);
-            }
             ExpertInputs::Split(split)
         };
         self.saved = Some(NetSaved { batch, inputs });
@@ -368,35 +390,35 @@ impl<B: Backend> MultiExpertNet<B> {
             );
         }
         let (trunk_out, trunk_shape) = self.shared.output()?;
-        let dtrunk = match saved.inputs {
+        let mut dtrunk = be.empty(trunk_shape.len())?;
+        match saved.inputs {
             ExpertInputs::Shared => {
                 // Every expert read the same activation: its gradient is the sum of theirs.
-                let mut acc: Option<B::Buf> = None;
                 for (k, (expert, d)) in self.experts.iter_mut().zip(dlogits).enumerate() {
                     be.range_push(EXPERT_BACKWARD[k.min(EXPERT_BACKWARD.len() - 1)]);
-                    let dk = expert.backward(be, trunk_out, d)?;
-                    be.range_pop();
-                    match &mut acc {
-                        Some(a) => be.add_assign(a, &dk)?,
-                        None => acc = Some(dk),
+                    if k == 0 {
+                        expert.backward_into(be, trunk_out, d, &mut dtrunk)?;
+                    } else {
+                        let mut dk = be.empty(trunk_shape.len())?;
+                        expert.backward_into(be, trunk_out, d, &mut dk)?;
+                        be.add_assign(&mut dtrunk, &dk)?;
                     }
+                    be.range_pop();
                 }
-                acc.context("a network has at least one expert")?
             }
             ExpertInputs::Split(inputs) => {
-                let mut dtrunk = be.zeros(trunk_shape.len())?;
+                // Each expert writes the gradient of its rows of the trunk output in place.
                 for (k, ((expert, d), input)) in
                     self.experts.iter_mut().zip(dlogits).zip(inputs).enumerate()
                 {
+                    let len = be.len(&input);
+                    let mut rows = be.view(&dtrunk, k * len, len)?;
                     be.range_push(EXPERT_BACKWARD[k.min(EXPERT_BACKWARD.len() - 1)]);
-                    let dk = expert.backward(be, &input, d)?;
+                    expert.backward_into(be, &input, d, &mut rows)?;
                     be.range_pop();
-                    let len = be.len(&dk);
-                    be.copy_range(&dk, 0, &mut dtrunk, k * len, len)?;
                 }
-                dtrunk
             }
-        };
+        }
         be.range_push("shared backward");
         let result = self.shared.backward(be, dtrunk);
         be.range_pop();

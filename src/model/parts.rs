@@ -1,7 +1,7 @@
 //! The two halves of a multi-expert network: the shared trunk (stem + early stages) and an
 //! expert (late stages + global pooling + classifier).
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BatchNormBackwardAct};
 use crate::nn::{
     global_avg_pool_backward, global_avg_pool_forward, BatchNorm2d, Conv2d, Linear, MaxPool2d,
     Module, Nchw, Stage, StateMut, StateRef,
@@ -85,9 +85,9 @@ impl<B: Backend> Stem<B> {
             Some(mp) => mp.backward(be, &dy, sv.s0)?,
             None => dy,
         };
-        let (da0, _) = self
-            .bn1
-            .backward_act(be, &dr0, &sv.a0, sv.s0, Some(&sv.r0), false)?;
+        let da0 =
+            self.bn1
+                .backward_act(be, &dr0, &sv.a0, sv.s0, BatchNormBackwardAct::relu(&sv.r0))?;
         self.conv1.backward_weight(be, &sv.x, &da0, sv.xs)
     }
 }
@@ -193,7 +193,8 @@ impl<B: Backend> Expert<B> {
     }
 
     /// `h [n, c, h, w]` (trunk output) → `(logits [n, classes], features [n, d])`; the
-    /// returned features are a copy, the expert keeps its own for the classifier's backward.
+    /// returned features are a view of those the expert keeps for the classifier's backward
+    /// (nothing writes them).
     pub fn forward_train(&mut self, be: &B, h: &B::Buf, s: Nchw) -> Result<(B::Buf, B::Buf)> {
         let mut shape = s;
         for i in 0..self.stages.len() {
@@ -209,9 +210,7 @@ impl<B: Backend> Expert<B> {
             None => global_avg_pool_forward(be, h, shape)?,
         };
         let logits = self.fc.forward(be, &features, s.n)?;
-        let len = be.len(&features);
-        let mut features_out = be.zeros(len)?;
-        be.copy_range(&features, 0, &mut features_out, 0, len)?;
+        let features_out = be.view(&features, 0, be.len(&features))?;
         self.saved = Some(ExpertSaved {
             input: s,
             last: shape,
@@ -236,24 +235,35 @@ impl<B: Backend> Expert<B> {
         Ok((logits, pooled))
     }
 
-    /// Fills the expert's gradients from `dlogits [n, classes]`; returns the gradient of its
-    /// input `h` (the forward input, passed back by the caller).
-    pub fn backward(&mut self, be: &B, h: &B::Buf, dlogits: &B::Buf) -> Result<B::Buf> {
+    /// Fills the expert's gradients from `dlogits [n, classes]` and writes the gradient of its
+    /// input `h` (the forward input, passed back by the caller) over `dh`.
+    pub fn backward_into(
+        &mut self,
+        be: &B,
+        h: &B::Buf,
+        dlogits: &B::Buf,
+        dh: &mut B::Buf,
+    ) -> Result<()> {
         let sv = self
             .saved
             .take()
             .context("expert backward without a training forward")?;
         let dfeatures = self.fc.backward(be, &sv.features, dlogits, sv.input.n)?;
         let mut d = global_avg_pool_backward(be, &dfeatures, sv.last)?;
-        for i in (0..self.stages.len()).rev() {
-            let (done, rest) = self.stages.split_at_mut(i);
+        let Some((first, rest)) = self.stages.split_first_mut() else {
+            // An expert of the classifier alone: its input gradient is the pooling's.
+            let len = be.len(&d);
+            return be.copy_range(&d, 0, dh, 0, len);
+        };
+        for i in (0..rest.len()).rev() {
+            let (done, later) = rest.split_at_mut(i);
             let input = match done.last() {
                 Some(prev) => prev.output()?.0,
-                None => h,
+                None => first.output()?.0,
             };
-            d = rest[0].backward(be, input, d)?;
+            d = later[0].backward(be, input, d)?;
         }
-        Ok(d)
+        first.backward_into(be, h, d, dh)
     }
 }
 

@@ -143,8 +143,9 @@ impl<B: Backend> MultiExpertNet<B> {
         for entry in entries {
             match entry {
                 StateMut::Param(p) => {
+                    // Written into place: the value is a view of the flat parameter store.
                     if let TensorData::F32(v) = &by_name[p.name.as_str()].data {
-                        p.value = be.upload(v)?;
+                        be.write(&mut p.value, v)?;
                     }
                 }
                 StateMut::Running(r) => {

@@ -2,7 +2,7 @@
 //! `Bottleneck` with projection shortcuts and ResNeXt groups) and the `Stage` that chains them.
 
 use super::{check_len, BatchNorm2d, Conv2d, Module, Nchw, StateMut, StateRef};
-use crate::backend::{Backend, ShortcutDims};
+use crate::backend::{Backend, BatchNormBackwardAct, ShortcutDims, WriteMode};
 use anyhow::{ensure, Context, Result};
 use rand::rngs::StdRng;
 
@@ -131,7 +131,14 @@ impl<B: Backend> BasicBlock<B> {
     }
 
     /// `x` and `y` are the input and output of the training forward; returns `dx`.
-    pub fn backward(&mut self, be: &B, x: &B::Buf, y: &B::Buf, dy: &B::Buf) -> Result<B::Buf> {
+    pub fn backward_into(
+        &mut self,
+        be: &B,
+        x: &B::Buf,
+        y: &B::Buf,
+        dy: &B::Buf,
+        dx: &mut B::Buf,
+    ) -> Result<()> {
         let sv = self.saved.take().with_context(|| {
             format!(
                 "{}: backward without a training forward",
@@ -139,18 +146,32 @@ impl<B: Backend> BasicBlock<B> {
             )
         })?;
         let out = self.conv2.out_shape(sv.mid);
-        let (da2, dsum) = self.bn2.backward_act(be, dy, &sv.a2, out, Some(y), true)?;
-        let dsum = dsum.context("the batch norm returns the masked gradient it was asked for")?;
+        // The shortcut's gradient goes into dx first; the branch's is added to it below.
+        let da2 = match self.shortcut {
+            None => {
+                let act = BatchNormBackwardAct {
+                    relu_output: Some(y),
+                    masked_dy: Some(&mut *dx),
+                };
+                self.bn2.backward_act(be, dy, &sv.a2, out, act)?
+            }
+            Some(sc) => {
+                let mut dsum = be.empty(out.len())?;
+                let act = BatchNormBackwardAct {
+                    relu_output: Some(y),
+                    masked_dy: Some(&mut dsum),
+                };
+                let da2 = self.bn2.backward_act(be, dy, &sv.a2, out, act)?;
+                be.shortcut_a_backward(&dsum, sc.dims(sv.x), dx)?;
+                da2
+            }
+        };
         let dr1 = self.conv2.backward(be, &sv.r1, &da2, sv.mid)?;
-        let (da1, _) = self
-            .bn1
-            .backward_act(be, &dr1, &sv.a1, sv.mid, Some(&sv.r1), false)?;
-        let mut dx = self.conv1.backward(be, x, &da1, sv.x)?;
-        match self.shortcut {
-            Some(sc) => be.add_assign(&mut dx, &be.shortcut_a_backward(&dsum, sc.dims(sv.x))?)?,
-            None => be.add_assign(&mut dx, &dsum)?,
-        }
-        Ok(dx)
+        let da1 =
+            self.bn1
+                .backward_act(be, &dr1, &sv.a1, sv.mid, BatchNormBackwardAct::relu(&sv.r1))?;
+        self.conv1
+            .backward_into(be, x, &da1, sv.x, dx, WriteMode::Add)
     }
 }
 
@@ -322,7 +343,14 @@ impl<B: Backend> Bottleneck<B> {
     }
 
     /// `x` and `y` are the input and output of the training forward; returns `dx`.
-    pub fn backward(&mut self, be: &B, x: &B::Buf, y: &B::Buf, dy: &B::Buf) -> Result<B::Buf> {
+    pub fn backward_into(
+        &mut self,
+        be: &B,
+        x: &B::Buf,
+        y: &B::Buf,
+        dy: &B::Buf,
+        dx: &mut B::Buf,
+    ) -> Result<()> {
         let sv = self.saved.take().with_context(|| {
             format!(
                 "{}: backward without a training forward",
@@ -330,25 +358,38 @@ impl<B: Backend> Bottleneck<B> {
             )
         })?;
         let out = self.conv3.out_shape(sv.s2);
-        let (da3, dsum) = self.bn3.backward_act(be, dy, &sv.a3, out, Some(y), true)?;
-        let dsum = dsum.context("the batch norm returns the masked gradient it was asked for")?;
-        let dr2 = self.conv3.backward(be, &sv.r2, &da3, sv.s2)?;
-        let (da2, _) = self
-            .bn2
-            .backward_act(be, &dr2, &sv.a2, sv.s2, Some(&sv.r2), false)?;
-        let dr1 = self.conv2.backward(be, &sv.r1, &da2, sv.s1)?;
-        let (da1, _) = self
-            .bn1
-            .backward_act(be, &dr1, &sv.a1, sv.s1, Some(&sv.r1), false)?;
-        let mut dx = self.conv1.backward(be, x, &da1, sv.x)?;
-        match (&mut self.downsample, &sv.ad) {
+        // The shortcut's gradient goes into dx first; the branch's is added to it below.
+        let da3 = match (&mut self.downsample, &sv.ad) {
             (Some(ds), Some(ad)) => {
+                let mut dsum = be.empty(out.len())?;
+                let act = BatchNormBackwardAct {
+                    relu_output: Some(y),
+                    masked_dy: Some(&mut dsum),
+                };
+                let da3 = self.bn3.backward_act(be, dy, &sv.a3, out, act)?;
                 let dad = ds.bn.backward(be, &dsum, ad, out)?;
-                be.add_assign(&mut dx, &ds.conv.backward(be, x, &dad, sv.x)?)?;
+                ds.conv
+                    .backward_into(be, x, &dad, sv.x, dx, WriteMode::Overwrite)?;
+                da3
             }
-            _ => be.add_assign(&mut dx, &dsum)?,
-        }
-        Ok(dx)
+            _ => {
+                let act = BatchNormBackwardAct {
+                    relu_output: Some(y),
+                    masked_dy: Some(&mut *dx),
+                };
+                self.bn3.backward_act(be, dy, &sv.a3, out, act)?
+            }
+        };
+        let dr2 = self.conv3.backward(be, &sv.r2, &da3, sv.s2)?;
+        let da2 =
+            self.bn2
+                .backward_act(be, &dr2, &sv.a2, sv.s2, BatchNormBackwardAct::relu(&sv.r2))?;
+        let dr1 = self.conv2.backward(be, &sv.r1, &da2, sv.s1)?;
+        let da1 =
+            self.bn1
+                .backward_act(be, &dr1, &sv.a1, sv.s1, BatchNormBackwardAct::relu(&sv.r1))?;
+        self.conv1
+            .backward_into(be, x, &da1, sv.x, dx, WriteMode::Add)
     }
 }
 
@@ -406,10 +447,19 @@ impl<B: Backend> ResBlock<B> {
             ResBlock::Bottleneck(b) => b.forward_eval(be, x, s),
         }
     }
-    pub fn backward(&mut self, be: &B, x: &B::Buf, y: &B::Buf, dy: &B::Buf) -> Result<B::Buf> {
+    /// Fills the block's gradients and writes the gradient of its input `x` over `dx`; `y` is
+    /// the block's training output (its ReLU mask), `dy` the gradient of `y`.
+    pub fn backward_into(
+        &mut self,
+        be: &B,
+        x: &B::Buf,
+        y: &B::Buf,
+        dy: &B::Buf,
+        dx: &mut B::Buf,
+    ) -> Result<()> {
         match self {
-            ResBlock::Basic(b) => b.backward(be, x, y, dy),
-            ResBlock::Bottleneck(b) => b.backward(be, x, y, dy),
+            ResBlock::Basic(b) => b.backward_into(be, x, y, dy, dx),
+            ResBlock::Bottleneck(b) => b.backward_into(be, x, y, dy, dx),
         }
     }
 }
@@ -545,22 +595,37 @@ impl<B: Backend> Stage<B> {
     }
 
     /// Backward through every block, freeing the kept outputs; `x` is the forward input.
+    /// Returns the gradient of `x`.
     pub fn backward(&mut self, be: &B, x: &B::Buf, dy: B::Buf) -> Result<B::Buf> {
+        let mut dx = be.empty(be.len(x))?;
+        self.backward_into(be, x, dy, &mut dx)?;
+        Ok(dx)
+    }
+
+    /// [`Stage::backward`] with the gradient of `x` written over the caller's `dx` (the expert's
+    /// rows of the shared trunk's gradient).
+    pub fn backward_into(&mut self, be: &B, x: &B::Buf, dy: B::Buf, dx: &mut B::Buf) -> Result<()> {
         ensure!(
             self.outputs.len() == self.blocks.len(),
             "stage backward without a training forward"
         );
         self.out_shape = None;
         let mut d = dy;
-        for block in self.blocks.iter_mut().rev() {
+        for i in (0..self.blocks.len()).rev() {
             let y = self
                 .outputs
                 .pop()
                 .context("stage outputs out of step with its blocks")?;
-            let input = self.outputs.last().unwrap_or(x);
-            d = block.backward(be, input, &y, &d)?;
+            let block = &mut self.blocks[i];
+            if i == 0 {
+                return block.backward_into(be, x, &y, &d, dx);
+            }
+            let input = self.outputs.last().context("a block's input is kept")?;
+            let mut d_input = be.empty(be.len(input))?;
+            block.backward_into(be, input, &y, &d, &mut d_input)?;
+            d = d_input;
         }
-        Ok(d)
+        anyhow::bail!("a stage has at least one block")
     }
 }
 

@@ -1,7 +1,7 @@
 //! 2-D convolution without bias (every convolution of a ResNet is followed by batch norm).
 
 use super::{check_len, kaiming_normal, Module, Nchw, Param, StateMut, StateRef};
-use crate::backend::{Backend, Conv2dDims};
+use crate::backend::{Backend, Conv2dDims, WriteMode};
 use anyhow::{ensure, Result};
 use rand::rngs::StdRng;
 
@@ -97,14 +97,29 @@ impl<B: Backend> Conv2d<B> {
     pub fn backward(&mut self, be: &B, x: &B::Buf, dy: &B::Buf, s: Nchw) -> Result<B::Buf> {
         let d = self.dims(s);
         let dx = be.conv2d_backward_data(dy, &self.weight.value, d)?;
-        self.weight.grad = Some(be.conv2d_backward_weight(x, dy, d)?);
+        be.conv2d_backward_weight(x, dy, d, self.weight.grad_out(be)?)?;
         Ok(dx)
+    }
+
+    /// [`Conv2d::backward`] with `dx` written over or added to the caller's buffer (`mode`).
+    pub fn backward_into(
+        &mut self,
+        be: &B,
+        x: &B::Buf,
+        dy: &B::Buf,
+        s: Nchw,
+        dx: &mut B::Buf,
+        mode: WriteMode,
+    ) -> Result<()> {
+        let d = self.dims(s);
+        be.conv2d_backward_data_into(dy, &self.weight.value, d, dx, mode)?;
+        be.conv2d_backward_weight(x, dy, d, self.weight.grad_out(be)?)
     }
 
     /// Stores the weight gradient only (the first layer: nobody needs the image gradient).
     pub fn backward_weight(&mut self, be: &B, x: &B::Buf, dy: &B::Buf, s: Nchw) -> Result<()> {
-        self.weight.grad = Some(be.conv2d_backward_weight(x, dy, self.dims(s))?);
-        Ok(())
+        let d = self.dims(s);
+        be.conv2d_backward_weight(x, dy, d, self.weight.grad_out(be)?)
     }
 }
 

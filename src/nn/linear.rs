@@ -1,7 +1,7 @@
 //! Fully connected layer `y [n, out] = x [n, in] · weightᵀ + bias`.
 
 use super::{check_len, kaiming_normal, uniform_fan_in, Module, Param, StateMut, StateRef};
-use crate::backend::{Backend, LinearDims};
+use crate::backend::{Backend, LinearDims, ParamGrads};
 use anyhow::Result;
 use rand::rngs::StdRng;
 
@@ -44,10 +44,13 @@ impl<B: Backend> Linear<B> {
     /// Stores the weight and bias gradients and returns `dx [n, in]`; `x` is the forward input.
     pub fn backward(&mut self, be: &B, x: &B::Buf, dy: &B::Buf, n: usize) -> Result<B::Buf> {
         check_len(be, dy, n * self.d_out, &self.weight.name)?;
-        let (dx, dw, db) = be.linear_backward(dy, x, &self.weight.value, self.dims(n))?;
-        self.weight.grad = Some(dw);
-        self.bias.grad = Some(db);
-        Ok(dx)
+        let d = self.dims(n);
+        let (w, dw) = self.weight.value_and_grad_out(be)?;
+        let grads = ParamGrads {
+            weight: dw,
+            bias: self.bias.grad_out(be)?,
+        };
+        be.linear_backward(dy, x, w, d, grads)
     }
 }
 

@@ -14,6 +14,7 @@ mod block;
 mod conv;
 mod linear;
 mod norm;
+mod params;
 mod pool;
 mod state;
 
@@ -21,6 +22,7 @@ pub use block::{BasicBlock, Bottleneck, ResBlock, Stage};
 pub use conv::Conv2d;
 pub use linear::Linear;
 pub use norm::BatchNorm2d;
+pub use params::ParamStore;
 pub use pool::{global_avg_pool_backward, global_avg_pool_forward, MaxPool2d};
 pub use state::{Counter, Module, NamedTensor, RunningStat, StateMut, StateRef, TensorData};
 
@@ -37,8 +39,11 @@ pub struct Param<B: Backend> {
     /// PyTorch layout, e.g. `[c_out, c_in / groups, k, k]` for a convolution.
     pub shape: Vec<usize>,
     pub value: B::Buf,
-    /// Gradient of the last backward (`None` before the first one).
+    /// Where backwards write the gradient: a view of the model's flat gradient buffer
+    /// ([`ParamStore`]), or a buffer of its own a lone layer allocates on its first backward.
     pub grad: Option<B::Buf>,
+    /// Whether `grad` holds the gradient of a backward the optimizer has not stepped with yet.
+    pub fresh_grad: bool,
     /// SGD momentum buffer, owned by the optimizer (`None` until its first step).
     pub velocity: Option<B::Buf>,
     /// Whether weight decay applies. `true` for every parameter, as PyTorch's
@@ -54,6 +59,7 @@ impl<B: Backend> Param<B> {
             shape,
             value,
             grad: None,
+            fresh_grad: false,
             velocity: None,
             decay: true,
         }
@@ -61,6 +67,21 @@ impl<B: Backend> Param<B> {
 
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
+    }
+
+    /// The buffer a backward writes this parameter's gradient over, now marked fresh.
+    pub fn grad_out(&mut self, be: &B) -> Result<&mut B::Buf> {
+        Ok(self.value_and_grad_out(be)?.1)
+    }
+
+    /// The value (which a backward reads) beside [`Param::grad_out`].
+    pub fn value_and_grad_out(&mut self, be: &B) -> Result<(&B::Buf, &mut B::Buf)> {
+        if self.grad.is_none() {
+            self.grad = Some(be.zeros(self.numel())?);
+        }
+        self.fresh_grad = true;
+        let grad = self.grad.as_mut().expect("allocated above");
+        Ok((&self.value, grad))
     }
 }
 

@@ -2,8 +2,8 @@
 
 use super::{check_len, Counter, Module, Nchw, Param, RunningStat, StateMut, StateRef};
 use crate::backend::{
-    Backend, BatchNormAct, BatchNormAffine, BatchNormBackwardAct, BatchNormConfig,
-    BatchNormRunning, BatchNormStats,
+    Backend, BatchNormAct, BatchNormAffine, BatchNormBackwardAct, BatchNormBackwardInputs,
+    BatchNormConfig, BatchNormRunning, BatchNormStats, ParamGrads,
 };
 use anyhow::{Context, Result};
 
@@ -114,21 +114,20 @@ impl<B: Backend> BatchNorm2d<B> {
 
     /// Stores the weight and bias gradients and returns `dx`; `x` is the forward input.
     pub fn backward(&mut self, be: &B, dy: &B::Buf, x: &B::Buf, s: Nchw) -> Result<B::Buf> {
-        Ok(self.backward_act(be, dy, x, s, None, false)?.0)
+        self.backward_act(be, dy, x, s, BatchNormBackwardAct::none())
     }
 
-    /// Backward of [`forward_train_act`](Self::forward_train_act) with a ReLU: `relu_output` is its
-    /// output. Returns `dx` and, with `keep_masked`, the gradient after the ReLU's mask (the
-    /// residual's).
+    /// Backward of [`forward_train_act`](Self::forward_train_act): with a ReLU, `act.relu_output`
+    /// is its output, and `act.masked_dy` receives the gradient after the ReLU's mask (the
+    /// residual's) when given. Returns `dx`.
     pub fn backward_act(
         &mut self,
         be: &B,
         dy: &B::Buf,
         x: &B::Buf,
         s: Nchw,
-        relu_output: Option<&B::Buf>,
-        keep_masked: bool,
-    ) -> Result<(B::Buf, Option<B::Buf>)> {
+        act: BatchNormBackwardAct<'_, B>,
+    ) -> Result<B::Buf> {
         let (mean, inv_std) = self.saved.take().with_context(|| {
             format!("{}: backward without a training forward", self.weight.name)
         })?;
@@ -136,15 +135,18 @@ impl<B: Backend> BatchNorm2d<B> {
             mean: &mean,
             var: &inv_std,
         };
-        let act = BatchNormBackwardAct {
-            relu_output,
-            keep_masked,
+        let (gamma, dgamma) = self.weight.value_and_grad_out(be)?;
+        let inputs = BatchNormBackwardInputs {
+            dy,
+            x,
+            gamma,
+            saved,
         };
-        let g =
-            be.batch_norm_backward_act(dy, x, &self.weight.value, saved, s.channel_dims(), act)?;
-        self.weight.grad = Some(g.dgamma);
-        self.bias.grad = Some(g.dbeta);
-        Ok((g.dx, g.masked_dy))
+        let grads = ParamGrads {
+            weight: dgamma,
+            bias: self.bias.grad_out(be)?,
+        };
+        be.batch_norm_backward(inputs, s.channel_dims(), act, grads)
     }
 }
 

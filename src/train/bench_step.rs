@@ -65,12 +65,12 @@ const RESIDENT_IMAGES: usize = 2048;
 /// Seed of the augmentation parameter draw.
 const AUGMENT_SEED: u64 = 0;
 
-/// The views of each step, one `[n, 3, s, s]` per expert in stage 1, one shared in stage 2.
+/// The views of each step, `[views * n, 3, s, s]` stacked: one per expert in stage 1, one shared in
+/// stage 2.
 enum ViewSource<B: Backend> {
-    Resident(Vec<B::Buf>),
+    Resident(B::Buf),
     DeviceAugment {
         images: B::Bytes, // [N, 3, s, s] u8
-        current: Vec<B::Buf>,
         /// Level of each view.
         levels: Vec<Level>,
         /// Sample order of the current pass over the set; each step takes the next `n`.
@@ -80,22 +80,21 @@ enum ViewSource<B: Backend> {
         pass: usize,
     },
     HostUpload {
-        host: Vec<Vec<f32>>, // per view [n, 3, s, s]
-        /// Staging sets (one buffer per view) used in turn.
-        staging: Vec<Vec<B::Staging>>,
-        next_set: usize,
-        current: Vec<B::Buf>,
+        host: Vec<f32>, // [views * n, 3, s, s]
+        /// Staging buffers used in turn.
+        staging: Vec<B::Staging>,
+        next: usize,
     },
 }
 
 impl<B: Backend> ViewSource<B> {
-    /// The views of the next step, on the device.
-    fn next_views(&mut self, be: &B, n: usize, size: usize) -> Result<&[B::Buf]> {
+    /// The stacked views of the next step, on the device.
+    fn next_input(&mut self, be: &B, n: usize, size: usize) -> Result<B::Buf> {
         match self {
-            ViewSource::Resident(views) => Ok(views),
+            // A view of the resident input: the step reads it, nothing writes it.
+            ViewSource::Resident(x) => be.view(x, 0, be.len(x)),
             ViewSource::DeviceAugment {
                 images,
-                current,
                 levels,
                 order,
                 cursor,
@@ -110,49 +109,44 @@ impl<B: Backend> ViewSource<B> {
                 }
                 let batch = &order[*cursor..*cursor + n];
                 *cursor += n;
-                let indices: Vec<u32> = batch.iter().map(|&i| i as u32).collect();
-                let indices = be.upload_index(&indices)?;
-                *current = levels
+                let indices: Vec<u32> = levels
                     .iter()
-                    .map(|&level| {
-                        let params = augment_params::draw_batch(
-                            batch,
-                            level,
-                            size,
-                            size,
-                            AUGMENT_SEED,
-                            *pass,
-                        )?; // [n, PARAM_WORDS], empty for the plain transform
-                        let spec = AugmentSpec {
-                            h: size,
-                            w: size,
-                            level,
-                            mean: CIFAR_NORMALIZATION.mean,
-                            std: CIFAR_NORMALIZATION.std,
-                        };
-                        be.augment_batch(images, &indices, &be.upload(&params)?, spec)
-                    })
-                    .collect::<Result<_>>()?;
-                Ok(current)
+                    .flat_map(|_| batch.iter().map(|&i| i as u32))
+                    .collect();
+                let mut params = Vec::new(); // [views * n, PARAM_WORDS], empty for the plain transform
+                for &level in levels.iter() {
+                    params.extend(augment_params::draw_batch(
+                        batch,
+                        level,
+                        size,
+                        size,
+                        AUGMENT_SEED,
+                        *pass,
+                    )?);
+                }
+                let spec = AugmentSpec {
+                    h: size,
+                    w: size,
+                    drawn: AugmentSpec::drawn_for(levels)?,
+                    mean: CIFAR_NORMALIZATION.mean,
+                    std: CIFAR_NORMALIZATION.std,
+                };
+                be.augment_batch(
+                    images,
+                    &be.upload_index(&indices)?,
+                    &be.upload(&params)?,
+                    spec,
+                )
             }
             ViewSource::HostUpload {
                 host,
                 staging,
-                next_set,
-                current,
+                next,
             } => {
-                let this_set = *next_set;
-                *next_set = (this_set + 1) % staging.len();
-                let set = &mut staging[this_set];
-                *current = host
-                    .iter()
-                    .zip(set.iter_mut())
-                    .map(|(view, buf)| {
-                        buf.as_mut_slice()?[..view.len()].copy_from_slice(view);
-                        be.upload_staged(buf, view.len())
-                    })
-                    .collect::<Result<_>>()?;
-                Ok(current)
+                let buf = &mut staging[*next];
+                *next = (*next + 1) % STAGED_BATCHES;
+                buf.as_mut_slice()?[..host.len()].copy_from_slice(host);
+                be.upload_staged(buf, host.len())
             }
         }
     }
@@ -172,9 +166,10 @@ pub struct BenchStep<B: Backend> {
     steps: usize,
 }
 
-fn random_views(rng: &mut impl Rng, count: usize, len: usize) -> Vec<Vec<f32>> {
-    (0..count)
-        .map(|_| (0..len).map(|_| rng.random_range(-2.0..2.0)).collect())
+/// `count` random views of `len` values each, stacked.
+fn random_views(rng: &mut impl Rng, count: usize, len: usize) -> Vec<f32> {
+    (0..count * len)
+        .map(|_| rng.random_range(-2.0..2.0))
         .collect()
 }
 
@@ -205,12 +200,9 @@ impl<B: Backend> BenchStep<B> {
         let per_view = n * 3 * size * size;
         let view_count = plan.view_levels(experts).len();
         let source = match input {
-            BenchInput::PreAugmented => ViewSource::Resident(
-                random_views(&mut rng, view_count, per_view)
-                    .iter()
-                    .map(|v| be.upload(v))
-                    .collect::<Result<_>>()?,
-            ),
+            BenchInput::PreAugmented => {
+                ViewSource::Resident(be.upload(&random_views(&mut rng, view_count, per_view))?)
+            }
             BenchInput::DeviceAugment => {
                 let images_n = RESIDENT_IMAGES.max(n);
                 let images: Vec<u8> = (0..images_n * 3 * size * size)
@@ -221,7 +213,6 @@ impl<B: Backend> BenchStep<B> {
                 order.shuffle(&mut rng);
                 ViewSource::DeviceAugment {
                     images: be.upload_bytes(&images)?,
-                    current: Vec::new(),
                     levels,
                     order,
                     cursor: 0,
@@ -231,13 +222,12 @@ impl<B: Backend> BenchStep<B> {
             BenchInput::HostUpload => {
                 let host = random_views(&mut rng, view_count, per_view);
                 let staging = (0..STAGED_BATCHES)
-                    .map(|_| host.iter().map(|v| be.alloc_staging(v.len())).collect())
+                    .map(|_| be.alloc_staging(host.len()))
                     .collect::<Result<_>>()?;
                 ViewSource::HostUpload {
                     host,
                     staging,
-                    next_set: 0,
-                    current: Vec::new(),
+                    next: 0,
                 }
             }
         };
@@ -275,7 +265,7 @@ impl<B: Backend> BenchStep<B> {
     /// the GPU; call `be.synchronize()` before reading a clock.
     pub fn run(&mut self, be: &B) -> Result<()> {
         let (n, size) = (self.labels.len(), self.size);
-        let views = self.source.next_views(be, n, size)?;
+        let x = self.source.next_input(be, n, size)?;
         let ctx = StepContext {
             cfg: &self.cfg,
             plan: &self.plan,
@@ -288,7 +278,8 @@ impl<B: Backend> BenchStep<B> {
             },
         };
         let batch = StepBatch {
-            views,
+            views: self.plan.view_levels(self.cfg.experts).len(),
+            x,
             labels: &self.labels,
             mixup: Mixup::for_step(&self.plan, self.cfg.seed, 0, self.steps, n),
             hw: (size, size),

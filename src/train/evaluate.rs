@@ -52,9 +52,9 @@ pub fn evaluate<B: Backend>(
     let all: Vec<usize> = (0..test_set.len()).collect();
     let batches: Vec<&[usize]> = all.chunks(loader.max_batch()).collect();
     be.range_push("evaluate");
-    loader.for_each(be, &batches, &[Level::Plain], 0, 0, |_, batch, views| {
+    loader.for_each(be, &batches, &[Level::Plain], 0, 0, |_, batch, x| {
         let n = batch.len();
-        let out = model.forward_eval(be, &views[0], n, h, w)?;
+        let out = model.forward_eval(be, &x, n, h, w)?;
         let rows = RowDims { n, c: classes };
         let (conf, pred) = be.row_max(&out.probs, rows)?;
         let (conf, pred) = (be.download(&conf)?, be.download_index(&pred)?);

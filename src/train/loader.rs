@@ -17,14 +17,16 @@ use crate::augment::{Level, CIFAR_NORMALIZATION};
 use crate::backend::augment_params;
 use crate::backend::{AugmentSpec, Backend, HostStaging};
 
-/// Batches in flight: one being prepared, the rest waiting (on the host path, each holds a staging set).
+/// Batches in flight: one being prepared, the rest waiting (on the host path, each holds a staging
+/// buffer).
 pub(crate) const STAGED_BATCHES: usize = 3;
 
-/// What the loader thread hands over for one batch, one entry per view (expert level).
+/// What the loader thread hands over for one batch.
 enum Prepared<S> {
-    /// `[n, 3, h, w]` views written into staging buffers.
-    Staged(Vec<S>),
-    /// Packed per-sample parameters `[n, PARAM_WORDS]` (empty for the plain transform).
+    /// The views `[views * n, 3, h, w]`, stacked, written into a staging buffer.
+    Staged(S),
+    /// Packed per-sample parameters `[n, PARAM_WORDS]` of each view (empty for the plain
+    /// transform).
     Params(Vec<Vec<f32>>),
 }
 
@@ -39,8 +41,8 @@ struct DeviceData<B: Backend> {
 pub struct BatchLoader<'a, B: Backend> {
     source: &'a dyn ImageSource,
     device: Option<DeviceData<B>>,
-    /// Free staging buffers of the host path, each `[max_batch, 3, h, w]`, reused across calls
-    /// (page-locked allocations are slow).
+    /// Free staging buffers of the host path, each `[views * max_batch, 3, h, w]`, reused across
+    /// calls (page-locked allocations are slow).
     staging: Vec<B::Staging>,
     max_batch: usize,
     /// Time callers of `for_each` spent waiting for a batch.
@@ -93,8 +95,8 @@ impl<'a, B: Backend> BatchLoader<'a, B> {
         self.device.is_some()
     }
 
-    /// Calls `step(i, batches[i], views)` for every batch in order, where `views` holds one
-    /// `[n, 3, h, w]` buffer per entry of `levels` (its random parameters drawn at `(seed, epoch,
+    /// Calls `step(i, batches[i], x)` for every batch in order, where `x [levels.len() * n, 3, h,
+    /// w]` stacks one view per entry of `levels` (its random parameters drawn at `(seed, epoch,
     /// sample)`). The next batches are prepared while `step` runs.
     pub fn for_each(
         &mut self,
@@ -103,7 +105,7 @@ impl<'a, B: Backend> BatchLoader<'a, B> {
         levels: &[Level],
         seed: u64,
         epoch: usize,
-        mut step: impl FnMut(usize, &[usize], Vec<B::Buf>) -> Result<()>,
+        mut step: impl FnMut(usize, &[usize], B::Buf) -> Result<()>,
     ) -> Result<()> {
         if let Some(big) = batches.iter().find(|b| b.len() > self.max_batch) {
             bail!(
@@ -115,16 +117,16 @@ impl<'a, B: Backend> BatchLoader<'a, B> {
         let (h, w) = self.source.image_hw();
         let sample_len = 3 * h * w;
         let device_hw = self.device.as_ref().map(|d| (d.h, d.w));
-        let (free_tx, free_rx) = mpsc::channel::<Vec<B::Staging>>();
+        let views = levels.len();
+        let (free_tx, free_rx) = mpsc::channel::<B::Staging>();
         if device_hw.is_none() {
-            let needed = STAGED_BATCHES * levels.len();
-            while self.staging.len() < needed {
-                self.staging
-                    .push(be.alloc_staging(self.max_batch * sample_len)?);
+            let capacity = views * self.max_batch * sample_len;
+            self.staging.retain(|s| s.capacity() >= capacity);
+            while self.staging.len() < STAGED_BATCHES {
+                self.staging.push(be.alloc_staging(capacity)?);
             }
-            for _ in 0..STAGED_BATCHES {
-                let set = self.staging.drain(..levels.len()).collect();
-                free_tx.send(set).map_err(|_| anyhow!("staging pool"))?;
+            for staging in self.staging.drain(..) {
+                free_tx.send(staging).map_err(|_| anyhow!("staging pool"))?;
             }
         }
         let source = self.source;
@@ -153,15 +155,12 @@ impl<'a, B: Backend> BatchLoader<'a, B> {
                 *waited += wait_start.elapsed();
                 let prepared =
                     prepared.context("the data loader thread stopped unexpectedly")??;
-                let views = match prepared {
-                    Prepared::Staged(set) => {
-                        let views = set
-                            .iter()
-                            .map(|s| be.upload_staged(s, batch.len() * sample_len))
-                            .collect::<Result<Vec<_>>>();
-                        // Back to the loader at once: it waits for the copies before rewriting.
-                        let _ = free_tx.send(set);
-                        views?
+                let x = match prepared {
+                    Prepared::Staged(staging) => {
+                        let x = be.upload_staged(&staging, views * batch.len() * sample_len);
+                        // Back to the loader at once: it waits for the copy before rewriting.
+                        let _ = free_tx.send(staging);
+                        x?
                     }
                     Prepared::Params(params) => {
                         let data = device.ok_or_else(|| {
@@ -171,12 +170,12 @@ impl<'a, B: Backend> BatchLoader<'a, B> {
                     }
                 };
                 be.range_pop();
-                step(i, batch, views)?;
+                step(i, batch, x)?;
             }
             let free_rx = loader
                 .join()
                 .map_err(|_| anyhow!("the data loader thread panicked"))?;
-            staging_pool.extend(free_rx.try_iter().flatten());
+            staging_pool.extend(free_rx.try_iter());
             Ok(())
         })
     }
@@ -191,7 +190,7 @@ fn prepare<S: HostStaging>(
     levels: &[Level],
     seed: u64,
     epoch: usize,
-    free: &mpsc::Receiver<Vec<S>>,
+    free: &mpsc::Receiver<S>,
 ) -> Result<Prepared<S>> {
     if let Some((h, w)) = device_hw {
         return levels
@@ -202,39 +201,40 @@ fn prepare<S: HostStaging>(
     }
     let (h, w) = source.image_hw();
     let len = batch.len() * 3 * h * w;
-    let mut set = free
+    let mut staging = free
         .recv()
         .map_err(|_| anyhow!("the trainer stopped taking batches"))?;
-    let mut outs = set
-        .iter_mut()
-        .map(|s| s.as_mut_slice().map(|v| &mut v[..len]))
-        .collect::<Result<Vec<_>>>()?;
+    let mut outs: Vec<&mut [f32]> = staging.as_mut_slice()?[..levels.len() * len]
+        .chunks_mut(len)
+        .collect();
     source.load_views_into(batch, levels, seed, epoch, &mut outs)?;
-    Ok(Prepared::Staged(set))
+    Ok(Prepared::Staged(staging))
 }
 
-/// The views `[n, 3, h, w]` of one batch of the resident set, one per entry of `levels`.
+/// The views of one batch of the resident set, one per entry of `levels`, stacked into `[views *
+/// n, 3, h, w]` by one augmentation launch.
 fn device_views<B: Backend>(
     be: &B,
     data: &DeviceData<B>,
     batch: &[usize],
     levels: &[Level],
     params: &[Vec<f32>],
-) -> Result<Vec<B::Buf>> {
-    let indices: Vec<u32> = batch.iter().map(|&i| i as u32).collect();
-    let indices = be.upload_index(&indices)?;
-    levels
+) -> Result<B::Buf> {
+    let indices: Vec<u32> = levels
         .iter()
-        .zip(params)
-        .map(|(&level, p)| {
-            let spec = AugmentSpec {
-                h: data.h,
-                w: data.w,
-                level,
-                mean: CIFAR_NORMALIZATION.mean,
-                std: CIFAR_NORMALIZATION.std,
-            };
-            be.augment_batch(&data.images, &indices, &be.upload(p)?, spec)
-        })
-        .collect()
+        .flat_map(|_| batch.iter().map(|&i| i as u32))
+        .collect();
+    let spec = AugmentSpec {
+        h: data.h,
+        w: data.w,
+        drawn: AugmentSpec::drawn_for(levels)?,
+        mean: CIFAR_NORMALIZATION.mean,
+        std: CIFAR_NORMALIZATION.std,
+    };
+    be.augment_batch(
+        &data.images,
+        &be.upload_index(&indices)?,
+        &be.upload(&params.concat())?,
+        spec,
+    )
 }

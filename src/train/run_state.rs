@@ -8,7 +8,7 @@ use crate::backend::Backend;
 use crate::config::TrainConfig;
 use crate::method::SlaTable;
 use crate::model::MultiExpertNet;
-use crate::nn::{NamedTensor, TensorData};
+use crate::nn::{NamedTensor, Param, TensorData};
 use crate::report::EpochRecord;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -133,10 +133,17 @@ pub fn restore<B: Backend>(
             ),
         }
     };
-    for p in model.params_mut() {
-        let name = format!("optimizer.{}.momentum_buffer", p.name);
-        if extra.contains_key(&name) {
-            p.velocity = Some(be.upload(&f32_of(&name)?)?);
+    let momentum_name = |p: &Param<B>| format!("optimizer.{}.momentum_buffer", p.name);
+    let (mut params, store) = model.params_and_store_mut();
+    if params.iter().any(|p| extra.contains_key(&momentum_name(p))) {
+        store.ensure_velocity(be, &mut params)?;
+        for p in params {
+            let name = momentum_name(p);
+            if extra.contains_key(&name) {
+                let velocity = p.velocity.as_mut().expect("created above");
+                be.write(velocity, &f32_of(&name)?)
+                    .with_context(|| format!("{}: tensor {name}", path.display()))?;
+            }
         }
     }
     for (k, t) in sla_tables.iter_mut().enumerate() {

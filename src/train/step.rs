@@ -47,8 +47,9 @@ impl Mixup {
 
 /// What one step trains on.
 pub struct StepBatch<'a, B: Backend> {
-    /// One `[n, 3, h, w]` view per entry of the plan's view levels.
-    pub views: &'a [B::Buf],
+    /// `[views * n, 3, h, w]`: one view of the batch per entry of the plan's view levels, stacked.
+    pub x: B::Buf,
+    pub views: usize,
     /// `[n]` the samples' classes.
     pub labels: &'a [u32],
     pub mixup: Option<Mixup>,
@@ -66,6 +67,7 @@ pub fn train_step<B: Backend>(
     sla_tables: &mut [SlaTable<B>],
 ) -> Result<B::Buf> {
     let StepBatch {
+        mut x,
         views,
         labels,
         mixup,
@@ -74,7 +76,6 @@ pub fn train_step<B: Backend>(
     let n = labels.len();
     let labels_dev = be.upload_index(labels)?;
     let mut partner_labels = None;
-    let mut mixed = Vec::new();
     if let Some(mix) = &mixup {
         ensure!(
             mix.perm.len() == n,
@@ -82,14 +83,16 @@ pub fn train_step<B: Backend>(
             mix.perm.len()
         );
         be.range_push("mixup");
-        let perm = be.upload_index(&mix.perm)?;
+        // One launch for every view: sample i of view k mixes with sample perm[i] of view k.
+        let stacked: Vec<u32> = (0..views)
+            .flat_map(|k| mix.perm.iter().map(move |&j| (k * n) as u32 + j))
+            .collect();
+        let perm = be.upload_index(&stacked)?;
         let d = SampleDims {
-            n,
+            n: views * n,
             per_sample: 3 * h * w,
         };
-        for v in views {
-            mixed.push(be.mixup(v, &perm, mix.lambda, d)?);
-        }
+        x = be.mixup(&x, &perm, mix.lambda, d)?;
         let partner: Vec<u32> = mix.perm.iter().map(|&j| labels[j as usize]).collect();
         partner_labels = Some(be.upload_index(&partner)?);
         be.range_pop();
@@ -98,12 +101,7 @@ pub fn train_step<B: Backend>(
     let cfg = ctx.cfg;
     let classes = model.num_classes();
     be.range_push("forward");
-    let view_refs: Vec<&B::Buf> = if mixup.is_some() {
-        mixed.iter().collect()
-    } else {
-        views.iter().collect()
-    };
-    let outs = model.forward_train(be, &view_refs, n, h, w)?;
+    let outs = model.forward_train(be, x, views, n, h, w)?;
     be.range_pop();
 
     be.range_push("loss");

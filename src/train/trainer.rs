@@ -241,38 +241,32 @@ impl<'a, B: Backend> Run<'a, B> {
         let mut loss_sum = be.zeros(1)?;
         let (model, sla_tables, state) = (&mut self.model, &mut self.sla_tables, &mut self.state);
         let levels = plan.view_levels(cfg.experts);
-        loader.for_each(
-            be,
-            &batches,
-            &levels,
-            cfg.seed,
-            epoch,
-            |step, batch, views| {
-                let n = batch.len();
-                let labels: Vec<u32> = batch.iter().map(|&i| labels_all[i]).collect();
-                let step_batch = StepBatch {
-                    views: &views,
-                    labels: &labels,
-                    mixup: Mixup::for_step(plan, cfg.seed, epoch, step, n),
-                    hw,
-                };
-                let batch_loss = train_step(be, model, &ctx, step_batch, sla_tables)?;
-                be.add_assign(&mut loss_sum, &batch_loss)?;
-                state.samples_seen += n as u64;
-                // Reading the loss back synchronises the device, so only every few steps.
-                let loss = if step % 20 == 19 || step + 1 == batches.len() {
-                    Some(be.download(&loss_sum)?[0] / (step + 1) as f32)
-                } else {
-                    None
-                };
-                progress(Progress::Step {
-                    step,
-                    loss,
-                    samples: n,
-                });
-                Ok(())
-            },
-        )?;
+        loader.for_each(be, &batches, &levels, cfg.seed, epoch, |step, batch, x| {
+            let n = batch.len();
+            let labels: Vec<u32> = batch.iter().map(|&i| labels_all[i]).collect();
+            let step_batch = StepBatch {
+                x,
+                views: levels.len(),
+                labels: &labels,
+                mixup: Mixup::for_step(plan, cfg.seed, epoch, step, n),
+                hw,
+            };
+            let batch_loss = train_step(be, model, &ctx, step_batch, sla_tables)?;
+            be.add_assign(&mut loss_sum, &batch_loss)?;
+            state.samples_seen += n as u64;
+            // Reading the loss back synchronises the device, so only every few steps.
+            let loss = if step % 20 == 19 || step + 1 == batches.len() {
+                Some(be.download(&loss_sum)?[0] / (step + 1) as f32)
+            } else {
+                None
+            };
+            progress(Progress::Step {
+                step,
+                loss,
+                samples: n,
+            });
+            Ok(())
+        })?;
         if plan.needs_sla_table() {
             for t in sla_tables.iter_mut() {
                 t.end_epoch(be)?;
@@ -305,11 +299,11 @@ impl<'a, B: Backend> Run<'a, B> {
             &[Level::Plain],
             self.cfg.seed,
             0,
-            |_, batch, views| {
+            |_, batch, x| {
                 let n = batch.len();
                 let labels: Vec<u32> = batch.iter().map(|&i| labels_all[i]).collect();
                 let labels = be.upload_index(&labels)?;
-                fill.observe(be, model, &views[0], &labels, (n, h, w))?;
+                fill.observe(be, model, &x, &labels, (n, h, w))?;
                 done += n;
                 progress(Progress::SlaTableFill { done, total });
                 Ok(())

@@ -132,7 +132,7 @@ pub fn kernel_errors<B: UnfusedLoss>(be: &B) -> Result<()> {
     let spec = AugmentSpec {
         h,
         w,
-        level: Level::Weak,
+        drawn: true,
         mean: [0.5; 3],
         std: [0.25; 3],
     };

@@ -113,6 +113,11 @@ pub fn up64<B: UnfusedLoss>(be: &B, data: &[f64]) -> Result<B::Buf> {
     be.upload(&data.iter().map(|&v| v as f32).collect::<Vec<_>>())
 }
 
+/// An output buffer filled with NaN: an op that leaves part of its output unwritten fails.
+pub fn nan_filled<B: UnfusedLoss>(be: &B, len: usize) -> Result<B::Buf> {
+    be.upload(&vec![f32::NAN; len])
+}
+
 pub fn down<B: UnfusedLoss>(be: &B, buf: &B::Buf) -> Result<Vec<f32>> {
     be.download(buf)
 }

@@ -3,15 +3,17 @@
 use anyhow::{ensure, Result};
 use ltrain::backend::UnfusedLoss;
 use ltrain::backend::{
-    BatchNormAct, BatchNormBackwardAct, BatchNormConfig, BatchNormRunning, BatchNormStats,
-    ChannelDims, Conv2dDims, HostStaging, Pool2dDims, SgdConfig, ShortcutDims,
+    BatchNormAct, BatchNormBackwardAct, BatchNormBackwardInputs, BatchNormConfig, BatchNormRunning,
+    BatchNormStats, ChannelDims, Conv2dDims, HostStaging, ParamGrads, Pool2dDims, SgdConfig,
+    ShortcutDims, WriteMode,
 };
 use ltrain::backend::{BatchNormAffine, CosineDims, LinearDims, RowDims, SampleDims};
 use rand::seq::SliceRandom;
 
 use super::reference as r;
 use super::{
-    assert_close, assert_exact, dot, down, expect_err, f64s, fd_check, labels, rng, uniform, up,
+    assert_close, assert_exact, dot, down, expect_err, f64s, fd_check, labels, nan_filled, rng,
+    uniform, up,
 };
 
 pub fn memory<B: UnfusedLoss>(be: &B) -> Result<()> {
@@ -295,7 +297,9 @@ pub fn conv_backward<B: UnfusedLoss>(be: &B) -> Result<()> {
         let dy = uniform(&mut g, d.output_len(), -1.0, 1.0);
         let (xb, wb, dyb) = (up(be, &x)?, up(be, &w)?, up(be, &dy)?);
         let dx = down(be, &be.conv2d_backward_data(&dyb, &wb, d)?)?;
-        let dw = down(be, &be.conv2d_backward_weight(&xb, &dyb, d)?)?;
+        let mut dwb = nan_filled(be, d.weight_len())?;
+        be.conv2d_backward_weight(&xb, &dyb, d, &mut dwb)?;
+        let dw = down(be, &dwb)?;
         let (x64, w64, dy64) = (f64s(&x), f64s(&w), f64s(&dy));
         let (dx_ref, dw_ref) = r::conv2d_backward(&x64, &w64, &dy64, d);
         assert_close(
@@ -311,6 +315,22 @@ pub fn conv_backward<B: UnfusedLoss>(be: &B) -> Result<()> {
             &dw,
             &dw_ref,
             1e-4,
+            1e-4,
+        )?;
+        // Added to what the destination holds (a residual block's shortcut gradient).
+        let base = uniform(&mut g, d.input_len(), -1.0, 1.0);
+        let mut sum = up(be, &base)?;
+        be.conv2d_backward_data_into(&dyb, &wb, d, &mut sum, WriteMode::Add)?;
+        let want: Vec<f64> = base
+            .iter()
+            .zip(&dx_ref)
+            .map(|(&b, r)| b as f64 + r)
+            .collect();
+        assert_close(
+            &format!("conv2d_backward_data added {d:?}"),
+            &down(be, &sum)?,
+            &want,
+            1e-5,
             1e-4,
         )?;
         let fx = |x: &[f64]| dot(&dy64, &r::conv2d(x, &w64, d));
@@ -370,7 +390,11 @@ pub fn conv_errors<B: UnfusedLoss>(be: &B) -> Result<()> {
     )?;
     expect_err(
         "conv2d_backward_weight with a short dy",
-        be.conv2d_backward_weight(&x, &be.zeros(3)?, d),
+        be.conv2d_backward_weight(&x, &be.zeros(3)?, d, &mut be.zeros(d.weight_len())?),
+    )?;
+    expect_err(
+        "conv2d_backward_weight into a short dw",
+        be.conv2d_backward_weight(&x, &be.zeros(d.output_len())?, d, &mut be.zeros(3)?),
     )?;
     Ok(())
 }
@@ -474,40 +498,47 @@ pub fn batch_norm_act<B: UnfusedLoss>(be: &B) -> Result<()> {
             mean: &mean,
             var: &inv_std,
         };
+        let mut masked_out = nan_filled(be, d.len())?;
         let back = BatchNormBackwardAct {
             relu_output: Some(&y),
-            keep_masked: true,
+            masked_dy: Some(&mut masked_out),
         };
-        let grads = be.batch_norm_backward_act(&up(be, &dy)?, &xb, &gb, saved, d, back)?;
+        let dyb = up(be, &dy)?;
+        let inputs = BatchNormBackwardInputs {
+            dy: &dyb,
+            x: &xb,
+            gamma: &gb,
+            saved,
+        };
+        let (mut dgamma, mut dbeta) = (nan_filled(be, d.c)?, nan_filled(be, d.c)?);
+        let param_grads = ParamGrads {
+            weight: &mut dgamma,
+            bias: &mut dbeta,
+        };
+        let dx = be.batch_norm_backward(inputs, d, back, param_grads)?;
         let masked: Vec<f64> = dy
             .iter()
             .zip(&y_host)
             .map(|(&g, &v)| if v > 0.0 { g as f64 } else { 0.0 })
             .collect();
         let what = format!("batch_norm_backward_act {d:?}");
-        let masked_dy = grads
-            .masked_dy
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("{what}: no masked gradient"))?;
-        assert_exact(&format!("{what} masked dy"), &down(be, masked_dy)?, &masked)?;
-        let (dx_ref, dg_ref, db_ref) = r::batch_norm_backward(&masked, &x64, &g64, d, eps);
-        assert_close(
-            &format!("{what} dx"),
-            &down(be, &grads.dx)?,
-            &dx_ref,
-            1e-5,
-            1e-4,
+        assert_exact(
+            &format!("{what} masked dy"),
+            &down(be, &masked_out)?,
+            &masked,
         )?;
+        let (dx_ref, dg_ref, db_ref) = r::batch_norm_backward(&masked, &x64, &g64, d, eps);
+        assert_close(&format!("{what} dx"), &down(be, &dx)?, &dx_ref, 1e-5, 1e-4)?;
         assert_close(
             &format!("{what} dgamma"),
-            &down(be, &grads.dgamma)?,
+            &down(be, &dgamma)?,
             &dg_ref,
             1e-4,
             1e-4,
         )?;
         assert_close(
             &format!("{what} dbeta"),
-            &down(be, &grads.dbeta)?,
+            &down(be, &dbeta)?,
             &db_ref,
             1e-4,
             1e-5,
@@ -661,9 +692,23 @@ pub fn batch_norm_backward<B: UnfusedLoss>(be: &B) -> Result<()> {
             d,
             cfg,
         )?;
-        let (dx, dgamma, dbeta) =
-            be.batch_norm_backward(&up(be, &dy)?, &xb, &gb, &mean, &inv_std, d)?;
-        let (dx, dgamma, dbeta) = (down(be, &dx)?, down(be, &dgamma)?, down(be, &dbeta)?);
+        let dyb = up(be, &dy)?;
+        let inputs = BatchNormBackwardInputs {
+            dy: &dyb,
+            x: &xb,
+            gamma: &gb,
+            saved: BatchNormStats {
+                mean: &mean,
+                var: &inv_std,
+            },
+        };
+        let (mut dgamma, mut dbeta) = (nan_filled(be, d.c)?, nan_filled(be, d.c)?);
+        let param_grads = ParamGrads {
+            weight: &mut dgamma,
+            bias: &mut dbeta,
+        };
+        let out = be.batch_norm_backward(inputs, d, BatchNormBackwardAct::none(), param_grads)?;
+        let (dx, dgamma, dbeta) = (down(be, &out)?, down(be, &dgamma)?, down(be, &dbeta)?);
         let (x64, g64, b64, dy64) = (f64s(&x), f64s(&gamma), f64s(&beta), f64s(&dy));
         let (dx_ref, dg_ref, db_ref) = r::batch_norm_backward(&dy64, &x64, &g64, d, eps);
         let what = format!("batch_norm_backward {d:?}");
@@ -931,7 +976,9 @@ pub fn shortcut_a<B: UnfusedLoss>(be: &B) -> Result<()> {
             &r::shortcut_a(&x64, d),
         )?;
         let dy = uniform(&mut g, y.len(), -1.0, 1.0);
-        let dx = down(be, &be.shortcut_a_backward(&up(be, &dy)?, d)?)?;
+        let mut dxb = nan_filled(be, x.len())?;
+        be.shortcut_a_backward(&up(be, &dy)?, d, &mut dxb)?;
+        let dx = down(be, &dxb)?;
         let dy64 = f64s(&dy);
         let f = |x: &[f64]| dot(&dy64, &r::shortcut_a(x, d));
         // Each input element feeds at most one output: the finite difference is exact.
@@ -979,7 +1026,9 @@ pub fn shortcut_a_hand<B: UnfusedLoss>(be: &B) -> Result<()> {
     ];
     assert_exact("shortcut_a hand forward", &y, &want)?;
     let dy: Vec<f32> = (1..=16).map(|v| v as f32).collect();
-    let dx = down(be, &be.shortcut_a_backward(&up(be, &dy)?, d)?)?;
+    let mut dxb = nan_filled(be, d.input_len())?;
+    be.shortcut_a_backward(&up(be, &dy)?, d, &mut dxb)?;
+    let dx = down(be, &dxb)?;
     let want = [
         5., 0., 6., 0., 0., 0., 7., 0., 8., 9., 0., 10., 0., 0., 0., 11., 0., 12.,
     ];
@@ -1009,9 +1058,19 @@ pub fn linear<B: UnfusedLoss>(be: &B) -> Result<()> {
         )?;
         let dy = uniform(&mut g, n * d_out, -1.0, 1.0);
         let dy64 = f64s(&dy);
-        let (dx, dw, db) =
-            be.linear_backward(&up(be, &dy)?, &xb, &wb, LinearDims { n, d_in, d_out })?;
-        let (dx, dw, db) = (down(be, &dx)?, down(be, &dw)?, down(be, &db)?);
+        let (mut dwb, mut dbb) = (nan_filled(be, d_out * d_in)?, nan_filled(be, d_out)?);
+        let grads = ParamGrads {
+            weight: &mut dwb,
+            bias: &mut dbb,
+        };
+        let dx = be.linear_backward(
+            &up(be, &dy)?,
+            &xb,
+            &wb,
+            LinearDims { n, d_in, d_out },
+            grads,
+        )?;
+        let (dx, dw, db) = (down(be, &dx)?, down(be, &dwb)?, down(be, &dbb)?);
         let fx = |x: &[f64]| dot(&dy64, &r::linear(x, &w64, &b64, n, d_in, d_out));
         let fw = |w: &[f64]| dot(&dy64, &r::linear(&x64, w, &b64, n, d_in, d_out));
         let fb = |b: &[f64]| dot(&dy64, &r::linear(&x64, &w64, b, n, d_in, d_out));

@@ -13,8 +13,9 @@ use ltrain::augment::Level;
 use ltrain::backend::cpu::CpuBackend;
 use ltrain::backend::cuda::{selftest, CudaBackend, Gemm, LaunchConfig};
 use ltrain::backend::{
-    Backend, BatchNormConfig, ChannelDims, Conv2dDims, LossArgs, LossReduction, LossTargets,
-    LossWeighting, Pool2dDims, SgdConfig, ShortcutDims, UnfusedLoss,
+    Backend, BatchNormBackwardAct, BatchNormBackwardInputs, BatchNormConfig, BatchNormStats,
+    ChannelDims, Conv2dDims, LossArgs, LossReduction, LossTargets, LossWeighting, ParamGrads,
+    Pool2dDims, SgdConfig, ShortcutDims, UnfusedLoss,
 };
 use ltrain::backend::{BatchNormAffine, CosineDims, LinearDims, RowDims, SampleDims};
 use rand::rngs::StdRng;
@@ -123,10 +124,12 @@ fn conv_outputs<B: Backend>(be: &B, d: Conv2dDims, seed: u64) -> Vec<Vec<f32>> {
     let dy = be
         .upload(&random(&mut g, d.output_len(), -1.0, 1.0))
         .unwrap();
+    let mut dw = be.upload(&vec![f32::NAN; d.weight_len()]).unwrap();
+    be.conv2d_backward_weight(&x, &dy, d, &mut dw).unwrap();
     vec![
         down(be, &be.conv2d_forward(&x, &w, d).unwrap()),
         down(be, &be.conv2d_backward_data(&dy, &w, d).unwrap()),
-        down(be, &be.conv2d_backward_weight(&x, &dy, d).unwrap()),
+        down(be, &dw),
     ]
 }
 
@@ -219,8 +222,24 @@ pub fn batch_norm_matches_the_cpu(cuda: &CudaBackend) {
                 cfg,
             )
             .unwrap();
-        let (dx, dgamma, dbeta) = be
-            .batch_norm_backward(&be.upload(&dy).unwrap(), &xb, &gb, &mean, &inv_std, d)
+        let dyb = be.upload(&dy).unwrap();
+        let inputs = BatchNormBackwardInputs {
+            dy: &dyb,
+            x: &xb,
+            gamma: &gb,
+            saved: BatchNormStats {
+                mean: &mean,
+                var: &inv_std,
+            },
+        };
+        let mut dgamma = be.upload(&vec![f32::NAN; d.c]).unwrap();
+        let mut dbeta = be.upload(&vec![f32::NAN; d.c]).unwrap();
+        let grads = ParamGrads {
+            weight: &mut dgamma,
+            bias: &mut dbeta,
+        };
+        let dx = be
+            .batch_norm_backward(inputs, d, BatchNormBackwardAct::none(), grads)
             .unwrap();
         [&y, &mean, &inv_std, &rm, &rv, &eval, &dx, &dgamma, &dbeta]
             .iter()
@@ -301,11 +320,12 @@ pub fn pooling_and_shortcut_match_the_cpu(cuda: &CudaBackend) {
                 be,
                 &be.shortcut_a_forward(&be.upload(&xs).unwrap(), sd).unwrap(),
             ),
-            down(
-                be,
-                &be.shortcut_a_backward(&be.upload(&dys).unwrap(), sd)
-                    .unwrap(),
-            ),
+            {
+                let mut dx = be.upload(&vec![f32::NAN; sd.input_len()]).unwrap();
+                be.shortcut_a_backward(&be.upload(&dys).unwrap(), sd, &mut dx)
+                    .unwrap();
+                down(be, &dx)
+            },
         ]
     });
     let names = [
@@ -343,12 +363,19 @@ pub fn linear_and_rows_match_the_cpu(cuda: &CudaBackend) {
                 LinearDims { n, d_in, d_out },
             )
             .unwrap();
-        let (dx, dw, db) = be
+        let mut dw = be.upload(&vec![f32::NAN; d_out * d_in]).unwrap();
+        let mut db = be.upload(&vec![f32::NAN; d_out]).unwrap();
+        let grads = ParamGrads {
+            weight: &mut dw,
+            bias: &mut db,
+        };
+        let dx = be
             .linear_backward(
                 &be.upload(&dy).unwrap(),
                 &xb,
                 &wb,
                 LinearDims { n, d_in, d_out },
+                grads,
             )
             .unwrap();
         let r = be.upload(&rows).unwrap();
@@ -642,7 +669,7 @@ pub fn training_steps_match_the_cpu(cuda: &CudaBackend) {
     fn steps<B: Backend>(be: &B, cfg: &TrainConfig, data: &StepData) -> Vec<Vec<f32>> {
         let StepData { classes, side, .. } = *data;
         let mut model = MultiExpertNet::resnet32(be, classes, 3, (24, 48), 3).unwrap();
-        let views: Vec<B::Buf> = data.views.iter().map(|v| be.upload(v).unwrap()).collect();
+        let x = be.upload(&data.views.concat()).unwrap();
         let sgd = SgdConfig {
             lr: 0.1,
             momentum: 0.9,
@@ -671,7 +698,8 @@ pub fn training_steps_match_the_cpu(cuda: &CudaBackend) {
             sgd,
         };
         let batch = |mixup| StepBatch {
-            views: &views,
+            x: be.view(&x, 0, be.len(&x)).unwrap(),
+            views: data.views.len(),
             labels: &data.labels,
             mixup,
             hw: (side, side),
@@ -960,12 +988,13 @@ pub fn batch_loader_views_match_the_source(be: &CudaBackend, busy_len: usize) {
     for on_device in [false, true] {
         let mut loader = BatchLoader::new(be, &set, 8, on_device).unwrap();
         loader
-            .for_each(be, &batches, &levels, 5, 1, |i, batch, views| {
+            .for_each(be, &batches, &levels, 5, 1, |i, batch, x| {
                 let want = set.load_views(batch, &levels, 5, 1)?;
-                for (level, (got, want)) in views.iter().zip(&want).enumerate() {
+                let got = be.download(&x)?;
+                for (level, (got, want)) in got.chunks(want[0].len()).zip(&want).enumerate() {
                     assert_near(
                         &format!("batch {i} level {level} (on device: {on_device})"),
-                        &be.download(got)?,
+                        got,
                         want,
                         1e-6,
                         0.0,

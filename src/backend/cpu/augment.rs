@@ -6,7 +6,6 @@ use anyhow::{bail, Result};
 use rayon::prelude::*;
 
 use super::{check_indices, CpuBackend, CpuBuf, CpuIndex};
-use crate::augment::Level;
 use crate::augment::{self, ops::Image, Normalization, Recipe};
 use crate::backend::abi::{self, ERR_AUGMENT_INDEX, ERR_AUGMENT_PARAMS};
 use crate::backend::augment_params::{self, PARAM_WORDS};
@@ -28,9 +27,9 @@ impl AugmentOps for CpuBackend {
         let len = 3 * h * w;
         check_indices(ERR_AUGMENT_INDEX, &indices.0, images.0.len() / len)?;
         let n = indices.0.len();
-        let rows: Vec<_> = match spec.level {
-            Level::Plain => vec![augment::LevelParams::identity(); n],
-            _ => {
+        let rows: Vec<_> = match spec.drawn {
+            false => vec![augment::LevelParams::identity(); n],
+            true => {
                 for (i, row) in params.as_slice().chunks(PARAM_WORDS).enumerate() {
                     if let Some(word) = augment_params::malformed_word(row, h, w) {
                         bail!(

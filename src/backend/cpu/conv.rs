@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::matmul::{matmul, Layout};
 use super::{CpuBackend, CpuBuf};
-use crate::backend::{Conv2dDims, ConvOps};
+use crate::backend::{Conv2dDims, ConvOps, WriteMode};
 
 /// The weight gradient is reduced over this many fixed chunks of the batch (at most): enough to keep
 /// a handful of threads busy, few enough that the partial gradients stay small.
@@ -161,6 +161,38 @@ fn col2im(g: &Geometry, col: &[f32], dx: &mut [f32]) {
     }
 }
 
+/// `dx [n, c_in, h, w]` (zero on entry) of `dy [n, c_out, h_out, w_out]` and `w`, on the current pool.
+fn backward_data(g: &Geometry, d: Conv2dDims, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    dx.par_chunks_mut(g.in_per_sample())
+        .zip(dy.par_chunks(g.out_per_sample()))
+        .for_each_init(
+            || vec![0.0f32; g.col_len()],
+            |col, (dx_s, dy_s)| {
+                for gi in 0..d.groups {
+                    let dy_g = &dy_s[gi * g.out_per_group()..(gi + 1) * g.out_per_group()];
+                    let w_g = &w[gi * g.weight_per_group()..(gi + 1) * g.weight_per_group()];
+                    let dx_g = &mut dx_s[gi * g.in_per_group()..(gi + 1) * g.in_per_group()];
+                    // dcol [ckk, hw_out] = w_gᵀ · dy_g; a direct conv's dcol is dx_g itself.
+                    let dcol: &mut [f32] = if g.direct { &mut *dx_g } else { &mut col[..] };
+                    matmul(
+                        g.ckk,
+                        g.hw_out,
+                        g.c_out_g,
+                        dcol,
+                        w_g,
+                        Layout::Transposed,
+                        dy_g,
+                        Layout::Plain,
+                        false,
+                    );
+                    if !g.direct {
+                        col2im(g, col, dx_g);
+                    }
+                }
+            },
+        );
+}
+
 impl ConvOps for CpuBackend {
     /// `x [n, c_in, h, w]`, `w [c_out, c_in / groups, k, k]` → `y [n, c_out, h_out, w_out]`.
     fn conv2d_forward_unchecked(&self, x: &CpuBuf, w: &CpuBuf, d: Conv2dDims) -> Result<CpuBuf> {
@@ -212,46 +244,25 @@ impl ConvOps for CpuBackend {
         dy: &CpuBuf,
         w: &CpuBuf,
         d: Conv2dDims,
-    ) -> Result<CpuBuf> {
+        dx_out: &mut CpuBuf,
+        mode: WriteMode,
+    ) -> Result<()> {
         let (dy, w) = (dy.as_slice(), w.as_slice());
         let g = Geometry::new(d);
         let mut dx = vec![0.0f32; d.input_len()];
-        if dx.is_empty() || g.out_per_sample() == 0 {
-            return Ok(CpuBuf::from_vec(dx));
+        if !dx.is_empty() && g.out_per_sample() > 0 {
+            self.pool.install(|| backward_data(&g, d, dy, w, &mut dx));
         }
-        self.pool.install(|| {
-            dx.par_chunks_mut(g.in_per_sample())
-                .zip(dy.par_chunks(g.out_per_sample()))
-                .for_each_init(
-                    || vec![0.0f32; g.col_len()],
-                    |col, (dx_s, dy_s)| {
-                        for gi in 0..d.groups {
-                            let dy_g = &dy_s[gi * g.out_per_group()..(gi + 1) * g.out_per_group()];
-                            let w_g =
-                                &w[gi * g.weight_per_group()..(gi + 1) * g.weight_per_group()];
-                            let dx_g =
-                                &mut dx_s[gi * g.in_per_group()..(gi + 1) * g.in_per_group()];
-                            // dcol [ckk, hw_out] = w_gᵀ · dy_g; a direct conv's dcol is dx_g itself.
-                            let dcol: &mut [f32] = if g.direct { &mut *dx_g } else { &mut col[..] };
-                            matmul(
-                                g.ckk,
-                                g.hw_out,
-                                g.c_out_g,
-                                dcol,
-                                w_g,
-                                Layout::Transposed,
-                                dy_g,
-                                Layout::Plain,
-                                false,
-                            );
-                            if !g.direct {
-                                col2im(&g, col, dx_g);
-                            }
-                        }
-                    },
-                )
-        });
-        Ok(CpuBuf::from_vec(dx))
+        let out = dx_out.as_mut_slice();
+        match mode {
+            WriteMode::Overwrite => out.copy_from_slice(&dx),
+            WriteMode::Add => self.pool.install(|| {
+                out.par_iter_mut()
+                    .zip(dx.par_iter())
+                    .for_each(|(o, v)| *o += v)
+            }),
+        }
+        Ok(())
     }
 
     /// `x [n, c_in, h, w]`, `dy [n, c_out, h_out, w_out]` → `dw [c_out, c_in / groups, k, k]`.
@@ -260,12 +271,15 @@ impl ConvOps for CpuBackend {
         x: &CpuBuf,
         dy: &CpuBuf,
         d: Conv2dDims,
-    ) -> Result<CpuBuf> {
+        dw_out: &mut CpuBuf,
+    ) -> Result<()> {
         let (x, dy) = (x.as_slice(), dy.as_slice());
         let g = Geometry::new(d);
         let weight_len = d.weight_len();
+        let dw_out = dw_out.as_mut_slice();
         if d.n == 0 || weight_len == 0 || g.hw_out == 0 {
-            return Ok(CpuBuf::from_vec(vec![0.0; weight_len]));
+            dw_out.fill(0.0);
+            return Ok(());
         }
         self.pool.install(|| {
             // Fixed chunking of the batch (depends on n only), partials summed in chunk order.
@@ -308,13 +322,14 @@ impl ConvOps for CpuBackend {
                 })
                 .collect();
             let mut partials = partials.into_iter();
-            let mut dw = partials.next().unwrap_or_else(|| vec![0.0; weight_len]);
+            dw_out.copy_from_slice(&partials.next().unwrap_or_else(|| vec![0.0; weight_len]));
             for partial in partials {
-                dw.par_iter_mut()
+                dw_out
+                    .par_iter_mut()
                     .zip(partial.par_iter())
                     .for_each(|(a, b)| *a += b);
             }
-            Ok(CpuBuf::from_vec(dw))
+            Ok(())
         })
     }
 }

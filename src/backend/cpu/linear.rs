@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use super::matmul::{matmul, Layout};
 use super::{CpuBackend, CpuBuf};
-use crate::backend::{LinearDims, LinearOps};
+use crate::backend::{LinearDims, LinearOps, ParamGrads};
 
 impl LinearOps for CpuBackend {
     fn linear_forward_unchecked(
@@ -34,14 +34,15 @@ impl LinearOps for CpuBackend {
         Ok(CpuBuf::from_vec(y))
     }
 
-    /// `(dx [n, in] = dy · w, dw [out, in] = dyᵀ · x, db [out] = column sums of dy)`.
+    /// `dx [n, in] = dy · w`, `dw [out, in] = dyᵀ · x`, `db [out]` = column sums of `dy`.
     fn linear_backward_unchecked(
         &self,
         dy: &CpuBuf,
         x: &CpuBuf,
         w: &CpuBuf,
         d: LinearDims,
-    ) -> Result<(CpuBuf, CpuBuf, CpuBuf)> {
+        grads: ParamGrads<'_, Self>,
+    ) -> Result<CpuBuf> {
         let LinearDims { n, d_in, d_out } = d;
         let (dy, x, w) = (dy.as_slice(), x.as_slice(), w.as_slice());
         let mut dx = vec![0.0f32; n * d_in];
@@ -56,12 +57,13 @@ impl LinearOps for CpuBackend {
             Layout::Plain,
             false,
         );
-        let mut dw = vec![0.0f32; d_out * d_in];
+        let dw = grads.weight.as_mut_slice();
+        dw.fill(0.0);
         matmul(
             d_out,
             d_in,
             n,
-            &mut dw,
+            dw,
             dy,
             Layout::Transposed,
             x,
@@ -74,10 +76,9 @@ impl LinearOps for CpuBackend {
                 *acc += g as f64;
             }
         }
-        Ok((
-            CpuBuf::from_vec(dx),
-            CpuBuf::from_vec(dw),
-            CpuBuf::from_vec(db.into_iter().map(|v| v as f32).collect()),
-        ))
+        for (out, acc) in grads.bias.as_mut_slice().iter_mut().zip(db) {
+            *out = acc as f32;
+        }
+        Ok(CpuBuf::from_vec(dx))
     }
 }

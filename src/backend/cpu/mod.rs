@@ -162,6 +162,9 @@ impl Backend for CpuBackend {
     fn zeros(&self, len: usize) -> Result<CpuBuf> {
         Ok(CpuBuf::from_vec(vec![0.0; len]))
     }
+    fn empty(&self, len: usize) -> Result<CpuBuf> {
+        Ok(CpuBuf::from_vec(vec![f32::NAN; len]))
+    }
     fn upload(&self, data: &[f32]) -> Result<CpuBuf> {
         Ok(CpuBuf::from_vec(data.to_vec()))
     }

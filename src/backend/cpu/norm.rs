@@ -7,8 +7,8 @@ use rayon::prelude::*;
 
 use super::{CpuBackend, CpuBuf};
 use crate::backend::{
-    BatchNormAct, BatchNormAffine, BatchNormBackwardAct, BatchNormConfig, BatchNormGrads,
-    BatchNormRunning, BatchNormStats, ChannelDims, NormOps,
+    BatchNormAct, BatchNormAffine, BatchNormBackwardAct, BatchNormBackwardInputs, BatchNormConfig,
+    BatchNormRunning, BatchNormStats, ChannelDims, NormOps, ParamGrads,
 };
 
 /// Sums `f(i)` over the flat indices `i` of every element of channel `ch`, in f64.
@@ -145,13 +145,17 @@ impl NormOps for CpuBackend {
     /// `dx = gamma * inv_std / m * (m * dy - sum(dy) - x_hat * sum(dy * x_hat))`, `m = n * hw`.
     fn batch_norm_backward_unchecked(
         &self,
-        dy: &CpuBuf,
-        x: &CpuBuf,
-        gamma: &CpuBuf,
-        saved: BatchNormStats<'_, Self>,
+        inputs: BatchNormBackwardInputs<'_, Self>,
         d: ChannelDims,
         act: BatchNormBackwardAct<'_, Self>,
-    ) -> Result<BatchNormGrads<Self>> {
+        grads: ParamGrads<'_, Self>,
+    ) -> Result<CpuBuf> {
+        let BatchNormBackwardInputs {
+            dy,
+            x,
+            gamma,
+            saved,
+        } = inputs;
         // The gradient reaching the normalisation: dy where the fused ReLU passed it.
         let masked = act.relu_output.map(|y| {
             self.pool.install(|| {
@@ -168,7 +172,7 @@ impl NormOps for CpuBackend {
             gamma.as_slice(),
         );
         let (saved_mean, saved_inv_std) = (saved.mean.as_slice(), saved.var.as_slice());
-        let (dx, dgamma, dbeta) = self.pool.install(|| {
+        let dx = self.pool.install(|| {
             let count = (d.n * d.hw) as f64;
             // (sum dy, sum dy * x_hat) per channel.
             let sums: Vec<(f64, f64)> = (0..d.c)
@@ -199,15 +203,17 @@ impl NormOps for CpuBackend {
                         }
                     });
             }
-            let dgamma = sums.iter().map(|s| s.1 as f32).collect();
-            let dbeta = sums.iter().map(|s| s.0 as f32).collect();
-            (dx, dgamma, dbeta)
+            let dgamma = grads.weight.as_mut_slice();
+            let dbeta = grads.bias.as_mut_slice();
+            for (ch, &(sum_dy, sum_dy_xhat)) in sums.iter().enumerate() {
+                dgamma[ch] = sum_dy_xhat as f32;
+                dbeta[ch] = sum_dy as f32;
+            }
+            dx
         });
-        Ok(BatchNormGrads {
-            dx: CpuBuf::from_vec(dx),
-            dgamma: CpuBuf::from_vec(dgamma),
-            dbeta: CpuBuf::from_vec(dbeta),
-            masked_dy: masked.filter(|_| act.keep_masked).map(CpuBuf::from_vec),
-        })
+        if let (Some(out), Some(masked)) = (act.masked_dy, &masked) {
+            out.as_mut_slice().copy_from_slice(masked);
+        }
+        Ok(CpuBuf::from_vec(dx))
     }
 }

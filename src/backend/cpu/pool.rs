@@ -139,13 +139,19 @@ impl PoolOps for CpuBackend {
     }
 
     /// Adjoint of the forward: `dy [n, c_out, h_out, w_out]` → `dx [n, c_in, h, w]`.
-    fn shortcut_a_backward_unchecked(&self, dy: &CpuBuf, d: ShortcutDims) -> Result<CpuBuf> {
+    fn shortcut_a_backward_unchecked(
+        &self,
+        dy: &CpuBuf,
+        d: ShortcutDims,
+        dx: &mut CpuBuf,
+    ) -> Result<()> {
         let (dy, pad) = (dy.as_slice(), d.pad());
         let (h_out, w_out) = (d.h_out(), d.w_out());
         let in_plane = d.h * d.w;
-        let mut dx = vec![0.0f32; d.n * d.c_in * in_plane];
+        let dx = dx.as_mut_slice();
+        dx.fill(0.0);
         if dx.is_empty() {
-            return Ok(CpuBuf::from_vec(dx));
+            return Ok(());
         }
         self.pool.install(|| {
             dx.par_chunks_mut(in_plane)
@@ -160,6 +166,6 @@ impl PoolOps for CpuBackend {
                     }
                 })
         });
-        Ok(CpuBuf::from_vec(dx))
+        Ok(())
     }
 }

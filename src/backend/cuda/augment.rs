@@ -5,7 +5,6 @@ use anyhow::{bail, Result};
 
 use super::device::Device;
 use super::{kernels, to_u32, CudaBackend, CudaBuf, CudaIndex, DeviceBuffer, LaunchConfig};
-use crate::augment::Level;
 use crate::backend::abi::{AUGMENT_SCRATCH_WORDS, PARAM_WORDS};
 use crate::backend::{AugmentOps, AugmentSpec};
 
@@ -62,7 +61,7 @@ impl AugmentOps for CudaBackend {
         let (h, w) = (spec.h, spec.w);
         let image_len = 3 * h * w;
         let n = indices.len();
-        let with_params = spec.level != Level::Plain;
+        let with_params = spec.drawn;
         to_u32(OP, "output size", n * image_len)?;
         let dataset_len = to_u32(OP, "dataset size", images.len / image_len)?;
         let smem = augment_smem_bytes(h, w);

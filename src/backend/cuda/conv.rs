@@ -9,7 +9,7 @@
 use anyhow::Result;
 
 use super::{kernels, to_u32, CudaBackend, CudaBuf, LaunchConfig};
-use crate::backend::{Conv2dDims, ConvOps};
+use crate::backend::{Conv2dDims, ConvOps, WriteMode};
 
 /// The tile shape of a product with `m` rows (kernels/conv.cu `conv2d_*_m{16,32,64,128}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,9 +175,10 @@ impl ConvOps for CudaBackend {
         dy: &CudaBuf,
         w: &CudaBuf,
         d: Conv2dDims,
-    ) -> Result<CudaBuf> {
+        dx: &mut CudaBuf,
+        mode: WriteMode,
+    ) -> Result<()> {
         let a = ConvArgs::new("conv2d_backward_data", d)?;
-        let mut dx = self.alloc(d.input_len())?;
         let product = data_product(d);
         let tiles = Tiles::for_rows(product.0);
         let Some(cfg) = self.conv_launch(
@@ -185,7 +186,11 @@ impl ConvOps for CudaBackend {
             product,
             d.groups,
         ) else {
-            return Ok(dx);
+            // Nothing flows back (no output positions): a zero gradient, or nothing to add.
+            return match mode {
+                WriteMode::Overwrite => self.fill_zero(dx),
+                WriteMode::Add => Ok(()),
+            };
         };
         let launch = match tiles {
             Tiles::M16 => kernels::conv2d_backward_data_m16,
@@ -198,7 +203,7 @@ impl ConvOps for CudaBackend {
             cfg,
             dy,
             w,
-            &mut dx,
+            dx,
             a.n,
             a.c_in,
             a.h,
@@ -210,8 +215,8 @@ impl ConvOps for CudaBackend {
             a.h_out,
             a.w_out,
             a.groups,
-        )?;
-        Ok(dx)
+            i32::from(mode == WriteMode::Add),
+        )
     }
 
     fn conv2d_backward_weight_unchecked(
@@ -219,9 +224,9 @@ impl ConvOps for CudaBackend {
         x: &CudaBuf,
         dy: &CudaBuf,
         d: Conv2dDims,
-    ) -> Result<CudaBuf> {
+        dw: &mut CudaBuf,
+    ) -> Result<()> {
         let a = ConvArgs::new("conv2d_backward_weight", d)?;
-        let mut dw = self.alloc(d.weight_len())?;
         let product = weight_product(d);
         let tiles_shape = Tiles::for_rows(product.0);
         let (bm, bn) = tiles_shape.shape();
@@ -232,7 +237,7 @@ impl ConvOps for CudaBackend {
         let wanted = (self.dev().max_grid_blocks() as usize).div_ceil(tiles.max(1));
         let splits = wanted.clamp(1, max_splits);
         let Some(cfg) = self.conv_launch(tiles * splits, product, d.groups) else {
-            return Ok(dw);
+            return self.fill_zero(dw);
         };
         let mut partial = self.alloc::<f32>(splits * tiles * bm * bn)?;
         let mut counters = self.block_counters(tiles)?;
@@ -248,7 +253,7 @@ impl ConvOps for CudaBackend {
             x,
             dy,
             &mut partial,
-            &mut dw,
+            dw,
             &mut counters,
             a.n,
             a.c_in,
@@ -262,7 +267,6 @@ impl ConvOps for CudaBackend {
             a.w_out,
             a.groups,
             to_u32("conv2d_backward_weight", "splits", splits)?,
-        )?;
-        Ok(dw)
+        )
     }
 }

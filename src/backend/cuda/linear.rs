@@ -8,7 +8,7 @@
 use anyhow::Result;
 
 use super::{kernels, to_u32, CudaBackend, CudaBuf, Gemm};
-use crate::backend::{LinearDims, LinearOps};
+use crate::backend::{LinearDims, LinearOps, ParamGrads};
 
 impl LinearOps for CudaBackend {
     fn linear_forward_unchecked(
@@ -39,24 +39,23 @@ impl LinearOps for CudaBackend {
         x: &CudaBuf,
         w: &CudaBuf,
         d: LinearDims,
-    ) -> Result<(CudaBuf, CudaBuf, CudaBuf)> {
+        grads: ParamGrads<'_, Self>,
+    ) -> Result<CudaBuf> {
         const OP: &str = "linear_backward";
         let LinearDims { n, d_in, d_out } = d;
         to_u32(OP, "input size", n * d_in)?;
         to_u32(OP, "output size", n * d_out)?;
         to_u32(OP, "weight size", d_out * d_in)?;
         let mut dx = self.alloc(n * d_in)?;
-        let mut dw = self.alloc(d_out * d_in)?;
-        let mut db = self.alloc(d_out)?;
         if d_in > 0 && n > 0 {
             self.gemm(&Gemm::new(false, false, d_in, n, d_out), w, dy, &mut dx)?;
         }
         if d_in > 0 && d_out > 0 {
-            self.gemm(&Gemm::new(false, true, d_in, d_out, n), x, dy, &mut dw)?;
+            self.gemm(&Gemm::new(false, true, d_in, d_out, n), x, dy, grads.weight)?;
         }
         if let Some(cfg) = self.elementwise(d_out) {
-            kernels::sum_rows(self.dev(), cfg, dy, &mut db, n as u32, d_out as u32, 0)?;
+            kernels::sum_rows(self.dev(), cfg, dy, grads.bias, n as u32, d_out as u32, 0)?;
         }
-        Ok((dx, dw, db))
+        Ok(dx)
     }
 }

@@ -170,6 +170,12 @@ impl CudaBackend {
         ))
     }
 
+    /// Zeroes a buffer (or view) in place: the outputs of an op with nothing to add up.
+    fn fill_zero<T>(&self, buf: &mut DeviceBuffer<T>) -> Result<()> {
+        self.dev
+            .memset_zero(&buf.mem, buf.byte_offset(), byte_size::<T>(buf.len())?)
+    }
+
     fn upload_typed<T: bytemuck::Pod>(&self, data: &[T]) -> Result<DeviceBuffer<T>> {
         Ok(DeviceBuffer::from_mem(
             self.dev.upload(bytemuck::cast_slice(data))?,
@@ -307,6 +313,9 @@ impl Backend for CudaBackend {
 
     fn zeros(&self, len: usize) -> Result<CudaBuf> {
         self.alloc_zeroed(len)
+    }
+    fn empty(&self, len: usize) -> Result<CudaBuf> {
+        self.alloc(len)
     }
     fn upload(&self, data: &[f32]) -> Result<CudaBuf> {
         self.upload_typed(data)

@@ -7,8 +7,8 @@ use anyhow::Result;
 
 use super::{kernels, to_u32, CudaBackend, CudaBuf, LaunchConfig};
 use crate::backend::{
-    BatchNormAct, BatchNormAffine, BatchNormBackwardAct, BatchNormConfig, BatchNormGrads,
-    BatchNormRunning, BatchNormStats, ChannelDims, NormOps,
+    BatchNormAct, BatchNormAffine, BatchNormBackwardAct, BatchNormBackwardInputs, BatchNormConfig,
+    BatchNormRunning, BatchNormStats, ChannelDims, NormOps, ParamGrads,
 };
 
 /// Threads of a block that sums one slice of a channel.
@@ -123,30 +123,29 @@ impl NormOps for CudaBackend {
 
     fn batch_norm_backward_unchecked(
         &self,
-        dy: &CudaBuf,
-        x: &CudaBuf,
-        gamma: &CudaBuf,
-        saved: BatchNormStats<'_, Self>,
+        inputs: BatchNormBackwardInputs<'_, Self>,
         d: ChannelDims,
         act: BatchNormBackwardAct<'_, Self>,
-    ) -> Result<BatchNormGrads<Self>> {
+        grads: ParamGrads<'_, Self>,
+    ) -> Result<CudaBuf> {
         const OP: &str = "batch_norm_backward";
+        let BatchNormBackwardInputs {
+            dy,
+            x,
+            gamma,
+            saved,
+        } = inputs;
+        let ParamGrads {
+            weight: dgamma,
+            bias: dbeta,
+        } = grads;
         to_u32(OP, "size", d.len())?;
         let mut dx = self.alloc(d.len())?;
-        let mut dgamma = self.alloc(d.c)?;
-        let mut dbeta = self.alloc(d.c)?;
-        let mut masked_dy = if act.keep_masked && act.relu_output.is_some() {
-            Some(self.alloc(d.len())?)
-        } else {
-            None
-        };
         if d.c == 0 || d.n * d.hw == 0 {
-            return Ok(BatchNormGrads {
-                dx,
-                dgamma,
-                dbeta,
-                masked_dy,
-            });
+            // No values: the parameters' gradients are empty sums.
+            self.fill_zero(dgamma)?;
+            self.fill_zero(dbeta)?;
+            return Ok(dx);
         }
         let (n, c, hw) = (d.n as u32, d.c as u32, d.hw as u32);
         let (launch, slices) = self.channel_slices(d);
@@ -163,8 +162,8 @@ impl NormOps for CudaBackend {
                 act.relu_output,
                 &mut partial,
                 &mut counters,
-                &mut dgamma,
-                &mut dbeta,
+                dgamma,
+                dbeta,
                 n,
                 c,
                 hw,
@@ -180,21 +179,16 @@ impl NormOps for CudaBackend {
                 saved.mean,
                 saved.var,
                 gamma,
-                &dgamma,
-                &dbeta,
+                dgamma,
+                dbeta,
                 act.relu_output,
                 &mut dx,
-                masked_dy.as_mut(),
+                act.masked_dy,
                 n,
                 c,
                 hw,
             )?;
         }
-        Ok(BatchNormGrads {
-            dx,
-            dgamma,
-            dbeta,
-            masked_dy,
-        })
+        Ok(dx)
     }
 }

@@ -58,15 +58,19 @@ impl PoolOps for CudaBackend {
         Ok(y)
     }
 
-    fn shortcut_a_backward_unchecked(&self, dy: &CudaBuf, d: ShortcutDims) -> Result<CudaBuf> {
+    fn shortcut_a_backward_unchecked(
+        &self,
+        dy: &CudaBuf,
+        d: ShortcutDims,
+        dx: &mut CudaBuf,
+    ) -> Result<()> {
         let s = shortcut_args("shortcut_a_backward", d)?;
-        let mut dx = self.alloc(d.input_len())?;
         if let Some(cfg) = self.elementwise(d.input_len()) {
             kernels::shortcut_a_backward(
                 self.dev(),
                 cfg,
                 dy,
-                &mut dx,
+                dx,
                 s.n,
                 s.c_in,
                 s.h,
@@ -78,7 +82,7 @@ impl PoolOps for CudaBackend {
                 s.pad,
             )?;
         }
-        Ok(dx)
+        Ok(())
     }
 
     fn max_pool_forward_unchecked(
