@@ -13,7 +13,14 @@
 // tiles. The weight gradient's long sum over (s, p) is split across blocks ("split-K"): each writes
 // its partial tile, and the last block to finish a tile (an atomic counter, which it resets) adds the
 // partials in split order into dw. One launch per pass, no atomics on values.
+//
+// The forward can also compute the batch statistics of its output for the batch norm that follows it
+// (`conv2d_forward_stats_*`), saving that norm a pass over the tensor: each tile adds up its rows
+// (sum and sum of squares in double, unshifted: the values are fp32, so the one-pass variance only
+// cancels when mean^2 / var nears 1e10), and the last tile of each block of rows adds the tiles up in
+// tile order.
 #include "common.cuh"
+#include "batch_stats.cuh"
 
 #define CONV_THREADS 256
 #define CONV_BK 16
@@ -157,9 +164,83 @@ __device__ __forceinline__ TileIndex tile_index(int t, int tiles_m, int tiles_n,
     return ti;
 }
 
+// Where the forward writes its output's batch statistics. `partial` [groups * tiles_m, tiles_n, BM, 2]
+// holds each tile's row sums; `counters` [groups * tiles_m] zero on entry and on exit.
+struct StatsOut {
+    double* partial;
+    unsigned* counters;
+    float* saved_mean;
+    float* saved_inv_std;
+    float* running_mean;
+    float* running_var;
+    float eps, momentum;
+};
+
+// Adds this tile's rows to the statistics (every thread of the block calls it); the tile's last block
+// of its rows writes them.
 template <int BM, int BN, int TM, int TN>
+__device__ void add_tile_stats(const StatsOut& st, const float (&acc)[TM][TN], const TileIndex& ti,
+                               int M, int N, int tiles_m, int tiles_n, const ConvGeom& g) {
+    constexpr int TX = BN / TN, TY = BM / TM;
+    __shared__ double rows[BM][TX][2];
+    __shared__ int last;
+    const int tid = int(threadIdx.x), tx = tid % TX, ty = tid / TX;
+    for (int i = 0; i < TM; ++i) {
+        double s1 = 0.0, s2 = 0.0;
+        for (int j = 0; j < TN; ++j) {
+            if (ti.m0 + ty + i * TY < M && ti.n0 + tx + j * TX < N) {
+                const double v = acc[i][j];
+                s1 += v;
+                s2 += v * v;
+            }
+        }
+        rows[ty + i * TY][tx][0] = s1;
+        rows[ty + i * TY][tx][1] = s2;
+    }
+    __syncthreads();
+    const int row_block = ti.group * tiles_m + ti.m0 / BM, tile_n = ti.n0 / BN;
+    for (int r = tid; r < BM; r += CONV_THREADS) {
+        double s1 = 0.0, s2 = 0.0;
+        for (int x = 0; x < TX; ++x) {
+            s1 += rows[r][x][0];
+            s2 += rows[r][x][1];
+        }
+        double* out = st.partial + ((size_t(row_block) * tiles_n + tile_n) * BM + r) * 2;
+        out[0] = s1;
+        out[1] = s2;
+    }
+    __threadfence();  // the tile's sums are visible to the block that adds them up
+    __syncthreads();
+    if (tid == 0) last = atomicAdd(&st.counters[row_block], 1u) == unsigned(tiles_n - 1);
+    __syncthreads();
+    if (last) {
+        // A warp per row, its lanes over the tiles: fixed order, no block barrier.
+        const int lane = tid & 31, warp = tid >> 5;
+        for (int r = warp; r < BM && ti.m0 + r < M; r += CONV_THREADS / 32) {
+            double s1 = 0.0, s2 = 0.0;
+            for (int t = lane; t < tiles_n; t += 32) {
+                const volatile double* p =
+                    st.partial + ((size_t(row_block) * tiles_n + t) * BM + r) * 2;
+                s1 += p[0];
+                s2 += p[1];
+            }
+            s1 = warp_sum(s1);
+            s2 = warp_sum(s2);
+            if (lane == 0) {
+                const double mean = s1 / N, var = fmax(s2 / N - mean * mean, 0.0);
+                write_batch_stats(unsigned(ti.group * g.c_out_g + ti.m0 + r), mean, var,
+                                  unsigned(N), st.eps, st.momentum, st.saved_mean,
+                                  st.saved_inv_std, st.running_mean, st.running_var);
+            }
+        }
+        if (tid == 0) st.counters[row_block] = 0u;
+    }
+    __syncthreads();  // `rows` and `last` are rewritten by the next tile
+}
+
+template <int BM, int BN, int TM, int TN, bool STATS>
 __device__ void conv_forward(const float* x, const float* w, float* y, int n_img, ConvGeom g,
-                             int groups) {
+                             int groups, const StatsOut& st) {
     constexpr int TX = BN / TN, TY = BM / TM;
     const int M = g.c_out_g, N = n_img * g.P, K = g.c_in_g * g.kk;
     const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
@@ -180,6 +261,7 @@ __device__ void conv_forward(const float* x, const float* w, float* y, int n_img
                 y[(size_t(s) * g.c_out + ti.group * g.c_out_g + co) * g.P + p] = acc[i][j];
             }
         }
+        if (STATS) add_tile_stats<BM, BN, TM, TN>(st, acc, ti, M, N, tiles_m, tiles_n, g);
     }
 }
 
@@ -262,14 +344,28 @@ __device__ void conv_backward_weight(const float* x, const float* dy, float* par
 
 // The kernels, one per pass and tile shape, picked by M (output channels per group; input channels for
 // the data gradient): BM x BN tiles, TM x TN outputs per thread. Shapes: x [n, c_in, h, w_in],
-// w [c_out, c_in / groups, k, k], y [n, c_out, h_out, w_out]; `partial` [splits, tiles, BM * BN].
+// w [c_out, c_in / groups, k, k], y [n, c_out, h_out, w_out]; the weight gradient's `partial`
+// [splits, tiles, BM * BN]; the forward statistics' as in StatsOut, the statistics `[c_out]` each.
 
 KERNEL void conv2d_forward_m16(const float* __restrict__ x, const float* __restrict__ w,
                            float* __restrict__ y, unsigned n, unsigned c_in, unsigned h,
                            unsigned w_in, unsigned c_out, unsigned k, unsigned stride,
                            unsigned pad, unsigned h_out, unsigned w_out, unsigned groups) {
     const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_forward<16, 128, 2, 4>(x, w, y, int(n), g, int(groups));
+    conv_forward<16, 128, 2, 4, false>(x, w, y, int(n), g, int(groups), StatsOut{});
+}
+KERNEL void conv2d_forward_stats_m16(const float* __restrict__ x, const float* __restrict__ w,
+                                 float* __restrict__ y, double* __restrict__ partial,
+                                 unsigned* __restrict__ counters, float* __restrict__ saved_mean,
+                                 float* __restrict__ saved_inv_std, float* __restrict__ running_mean,
+                                 float* __restrict__ running_var, unsigned n, unsigned c_in,
+                                 unsigned h, unsigned w_in, unsigned c_out, unsigned k,
+                                 unsigned stride, unsigned pad, unsigned h_out, unsigned w_out,
+                                 unsigned groups, float eps, float momentum) {
+    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
+    const StatsOut st = {partial, counters, saved_mean, saved_inv_std, running_mean, running_var,
+                         eps, momentum};
+    conv_forward<16, 128, 2, 4, true>(x, w, y, int(n), g, int(groups), st);
 }
 KERNEL void conv2d_backward_data_m16(const float* __restrict__ dy, const float* __restrict__ w,
                                  float* __restrict__ dx, unsigned n, unsigned c_in, unsigned h,
@@ -293,7 +389,20 @@ KERNEL void conv2d_forward_m32(const float* __restrict__ x, const float* __restr
                            unsigned w_in, unsigned c_out, unsigned k, unsigned stride,
                            unsigned pad, unsigned h_out, unsigned w_out, unsigned groups) {
     const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_forward<32, 128, 4, 4>(x, w, y, int(n), g, int(groups));
+    conv_forward<32, 128, 4, 4, false>(x, w, y, int(n), g, int(groups), StatsOut{});
+}
+KERNEL void conv2d_forward_stats_m32(const float* __restrict__ x, const float* __restrict__ w,
+                                 float* __restrict__ y, double* __restrict__ partial,
+                                 unsigned* __restrict__ counters, float* __restrict__ saved_mean,
+                                 float* __restrict__ saved_inv_std, float* __restrict__ running_mean,
+                                 float* __restrict__ running_var, unsigned n, unsigned c_in,
+                                 unsigned h, unsigned w_in, unsigned c_out, unsigned k,
+                                 unsigned stride, unsigned pad, unsigned h_out, unsigned w_out,
+                                 unsigned groups, float eps, float momentum) {
+    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
+    const StatsOut st = {partial, counters, saved_mean, saved_inv_std, running_mean, running_var,
+                         eps, momentum};
+    conv_forward<32, 128, 4, 4, true>(x, w, y, int(n), g, int(groups), st);
 }
 KERNEL void conv2d_backward_data_m32(const float* __restrict__ dy, const float* __restrict__ w,
                                  float* __restrict__ dx, unsigned n, unsigned c_in, unsigned h,
@@ -317,7 +426,20 @@ KERNEL void conv2d_forward_m64(const float* __restrict__ x, const float* __restr
                            unsigned w_in, unsigned c_out, unsigned k, unsigned stride,
                            unsigned pad, unsigned h_out, unsigned w_out, unsigned groups) {
     const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_forward<64, 64, 4, 4>(x, w, y, int(n), g, int(groups));
+    conv_forward<64, 64, 4, 4, false>(x, w, y, int(n), g, int(groups), StatsOut{});
+}
+KERNEL void conv2d_forward_stats_m64(const float* __restrict__ x, const float* __restrict__ w,
+                                 float* __restrict__ y, double* __restrict__ partial,
+                                 unsigned* __restrict__ counters, float* __restrict__ saved_mean,
+                                 float* __restrict__ saved_inv_std, float* __restrict__ running_mean,
+                                 float* __restrict__ running_var, unsigned n, unsigned c_in,
+                                 unsigned h, unsigned w_in, unsigned c_out, unsigned k,
+                                 unsigned stride, unsigned pad, unsigned h_out, unsigned w_out,
+                                 unsigned groups, float eps, float momentum) {
+    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
+    const StatsOut st = {partial, counters, saved_mean, saved_inv_std, running_mean, running_var,
+                         eps, momentum};
+    conv_forward<64, 64, 4, 4, true>(x, w, y, int(n), g, int(groups), st);
 }
 KERNEL void conv2d_backward_data_m64(const float* __restrict__ dy, const float* __restrict__ w,
                                  float* __restrict__ dx, unsigned n, unsigned c_in, unsigned h,
@@ -341,7 +463,20 @@ KERNEL void conv2d_forward_m128(const float* __restrict__ x, const float* __rest
                            unsigned w_in, unsigned c_out, unsigned k, unsigned stride,
                            unsigned pad, unsigned h_out, unsigned w_out, unsigned groups) {
     const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_forward<128, 64, 8, 4>(x, w, y, int(n), g, int(groups));
+    conv_forward<128, 64, 8, 4, false>(x, w, y, int(n), g, int(groups), StatsOut{});
+}
+KERNEL void conv2d_forward_stats_m128(const float* __restrict__ x, const float* __restrict__ w,
+                                 float* __restrict__ y, double* __restrict__ partial,
+                                 unsigned* __restrict__ counters, float* __restrict__ saved_mean,
+                                 float* __restrict__ saved_inv_std, float* __restrict__ running_mean,
+                                 float* __restrict__ running_var, unsigned n, unsigned c_in,
+                                 unsigned h, unsigned w_in, unsigned c_out, unsigned k,
+                                 unsigned stride, unsigned pad, unsigned h_out, unsigned w_out,
+                                 unsigned groups, float eps, float momentum) {
+    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
+    const StatsOut st = {partial, counters, saved_mean, saved_inv_std, running_mean, running_var,
+                         eps, momentum};
+    conv_forward<128, 64, 8, 4, true>(x, w, y, int(n), g, int(groups), st);
 }
 KERNEL void conv2d_backward_data_m128(const float* __restrict__ dy, const float* __restrict__ w,
                                  float* __restrict__ dx, unsigned n, unsigned c_in, unsigned h,

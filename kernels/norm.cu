@@ -7,6 +7,7 @@
 // the last block to finish a channel (an atomic counter, which it resets) adds the slices up in
 // order. One launch per reduction, deterministic, no atomics on values.
 #include "common.cuh"
+#include "batch_stats.cuh"
 
 __device__ __forceinline__ unsigned channel_element(unsigned t, unsigned ch, unsigned c,
                                                     unsigned hw) {
@@ -60,12 +61,8 @@ KERNEL void batch_norm_stats(const float* __restrict__ x, double* __restrict__ p
             }
             const double shifted_mean = t_s1 / count;
             const double var = fmax(t_s2 / count - shifted_mean * shifted_mean, 0.0);
-            const double mean = shift + shifted_mean;
-            const double m = momentum;
-            saved_mean[ch] = float(mean);
-            saved_inv_std[ch] = float(1.0 / sqrt(var + double(eps)));
-            running_mean[ch] = float((1.0 - m) * running_mean[ch] + m * mean);
-            running_var[ch] = float((1.0 - m) * running_var[ch] + m * var * count / (count - 1));
+            write_batch_stats(ch, shift + shifted_mean, var, count, eps, momentum, saved_mean,
+                              saved_inv_std, running_mean, running_var);
             counters[ch] = 0u;
         }
     }

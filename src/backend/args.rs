@@ -41,6 +41,24 @@ pub struct BatchNormRunning<'a, B: Buffers + ?Sized> {
     pub var: &'a mut B::Buf,
 }
 
+/// A training batch norm's parameters, running statistics and hyper-parameters.
+pub struct BatchNormTrain<'a, B: Buffers + ?Sized> {
+    pub affine: BatchNormAffine<'a, B>,
+    pub running: BatchNormRunning<'a, B>,
+    pub cfg: BatchNormConfig,
+}
+
+/// What a convolution followed by a training batch norm returns.
+pub struct ConvBatchNormOut<B: Buffers + ?Sized> {
+    /// `[n, c_out, h_out, w_out]` the convolution's output (the batch norm's input).
+    pub z: B::Buf,
+    /// The same shape, the batch norm's output after the fused activation.
+    pub y: B::Buf,
+    /// `[c_out]` each: the batch statistics for the backward.
+    pub saved_mean: B::Buf,
+    pub saved_inv_std: B::Buf,
+}
+
 /// Statistics a batch norm normalises with, `[c]` each: the running ones in evaluation, the saved
 /// batch ones (`mean`, `1 / sqrt(var + eps)`) in the backward.
 pub struct BatchNormStats<'a, B: Buffers + ?Sized> {

@@ -39,8 +39,9 @@ use counters::DeviceCounters;
 
 pub use args::{
     AugmentSpec, BatchNormAct, BatchNormAffine, BatchNormBackwardAct, BatchNormBackwardInputs,
-    BatchNormConfig, BatchNormRunning, BatchNormStats, HostStaging, LossArgs, LossOutput,
-    LossReduction, LossTargets, LossWeighting, ParamGrads, SgdConfig, WriteMode,
+    BatchNormConfig, BatchNormRunning, BatchNormStats, BatchNormTrain, ConvBatchNormOut,
+    HostStaging, LossArgs, LossOutput, LossReduction, LossTargets, LossWeighting, ParamGrads,
+    SgdConfig, WriteMode,
 };
 pub use ops::{
     AugmentOps, Buffers, ConvOps, ElementwiseOps, LinearOps, LossOps, NormOps, OptimOps, PoolOps,
@@ -228,6 +229,35 @@ pub trait Backend:
         check_len(OP, "w", self.len(w), d.weight_len())?;
         self.conv2d_forward_unchecked(x, w, d)
     }
+    /// The convolution followed by a training batch norm over its output, with the activation
+    /// that follows fused in (`y = relu(bn(z) + residual)`, as
+    /// [`Backend::batch_norm_train_forward_act`]): the convolution computes the batch statistics in
+    /// the same pass. Updates the running statistics; returns the convolution's output `z` and the
+    /// saved statistics (the batch norm's backward needs both) beside `y`.
+    fn conv2d_batch_norm_train(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        d: Conv2dDims,
+        bn: BatchNormTrain<'_, Self>,
+        act: BatchNormAct<'_, Self>,
+    ) -> Result<ConvBatchNormOut<Self>> {
+        const OP: &str = "conv2d_batch_norm_train";
+        d.validate(OP)?;
+        check_len(OP, "x", self.len(x), d.input_len())?;
+        check_len(OP, "w", self.len(w), d.weight_len())?;
+        let out = d.output_channels();
+        check_batch_norm_train(
+            self,
+            OP,
+            &bn.affine,
+            &bn.running,
+            out,
+            &act,
+            &[("x", x), ("w", w)],
+        )?;
+        self.conv2d_batch_norm_train_unchecked(x, w, d, bn, act)
+    }
     fn conv2d_backward_data(
         &self,
         dy: &Self::Buf,
@@ -303,33 +333,7 @@ pub trait Backend:
     ) -> Result<(Self::Buf, Self::Buf, Self::Buf)> {
         const OP: &str = "batch_norm_train_forward";
         check_len(OP, "x", self.len(x), d.len())?;
-        for (what, buf) in [
-            ("gamma", affine.gamma),
-            ("beta", affine.beta),
-            ("running_mean", &*running.mean),
-            ("running_var", &*running.var),
-        ] {
-            check_len(OP, what, self.len(buf), d.c)?;
-        }
-        if let Some(r) = act.residual {
-            check_len(OP, "residual", self.len(r), d.len())?;
-        }
-        check_disjoint(
-            self,
-            OP,
-            &[
-                ("running_mean", &*running.mean),
-                ("running_var", &*running.var),
-            ],
-            &[("x", x), ("gamma", affine.gamma), ("beta", affine.beta)],
-        )?;
-        let count = d.n * d.hw;
-        if count < 2 {
-            bail!(
-                "{OP}: training batch norm needs more than one value per channel (n * hw = {count}); \
-                 use a larger batch"
-            );
-        }
+        check_batch_norm_train(self, OP, &affine, &running, d, &act, &[("x", x)])?;
         self.batch_norm_train_forward_unchecked(x, affine, running, d, cfg, act)
     }
     /// Evaluation forward with the running statistics.
@@ -667,6 +671,51 @@ pub trait Backend:
         )?;
         self.sgd_step_unchecked(param, grad, velocity, cfg)
     }
+}
+
+/// The contract of a training batch norm over `d`: its parameters, running statistics and residual
+/// against `d`, the running statistics (written in place) apart from everything the op reads
+/// (`inputs` besides the parameters), and more than one value per channel.
+fn check_batch_norm_train<B: Backend + ?Sized>(
+    be: &B,
+    op: &str,
+    affine: &BatchNormAffine<'_, B>,
+    running: &BatchNormRunning<'_, B>,
+    d: ChannelDims,
+    act: &BatchNormAct<'_, B>,
+    inputs: &[(&str, &B::Buf)],
+) -> Result<()> {
+    for (what, buf) in [
+        ("gamma", affine.gamma),
+        ("beta", affine.beta),
+        ("running_mean", &*running.mean),
+        ("running_var", &*running.var),
+    ] {
+        check_len(op, what, be.len(buf), d.c)?;
+    }
+    let mut read = vec![("gamma", affine.gamma), ("beta", affine.beta)];
+    if let Some(r) = act.residual {
+        check_len(op, "residual", be.len(r), d.len())?;
+        read.push(("residual", r));
+    }
+    read.extend_from_slice(inputs);
+    check_disjoint(
+        be,
+        op,
+        &[
+            ("running_mean", &*running.mean),
+            ("running_var", &*running.var),
+        ],
+        &read,
+    )?;
+    let count = d.n * d.hw;
+    if count < 2 {
+        bail!(
+            "{op}: training batch norm needs more than one value per channel (n * hw = {count}); \
+             use a larger batch"
+        );
+    }
+    Ok(())
 }
 
 /// Errors if a buffer an op writes in place shares memory with another of its buffers (each written

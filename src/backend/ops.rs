@@ -9,8 +9,8 @@ use anyhow::Result;
 
 use super::args::{
     AugmentSpec, BatchNormAct, BatchNormAffine, BatchNormBackwardAct, BatchNormBackwardInputs,
-    BatchNormConfig, BatchNormRunning, BatchNormStats, HostStaging, LossArgs, LossOutput,
-    ParamGrads, SgdConfig, WriteMode,
+    BatchNormConfig, BatchNormRunning, BatchNormStats, BatchNormTrain, ConvBatchNormOut,
+    HostStaging, LossArgs, LossOutput, ParamGrads, SgdConfig, WriteMode,
 };
 use super::shapes::{
     ChannelDims, Conv2dDims, CosineDims, LinearDims, Pool2dDims, RowDims, SampleDims, ShortcutDims,
@@ -43,8 +43,16 @@ pub trait ElementwiseOps: Buffers {
     ) -> Result<Self::Buf>;
 }
 
-/// 2-D convolution.
+/// 2-D convolution, and the training batch norm that follows it.
 pub trait ConvOps: Buffers {
+    fn conv2d_batch_norm_train_unchecked(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        d: Conv2dDims,
+        bn: BatchNormTrain<'_, Self>,
+        act: BatchNormAct<'_, Self>,
+    ) -> Result<ConvBatchNormOut<Self>>;
     fn conv2d_forward_unchecked(
         &self,
         x: &Self::Buf,

@@ -34,6 +34,14 @@ impl Conv2dDims {
     pub fn weight_len(&self) -> usize {
         self.c_out * (self.c_in / self.groups) * self.k * self.k
     }
+    /// The output as channels `[n, c_out, h_out * w_out]` (for the batch norm that follows).
+    pub fn output_channels(&self) -> ChannelDims {
+        ChannelDims {
+            n: self.n,
+            c: self.c_out,
+            hw: self.h_out() * self.w_out(),
+        }
+    }
 
     /// Errors unless the shape is one a convolution can have; `op` names the op in the error.
     pub fn validate(&self, op: &str) -> Result<()> {

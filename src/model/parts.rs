@@ -38,8 +38,9 @@ impl<B: Backend> Stem<B> {
 
     /// Takes the input images: the first convolution's weight gradient needs them.
     fn forward_train(&mut self, be: &B, x: B::Buf, xs: Nchw) -> Result<Nchw> {
-        let (a0, s0) = self.conv1.forward(be, &x, xs)?;
-        let r0 = self.bn1.forward_train_act(be, &a0, s0, None, true)?;
+        let (a0, r0, s0) = self
+            .bn1
+            .forward_train_after(be, &self.conv1, &x, xs, None, true)?;
         let pooled = match &mut self.maxpool {
             Some(mp) => Some(mp.forward_train(be, &r0, s0)?),
             None => None,

@@ -100,14 +100,14 @@ impl<B: Backend> BasicBlock<B> {
     }
 
     pub fn forward_train(&mut self, be: &B, x: &B::Buf, s: Nchw) -> Result<(B::Buf, Nchw)> {
-        let (a1, mid) = self.conv1.forward(be, x, s)?;
-        let r1 = self.bn1.forward_train_act(be, &a1, mid, None, true)?;
-        let (a2, out) = self.conv2.forward(be, &r1, mid)?;
+        let (a1, r1, mid) = self
+            .bn1
+            .forward_train_after(be, &self.conv1, x, s, None, true)?;
         let shortcut = self.shortcut(be, x, s)?;
         let residual = shortcut.as_ref().unwrap_or(x);
-        let y = self
-            .bn2
-            .forward_train_act(be, &a2, out, Some(residual), true)?;
+        let (a2, y, out) =
+            self.bn2
+                .forward_train_after(be, &self.conv2, &r1, mid, Some(residual), true)?;
         self.saved = Some(BasicSaved {
             x: s,
             mid,
@@ -291,23 +291,24 @@ impl<B: Backend> Bottleneck<B> {
     }
 
     pub fn forward_train(&mut self, be: &B, x: &B::Buf, s: Nchw) -> Result<(B::Buf, Nchw)> {
-        let (a1, s1) = self.conv1.forward(be, x, s)?;
-        let r1 = self.bn1.forward_train_act(be, &a1, s1, None, true)?;
-        let (a2, s2) = self.conv2.forward(be, &r1, s1)?;
-        let r2 = self.bn2.forward_train_act(be, &a2, s2, None, true)?;
-        let (a3, out) = self.conv3.forward(be, &r2, s2)?;
+        let (a1, r1, s1) = self
+            .bn1
+            .forward_train_after(be, &self.conv1, x, s, None, true)?;
+        let (a2, r2, s2) = self
+            .bn2
+            .forward_train_after(be, &self.conv2, &r1, s1, None, true)?;
         let (ad, projected) = match &mut self.downsample {
             Some(ds) => {
-                let (ad, _) = ds.conv.forward(be, x, s)?;
-                let projected = ds.bn.forward_train(be, &ad, out)?;
+                let (ad, projected, _) =
+                    ds.bn.forward_train_after(be, &ds.conv, x, s, None, false)?;
                 (Some(ad), Some(projected))
             }
             None => (None, None),
         };
         let residual = projected.as_ref().unwrap_or(x);
-        let y = self
-            .bn3
-            .forward_train_act(be, &a3, out, Some(residual), true)?;
+        let (a3, y, out) =
+            self.bn3
+                .forward_train_after(be, &self.conv3, &r2, s2, Some(residual), true)?;
         self.saved = Some(BottleneckSaved {
             x: s,
             s1,

@@ -1,11 +1,11 @@
 //! 2-D batch normalisation with PyTorch semantics and state-dict names.
 
-use super::{check_len, Counter, Module, Nchw, Param, RunningStat, StateMut, StateRef};
+use super::{check_len, Conv2d, Counter, Module, Nchw, Param, RunningStat, StateMut, StateRef};
 use crate::backend::{
     Backend, BatchNormAct, BatchNormAffine, BatchNormBackwardAct, BatchNormBackwardInputs,
-    BatchNormConfig, BatchNormRunning, BatchNormStats, ParamGrads,
+    BatchNormConfig, BatchNormRunning, BatchNormStats, BatchNormTrain, ParamGrads,
 };
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 
 /// Batch norm over `[n, c, h, w]`: weight 1, bias 0, running mean 0, running variance 1.
 pub struct BatchNorm2d<B: Backend> {
@@ -54,37 +54,43 @@ impl<B: Backend> BatchNorm2d<B> {
         }
     }
 
-    /// Normalises with the batch statistics, updates the running statistics and saves the
-    /// batch statistics for `backward`.
-    pub fn forward_train(&mut self, be: &B, x: &B::Buf, s: Nchw) -> Result<B::Buf> {
-        self.forward_train_act(be, x, s, None, false)
-    }
-
-    /// [`forward_train`](Self::forward_train) with what follows fused in:
-    /// `relu(bn(x) + residual)` (ReLU when `relu`).
-    pub fn forward_train_act(
+    /// `conv` of `x [s]`, then this batch norm in training mode with what follows fused in:
+    /// `y = relu(bn(z) + residual)` (ReLU when `relu`), the batch statistics computed by the
+    /// convolution's own pass. Updates the running statistics and saves the batch statistics for
+    /// `backward`; returns `(z, y, shape of z and y)` (`z` is the backward's `x`).
+    pub fn forward_train_after(
         &mut self,
         be: &B,
+        conv: &Conv2d<B>,
         x: &B::Buf,
         s: Nchw,
         residual: Option<&B::Buf>,
         relu: bool,
-    ) -> Result<B::Buf> {
-        check_len(be, x, s.len(), &self.weight.name)?;
-        let affine = BatchNormAffine {
-            gamma: &self.weight.value,
-            beta: &self.bias.value,
-        };
-        let running = BatchNormRunning {
-            mean: &mut self.running_mean.value,
-            var: &mut self.running_var.value,
+    ) -> Result<(B::Buf, B::Buf, Nchw)> {
+        let out = conv.out_shape(s);
+        ensure!(
+            out.c == self.channels,
+            "{}: follows a convolution of {} channels, has {}",
+            self.weight.name,
+            out.c,
+            self.channels
+        );
+        let bn = BatchNormTrain {
+            affine: BatchNormAffine {
+                gamma: &self.weight.value,
+                beta: &self.bias.value,
+            },
+            running: BatchNormRunning {
+                mean: &mut self.running_mean.value,
+                var: &mut self.running_var.value,
+            },
+            cfg: self.cfg,
         };
         let act = BatchNormAct { residual, relu };
-        let (y, mean, inv_std) =
-            be.batch_norm_train_forward_act(x, affine, running, s.channel_dims(), self.cfg, act)?;
+        let r = be.conv2d_batch_norm_train(x, &conv.weight.value, conv.dims(s), bn, act)?;
         self.num_batches_tracked.value += 1;
-        self.saved = Some((mean, inv_std));
-        Ok(y)
+        self.saved = Some((r.saved_mean, r.saved_inv_std));
+        Ok((r.z, r.y, out))
     }
 
     /// Normalises with the running statistics.

@@ -39,6 +39,7 @@ pub fn checks<B: UnfusedLoss>() -> Vec<Check<B>> {
         ("batch_norm_backward", ops::batch_norm_backward::<B>),
         ("batch_norm_hand", ops::batch_norm_hand::<B>),
         ("batch_norm_act", ops::batch_norm_act::<B>),
+        ("conv2d_batch_norm_train", ops::conv_batch_norm_train::<B>),
         ("max_pool", ops::max_pool::<B>),
         ("max_pool_backward", ops::max_pool_backward::<B>),
         ("global_avg_pool", ops::global_avg_pool::<B>),

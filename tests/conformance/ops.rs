@@ -4,8 +4,8 @@ use anyhow::{ensure, Result};
 use ltrain::backend::UnfusedLoss;
 use ltrain::backend::{
     BatchNormAct, BatchNormBackwardAct, BatchNormBackwardInputs, BatchNormConfig, BatchNormRunning,
-    BatchNormStats, ChannelDims, Conv2dDims, HostStaging, ParamGrads, Pool2dDims, SgdConfig,
-    ShortcutDims, WriteMode,
+    BatchNormStats, BatchNormTrain, ChannelDims, Conv2dDims, HostStaging, ParamGrads, Pool2dDims,
+    SgdConfig, ShortcutDims, WriteMode,
 };
 use ltrain::backend::{BatchNormAffine, CosineDims, LinearDims, RowDims, SampleDims};
 use rand::seq::SliceRandom;
@@ -396,6 +396,115 @@ pub fn conv_errors<B: UnfusedLoss>(be: &B) -> Result<()> {
         "conv2d_backward_weight into a short dw",
         be.conv2d_backward_weight(&x, &be.zeros(d.output_len())?, d, &mut be.zeros(3)?),
     )?;
+    Ok(())
+}
+
+/// The convolution with the training batch norm that follows it: `z` against the direct-loop
+/// convolution, `y = relu(bn(z) + residual)` and the saved and running statistics against the f64
+/// definitions on the returned `z`. The shapes cover every tile shape (c_out up to 130), groups,
+/// strides, and outputs of many tiles whose statistics a device adds up across blocks.
+pub fn conv_batch_norm_train<B: UnfusedLoss>(be: &B) -> Result<()> {
+    let mut g = rng(62);
+    let cfg = BatchNormConfig::default();
+    let (eps, m) = (cfg.eps as f64, cfg.momentum as f64);
+    let dims = |n, c_in, hw, c_out, stride, groups| Conv2dDims {
+        n,
+        c_in,
+        h: hw,
+        w: hw,
+        c_out,
+        k: 3,
+        stride,
+        pad: 1,
+        groups,
+    };
+    let mut shapes = conv_shapes();
+    shapes.extend([
+        dims(3, 3, 20, 5, 1, 1),
+        dims(2, 4, 9, 40, 1, 2),
+        dims(2, 2, 6, 130, 2, 1),
+    ]);
+    for d in shapes {
+        let x = uniform(&mut g, d.input_len(), -1.0, 1.0);
+        let w = uniform(&mut g, d.weight_len(), -1.0, 1.0);
+        let residual = uniform(&mut g, d.output_len(), -1.0, 1.0);
+        let gamma = uniform(&mut g, d.c_out, 0.5, 1.5);
+        let beta = uniform(&mut g, d.c_out, -0.5, 0.5);
+        let (xb, wb, rb, gb, bb) = (
+            up(be, &x)?,
+            up(be, &w)?,
+            up(be, &residual)?,
+            up(be, &gamma)?,
+            up(be, &beta)?,
+        );
+        let (mut rm, mut rv) = (be.zeros(d.c_out)?, up(be, &vec![1.0; d.c_out])?);
+        let bn = BatchNormTrain {
+            affine: BatchNormAffine {
+                gamma: &gb,
+                beta: &bb,
+            },
+            running: BatchNormRunning {
+                mean: &mut rm,
+                var: &mut rv,
+            },
+            cfg,
+        };
+        let act = BatchNormAct {
+            residual: Some(&rb),
+            relu: true,
+        };
+        let out = be.conv2d_batch_norm_train(&xb, &wb, d, bn, act)?;
+        let what = format!("conv2d_batch_norm_train {d:?}");
+        let z = down(be, &out.z)?;
+        assert_close(
+            &format!("{what} z"),
+            &z,
+            &r::conv2d(&f64s(&x), &f64s(&w), d),
+            1e-5,
+            1e-4,
+        )?;
+        let cd = d.output_channels();
+        let z64 = f64s(&z);
+        let want_y: Vec<f64> = r::batch_norm_train(&z64, &f64s(&gamma), &f64s(&beta), cd, eps)
+            .iter()
+            .zip(&residual)
+            .map(|(v, &r)| (v + r as f64).max(0.0))
+            .collect();
+        assert_close(
+            &format!("{what} y"),
+            &down(be, &out.y)?,
+            &want_y,
+            1e-5,
+            1e-4,
+        )?;
+        let stats = r::channel_stats(&z64, cd);
+        let count = (cd.n * cd.hw) as f64;
+        let col = |f: &dyn Fn(f64, f64) -> f64| -> Vec<f64> {
+            stats.iter().map(|&(mean, var)| f(mean, var)).collect()
+        };
+        for (name, got, want) in [
+            ("saved_mean", &out.saved_mean, col(&|mean, _| mean)),
+            (
+                "saved_inv_std",
+                &out.saved_inv_std,
+                col(&|_, var| 1.0 / (var + eps).sqrt()),
+            ),
+            ("running_mean", &rm, col(&|mean, _| m * mean)),
+            (
+                "running_var",
+                &rv,
+                col(&|_, var| (1.0 - m) + m * var * count / (count - 1.0)),
+            ),
+        ] {
+            assert_close(
+                &format!("{what} {name}"),
+                &down(be, got)?,
+                &want,
+                1e-6,
+                1e-5,
+            )?;
+        }
+    }
     Ok(())
 }
 

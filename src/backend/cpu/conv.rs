@@ -14,7 +14,9 @@ use rayon::prelude::*;
 
 use super::matmul::{matmul, Layout};
 use super::{CpuBackend, CpuBuf};
-use crate::backend::{Conv2dDims, ConvOps, WriteMode};
+use crate::backend::{
+    BatchNormAct, BatchNormTrain, Conv2dDims, ConvBatchNormOut, ConvOps, NormOps, WriteMode,
+};
 
 /// The weight gradient is reduced over this many fixed chunks of the batch (at most): enough to keep
 /// a handful of threads busy, few enough that the partial gradients stay small.
@@ -194,6 +196,32 @@ fn backward_data(g: &Geometry, d: Conv2dDims, dy: &[f32], w: &[f32], dx: &mut [f
 }
 
 impl ConvOps for CpuBackend {
+    /// The convolution, then the batch norm on its output (two passes on the CPU).
+    fn conv2d_batch_norm_train_unchecked(
+        &self,
+        x: &CpuBuf,
+        w: &CpuBuf,
+        d: Conv2dDims,
+        bn: BatchNormTrain<'_, Self>,
+        act: BatchNormAct<'_, Self>,
+    ) -> Result<ConvBatchNormOut<Self>> {
+        let z = self.conv2d_forward_unchecked(x, w, d)?;
+        let (y, saved_mean, saved_inv_std) = self.batch_norm_train_forward_unchecked(
+            &z,
+            bn.affine,
+            bn.running,
+            d.output_channels(),
+            bn.cfg,
+            act,
+        )?;
+        Ok(ConvBatchNormOut {
+            z,
+            y,
+            saved_mean,
+            saved_inv_std,
+        })
+    }
+
     /// `x [n, c_in, h, w]`, `w [c_out, c_in / groups, k, k]` → `y [n, c_out, h_out, w_out]`.
     fn conv2d_forward_unchecked(&self, x: &CpuBuf, w: &CpuBuf, d: Conv2dDims) -> Result<CpuBuf> {
         let (x, w) = (x.as_slice(), w.as_slice());

@@ -9,7 +9,9 @@
 use anyhow::Result;
 
 use super::{kernels, to_u32, CudaBackend, CudaBuf, LaunchConfig};
-use crate::backend::{Conv2dDims, ConvOps, WriteMode};
+use crate::backend::{
+    BatchNormAct, BatchNormStats, BatchNormTrain, Conv2dDims, ConvBatchNormOut, ConvOps, WriteMode,
+};
 
 /// The tile shape of a product with `m` rows (kernels/conv.cu `conv2d_*_m{16,32,64,128}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,6 +133,76 @@ impl CudaBackend {
 }
 
 impl ConvOps for CudaBackend {
+    /// Two launches: the convolution with the batch statistics in its epilogue
+    /// (`conv2d_forward_stats_*`), then the normalisation with the fused activation.
+    fn conv2d_batch_norm_train_unchecked(
+        &self,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        d: Conv2dDims,
+        bn: BatchNormTrain<'_, Self>,
+        act: BatchNormAct<'_, Self>,
+    ) -> Result<ConvBatchNormOut<Self>> {
+        const OP: &str = "conv2d_batch_norm_train";
+        let a = ConvArgs::new(OP, d)?;
+        let mut z = self.alloc(d.output_len())?;
+        let mut y = self.alloc(d.output_len())?;
+        let mut saved_mean = self.alloc(d.c_out)?;
+        let mut saved_inv_std = self.alloc(d.c_out)?;
+        let product = forward_product(d);
+        let tiles = Tiles::for_rows(product.0);
+        let (bm, bn_cols) = tiles.shape();
+        let (tiles_m, tiles_n) = (product.0.div_ceil(bm), product.1.div_ceil(bn_cols));
+        if let Some(cfg) = self.conv_launch(tiles_m * tiles_n * d.groups, product, d.groups) {
+            let row_blocks = d.groups * tiles_m;
+            let mut partial = self.alloc::<f64>(row_blocks * tiles_n * bm * 2)?;
+            let mut counters = self.block_counters(row_blocks)?;
+            let launch = match tiles {
+                Tiles::M16 => kernels::conv2d_forward_stats_m16,
+                Tiles::M32 => kernels::conv2d_forward_stats_m32,
+                Tiles::M64 => kernels::conv2d_forward_stats_m64,
+                Tiles::M128 => kernels::conv2d_forward_stats_m128,
+            };
+            launch(
+                self.dev(),
+                cfg,
+                x,
+                w,
+                &mut z,
+                &mut partial,
+                &mut counters,
+                &mut saved_mean,
+                &mut saved_inv_std,
+                bn.running.mean,
+                bn.running.var,
+                a.n,
+                a.c_in,
+                a.h,
+                a.w,
+                a.c_out,
+                a.k,
+                a.stride,
+                a.pad,
+                a.h_out,
+                a.w_out,
+                a.groups,
+                bn.cfg.eps,
+                bn.cfg.momentum,
+            )?;
+        }
+        let saved = BatchNormStats {
+            mean: &saved_mean,
+            var: &saved_inv_std,
+        };
+        self.batch_norm_apply(&z, saved, bn.affine, d.output_channels(), act, &mut y)?;
+        Ok(ConvBatchNormOut {
+            z,
+            y,
+            saved_mean,
+            saved_inv_std,
+        })
+    }
+
     fn conv2d_forward_unchecked(&self, x: &CudaBuf, w: &CudaBuf, d: Conv2dDims) -> Result<CudaBuf> {
         let a = ConvArgs::new("conv2d_forward", d)?;
         let mut y = self.alloc(d.output_len())?;

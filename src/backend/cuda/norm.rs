@@ -26,6 +26,36 @@ impl CudaBackend {
         let blocks = (d.c * slices).min(self.dev().max_grid_blocks() as usize);
         (LaunchConfig::linear(blocks as u32, SLICE_THREADS), slices)
     }
+
+    /// `y = act((x - mean) * gamma * inv_std + beta)` with the batch statistics `saved`.
+    pub(super) fn batch_norm_apply(
+        &self,
+        x: &CudaBuf,
+        saved: BatchNormStats<'_, Self>,
+        affine: BatchNormAffine<'_, Self>,
+        d: ChannelDims,
+        act: BatchNormAct<'_, Self>,
+        y: &mut CudaBuf,
+    ) -> Result<()> {
+        let Some(launch) = self.elementwise(d.len()) else {
+            return Ok(());
+        };
+        kernels::batch_norm_apply(
+            self.dev(),
+            launch,
+            x,
+            saved.mean,
+            saved.var,
+            affine.gamma,
+            affine.beta,
+            act.residual,
+            y,
+            i32::from(act.relu),
+            d.n as u32,
+            d.c as u32,
+            d.hw as u32,
+        )
+    }
 }
 
 impl NormOps for CudaBackend {
@@ -69,23 +99,11 @@ impl NormOps for CudaBackend {
                 cfg.momentum,
             )?;
         }
-        if let Some(launch) = self.elementwise(d.len()) {
-            kernels::batch_norm_apply(
-                self.dev(),
-                launch,
-                x,
-                &mean,
-                &inv_std,
-                affine.gamma,
-                affine.beta,
-                act.residual,
-                &mut y,
-                i32::from(act.relu),
-                n,
-                c,
-                hw,
-            )?;
-        }
+        let saved = BatchNormStats {
+            mean: &mean,
+            var: &inv_std,
+        };
+        self.batch_norm_apply(x, saved, affine, d, act, &mut y)?;
         Ok((y, mean, inv_std))
     }
 
