@@ -1,10 +1,13 @@
 //! Build script: the CUDA kernels in `kernels/*.cu`.
 //!
 //! 1. With nvcc (found via `NVCC`, then `$CUDA_HOME/bin`, `$CUDA_PATH/bin`, then `PATH`, then the
-//!    `.venv-nvcc` that `scripts/install-nvcc.sh` makes), every kernel file is compiled to PTX
-//!    (`-arch=$CUDA_ARCH`, default `sm_90`, `-lineinfo`) and embedded. A kernel that fails to compile
-//!    fails the build. Without nvcc the crate still builds (CPU and emulator only) with a warning,
-//!    unless `LTRAIN_REQUIRE_CUDA=1`.
+//!    `.venv-nvcc` that `scripts/install-nvcc.sh` makes), every kernel file is compiled to a fatbin
+//!    holding the machine code for `$CUDA_ARCH` (default `sm_90`) and its PTX (`compute_90`, for
+//!    newer GPUs), `-lineinfo`, and embedded: the driver loads the machine code directly, so no PTX
+//!    JIT runs (and none can fail on a driver older than the compiler). A kernel that fails to
+//!    compile fails the build. Without nvcc the crate still builds (CPU and emulator only) with a
+//!    warning; with `LTRAIN_REQUIRE_CUDA=1` a missing nvcc, or one other than the pinned
+//!    `PINNED_NVCC` release, fails the build.
 //! 2. Always, the same sources are compiled by the host C++ compiler through `kernels/emu/cuda_emu.h`
 //!    into a static library: the CUDA emulator that runs the kernels on the CPU.
 //! 3. The constants kernels and host share are written once in `src/backend/abi.rs`, which this
@@ -29,6 +32,8 @@ const KERNEL_DIR: &str = "kernels";
 /// src/backend/abi.rs.
 const ABI_HEADER: &str = "ltrain_abi.cuh";
 const DEFAULT_ARCH: &str = "sm_90";
+/// The nvcc release scripts/install-nvcc.sh installs: the GPU machine's driver is CUDA 13.0.
+const PINNED_NVCC: &str = "13.0";
 
 fn main() {
     println!("cargo:rerun-if-changed={KERNEL_DIR}");
@@ -51,9 +56,9 @@ fn main() {
     let sources = kernel_sources(&kernel_dir);
     let modules: Vec<Module> = sources.iter().map(|p| parse_module(p)).collect();
 
-    let ptx = build_ptx(&root, &sources, &out_dir);
+    let fatbins = build_fatbins(&root, &sources, &out_dir);
     build_emulator(&kernel_dir, &modules, &out_dir);
-    let bindings = generate_bindings(&modules, &ptx);
+    let bindings = generate_bindings(&modules, &fatbins);
     fs::write(out_dir.join("kernels.rs"), bindings).expect("write kernels.rs");
 }
 
@@ -79,6 +84,8 @@ struct Module {
 struct Kernel {
     name: String,
     params: Vec<Param>,
+    /// `__launch_bounds__(N)` of its declaration, else `abi::DEFAULT_MAX_THREADS`.
+    max_threads: u32,
 }
 
 struct Param {
@@ -112,7 +119,23 @@ fn parse_module(path: &Path) -> Module {
         let rest = code[from..].trim_start();
         let rest = rest
             .strip_prefix("void")
-            .unwrap_or_else(|| panic!("{}: a KERNEL must return void", path.display()));
+            .unwrap_or_else(|| panic!("{}: a KERNEL must return void", path.display()))
+            .trim_start();
+        let (max_threads, rest) = match rest.strip_prefix("__launch_bounds__(") {
+            Some(bound) => {
+                let close = bound
+                    .find(')')
+                    .unwrap_or_else(|| panic!("{}: unclosed __launch_bounds__", path.display()));
+                let n = bound[..close].trim().parse().unwrap_or_else(|_| {
+                    panic!(
+                        "{}: __launch_bounds__ takes one literal thread count here",
+                        path.display()
+                    )
+                });
+                (n, &bound[close + 1..])
+            }
+            None => (abi::DEFAULT_MAX_THREADS, rest),
+        };
         let open = rest
             .find('(')
             .unwrap_or_else(|| panic!("{}: KERNEL without a parameter list", path.display()));
@@ -132,6 +155,7 @@ fn parse_module(path: &Path) -> Module {
         kernels.push(Kernel {
             name: kernel_name,
             params,
+            max_threads,
         });
     }
     Module {
@@ -205,8 +229,8 @@ fn parse_param(path: &Path, kernel: &str, text: &str) -> Param {
 
 // ---- nvcc ----------------------------------------------------------------------------------------
 
-/// PTX file per module (same order as `sources`), or why there is none.
-type PtxFiles = Result<Vec<PathBuf>, String>;
+/// Fatbin file per module (same order as `sources`), or why there is none.
+type Fatbins = Result<Vec<PathBuf>, String>;
 
 fn find_nvcc(root: &Path) -> Option<PathBuf> {
     if let Some(nvcc) = env::var_os("NVCC") {
@@ -237,7 +261,7 @@ fn find_nvcc(root: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn build_ptx(root: &Path, sources: &[PathBuf], out_dir: &Path) -> PtxFiles {
+fn build_fatbins(root: &Path, sources: &[PathBuf], out_dir: &Path) -> Fatbins {
     let required = env::var("LTRAIN_REQUIRE_CUDA").is_ok_and(|v| v == "1");
     let Some(nvcc) = find_nvcc(root) else {
         let reason = "nvcc not found (looked at $NVCC, $CUDA_HOME/bin, $CUDA_PATH/bin, PATH and \
@@ -252,63 +276,69 @@ fn build_ptx(root: &Path, sources: &[PathBuf], out_dir: &Path) -> PtxFiles {
         );
         return Err(reason);
     };
+    // `90`, `sm_90` or `compute_90`: machine code for sm_90 plus compute_90 PTX.
     let arch = env::var("CUDA_ARCH").unwrap_or_else(|_| DEFAULT_ARCH.to_string());
-    let arch = if arch.starts_with("sm_") || arch.starts_with("compute_") {
-        arch
-    } else {
-        format!("sm_{arch}")
-    };
+    let number = arch
+        .trim_start_matches("sm_")
+        .trim_start_matches("compute_");
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        panic!("CUDA_ARCH={arch}: give a compute capability such as 90, sm_90 or compute_90");
+    }
     let version = Command::new(&nvcc).arg("--version").output();
-    match version {
-        Ok(v) if v.status.success() => {
-            let text = String::from_utf8_lossy(&v.stdout);
-            if let Some(release) = text
-                .split("release ")
-                .nth(1)
-                .and_then(|r| r.split(',').next())
-            {
-                if release != "13.0" {
-                    println!(
-                        "cargo:warning=nvcc {release} at {}: its PTX needs a driver of CUDA \
-                         {release} or newer (the H200 machine has 13.0; scripts/install-nvcc.sh pins \
-                         13.0)",
-                        nvcc.display()
-                    );
-                }
-            }
-        }
+    let release = match version {
+        Ok(v) if v.status.success() => String::from_utf8_lossy(&v.stdout)
+            .split("release ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .unwrap_or("unknown")
+            .to_string(),
         _ => panic!("{} does not run (`--version` failed)", nvcc.display()),
+    };
+    if release != PINNED_NVCC {
+        let why = format!(
+            "nvcc {release} at {}, not the pinned {PINNED_NVCC}: its PTX needs a driver of CUDA \
+             {release} or newer (the H200 machine's is 13.0); scripts/install-nvcc.sh installs \
+             {PINNED_NVCC}",
+            nvcc.display()
+        );
+        if required {
+            panic!("LTRAIN_REQUIRE_CUDA=1 but {why}");
+        }
+        println!("cargo:warning={why}");
     }
     let jobs: Vec<_> = sources
         .iter()
         .map(|src| {
             let stem = src.file_stem().unwrap().to_string_lossy().into_owned();
-            let ptx = out_dir.join(format!("{stem}.ptx"));
+            let fatbin = out_dir.join(format!("{stem}.fatbin"));
             let mut cmd = Command::new(&nvcc);
-            cmd.args(["-ptx", "-lineinfo", "-O3", "-std=c++17"])
-                .arg(format!("-arch={arch}"))
+            cmd.args(["-fatbin", "-lineinfo", "-O3", "-std=c++17"])
+                .arg(format!("-gencode=arch=compute_{number},code=sm_{number}"))
+                .arg(format!(
+                    "-gencode=arch=compute_{number},code=compute_{number}"
+                ))
                 .arg("-I")
                 .arg(out_dir)
                 .arg("-o")
-                .arg(&ptx)
+                .arg(&fatbin)
                 .arg(src);
-            (src.clone(), ptx, cmd)
+            (src.clone(), fatbin, cmd)
         })
         .collect();
     let results: Vec<_> = thread::scope(|s| {
         let handles: Vec<_> = jobs
             .into_iter()
-            .map(|(src, ptx, mut cmd)| {
+            .map(|(src, fatbin, mut cmd)| {
                 s.spawn(move || {
                     let output = cmd.output();
-                    (src, ptx, output)
+                    (src, fatbin, output)
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let mut files = Vec::new();
-    for (src, ptx, output) in results {
+    for (src, fatbin, output) in results {
         let output = output.unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
         if !output.status.success() {
             panic!(
@@ -323,7 +353,7 @@ fn build_ptx(root: &Path, sources: &[PathBuf], out_dir: &Path) -> PtxFiles {
                 println!("cargo:warning=nvcc {}: {line}", src.display());
             }
         }
-        files.push(ptx);
+        files.push(fatbin);
     }
     Ok(files)
 }
@@ -416,19 +446,21 @@ fn rust_ident(name: &str) -> String {
     }
 }
 
-fn generate_bindings(modules: &[Module], ptx: &PtxFiles) -> String {
+fn generate_bindings(modules: &[Module], fatbins: &Fatbins) -> String {
     let mut s = String::new();
     s.push_str(
         "// @generated by build.rs from kernels/*.cu: one launcher per `KERNEL`. Do not edit.\n\n",
     );
-    match ptx {
+    match fatbins {
         Ok(files) => {
-            s.push_str("/// PTX of each kernel file (the build had nvcc).\n");
-            s.push_str("pub(crate) const PTX: Result<&[(&str, &str)], &str> = Ok(&[\n");
+            s.push_str(
+                "/// The fatbin (machine code and PTX) of each kernel file (the build had nvcc).\n",
+            );
+            s.push_str("pub(crate) const FATBINS: Result<&[(&str, &[u8])], &str> = Ok(&[\n");
             for (m, file) in modules.iter().zip(files) {
                 writeln!(
                     s,
-                    "    ({:?}, include_str!({:?})),",
+                    "    ({:?}, include_bytes!({:?})),",
                     m.name,
                     file.display().to_string()
                 )
@@ -437,10 +469,10 @@ fn generate_bindings(modules: &[Module], ptx: &PtxFiles) -> String {
             s.push_str("]);\n\n");
         }
         Err(reason) => {
-            s.push_str("/// Why the build embedded no PTX.\n");
+            s.push_str("/// Why the build embedded no GPU code.\n");
             writeln!(
                 s,
-                "pub(crate) const PTX: Result<&[(&str, &str)], &str> = Err({reason:?});\n"
+                "pub(crate) const FATBINS: Result<&[(&str, &[u8])], &str> = Err({reason:?});\n"
             )
             .unwrap();
         }
@@ -501,10 +533,11 @@ fn generate_bindings(modules: &[Module], ptx: &PtxFiles) -> String {
                 "\n/// Launches `{name}` (kernels/{module}.cu).\n#[allow(clippy::too_many_arguments, \
                  dead_code)]\npub(crate) fn {name}(dev: &Device, cfg: LaunchConfig{params}) \
                  -> anyhow::Result<()> {{\n    const KERNEL: KernelRef = KernelRef {{ module: {module:?}, \
-                 name: {name:?}, emulated: emulated::ltrain_emu_{name} }};\n    dev.launch(&KERNEL, \
-                 &cfg, &[{args}])\n}}",
+                 name: {name:?}, max_threads: {max_threads}, emulated: emulated::ltrain_emu_{name} \
+                 }};\n    dev.launch(&KERNEL, &cfg, &[{args}])\n}}",
                 name = k.name,
                 module = m.name,
+                max_threads = k.max_threads,
             )
             .unwrap();
         }

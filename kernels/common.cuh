@@ -4,11 +4,16 @@
 // Rules that keep a kernel inside the emulatable subset and bindable from Rust:
 // - declare kernels as `KERNEL void name(params)`: build.rs parses these signatures and generates the
 //   typed Rust launcher (GPU and emulator) from them, so each signature is written exactly once;
+// - a kernel launched with more than DEFAULT_MAX_THREADS (256) threads per block declares it,
+//   `KERNEL void __launch_bounds__(1024) name(params)`: both runtimes refuse a launch above a
+//   kernel's bound (and the GPU one above what its compiled registers allow);
 // - parameter types: `const float*`, `float*`, `const unsigned*`, `unsigned*`,
 //   `const unsigned long long*`, `unsigned long long*`, `const double*`, `double*` (optionally
 //   `__restrict__`), `float`, `int`,
 //   `unsigned`, `unsigned long long`; a pointer whose name ends in `_opt` may be null (Rust: `Option`);
 // - blocks are a multiple of 32 threads when warp collectives are used (full-mask shuffles);
+// - indices are 32-bit: the host passes no size of 2^32 - 2^22 or more (runtime.rs INDEX_LIMIT) and
+//   launches at most 4096 blocks, so a grid-stride `i += grid_threads()` cannot wrap;
 // - no early `return` before a `__syncthreads()` (the emulator reports it as a deadlock);
 // - no tensor-core, inline-PTX, texture or cooperative-groups features.
 #pragma once

@@ -4,7 +4,8 @@
 #include "common.cuh"
 
 // out[0] = sum of x [n]: one block, classic shared-memory tree (blockDim.x a power of two <= 1024).
-KERNEL void selftest_block_tree_sum(const float* __restrict__ x, float* __restrict__ out, unsigned n) {
+KERNEL void __launch_bounds__(1024)
+    selftest_block_tree_sum(const float* __restrict__ x, float* __restrict__ out, unsigned n) {
     __shared__ float s[1024];
     float acc = 0.0f;
     for (unsigned i = threadIdx.x; i < n; i += blockDim.x) acc += x[i];
@@ -19,8 +20,8 @@ KERNEL void selftest_block_tree_sum(const float* __restrict__ x, float* __restri
 
 // The same tree without its barriers: a data race. On the emulator thread 0 runs to completion before
 // the others write their partial sums, so the result is wrong; never launched on a GPU.
-KERNEL void selftest_block_tree_sum_racy(const float* __restrict__ x, float* __restrict__ out,
-                                         unsigned n) {
+KERNEL void __launch_bounds__(1024)
+    selftest_block_tree_sum_racy(const float* __restrict__ x, float* __restrict__ out, unsigned n) {
     __shared__ float s[1024];
     float acc = 0.0f;
     for (unsigned i = threadIdx.x; i < n; i += blockDim.x) acc += x[i];
@@ -60,6 +61,6 @@ KERNEL void selftest_barrier_deadlock(float* __restrict__ out) {
 }
 
 // Does nothing; probes launch configurations (limits).
-KERNEL void selftest_noop(float* __restrict__ out) {
+KERNEL void __launch_bounds__(1024) selftest_noop(float* __restrict__ out) {
     if (global_thread() == 0 && blockIdx.y == 0 && blockIdx.z == 0) out[0] = 1.0f;
 }

@@ -1,7 +1,8 @@
 //! Tests of the CUDA emulator itself (no GPU needed): that `__syncthreads` really orders a block's
 //! threads, that warp shuffles and ballots exchange the right lanes, that atomics from many blocks
 //! add up, that launches outside the H200's limits are errors (not crashes), that a barrier not every
-//! thread reaches is reported, and that the GEMM follows cuBLAS's column-major convention exactly.
+//! thread reaches is reported, that the GEMM follows cuBLAS's column-major convention exactly, and
+//! that no size a 32-bit grid-stride index could wrap on reaches a kernel.
 
 mod cuda_checks;
 
@@ -133,4 +134,21 @@ fn tf32_emulation_rounds_gemm_inputs() {
         selftest::gemm(&tf32, &g, &a, &b, &[0.0]).unwrap(),
         vec![1.0]
     );
+}
+
+#[test]
+fn sizes_a_grid_stride_index_could_wrap_on_are_refused() {
+    use ltrain::backend::Backend;
+    // Count-only: the sizes are real, the memory is not.
+    let be = CudaBackend::new_count_only().unwrap();
+    // The largest size the kernels index: 2^32 minus the largest grid-stride step (4096 blocks of
+    // 1024 threads), so `i + step` stays below 2^32.
+    let largest = (1usize << 32) - 4096 * 1024 - 1;
+    be.scale(&be.empty(largest).unwrap(), 2.0)
+        .expect("the largest indexable size runs");
+    let err = be
+        .scale(&be.empty(largest + 1).unwrap(), 2.0)
+        .expect_err("a size a grid-stride index could wrap on")
+        .to_string();
+    assert!(err.contains("32-bit indexing"), "{err}");
 }

@@ -27,6 +27,12 @@ macro_rules! shared_constants {
 }
 
 shared_constants! {
+    // ---- launches ----
+    /// Threads per block a kernel declared without `__launch_bounds__(N)` may be launched with
+    /// (checked before every launch); a kernel launched with more declares them, so that nvcc keeps
+    /// its registers within what that many threads can have.
+    DEFAULT_MAX_THREADS: u32 = 256;
+
     // ---- the packed augmentation parameters (layout: src/backend/augment_params.rs) ----
     /// `f32` words of one sample's packed row.
     PARAM_WORDS: usize = 34;

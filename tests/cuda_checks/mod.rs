@@ -834,6 +834,15 @@ pub fn launches_outside_the_h200_limits_are_errors(be: &CudaBackend) {
     for c in accepted {
         selftest::launch_noop(be, c).unwrap_or_else(|e| panic!("{c:?}: {e:#}"));
     }
+    // More threads than a kernel is compiled for: the warp-sum kernel declares no
+    // `__launch_bounds__`, so it takes at most 256.
+    let err = selftest::warp_sums(be, &integer_data(32 * 16, 1), 512)
+        .expect_err("512 threads exceed the default launch bound")
+        .to_string();
+    assert!(
+        err.contains("selftest_warp_sum") && err.contains("more than the 256"),
+        "{err}"
+    );
 }
 
 /// Naive column-major reference: C_i = alpha op(A_i) op(B_i) + beta C_i, in f64.

@@ -77,8 +77,7 @@ impl AugmentOps for CudaBackend {
         if n == 0 {
             return Ok(out);
         }
-        // The emulator runs a block's threads as fibers: fewer of them are faster, same result.
-        let threads = if self.is_emulated() { 64 } else { 256 };
+        let threads = 256;
         let blocks = n.min(self.dev().max_grid_blocks() as usize).max(1);
         let cfg = LaunchConfig {
             shared_mem_bytes: smem as u32,

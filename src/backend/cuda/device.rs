@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 
 use super::runtime::{
     DeviceLimits, DeviceRuntime, Gemm, KernelArg, KernelRef, LaunchConfig, Mem, StagingMem,
@@ -247,6 +247,17 @@ impl Device {
                 _ => 0,
             })
             .sum();
+        let (bx, by, bz) = cfg.block;
+        let threads = u64::from(bx) * u64::from(by) * u64::from(bz);
+        ensure!(
+            threads <= u64::from(kernel.max_threads),
+            "kernel `{}` (kernels/{}.cu): {threads} threads per block, more than the {} it is \
+             compiled for (declare `KERNEL void __launch_bounds__({threads}) {}(...)`)",
+            kernel.name,
+            kernel.module,
+            kernel.max_threads,
+            kernel.name
+        );
         self.rt.launch(kernel, cfg, args)?;
         let mut c = self.shared.counters();
         c.kernel_launches += 1;

@@ -110,10 +110,6 @@ impl EmulatorRuntime {
     }
 }
 
-/// Grid-stride kernels get at most this many blocks on the emulator: the result does not depend on
-/// it, and fewer, longer-running emulated threads are faster.
-const EMULATOR_MAX_GRID: u32 = 8;
-
 impl DeviceRuntime for EmulatorRuntime {
     fn describe(&self) -> String {
         format!(
@@ -127,9 +123,6 @@ impl DeviceRuntime for EmulatorRuntime {
     }
     fn limits(&self) -> DeviceLimits {
         DeviceLimits::H200
-    }
-    fn max_grid_blocks(&self) -> u32 {
-        EMULATOR_MAX_GRID
     }
 
     fn alloc(&self, bytes: usize) -> Result<Mem> {

@@ -1,5 +1,6 @@
 //! The real runtime: cudarc 0.19 (driver API, dynamically loaded) + cuBLAS, one stream. Kernels come
-//! from the PTX that build.rs embedded; they are loaded once at start-up, and launched through
+//! from the fatbins that build.rs embedded (sm_90 machine code, so no PTX JIT, plus PTX for newer
+//! GPUs); they are loaded once at start-up, and launched through
 //! `cuLaunchKernel` with the argument array the generated launchers build (the same one the emulator
 //! gets). Nothing here is visible outside `backend::cuda`.
 //!
@@ -8,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -70,7 +72,7 @@ fn gpu(mem: &Mem) -> Result<&GpuMem> {
 /// Whether a CUDA GPU can be used by this build: kernels embedded, driver and cuBLAS libraries
 /// present, at least one device. Never panics.
 pub(crate) fn probe() -> std::result::Result<(), String> {
-    if let Err(reason) = kernels::PTX {
+    if let Err(reason) = kernels::FATBINS {
         return Err(format!("this build has no GPU kernels ({reason})"));
     }
     // SAFETY: only tries to dlopen the library.
@@ -80,8 +82,8 @@ pub(crate) fn probe() -> std::result::Result<(), String> {
     // SAFETY: as above.
     if !unsafe { cublas::sys::is_culib_present() } {
         return Err(
-            "cuBLAS (libcublas.so.13) was not found; install CUDA 13's cuBLAS (e.g. `pip install \
-             nvidia-cublas`) and add its lib directory to LD_LIBRARY_PATH"
+            "cuBLAS (libcublas.so.13, or .12) was not found; install CUDA 13's cuBLAS (e.g. `pip \
+             install nvidia-cublas`) and add its lib directory to LD_LIBRARY_PATH"
                 .into(),
         );
     }
@@ -90,6 +92,48 @@ pub(crate) fn probe() -> std::result::Result<(), String> {
         Ok(_) => Ok(()),
         Err(e) => Err(format!("the CUDA driver failed to initialise: {e}")),
     }
+}
+
+/// The driver and cuBLAS this process loaded, with their versions and paths, e.g. `driver 13.0
+/// (/usr/lib/x86_64-linux-gnu/libcuda.so.580.65.06), cuBLAS 13.0.2 (/…/libcublas.so.13)`: which
+/// library a run used, for its report.
+fn loaded_libraries(blas: &CudaBlas) -> String {
+    let mut driver = 0;
+    // SAFETY: writes one int.
+    let driver = match unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) }.result() {
+        Ok(()) => format!("{}.{}", driver / 1000, driver % 1000 / 10),
+        Err(_) => "unknown".into(),
+    };
+    let mut version = 0;
+    // SAFETY: a valid handle; writes one int.
+    let cublas =
+        match unsafe { cublas::sys::cublasGetVersion_v2(*blas.handle(), &mut version) }.result() {
+            Ok(()) => format!(
+                "{}.{}.{}",
+                version / 10000,
+                version % 10000 / 100,
+                version % 100
+            ),
+            Err(_) => "unknown".into(),
+        };
+    // Mapped files of this process: where the dynamic loader found each library.
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let path = |name: &str| -> String {
+        maps.lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .find(|p| {
+                Path::new(p)
+                    .file_name()
+                    .is_some_and(|f| f.to_string_lossy().starts_with(name))
+            })
+            .unwrap_or("path unknown")
+            .to_string()
+    };
+    format!(
+        "driver {driver} ({}), cuBLAS {cublas} ({})",
+        path("libcuda.so"),
+        path("libcublas.so")
+    )
 }
 
 /// Every op allocates its outputs stream-ordered (cuMemAllocAsync) from the device's default pool,
@@ -120,6 +164,8 @@ fn keep_pool_memory(ctx: &CudaContext) -> Result<()> {
 struct LoadedKernel {
     function: CudaFunction,
     static_smem: u32,
+    /// The most threads per block it can be launched with (its registers and launch bounds).
+    max_threads: u32,
 }
 
 pub(crate) struct GpuRuntime {
@@ -130,14 +176,13 @@ pub(crate) struct GpuRuntime {
     blas_lock: Mutex<()>,
     functions: HashMap<&'static str, LoadedKernel>,
     limits: DeviceLimits,
-    sm_count: u32,
     description: String,
 }
 
 impl GpuRuntime {
     pub(crate) fn new(ordinal: usize, tf32: bool) -> Result<Self> {
         probe().map_err(|reason| anyhow!("CUDA is not available: {reason}"))?;
-        let ptx = kernels::PTX.map_err(|reason| anyhow!("no GPU kernels: {reason}"))?;
+        let fatbins = kernels::FATBINS.map_err(|reason| anyhow!("no GPU kernels: {reason}"))?;
         let ctx = CudaContext::new(ordinal)
             .with_context(|| format!("cannot open CUDA device {ordinal}"))?;
         // One stream, in-order: cudarc's per-buffer event tracking would only add overhead.
@@ -147,23 +192,31 @@ impl GpuRuntime {
         keep_pool_memory(&ctx).context("configuring the CUDA memory pool")?;
 
         let mut modules = HashMap::new();
-        for &(module, source) in ptx {
+        for &(module, fatbin) in fatbins {
+            // An owned copy: the driver wants the image aligned, `include_bytes!` is not.
             let loaded = ctx
-                .load_module(Ptx::from_src(source))
-                .with_context(|| format!("cannot load the PTX of kernels/{module}.cu"))?;
+                .load_module(Ptx::from_binary(fatbin.to_vec()))
+                .with_context(|| {
+                    format!(
+                        "cannot load the code of kernels/{module}.cu (built for sm_90 with its \
+                         compute_90 PTX; a GPU older than compute capability 9.0 cannot run it)"
+                    )
+                })?;
             modules.insert(module, loaded);
         }
         let mut functions = HashMap::new();
         for &(module, name) in kernels::KERNELS {
             let function = modules[module].load_function(name).with_context(|| {
-                format!("kernel `{name}` missing from kernels/{module}.cu's PTX")
+                format!("kernel `{name}` missing from kernels/{module}.cu's fatbin")
             })?;
             let static_smem = u32::try_from(function.shared_size_bytes()?).unwrap_or(0);
+            let max_threads = u32::try_from(function.max_threads_per_block()?).unwrap_or(0);
             functions.insert(
                 name,
                 LoadedKernel {
                     function,
                     static_smem,
+                    max_threads,
                 },
             );
         }
@@ -187,8 +240,9 @@ impl GpuRuntime {
             ],
             shared_per_block: attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK)?,
             shared_per_block_optin: attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,
+            sm_count: attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
         };
-        let sm_count = attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let sm_count = limits.sm_count;
         let (major, minor) = ctx.compute_capability()?;
 
         let blas = CudaBlas::new(stream.clone()).context("cannot create a cuBLAS handle")?;
@@ -203,9 +257,10 @@ impl GpuRuntime {
             .context("cublasSetMathMode")?;
 
         let description = format!(
-            "cuda: {} (sm_{major}{minor}, {sm_count} SMs, TF32 {})",
+            "cuda: {} (sm_{major}{minor}, {sm_count} SMs, TF32 {}; {})",
             ctx.name()?,
-            if tf32 { "on" } else { "off" }
+            if tf32 { "on" } else { "off" },
+            loaded_libraries(&blas)
         );
         Ok(Self {
             ctx,
@@ -214,7 +269,6 @@ impl GpuRuntime {
             blas_lock: Mutex::new(()),
             functions,
             limits,
-            sm_count,
             description,
         })
     }
@@ -235,10 +289,6 @@ impl DeviceRuntime for GpuRuntime {
     }
     fn limits(&self) -> DeviceLimits {
         self.limits
-    }
-    fn max_grid_blocks(&self) -> u32 {
-        // Enough resident blocks to fill every SM several times over; grid-stride loops do the rest.
-        self.sm_count.max(1) * 16
     }
 
     fn alloc(&self, bytes: usize) -> Result<Mem> {
@@ -348,6 +398,17 @@ impl DeviceRuntime for GpuRuntime {
             )
         })?;
         self.limits.check(kernel.name, cfg, loaded.static_smem)?;
+        let (bx, by, bz) = cfg.block;
+        if bx * by * bz > loaded.max_threads {
+            bail!(
+                "kernel `{}` (kernels/{}.cu): {} threads per block, more than the {} its compiled \
+                 code allows on this GPU",
+                kernel.name,
+                kernel.module,
+                bx * by * bz,
+                loaded.max_threads
+            );
+        }
         if cfg.large_shared_mem {
             loaded
                 .function

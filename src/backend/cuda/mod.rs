@@ -1,6 +1,6 @@
-//! CUDA backend: hand-written kernels (`kernels/*.cu`, compiled to PTX by build.rs) and cuBLAS GEMMs,
-//! written once against a small device-runtime seam (`runtime::DeviceRuntime`) with two
-//! implementations:
+//! CUDA backend: hand-written kernels (`kernels/*.cu`, compiled to sm_90 fatbins by build.rs) and
+//! cuBLAS GEMMs, written once against a small device-runtime seam (`runtime::DeviceRuntime`) with
+//! two implementations:
 //! - the GPU ([`CudaBackend::new_gpu`]): cudarc 0.19 with dynamically loaded `libcuda` and `libcublas`,
 //!   one stream, TF32 GEMMs by default ([`CudaOptions::tf32`]);
 //! - the emulator ([`CudaBackend::new_emulated`]): the same kernel sources compiled for the CPU and run
@@ -294,9 +294,16 @@ impl CudaBackend {
     }
 }
 
-/// Errors unless a size fits the kernels' 32-bit indexing.
+/// Errors unless a size fits the kernels' 32-bit indexing, with room for a grid-stride step
+/// (`runtime::INDEX_LIMIT`).
 fn to_u32(op: &str, what: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| anyhow!("{op}: {what} = {v} exceeds the kernels' 32-bit indexing"))
+    if v as u64 >= runtime::INDEX_LIMIT {
+        bail!(
+            "{op}: {what} = {v} exceeds the kernels' 32-bit indexing (below {}); split the work",
+            runtime::INDEX_LIMIT
+        );
+    }
+    Ok(v as u32)
 }
 
 impl Buffers for CudaBackend {

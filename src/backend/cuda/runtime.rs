@@ -26,10 +26,14 @@ pub(crate) struct EmuLaunch {
 pub(crate) type EmulatedEntry =
     unsafe extern "C" fn(*const EmuLaunch, *mut *mut c_void, *mut c_char, usize) -> c_int;
 
-/// A kernel as both runtimes know it: PTX module + function name, and the emulator's entry point.
+/// A kernel as both runtimes know it: its module (kernel file) and name, its launch bound, and the
+/// emulator's entry point.
 pub(crate) struct KernelRef {
     pub module: &'static str,
     pub name: &'static str,
+    /// Threads per block it may be launched with: its `__launch_bounds__`, else
+    /// `abi::DEFAULT_MAX_THREADS` (build.rs reads the declaration).
+    pub max_threads: u32,
     pub emulated: EmulatedEntry,
 }
 
@@ -227,7 +231,19 @@ pub struct DeviceLimits {
     pub shared_per_block: u32,
     /// Shared memory per block with `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` (opt-in).
     pub shared_per_block_optin: u32,
+    /// Streaming multiprocessors (sizes grid-stride launches).
+    pub sm_count: u32,
 }
+
+/// Blocks per SM a grid-stride launch gets at most: enough resident blocks to fill every SM several
+/// times over; the grid-stride loops do the rest.
+const BLOCKS_PER_SM: u32 = 16;
+/// At most this many blocks in any grid-stride launch, so that a loop's step (at most
+/// `MAX_GRID_BLOCKS * 1024` threads) stays below `2^32 - INDEX_LIMIT`: see `INDEX_LIMIT`.
+pub(crate) const MAX_GRID_BLOCKS: u32 = 4096;
+/// Sizes the kernels index (32-bit) are below this: a grid-stride index `i < n` advanced by at most
+/// `MAX_GRID_BLOCKS * 1024` cannot wrap past `2^32` and start over.
+pub(crate) const INDEX_LIMIT: u64 = (1 << 32) - MAX_GRID_BLOCKS as u64 * 1024;
 
 impl DeviceLimits {
     /// NVIDIA H200 (compute capability 9.0).
@@ -237,6 +253,7 @@ impl DeviceLimits {
         max_grid: [i32::MAX as u32, 65535, 65535],
         shared_per_block: 48 * 1024,
         shared_per_block_optin: 227 * 1024,
+        sm_count: 132,
     };
 
     /// Errors (naming the kernel and the broken limit) unless `cfg` can launch; `static_smem` is the
@@ -462,8 +479,11 @@ pub(crate) trait DeviceRuntime: Send + Sync {
     /// Whether this is the CPU emulator (synchronous: results are ready when a call returns).
     fn is_emulated(&self) -> bool;
     fn limits(&self) -> DeviceLimits;
-    /// Largest useful 1-D grid for grid-stride kernels.
-    fn max_grid_blocks(&self) -> u32;
+    /// Largest useful 1-D grid for grid-stride kernels: the same on the emulator (with the H200's
+    /// limits) as on an H200, so that both run the same launch configurations.
+    fn max_grid_blocks(&self) -> u32 {
+        (self.limits().sm_count.max(1) * BLOCKS_PER_SM).min(MAX_GRID_BLOCKS)
+    }
 
     /// `bytes` of uninitialised memory.
     fn alloc(&self, bytes: usize) -> Result<Mem>;
