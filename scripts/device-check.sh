@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Device check, run ON the GPU machine (no Rust toolchain, no internet) from a pack made here by
 # scripts/pack-device.sh. Within a time budget (default 8 minutes) it runs, most important first:
-#   1. the GPU tests (every test executable of the pack, its #[ignore]d tests: for tests/cuda_gpu the
-#      runtime self-tests, conformance suite, every op and whole training steps against the CPU
-#      backend, TF32);
+#   1. the GPU tests (every test executable of the pack, its #[ignore]d tests, each in its own process:
+#      for tests/cuda_gpu the runtime self-tests, conformance suite, every op and whole training
+#      steps against the CPU backend, TF32);
 #   2. `ltrain bench` on the GPU (random data, three-expert ResNet-32, batch 128): pre-augmented
 #      input with TF32 on and off, then device-side augmentation and host-staged upload (TF32 on),
 #      and the device-augment slowdown against pre-augmented (the goal: within 10%);
@@ -74,30 +74,34 @@ row() { rows+=("| $1 | $2 | $3 | $4 |"); }
     echo "kernel: $(uname -r)"
 } >> "$log" 2>&1
 
-# cuBLAS 13: the CUDA toolkit's or the pip wheels' (PyTorch's environment has nvidia-cublas).
-lib_dirs=()
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -e "$d/libcublas.so.13" ] && lib_dirs+=("$d")
-done
-while IFS= read -r d; do
-    [ -n "$d" ] && lib_dirs+=("$d")
-done < <(python3 - <<'EOF' 2>/dev/null
+# cuBLAS: 13 preferred, else 12 (ltrain loads either), from the CUDA toolkit or wherever the
+# PyTorch wheels put it (nvidia-cublas: site-packages/nvidia/cu13/lib, nvidia/cublas/lib, ...).
+cublas=$(python3 - <<'EOF' 2>/dev/null
 import glob, os, site
-roots = site.getsitepackages() + [site.getusersitepackages()]
-for root in roots:
-    for lib in sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib"))):
-        if glob.glob(os.path.join(lib, "libcublas.so.13*")) or glob.glob(os.path.join(lib, "libcublasLt.so.13*")):
-            print(lib)
+roots = ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"]
+for sp in site.getsitepackages() + [site.getusersitepackages()]:
+    roots += glob.glob(os.path.join(sp, "nvidia", "*", "lib")) + [os.path.join(sp, "torch", "lib")]
+for major in ("13", "12"):
+    for root in roots:
+        hits = sorted(glob.glob(os.path.join(root, "libcublas.so." + major + "*")))
+        if hits:
+            print(hits[0])
+            raise SystemExit
 EOF
 )
-if [ ${#lib_dirs[@]} -eq 0 ]; then
-    found=$(find /usr /opt -name 'libcublas.so.13*' 2>/dev/null | head -1)
-    [ -n "$found" ] && lib_dirs+=("$(dirname "$found")")
+if [ -z "$cublas" ]; then
+    cublas=$(find /usr /opt -name 'libcublas.so.13*' 2>/dev/null | head -1)
+    [ -z "$cublas" ] && cublas=$(find /usr /opt -name 'libcublas.so.12*' 2>/dev/null | head -1)
 fi
-ld_extra=$(IFS=:; echo "${lib_dirs[*]:-}")
-export LD_LIBRARY_PATH="${ld_extra}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export CUDA_CACHE_PATH="$work/cuda-cache" # PTX JIT results shared by the steps
-note "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+if [ -n "$cublas" ]; then
+    export LD_LIBRARY_PATH="$(dirname "$cublas")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    note "cuBLAS: using $cublas"
+    row "cuBLAS found" "ok" "-" "$cublas"
+else
+    note "cuBLAS: no libcublas.so.13 or .12 found; the GPU tests will say so"
+    row "cuBLAS found" "NOT FOUND" "-" "no libcublas.so.13 or .so.12 under the toolkit or site-packages"
+fi
+note "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 
 exe="$work/exe"
 mkdir -p "$exe"
@@ -109,13 +113,23 @@ ltrain="$exe/bin/ltrain"
 gpu_tests="$exe/tests/cuda_gpu"
 
 # ---- 1. GPU tests --------------------------------------------------------------------------------
+# Each test in its own process: a fault that poisons the CUDA context fails that test only.
 for t in "$exe"/tests/*; do
     [ -x "$t" ] || continue
     name=$(basename "$t")
-    step "test_$name" 150 "$t" --ignored --test-threads=1
-    result=$(grep -h "^test result:" "$work/test_$name.out" | tail -1 | sed 's/^test result: //; s/; finished.*//')
-    failed=$(grep -h "^    [a-z_0-9]*$" "$work/test_$name.out" | tr -d ' ' | paste -sd, - | cut -c1-120)
-    row "GPU tests: $name --ignored" "$step_status" "${step_seconds}s" "${result:-no result line}${failed:+; failed: $failed}"
+    passed=0 failed=() t_start=$(date +%s)
+    for test_name in $("$t" --list --ignored --format terse 2>/dev/null | sed -n 's/: test$//p'); do
+        step "test_${name}__$test_name" 60 "$t" --ignored --exact "$test_name" --test-threads=1
+        if [ "$step_status" = ok ]; then
+            passed=$((passed + 1))
+        else
+            failed+=("$test_name ($step_status)")
+        fi
+    done
+    list=$(IFS=,; echo "${failed[*]:-}" | cut -c1-300)
+    status=ok
+    [ ${#failed[@]} -gt 0 ] && status="FAILED ${#failed[@]}"
+    row "GPU tests: $name --ignored, one process each" "$status" "$(( $(date +%s) - t_start ))s" "$passed passed${list:+; failed: $list}"
 done
 
 # ---- 2. ltrain bench -----------------------------------------------------------------------------

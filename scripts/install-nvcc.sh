@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs nvcc 13.0 from NVIDIA's PyPI wheels into a local venv (.venv-nvcc, gitignored), so a machine
-# without a CUDA toolkit can compile kernels/*.cu to PTX at build time. The wheels are pinned to 13.0.x:
-# newer ones emit PTX that the 13.0 driver on the GPU machine cannot load.
+# without a CUDA toolkit can compile kernels/*.cu (sm_90 code and PTX) at build time. The wheels are
+# pinned to 13.0.x: newer ones emit PTX that the 13.0 driver on the GPU machine cannot load.
 #
 # Usage: scripts/install-nvcc.sh            (then export the PATH line it prints)
 set -euo pipefail

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, here, everything scripts/device-check.sh runs on a GPU machine that has no Rust toolchain and
 # no internet, and packs it into device-pack/ (gitignored):
-#   executables.tar.xz      bin/ltrain (release, PTX for sm_90 embedded; LTRAIN_REQUIRE_CUDA=1),
+#   executables.tar.xz      bin/ltrain (release, sm_90 fatbins embedded; LTRAIN_REQUIRE_CUDA=1),
 #                           tests/<name> for each of LTRAIN_GPU_TESTS (default: cuda_gpu
 #                           device_augment; their GPU tests are #[ignore]d: run with --ignored),
 #                           benches/<name> (every criterion bench; their CUDA groups run on a GPU)
@@ -113,5 +113,14 @@ size_kib=$(du -sk "$pack" | cut -f1)
 echo "packed $pack: $((size_kib / 1024)) MiB" >&2
 if [ "$size_kib" -gt $((max_mib * 1024)) ]; then
     echo "error: $pack is over ${max_mib} MiB (the device call carries at most 64 MiB with the tree)" >&2
+    exit 1
+fi
+# What the device call carries: the working tree (tracked and untracked, not ignored) plus the pack,
+# checked here, before any device time is spent.
+tree_bytes=$(git ls-files -co --exclude-standard -z | xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}')
+carried_kib=$(( size_kib + tree_bytes / 1024 ))
+echo "carried by the device call: $((carried_kib / 1024)) MiB (tree $((tree_bytes >> 20)) MiB + pack)" >&2
+if [ "$carried_kib" -gt $((64 * 1024)) ]; then
+    echo "error: the working tree and $pack come to $((carried_kib / 1024)) MiB, over the 64 MiB a device call carries" >&2
     exit 1
 fi

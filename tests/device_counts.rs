@@ -1,0 +1,168 @@
+//! The exact device work of one training step of a small three-expert ResNet-32 on the CUDA
+//! emulator, against counts derived from the architecture, so that any change in what a step
+//! launches, copies, sets or allocates shows here. The count-only emulator (which sizes the work of
+//! shapes too large to run) must count exactly what the executing one does.
+
+use ltrain::backend::counters::DeviceCounters;
+use ltrain::backend::cuda::CudaBackend;
+use ltrain::backend::Backend;
+use ltrain::config::{ExpertWidth, ModelKind};
+use ltrain::train::bench_step::{BenchInput, BenchStep, BenchStepConfig};
+
+const EXPERTS: u64 = 3;
+/// ResNet-32: the stem, the trunk's layer1 (5 blocks of 2), each expert's layer2 and layer3 (10
+/// blocks of 2): every convolution is followed by a batch norm.
+const CONVS: u64 = 1 + 5 * 2 + EXPERTS * 10 * 2;
+/// Option-A shortcuts: the first block of each expert's layer2 and layer3.
+const SHORTCUTS: u64 = EXPERTS * 2;
+
+fn config(stage2: bool, input: BenchInput) -> BenchStepConfig {
+    BenchStepConfig {
+        model: ModelKind::Resnet32,
+        expert_width: ExpertWidth::Reduced,
+        experts: EXPERTS as usize,
+        batch_size: 4,
+        classes: 3,
+        image_size: 8,
+        stage2,
+        input,
+    }
+}
+
+/// The work of the second step (the first fills the caching allocator).
+fn one_step(be: &CudaBackend, cfg: BenchStepConfig) -> DeviceCounters {
+    let mut step = BenchStep::new(be, cfg).unwrap();
+    step.run(be).unwrap();
+    let before = be.device_counters().unwrap();
+    step.run(be).unwrap();
+    be.device_counters().unwrap().since(&before)
+}
+
+fn launches(c: &DeviceCounters, kernel: &str) -> u64 {
+    c.kernels.get(kernel).map_or(0, |k| k.launches)
+}
+
+/// Launches of the layers every step runs, whatever the stage.
+fn layer_launches(c: &DeviceCounters) -> u64 {
+    // Forward: the convolution with its batch statistics, then the normalisation.
+    let conv_bn = ["m16", "m32", "m64", "m128"]
+        .iter()
+        .map(|m| launches(c, &format!("conv2d_forward_stats_{m}")))
+        .sum::<u64>();
+    assert_eq!(
+        conv_bn, CONVS,
+        "one statistics-computing convolution per conv"
+    );
+    assert_eq!(launches(c, "batch_norm_apply"), CONVS);
+    assert_eq!(
+        launches(c, "batch_norm_stats"),
+        0,
+        "no separate statistics pass"
+    );
+    // Backward: the data gradient of every convolution but the stem's, every weight gradient, and
+    // the batch norm's two passes.
+    assert_eq!(launches(c, "batch_norm_backward_reduce"), CONVS);
+    assert_eq!(launches(c, "batch_norm_backward_apply"), CONVS);
+    let data = ["m16", "m32", "m64", "m128"]
+        .iter()
+        .map(|m| launches(c, &format!("conv2d_backward_data_{m}")))
+        .sum::<u64>();
+    assert_eq!(data, CONVS - 1, "no data gradient for the image");
+    assert_eq!(launches(c, "shortcut_a_forward"), SHORTCUTS);
+    assert_eq!(launches(c, "shortcut_a_backward"), SHORTCUTS);
+    // Per expert: pooling forward and backward, the classifier's bias broadcast and bias gradient,
+    // the fused loss, and the step's loss total (sum, scale, add).
+    for k in [
+        "global_avg_pool_forward",
+        "global_avg_pool_backward",
+        "broadcast_rows",
+        "sum_rows",
+        "fused_loss_rows",
+        "reduce_sum",
+        "scale",
+    ] {
+        assert_eq!(launches(c, k), EXPERTS, "{k}");
+    }
+    assert_eq!(
+        launches(c, "sgd_step"),
+        1,
+        "one SGD launch for every parameter"
+    );
+    // conv_bn 2 per conv, conv backward 2 per conv but one, BN backward 2 per conv, shortcuts 2
+    // each, 7 per expert above plus the total's add (counted by the caller), SGD.
+    2 * CONVS + (2 * CONVS - 1) + 2 * CONVS + 2 * SHORTCUTS + 7 * EXPERTS + 1
+}
+
+/// What no steady-state step may do, in either stage.
+fn assert_steady(c: &DeviceCounters) {
+    assert_eq!(
+        c.allocations, 0,
+        "device allocations in a steady-state step"
+    );
+    assert_eq!(c.frees, 0);
+    assert_eq!(c.d2d_copies, 0, "no copies around the shared trunk");
+    assert_eq!(c.d2h_copies, 0, "the step reads nothing back");
+    assert_eq!(c.synchronizations, 0, "the step never waits for the device");
+    // The classifier: forward, data and weight gradients, per expert.
+    assert_eq!(c.blas_calls, 3 * EXPERTS);
+}
+
+#[test]
+fn a_stage_1_step_does_exactly_the_work_its_layers_need() {
+    let be = CudaBackend::new_emulated().unwrap();
+    let c = one_step(&be, config(false, BenchInput::PreAugmented));
+    assert_steady(&c);
+    // One mixup launch for every view; the loss total's add per expert.
+    assert_eq!(launches(&c, "mixup"), 1);
+    assert_eq!(launches(&c, "add_assign"), EXPERTS);
+    assert_eq!(c.kernel_launches, layer_launches(&c) + 1 + EXPERTS);
+    assert_eq!(
+        c.kernel_launches, 463,
+        "the total (printed by `ltrain bench --counters`)"
+    );
+    // The one memset: the step's loss total (4 bytes).
+    assert_eq!((c.memsets, c.memset_bytes), (1, 4));
+    // The mixup permutation and the labels, twice (the sample's and its partner's).
+    assert_eq!(c.h2d_copies, 3);
+}
+
+#[test]
+fn a_stage_2_step_adds_the_sla_weights_and_sums_the_shared_trunk_gradient() {
+    let be = CudaBackend::new_emulated().unwrap();
+    let c = one_step(&be, config(true, BenchInput::PreAugmented));
+    assert_steady(&c);
+    assert_eq!(launches(&c, "mixup"), 0);
+    for k in ["row_cosine", "cosmax_batch_best", "cosmax_merge"] {
+        assert_eq!(launches(&c, k), EXPERTS, "{k}");
+    }
+    // The loss total per expert, and the experts' gradients of the one shared view summed.
+    assert_eq!(launches(&c, "add_assign"), EXPERTS + EXPERTS - 1);
+    assert_eq!(
+        c.kernel_launches,
+        layer_launches(&c) + 3 * EXPERTS + EXPERTS + EXPERTS - 1
+    );
+    // The loss total, and each expert's cos-max keys.
+    assert_eq!(c.memsets, 1 + EXPERTS);
+}
+
+#[test]
+fn device_augmentation_is_one_launch_for_every_view() {
+    let be = CudaBackend::new_emulated().unwrap();
+    let c = one_step(&be, config(false, BenchInput::DeviceAugment));
+    assert_steady(&c);
+    assert_eq!(launches(&c, "augment_batch"), 1);
+}
+
+#[test]
+fn the_count_only_emulator_counts_what_the_executing_one_does() {
+    for stage2 in [false, true] {
+        for input in [BenchInput::PreAugmented, BenchInput::DeviceAugment] {
+            let run = one_step(&CudaBackend::new_emulated().unwrap(), config(stage2, input));
+            let counted = one_step(
+                &CudaBackend::new_count_only().unwrap(),
+                config(stage2, input),
+            );
+            assert_eq!(run, counted, "stage 2: {stage2}, {input:?}");
+        }
+    }
+}
