@@ -50,7 +50,9 @@ impl Tiles {
 /// Threads of a convolution block (kernels/conv.cu `CONV_THREADS`).
 const CONV_THREADS: u32 = 256;
 /// A weight-gradient split sums at least this many products per output before handing over.
-const MIN_SPLIT: usize = 256;
+const MIN_SPLIT: usize = 1024;
+/// Blocks per SM the weight gradient's splits aim at (each writes a partial tile).
+const SPLIT_BLOCKS_PER_SM: usize = 4;
 
 /// The kernels' shape arguments, after the 32-bit size checks.
 struct ConvArgs {
@@ -303,10 +305,12 @@ impl ConvOps for CudaBackend {
         let tiles_shape = Tiles::for_rows(product.0);
         let (bm, bn) = tiles_shape.shape();
         let tiles = tiles_shape.count(product.0, product.1) * d.groups;
-        // Enough splits to give every resident block work, each at least MIN_SPLIT long.
+        // Enough splits for SPLIT_BLOCKS_PER_SM blocks on every SM, each at least MIN_SPLIT long:
+        // more would only add partial tiles to write and read back.
         let sum_len = product.2;
         let max_splits = sum_len.div_ceil(MIN_SPLIT).max(1);
-        let wanted = (self.dev().max_grid_blocks() as usize).div_ceil(tiles.max(1));
+        let blocks = SPLIT_BLOCKS_PER_SM * self.limits().sm_count as usize;
+        let wanted = blocks.div_ceil(tiles.max(1));
         let splits = wanted.clamp(1, max_splits);
         let Some(cfg) = self.conv_launch(tiles * splits, product, d.groups) else {
             return self.fill_zero(dw);
