@@ -13,7 +13,8 @@
 //! 3. The constants kernels and host share are written once in `src/backend/abi.rs`, which this
 //!    script compiles too; it writes them as `$OUT_DIR/ltrain_abi.cuh` (included by
 //!    kernels/common.cuh) before either compiler runs.
-//! 4. Every `KERNEL void name(...)` signature is parsed, and `$OUT_DIR/kernels.rs` gets one typed Rust
+//! 4. Every `KERNEL void name(...)` signature is parsed (after the C preprocessor, so a macro may
+//!    instantiate a kernel per tile shape), and `$OUT_DIR/kernels.rs` gets one typed Rust
 //!    launcher per kernel that drives either runtime, so a signature is written once, in the `.cu`.
 
 use std::env;
@@ -54,7 +55,10 @@ fn main() {
 
     write_if_changed(&out_dir.join(ABI_HEADER), &abi::cuda_header());
     let sources = kernel_sources(&kernel_dir);
-    let modules: Vec<Module> = sources.iter().map(|p| parse_module(p)).collect();
+    let modules: Vec<Module> = sources
+        .iter()
+        .map(|p| parse_module(p, &preprocess(p, &kernel_dir, &out_dir)))
+        .collect();
 
     let fatbins = build_fatbins(&root, &sources, &out_dir);
     build_emulator(&kernel_dir, &modules, &out_dir);
@@ -101,9 +105,35 @@ enum ParamType {
     Scalar(&'static str),
 }
 
-fn parse_module(path: &Path) -> Module {
-    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let code = strip_comments(&text);
+/// A kernel file after the C preprocessor (`LTRAIN_SIGNATURES` keeps `KERNEL` as written), so a
+/// signature a macro instantiates for several shapes is parsed once per instance.
+fn preprocess(path: &Path, kernel_dir: &Path, out_dir: &Path) -> String {
+    let mut cmd = host_compiler().to_command();
+    cmd.args(["-E", "-P", "-x", "c++", "-DLTRAIN_SIGNATURES"])
+        .arg("-I")
+        .arg(kernel_dir)
+        .arg("-I")
+        .arg(out_dir)
+        .arg(path);
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the C++ preprocessor: {e}"));
+    if !output.status.success() {
+        panic!(
+            "the C++ preprocessor failed on {}:\n{}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    String::from_utf8(output.stdout)
+        .unwrap_or_else(|_| panic!("{}: preprocessed source is not UTF-8", path.display()))
+}
+
+fn host_compiler() -> cc::Tool {
+    cc::Build::new().cpp(true).std("c++20").get_compiler()
+}
+
+fn parse_module(path: &Path, code: &str) -> Module {
     let name = path.file_stem().unwrap().to_string_lossy().into_owned();
     let mut kernels = Vec::new();
     let bytes = code.as_bytes();
@@ -167,24 +197,6 @@ fn parse_module(path: &Path) -> Module {
 
 fn is_ident(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
-}
-
-fn strip_comments(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while !rest.is_empty() {
-        if let Some(r) = rest.strip_prefix("//") {
-            rest = r.find('\n').map_or("", |i| &r[i..]);
-        } else if let Some(r) = rest.strip_prefix("/*") {
-            rest = r.find("*/").map_or("", |i| &r[i + 2..]);
-            out.push(' ');
-        } else {
-            let c = rest.chars().next().unwrap();
-            out.push(c);
-            rest = &rest[c.len_utf8()..];
-        }
-    }
-    out
 }
 
 fn parse_param(path: &Path, kernel: &str, text: &str) -> Param {

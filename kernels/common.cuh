@@ -18,7 +18,9 @@
 // - no tensor-core, inline-PTX, texture or cooperative-groups features.
 #pragma once
 
-#if defined(__CUDACC__)
+#if defined(LTRAIN_SIGNATURES)
+// build.rs reading the signatures: KERNEL stays as written.
+#elif defined(__CUDACC__)
 #define KERNEL extern "C" __global__
 #define DYNAMIC_SMEM(type, name) extern __shared__ type name[]
 #else

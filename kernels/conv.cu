@@ -346,151 +346,42 @@ __device__ void conv_backward_weight(const float* x, const float* dy, float* par
 // the data gradient): BM x BN tiles, TM x TN outputs per thread. Shapes: x [n, c_in, h, w_in],
 // w [c_out, c_in / groups, k, k], y [n, c_out, h_out, w_out]; the weight gradient's `partial`
 // [splits, tiles, BM * BN]; the forward statistics' as in StatsOut, the statistics `[c_out]` each.
+// Written once here and instantiated per tile shape below (build.rs reads the preprocessed source).
+#define CONV_SHAPE_ARGS                                                                          \
+    unsigned n, unsigned c_in, unsigned h, unsigned w_in, unsigned c_out, unsigned k,            \
+        unsigned stride, unsigned pad, unsigned h_out, unsigned w_out, unsigned groups
+#define CONV_GEOM conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups)
+#define CONV_KERNELS(TILE, BM, BN, TM, TN)                                                       \
+    KERNEL void conv2d_forward_##TILE(const float* __restrict__ x, const float* __restrict__ w,  \
+                                      float* __restrict__ y, CONV_SHAPE_ARGS) {                  \
+        conv_forward<BM, BN, TM, TN, false>(x, w, y, int(n), CONV_GEOM, int(groups), StatsOut{}); \
+    }                                                                                            \
+    KERNEL void conv2d_forward_stats_##TILE(                                                     \
+        const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,         \
+        double* __restrict__ partial, unsigned* __restrict__ counters,                           \
+        float* __restrict__ saved_mean, float* __restrict__ saved_inv_std,                       \
+        float* __restrict__ running_mean, float* __restrict__ running_var, CONV_SHAPE_ARGS,      \
+        float eps, float momentum) {                                                             \
+        const StatsOut st = {partial,      counters,    saved_mean, saved_inv_std,              \
+                             running_mean, running_var, eps,        momentum};                   \
+        conv_forward<BM, BN, TM, TN, true>(x, w, y, int(n), CONV_GEOM, int(groups), st);         \
+    }                                                                                            \
+    KERNEL void conv2d_backward_data_##TILE(const float* __restrict__ dy,                        \
+                                            const float* __restrict__ w, float* __restrict__ dx, \
+                                            CONV_SHAPE_ARGS, int accumulate) {                   \
+        conv_backward_data<BM, BN, TM, TN>(dy, w, dx, int(n), CONV_GEOM, int(groups),            \
+                                           accumulate != 0);                                     \
+    }                                                                                            \
+    KERNEL void conv2d_backward_weight_##TILE(                                                   \
+        const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ partial,  \
+        float* __restrict__ dw, unsigned* __restrict__ counters, CONV_SHAPE_ARGS,                \
+        unsigned splits) {                                                                       \
+        conv_backward_weight<BM, BN, TM, TN>(x, dy, partial, dw, counters, int(n), CONV_GEOM,   \
+                                             int(groups), int(splits));                          \
+    }
 
-KERNEL void conv2d_forward_m16(const float* __restrict__ x, const float* __restrict__ w,
-                           float* __restrict__ y, unsigned n, unsigned c_in, unsigned h,
-                           unsigned w_in, unsigned c_out, unsigned k, unsigned stride,
-                           unsigned pad, unsigned h_out, unsigned w_out, unsigned groups) {
-    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_forward<16, 128, 2, 4, false>(x, w, y, int(n), g, int(groups), StatsOut{});
-}
-KERNEL void conv2d_forward_stats_m16(const float* __restrict__ x, const float* __restrict__ w,
-                                 float* __restrict__ y, double* __restrict__ partial,
-                                 unsigned* __restrict__ counters, float* __restrict__ saved_mean,
-                                 float* __restrict__ saved_inv_std, float* __restrict__ running_mean,
-                                 float* __restrict__ running_var, unsigned n, unsigned c_in,
-                                 unsigned h, unsigned w_in, unsigned c_out, unsigned k,
-                                 unsigned stride, unsigned pad, unsigned h_out, unsigned w_out,
-                                 unsigned groups, float eps, float momentum) {
-    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    const StatsOut st = {partial, counters, saved_mean, saved_inv_std, running_mean, running_var,
-                         eps, momentum};
-    conv_forward<16, 128, 2, 4, true>(x, w, y, int(n), g, int(groups), st);
-}
-KERNEL void conv2d_backward_data_m16(const float* __restrict__ dy, const float* __restrict__ w,
-                                 float* __restrict__ dx, unsigned n, unsigned c_in, unsigned h,
-                                 unsigned w_in, unsigned c_out, unsigned k, unsigned stride,
-                                 unsigned pad, unsigned h_out, unsigned w_out, unsigned groups, int accumulate) {
-    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_backward_data<16, 128, 2, 4>(dy, w, dx, int(n), g, int(groups), accumulate != 0);
-}
-KERNEL void conv2d_backward_weight_m16(const float* __restrict__ x, const float* __restrict__ dy,
-                                   float* __restrict__ partial, float* __restrict__ dw,
-                                   unsigned* __restrict__ counters, unsigned n, unsigned c_in,
-                                   unsigned h, unsigned w_in, unsigned c_out, unsigned k,
-                                   unsigned stride, unsigned pad, unsigned h_out, unsigned w_out,
-                                   unsigned groups, unsigned splits) {
-    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_backward_weight<16, 128, 2, 4>(x, dy, partial, dw, counters, int(n), g, int(groups), int(splits));
-}
-
-KERNEL void conv2d_forward_m32(const float* __restrict__ x, const float* __restrict__ w,
-                           float* __restrict__ y, unsigned n, unsigned c_in, unsigned h,
-                           unsigned w_in, unsigned c_out, unsigned k, unsigned stride,
-                           unsigned pad, unsigned h_out, unsigned w_out, unsigned groups) {
-    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_forward<32, 128, 4, 4, false>(x, w, y, int(n), g, int(groups), StatsOut{});
-}
-KERNEL void conv2d_forward_stats_m32(const float* __restrict__ x, const float* __restrict__ w,
-                                 float* __restrict__ y, double* __restrict__ partial,
-                                 unsigned* __restrict__ counters, float* __restrict__ saved_mean,
-                                 float* __restrict__ saved_inv_std, float* __restrict__ running_mean,
-                                 float* __restrict__ running_var, unsigned n, unsigned c_in,
-                                 unsigned h, unsigned w_in, unsigned c_out, unsigned k,
-                                 unsigned stride, unsigned pad, unsigned h_out, unsigned w_out,
-                                 unsigned groups, float eps, float momentum) {
-    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    const StatsOut st = {partial, counters, saved_mean, saved_inv_std, running_mean, running_var,
-                         eps, momentum};
-    conv_forward<32, 128, 4, 4, true>(x, w, y, int(n), g, int(groups), st);
-}
-KERNEL void conv2d_backward_data_m32(const float* __restrict__ dy, const float* __restrict__ w,
-                                 float* __restrict__ dx, unsigned n, unsigned c_in, unsigned h,
-                                 unsigned w_in, unsigned c_out, unsigned k, unsigned stride,
-                                 unsigned pad, unsigned h_out, unsigned w_out, unsigned groups, int accumulate) {
-    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_backward_data<32, 128, 4, 4>(dy, w, dx, int(n), g, int(groups), accumulate != 0);
-}
-KERNEL void conv2d_backward_weight_m32(const float* __restrict__ x, const float* __restrict__ dy,
-                                   float* __restrict__ partial, float* __restrict__ dw,
-                                   unsigned* __restrict__ counters, unsigned n, unsigned c_in,
-                                   unsigned h, unsigned w_in, unsigned c_out, unsigned k,
-                                   unsigned stride, unsigned pad, unsigned h_out, unsigned w_out,
-                                   unsigned groups, unsigned splits) {
-    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_backward_weight<32, 128, 4, 4>(x, dy, partial, dw, counters, int(n), g, int(groups), int(splits));
-}
-
-KERNEL void conv2d_forward_m64(const float* __restrict__ x, const float* __restrict__ w,
-                           float* __restrict__ y, unsigned n, unsigned c_in, unsigned h,
-                           unsigned w_in, unsigned c_out, unsigned k, unsigned stride,
-                           unsigned pad, unsigned h_out, unsigned w_out, unsigned groups) {
-    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_forward<64, 64, 4, 4, false>(x, w, y, int(n), g, int(groups), StatsOut{});
-}
-KERNEL void conv2d_forward_stats_m64(const float* __restrict__ x, const float* __restrict__ w,
-                                 float* __restrict__ y, double* __restrict__ partial,
-                                 unsigned* __restrict__ counters, float* __restrict__ saved_mean,
-                                 float* __restrict__ saved_inv_std, float* __restrict__ running_mean,
-                                 float* __restrict__ running_var, unsigned n, unsigned c_in,
-                                 unsigned h, unsigned w_in, unsigned c_out, unsigned k,
-                                 unsigned stride, unsigned pad, unsigned h_out, unsigned w_out,
-                                 unsigned groups, float eps, float momentum) {
-    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    const StatsOut st = {partial, counters, saved_mean, saved_inv_std, running_mean, running_var,
-                         eps, momentum};
-    conv_forward<64, 64, 4, 4, true>(x, w, y, int(n), g, int(groups), st);
-}
-KERNEL void conv2d_backward_data_m64(const float* __restrict__ dy, const float* __restrict__ w,
-                                 float* __restrict__ dx, unsigned n, unsigned c_in, unsigned h,
-                                 unsigned w_in, unsigned c_out, unsigned k, unsigned stride,
-                                 unsigned pad, unsigned h_out, unsigned w_out, unsigned groups, int accumulate) {
-    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_backward_data<64, 64, 4, 4>(dy, w, dx, int(n), g, int(groups), accumulate != 0);
-}
-KERNEL void conv2d_backward_weight_m64(const float* __restrict__ x, const float* __restrict__ dy,
-                                   float* __restrict__ partial, float* __restrict__ dw,
-                                   unsigned* __restrict__ counters, unsigned n, unsigned c_in,
-                                   unsigned h, unsigned w_in, unsigned c_out, unsigned k,
-                                   unsigned stride, unsigned pad, unsigned h_out, unsigned w_out,
-                                   unsigned groups, unsigned splits) {
-    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_backward_weight<64, 64, 4, 4>(x, dy, partial, dw, counters, int(n), g, int(groups), int(splits));
-}
-
-KERNEL void conv2d_forward_m128(const float* __restrict__ x, const float* __restrict__ w,
-                           float* __restrict__ y, unsigned n, unsigned c_in, unsigned h,
-                           unsigned w_in, unsigned c_out, unsigned k, unsigned stride,
-                           unsigned pad, unsigned h_out, unsigned w_out, unsigned groups) {
-    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_forward<128, 64, 8, 4, false>(x, w, y, int(n), g, int(groups), StatsOut{});
-}
-KERNEL void conv2d_forward_stats_m128(const float* __restrict__ x, const float* __restrict__ w,
-                                 float* __restrict__ y, double* __restrict__ partial,
-                                 unsigned* __restrict__ counters, float* __restrict__ saved_mean,
-                                 float* __restrict__ saved_inv_std, float* __restrict__ running_mean,
-                                 float* __restrict__ running_var, unsigned n, unsigned c_in,
-                                 unsigned h, unsigned w_in, unsigned c_out, unsigned k,
-                                 unsigned stride, unsigned pad, unsigned h_out, unsigned w_out,
-                                 unsigned groups, float eps, float momentum) {
-    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    const StatsOut st = {partial, counters, saved_mean, saved_inv_std, running_mean, running_var,
-                         eps, momentum};
-    conv_forward<128, 64, 8, 4, true>(x, w, y, int(n), g, int(groups), st);
-}
-KERNEL void conv2d_backward_data_m128(const float* __restrict__ dy, const float* __restrict__ w,
-                                 float* __restrict__ dx, unsigned n, unsigned c_in, unsigned h,
-                                 unsigned w_in, unsigned c_out, unsigned k, unsigned stride,
-                                 unsigned pad, unsigned h_out, unsigned w_out, unsigned groups, int accumulate) {
-    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_backward_data<128, 64, 8, 4>(dy, w, dx, int(n), g, int(groups), accumulate != 0);
-}
-KERNEL void conv2d_backward_weight_m128(const float* __restrict__ x, const float* __restrict__ dy,
-                                   float* __restrict__ partial, float* __restrict__ dw,
-                                   unsigned* __restrict__ counters, unsigned n, unsigned c_in,
-                                   unsigned h, unsigned w_in, unsigned c_out, unsigned k,
-                                   unsigned stride, unsigned pad, unsigned h_out, unsigned w_out,
-                                   unsigned groups, unsigned splits) {
-    const ConvGeom g = conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups);
-    conv_backward_weight<128, 64, 8, 4>(x, dy, partial, dw, counters, int(n), g, int(groups), int(splits));
-}
+// The tile shapes (src/backend/cuda/conv.rs `Tiles`): TILE, BM, BN, TM, TN.
+CONV_KERNELS(m16, 16, 128, 2, 4)
+CONV_KERNELS(m32, 32, 128, 4, 4)
+CONV_KERNELS(m64, 64, 64, 4, 4)
+CONV_KERNELS(m128, 128, 64, 8, 4)

@@ -27,6 +27,29 @@ __device__ bool last_slice_of_channel(unsigned* counters, unsigned ch, unsigned 
     return result;
 }
 
+// Adds up this block's pair of sums for slice `slice` of channel `ch` and publishes it in `partial`
+// [c, slices, 2]; true in thread 0 of the channel's last block, where `a` and `b` become the
+// channel's totals (slices added in order) and its counter is reset.
+__device__ bool channel_totals(double& a, double& b, double* partial, unsigned* counters,
+                               unsigned ch, unsigned slice, unsigned slices) {
+    a = block_sum(a);
+    b = block_sum(b);
+    if (threadIdx.x == 0) {
+        partial[(size_t(ch) * slices + slice) * 2] = a;
+        partial[(size_t(ch) * slices + slice) * 2 + 1] = b;
+    }
+    if (!last_slice_of_channel(counters, ch, slices) || threadIdx.x != 0) return false;
+    const volatile double* p = partial + size_t(ch) * slices * 2;
+    a = 0.0;
+    b = 0.0;
+    for (unsigned sl = 0; sl < slices; ++sl) {
+        a += p[2 * sl];
+        b += p[2 * sl + 1];
+    }
+    counters[ch] = 0u;
+    return true;
+}
+
 // Statistics: saved mean and 1/sqrt(var + eps), running statistics updated in place. Work items are
 // (slice, channel), slice-major; `partial` [c, slices, 2] (shifted sum, shifted sum of squares),
 // `counters` [c] zero on entry and on exit.
@@ -46,24 +69,11 @@ KERNEL void batch_norm_stats(const float* __restrict__ x, double* __restrict__ p
             s1 += v;
             s2 += v * v;
         }
-        s1 = block_sum(s1);
-        s2 = block_sum(s2);
-        if (threadIdx.x == 0) {
-            partial[(size_t(ch) * slices + slice) * 2] = s1;
-            partial[(size_t(ch) * slices + slice) * 2 + 1] = s2;
-        }
-        if (last_slice_of_channel(counters, ch, slices) && threadIdx.x == 0) {
-            const volatile double* p = partial + size_t(ch) * slices * 2;
-            double t_s1 = 0.0, t_s2 = 0.0;
-            for (unsigned s = 0; s < slices; ++s) {
-                t_s1 += p[2 * s];
-                t_s2 += p[2 * s + 1];
-            }
-            const double shifted_mean = t_s1 / count;
-            const double var = fmax(t_s2 / count - shifted_mean * shifted_mean, 0.0);
+        if (channel_totals(s1, s2, partial, counters, ch, slice, slices)) {
+            const double shifted_mean = s1 / count;
+            const double var = fmax(s2 / count - shifted_mean * shifted_mean, 0.0);
             write_batch_stats(ch, shift + shifted_mean, var, count, eps, momentum, saved_mean,
                               saved_inv_std, running_mean, running_var);
-            counters[ch] = 0u;
         }
     }
 }
@@ -125,22 +135,9 @@ KERNEL void batch_norm_backward_reduce(const float* __restrict__ dy, const float
             sum_g += g;
             sum_g_xhat += g * (double(x[i]) - m) * s;
         }
-        sum_g = block_sum(sum_g);
-        sum_g_xhat = block_sum(sum_g_xhat);
-        if (threadIdx.x == 0) {
-            partial[(size_t(ch) * slices + slice) * 2] = sum_g;
-            partial[(size_t(ch) * slices + slice) * 2 + 1] = sum_g_xhat;
-        }
-        if (last_slice_of_channel(counters, ch, slices) && threadIdx.x == 0) {
-            const volatile double* p = partial + size_t(ch) * slices * 2;
-            double t_g = 0.0, t_g_xhat = 0.0;
-            for (unsigned sl = 0; sl < slices; ++sl) {
-                t_g += p[2 * sl];
-                t_g_xhat += p[2 * sl + 1];
-            }
-            dbeta[ch] = float(t_g);
-            dgamma[ch] = float(t_g_xhat);
-            counters[ch] = 0u;
+        if (channel_totals(sum_g, sum_g_xhat, partial, counters, ch, slice, slices)) {
+            dbeta[ch] = float(sum_g);
+            dgamma[ch] = float(sum_g_xhat);
         }
     }
 }
