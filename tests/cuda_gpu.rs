@@ -206,3 +206,17 @@ fn tf32_convolutions_stay_close_to_the_cpu() {
         "worst |tf32 - cpu| = {worst}, max |y| = {scale}"
     );
 }
+
+// ---- CUDA graphs ----
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn graph_replays_equal_eager_runs() {
+    cuda_checks::graph_replays_equal_eager_runs(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn capture_rule_violations_are_errors() {
+    cuda_checks::capture_rule_violations_are_errors(&gpu());
+}

@@ -21,113 +21,109 @@ pub struct KernelCount {
     pub bytes: u64,
 }
 
-/// Device work counted since the backend was made (subtract two snapshots with
-/// [`DeviceCounters::since`] for the work in between).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DeviceCounters {
-    pub kernel_launches: u64,
+/// Declares [`DeviceCounters`] with its plain counts listed once, so that the arithmetic over them
+/// (`since`, `add`, `per_step`) cannot miss one.
+macro_rules! device_counters {
+    ($($(#[$doc:meta])* $field:ident),* $(,)?) => {
+        /// Device work counted since the backend was made (subtract two snapshots with
+        /// [`DeviceCounters::since`] for the work in between). Work a graph replay runs counts as if
+        /// issued, and also in `replayed_operations`: the host issued only the graph launch.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct DeviceCounters {
+            $($(#[$doc])* pub $field: u64,)*
+            /// Per kernel name.
+            pub kernels: BTreeMap<String, KernelCount>,
+        }
+
+        impl DeviceCounters {
+            /// The work counted after `earlier` (a snapshot of the same counters).
+            pub fn since(&self, earlier: &DeviceCounters) -> DeviceCounters {
+                let mut kernels = BTreeMap::new();
+                for (name, now) in &self.kernels {
+                    let before = earlier.kernels.get(name).copied().unwrap_or_default();
+                    if now.launches > before.launches {
+                        kernels.insert(
+                            name.clone(),
+                            KernelCount {
+                                launches: now.launches - before.launches,
+                                bytes: now.bytes - before.bytes,
+                            },
+                        );
+                    }
+                }
+                DeviceCounters {
+                    $($field: self.$field - earlier.$field,)*
+                    kernels,
+                }
+            }
+
+            /// Adds the work in `other` (a graph's, at each replay).
+            pub fn add(&mut self, other: &DeviceCounters) {
+                $(self.$field += other.$field;)*
+                for (name, k) in &other.kernels {
+                    let mine = self.kernels.entry(name.clone()).or_default();
+                    mine.launches += k.launches;
+                    mine.bytes += k.bytes;
+                }
+            }
+
+            /// The counts divided by `steps` (rounded down): per step, when every step does the
+            /// same work.
+            pub fn per_step(&self, steps: u64) -> DeviceCounters {
+                let d = |v: u64| v / steps.max(1);
+                DeviceCounters {
+                    $($field: d(self.$field),)*
+                    kernels: self
+                        .kernels
+                        .iter()
+                        .map(|(name, k)| {
+                            let k = KernelCount {
+                                launches: d(k.launches),
+                                bytes: d(k.bytes),
+                            };
+                            (name.clone(), k)
+                        })
+                        .collect(),
+                }
+            }
+        }
+    };
+}
+
+device_counters! {
+    kernel_launches,
     /// cuBLAS calls (the emulator counts the calls it stands in for).
-    pub blas_calls: u64,
-    pub memsets: u64,
-    pub memset_bytes: u64,
+    blas_calls,
+    memsets,
+    memset_bytes,
     /// Device allocations the caching allocator could not serve from memory freed earlier.
-    pub allocations: u64,
-    pub allocation_bytes: u64,
+    allocations,
+    allocation_bytes,
     /// Device memory handed back to the driver.
-    pub frees: u64,
-    pub h2d_copies: u64,
-    pub h2d_bytes: u64,
-    pub d2h_copies: u64,
-    pub d2h_bytes: u64,
-    pub d2d_copies: u64,
-    pub d2d_bytes: u64,
+    frees,
+    h2d_copies,
+    h2d_bytes,
+    d2h_copies,
+    d2h_bytes,
+    d2d_copies,
+    d2d_bytes,
     /// Host waits for the device (stream synchronisations, including those of device-to-host copies).
-    pub synchronizations: u64,
+    synchronizations,
     /// FLOPs of cuBLAS GEMMs (`2 m n k` per product; TF32 tensor cores when TF32 is on).
-    pub blas_flops: u64,
+    blas_flops,
     /// FLOPs of the backend's own matrix-product kernels (implicit-GEMM convolution; fp32 SIMT).
-    pub kernel_flops: u64,
+    kernel_flops,
     /// Estimated device-memory traffic (rule in the module docs).
-    pub bytes_moved: u64,
-    /// Per kernel name.
-    pub kernels: BTreeMap<String, KernelCount>,
+    bytes_moved,
+    /// CUDA graphs launched (one host operation each).
+    graph_launches,
+    /// Of the stream operations, those a graph replay ran (the host did not issue them).
+    replayed_operations,
 }
 
 impl DeviceCounters {
-    /// The work counted after `earlier` (a snapshot of the same counters).
-    pub fn since(&self, earlier: &DeviceCounters) -> DeviceCounters {
-        let mut kernels = BTreeMap::new();
-        for (name, now) in &self.kernels {
-            let before = earlier.kernels.get(name).copied().unwrap_or_default();
-            if now.launches > before.launches {
-                kernels.insert(
-                    name.clone(),
-                    KernelCount {
-                        launches: now.launches - before.launches,
-                        bytes: now.bytes - before.bytes,
-                    },
-                );
-            }
-        }
-        DeviceCounters {
-            kernel_launches: self.kernel_launches - earlier.kernel_launches,
-            blas_calls: self.blas_calls - earlier.blas_calls,
-            memsets: self.memsets - earlier.memsets,
-            memset_bytes: self.memset_bytes - earlier.memset_bytes,
-            allocations: self.allocations - earlier.allocations,
-            allocation_bytes: self.allocation_bytes - earlier.allocation_bytes,
-            frees: self.frees - earlier.frees,
-            h2d_copies: self.h2d_copies - earlier.h2d_copies,
-            h2d_bytes: self.h2d_bytes - earlier.h2d_bytes,
-            d2h_copies: self.d2h_copies - earlier.d2h_copies,
-            d2h_bytes: self.d2h_bytes - earlier.d2h_bytes,
-            d2d_copies: self.d2d_copies - earlier.d2d_copies,
-            d2d_bytes: self.d2d_bytes - earlier.d2d_bytes,
-            synchronizations: self.synchronizations - earlier.synchronizations,
-            blas_flops: self.blas_flops - earlier.blas_flops,
-            kernel_flops: self.kernel_flops - earlier.kernel_flops,
-            bytes_moved: self.bytes_moved - earlier.bytes_moved,
-            kernels,
-        }
-    }
-
-    /// The counts divided by `steps` (rounded down): per step, when every step does the same work.
-    pub fn per_step(&self, steps: u64) -> DeviceCounters {
-        let d = |v: u64| v / steps.max(1);
-        DeviceCounters {
-            kernel_launches: d(self.kernel_launches),
-            blas_calls: d(self.blas_calls),
-            memsets: d(self.memsets),
-            memset_bytes: d(self.memset_bytes),
-            allocations: d(self.allocations),
-            allocation_bytes: d(self.allocation_bytes),
-            frees: d(self.frees),
-            h2d_copies: d(self.h2d_copies),
-            h2d_bytes: d(self.h2d_bytes),
-            d2h_copies: d(self.d2h_copies),
-            d2h_bytes: d(self.d2h_bytes),
-            d2d_copies: d(self.d2d_copies),
-            d2d_bytes: d(self.d2d_bytes),
-            synchronizations: d(self.synchronizations),
-            blas_flops: d(self.blas_flops),
-            kernel_flops: d(self.kernel_flops),
-            bytes_moved: d(self.bytes_moved),
-            kernels: self
-                .kernels
-                .iter()
-                .map(|(name, k)| {
-                    let k = KernelCount {
-                        launches: d(k.launches),
-                        bytes: d(k.bytes),
-                    };
-                    (name.clone(), k)
-                })
-                .collect(),
-        }
-    }
-
-    /// Operations the host puts on the stream: launches, library calls, memsets, allocations, frees
-    /// and copies.
+    /// Operations on the stream: launches, library calls, memsets, allocations, frees and copies,
+    /// issued by the host or replayed from a graph.
     pub fn stream_operations(&self) -> u64 {
         self.kernel_launches
             + self.blas_calls
@@ -139,10 +135,15 @@ impl DeviceCounters {
             + self.d2d_copies
     }
 
+    /// Operations the host issued: the stream operations outside graphs, plus the graph launches.
+    pub fn host_operations(&self) -> u64 {
+        self.stream_operations() - self.replayed_operations + self.graph_launches
+    }
+
     /// A table of the counts.
     pub fn table(&self) -> String {
         let mb = |v: u64| v as f64 / 1e6;
-        let rows: [(&str, String); 12] = [
+        let rows: [(&str, String); 14] = [
             ("kernel launches", self.kernel_launches.to_string()),
             ("cuBLAS calls", self.blas_calls.to_string()),
             (
@@ -180,6 +181,8 @@ impl DeviceCounters {
                 format!("{:.3} GB", self.bytes_moved as f64 / 1e9),
             ),
             ("stream operations", self.stream_operations().to_string()),
+            ("graph launches", self.graph_launches.to_string()),
+            ("host operations", self.host_operations().to_string()),
         ];
         let mut s = String::new();
         for (name, value) in rows {
@@ -208,7 +211,8 @@ impl DeviceCounters {
 
 /// A device's throughput figures for [`DeviceModel::step`]: the model is `max(host, device)` (the host
 /// issues asynchronously while the device works), with
-/// - host = (stream operations) x `host_seconds_per_op` + synchronisations x `sync_seconds`;
+/// - host = (host operations: stream operations outside graphs, graph launches) x
+///   `host_seconds_per_op` + synchronisations x `sync_seconds`;
 /// - device = launches and library calls x `device_seconds_per_launch` (the floor of a small kernel),
 ///   plus bytes moved / `bytes_per_second`, cuBLAS FLOPs / `blas_flops_per_second` and own-kernel
 ///   FLOPs / `kernel_flops_per_second`.
@@ -251,7 +255,7 @@ pub struct ModelledStep {
 impl DeviceModel {
     /// The modelled time of the work in `c`.
     pub fn step(&self, c: &DeviceCounters) -> ModelledStep {
-        let host = c.stream_operations() as f64 * self.host_seconds_per_op
+        let host = c.host_operations() as f64 * self.host_seconds_per_op
             + c.synchronizations as f64 * self.sync_seconds;
         let device = (c.kernel_launches + c.blas_calls) as f64 * self.device_seconds_per_launch
             + c.bytes_moved as f64 / self.bytes_per_second

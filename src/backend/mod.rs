@@ -123,6 +123,28 @@ pub trait Backend:
     fn device_counters(&self) -> Option<DeviceCounters> {
         None
     }
+
+    // ---- graphs (CUDA graphs; what a backend without them need not implement) ----
+    /// Whether [`Backend::begin_capture`] works here.
+    fn supports_graphs(&self) -> bool {
+        false
+    }
+    /// Records the ops issued from now on into a graph instead of running them, until
+    /// [`Backend::end_capture`]. Meanwhile an op that synchronises, reads back, copies from pageable
+    /// host memory or needs fresh device memory fails, naming itself; every buffer a recorded op
+    /// uses must stay allocated (and in place) while the graph lives.
+    fn begin_capture(&self) -> Result<()> {
+        bail!("{}: this backend captures no graphs", self.name())
+    }
+    /// The graph of the ops issued since [`Backend::begin_capture`] (also after a failed op, to
+    /// end the capture).
+    fn end_capture(&self) -> Result<Self::Graph> {
+        bail!("{}: this backend captures no graphs", self.name())
+    }
+    /// Runs a captured graph: its ops again, on the buffers they were recorded with.
+    fn replay(&self, _graph: &Self::Graph) -> Result<()> {
+        bail!("{}: this backend captures no graphs", self.name())
+    }
     /// [`Backend::copy_range`] after its bounds check.
     fn copy_range_unchecked(
         &self,

@@ -26,6 +26,8 @@ pub trait Buffers {
     type Bytes: Send + Sync;
     /// Host staging memory for batches built on the host ([`HostStaging`]).
     type Staging: HostStaging;
+    /// A captured sequence of ops (a CUDA graph), replayed by [`super::Backend::replay`].
+    type Graph;
 }
 
 /// Element-wise ops, the sum reduction and mixup.

@@ -1019,3 +1019,86 @@ pub fn batch_loader_views_match_the_source(be: &CudaBackend, busy_len: usize) {
     }
     assert!(be.download(&busy).unwrap().iter().all(|&v| v == 1.0));
 }
+
+// ---- CUDA graphs ----
+
+/// A few ops captured once and replayed `steps` times leave the same state as `steps` eager runs
+/// (bit for bit), and each replay is one host operation doing the captured device work.
+pub fn graph_replays_equal_eager_runs(be: &CudaBackend) {
+    let mut rng = StdRng::seed_from_u64(41);
+    let x0 = random(&mut rng, 1000, -1.0, 1.0);
+    let step = |acc: &mut <CudaBackend as ltrain::backend::Buffers>::Buf,
+                x: &<CudaBackend as ltrain::backend::Buffers>::Buf| {
+        let y = be.scale(x, 0.5).unwrap();
+        be.add_assign(acc, &be.scale(&y, 1.0 + 1e-3).unwrap())
+            .unwrap();
+        be.add_assign(acc, &y).unwrap();
+    };
+    let steps = 4;
+    let eager = {
+        let x = be.upload(&x0).unwrap();
+        let mut acc = be.zeros(1000).unwrap();
+        for _ in 0..steps {
+            step(&mut acc, &x);
+        }
+        be.download(&acc).unwrap()
+    };
+    let x = be.upload(&x0).unwrap();
+    let mut acc = be.zeros(1000).unwrap();
+    let before = be.device_counters().unwrap();
+    step(&mut acc, &x); // warm-up: the cache then holds the step's memory
+    let eager_step = be.device_counters().unwrap().since(&before);
+    be.begin_capture().unwrap();
+    step(&mut acc, &x);
+    let graph = be.end_capture().unwrap();
+    let before = be.device_counters().unwrap();
+    for _ in 1..steps {
+        be.replay(&graph).unwrap();
+    }
+    let work = be.device_counters().unwrap().since(&before);
+    assert_eq!(
+        be.download(&acc).unwrap(),
+        eager,
+        "replays differ from eager runs"
+    );
+    let replays = (steps - 1) as u64;
+    assert_eq!(work.graph_launches, replays);
+    assert_eq!(work.host_operations(), replays, "{}", work.table());
+    assert_eq!(work.kernel_launches, 4 * replays, "{}", work.table());
+    assert_eq!(work.kernel_launches, eager_step.kernel_launches * replays);
+    assert_eq!(work.bytes_moved, eager_step.bytes_moved * replays);
+    assert_eq!(work.allocations, 0);
+}
+
+/// Inside a capture, what CUDA forbids there is an error naming the operation, and the capture can
+/// still be ended.
+pub fn capture_rule_violations_are_errors(be: &CudaBackend) {
+    let x = be.upload(&[1.0, 2.0, 3.0]).unwrap();
+    let target = std::cell::RefCell::new(be.zeros(3).unwrap());
+    let cases: [(&str, &dyn Fn() -> Result<()>); 4] = [
+        ("device-to-host copy", &|| be.download(&x).map(drop)),
+        ("pageable host memory", &|| {
+            be.write(&mut target.borrow_mut(), &[4.0; 3])
+        }),
+        ("stream synchronisation", &|| be.synchronize()),
+        (
+            "fresh device allocation",
+            &|| be.zeros(123_457).map(drop), // a size the cache does not hold
+        ),
+    ];
+    for (what, op) in cases {
+        be.begin_capture().unwrap();
+        let err = op().expect_err(what);
+        let _ = be.end_capture();
+        let message = format!("{err:#}");
+        assert!(
+            message.contains(what) && message.contains("capturing a CUDA graph"),
+            "{what}: {message}"
+        );
+    }
+    // Still usable afterwards.
+    assert_eq!(
+        be.download(&be.scale(&x, 2.0).unwrap()).unwrap(),
+        [2.0, 4.0, 6.0]
+    );
+}

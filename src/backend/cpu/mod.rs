@@ -148,6 +148,8 @@ impl Buffers for CpuBackend {
     type Index = CpuIndex;
     type Bytes = CpuBytes;
     type Staging = CpuStaging;
+    /// The CPU captures no graphs.
+    type Graph = std::convert::Infallible;
 }
 
 impl Backend for CpuBackend {

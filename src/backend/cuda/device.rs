@@ -8,29 +8,70 @@
 //!   the cache is emptied and the allocation retried) or when the backend goes away. Single stream:
 //!   a block freed by one op and handed to a later one is used in stream order, so no event is needed.
 //!
+//! It also captures CUDA graphs ([`Device::begin_capture`]) and enforces CUDA's capture rules the
+//! same way on both runtimes: while capturing, no synchronisation, no read-back, no copy from
+//! pageable host memory and no fresh device allocation (each an error naming the operation). The
+//! memory a capture uses is the graph's while the graph lives: what is freed during a capture goes
+//! to the graph's pool, not back to the cache, so nothing else can be handed memory a replay writes.
+//!
 //! Fresh memory is uninitialised; the emulator fills every block it hands out with NaN bytes, so an
 //! op that relied on zeros fails its tests (on the GPU, [`Device::alloc_zeroed`] is the only way to
 //! get zeros).
 
 use std::collections::HashMap;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use super::runtime::{
-    DeviceLimits, DeviceRuntime, Gemm, KernelArg, KernelRef, LaunchConfig, Mem, StagingMem,
+    DeviceLimits, DeviceRuntime, Gemm, GraphExec, KernelArg, KernelRef, LaunchConfig, Mem,
+    StagingMem,
 };
 use crate::backend::counters::DeviceCounters;
 
-/// What the memory handles share with the device: the counters and the free lists.
+type FreeLists = HashMap<usize, Vec<Mem>>;
+
+/// The memory of one captured graph: what its capture allocated or freed.
+#[derive(Default)]
+struct GraphPool {
+    /// Freed blocks by size: reused by later allocations of the same capture, kept while the graph
+    /// lives.
+    free: Mutex<FreeLists>,
+    /// Set when the graph is dropped: its blocks go back to the cache from then on.
+    released: AtomicBool,
+}
+
+impl GraphPool {
+    fn free(&self) -> MutexGuard<'_, FreeLists> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A capture under way.
+struct Capture {
+    pool: Arc<GraphPool>,
+    /// The counters when it began: the captured work is moved out of them into the graph.
+    before: DeviceCounters,
+}
+
+/// What the memory handles share with the device: the counters, the free lists and the capture.
 struct Shared {
     counters: Mutex<DeviceCounters>,
     /// Freed allocations by size in bytes.
-    cache: Mutex<HashMap<usize, Vec<Mem>>>,
+    cache: Mutex<FreeLists>,
+    capture: Mutex<Option<Capture>>,
 }
 
 impl Shared {
+    fn capture(&self) -> MutexGuard<'_, Option<Capture>> {
+        self.capture.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// The pool of the capture under way.
+    fn capture_pool(&self) -> Option<Arc<GraphPool>> {
+        self.capture().as_ref().map(|c| c.pool.clone())
+    }
     fn counters(&self) -> MutexGuard<'_, DeviceCounters> {
         // Counting must not fail an op: a poisoned lock still holds valid counts.
         self.counters.lock().unwrap_or_else(|e| e.into_inner())
@@ -40,11 +81,13 @@ impl Shared {
     }
 }
 
-/// A device allocation on loan from the cache; it goes back there when dropped.
+/// A device allocation on loan from the cache; it goes back there when dropped (to its graph's pool
+/// instead while a graph it was allocated for lives, or while a capture is under way).
 pub(crate) struct DeviceMem {
     mem: Option<Mem>,
     bytes: usize,
     shared: Arc<Shared>,
+    graph: Option<Arc<GraphPool>>,
 }
 
 impl Deref for DeviceMem {
@@ -56,8 +99,34 @@ impl Deref for DeviceMem {
 
 impl Drop for DeviceMem {
     fn drop(&mut self) {
-        if let Some(mem) = self.mem.take() {
-            self.shared.cache().entry(self.bytes).or_default().push(mem);
+        let Some(mem) = self.mem.take() else { return };
+        let pool = self.shared.capture_pool().or_else(|| {
+            self.graph
+                .take()
+                .filter(|g| !g.released.load(Ordering::Acquire))
+        });
+        match pool {
+            Some(pool) => pool.free().entry(self.bytes).or_default().push(mem),
+            None => self.shared.cache().entry(self.bytes).or_default().push(mem),
+        }
+    }
+}
+
+/// A captured graph: its runtime form, the device work one replay does, and its memory.
+pub(crate) struct Graph {
+    exec: GraphExec,
+    work: DeviceCounters,
+    pool: Arc<GraphPool>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        self.pool.released.store(true, Ordering::Release);
+        let blocks = std::mem::take(&mut *self.pool.free());
+        let mut cache = self.shared.cache();
+        for (bytes, mut mems) in blocks {
+            cache.entry(bytes).or_default().append(&mut mems);
         }
     }
 }
@@ -82,6 +151,7 @@ impl Device {
             shared: Arc::new(Shared {
                 counters: Mutex::new(DeviceCounters::default()),
                 cache: Mutex::new(HashMap::new()),
+                capture: Mutex::new(None),
             }),
         }
     }
@@ -110,7 +180,11 @@ impl Device {
 
     /// `bytes` of uninitialised device memory (NaN bytes on the emulator).
     pub(crate) fn alloc(&self, bytes: usize) -> Result<DeviceMem> {
-        let cached = self.shared.cache().get_mut(&bytes).and_then(Vec::pop);
+        let graph = self.shared.capture_pool();
+        let recycled = graph
+            .as_ref()
+            .and_then(|pool| pool.free().get_mut(&bytes).and_then(Vec::pop));
+        let cached = recycled.or_else(|| self.shared.cache().get_mut(&bytes).and_then(Vec::pop));
         let mem = match cached {
             Some(mem) => mem,
             None => self.alloc_fresh(bytes)?,
@@ -120,10 +194,17 @@ impl Device {
             mem: Some(mem),
             bytes,
             shared: self.shared.clone(),
+            graph,
         })
     }
 
     fn alloc_fresh(&self, bytes: usize) -> Result<Mem> {
+        self.outside_capture(|| {
+            format!(
+                "a fresh device allocation of {bytes} bytes (run the step once without capture \
+                 first, so that the cache holds its memory)"
+            )
+        })?;
         let mem = match self.rt.alloc(bytes) {
             Ok(mem) => mem,
             Err(first) => {
@@ -161,6 +242,13 @@ impl Device {
         if data.is_empty() {
             return Ok(());
         }
+        self.outside_capture(|| {
+            format!(
+                "a copy of {} bytes from pageable host memory (upload before the capture, or \
+                 from staging memory)",
+                data.len()
+            )
+        })?;
         self.rt.write(dst, offset, data)?;
         let mut c = self.shared.counters();
         c.h2d_copies += 1;
@@ -187,6 +275,12 @@ impl Device {
 
     /// Copies `dst.len()` bytes of `src` from byte `offset` on to the host; waits for the device.
     pub(crate) fn download(&self, src: &Mem, offset: usize, dst: &mut [u8]) -> Result<()> {
+        self.outside_capture(|| {
+            format!(
+                "a device-to-host copy of {} bytes (read back after the graph's launch)",
+                dst.len()
+            )
+        })?;
         self.rt.read(src, offset, dst)?;
         let mut c = self.shared.counters();
         c.d2h_copies += 1;
@@ -284,6 +378,7 @@ impl Device {
     }
 
     pub(crate) fn synchronize(&self) -> Result<()> {
+        self.outside_capture(|| "a stream synchronisation".to_string())?;
         self.rt.synchronize()?;
         self.shared.counters().synchronizations += 1;
         Ok(())
@@ -294,6 +389,66 @@ impl Device {
     }
     pub(crate) fn range_pop(&self) {
         self.rt.range_pop()
+    }
+}
+
+impl Device {
+    pub(crate) fn is_capturing(&self) -> bool {
+        self.shared.capture().is_some()
+    }
+
+    /// Errors, naming the operation `what` describes, while a capture is under way.
+    fn outside_capture(&self, what: impl FnOnce() -> String) -> Result<()> {
+        if self.is_capturing() {
+            bail!(
+                "{} while capturing a CUDA graph: CUDA does not permit it in a capture",
+                what()
+            );
+        }
+        Ok(())
+    }
+
+    /// From now on operations are recorded into a graph instead of run (the capture rules in the
+    /// module docs hold until [`Device::end_capture`]).
+    pub(crate) fn begin_capture(&self) -> Result<()> {
+        self.outside_capture(|| "a capture's start".to_string())?;
+        self.rt.begin_capture()?;
+        *self.shared.capture() = Some(Capture {
+            pool: Arc::new(GraphPool::default()),
+            before: self.counters(),
+        });
+        Ok(())
+    }
+
+    /// The graph of what was issued since [`Device::begin_capture`]. Its work leaves the counters
+    /// (nothing ran) and is counted at each replay instead.
+    pub(crate) fn end_capture(&self) -> Result<Graph> {
+        let capture = self
+            .shared
+            .capture()
+            .take()
+            .ok_or_else(|| anyhow!("end of a CUDA graph capture that was not begun"))?;
+        let exec = self.rt.end_capture()?;
+        let mut counters = self.shared.counters();
+        let work = counters.since(&capture.before);
+        *counters = capture.before;
+        Ok(Graph {
+            exec,
+            work,
+            pool: capture.pool,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Runs `graph` in stream order: one host operation, the graph's device work.
+    pub(crate) fn launch_graph(&self, graph: &Graph) -> Result<()> {
+        self.outside_capture(|| "a graph launch".to_string())?;
+        self.rt.launch_graph(&graph.exec)?;
+        let mut c = self.shared.counters();
+        c.add(&graph.work);
+        c.replayed_operations += graph.work.stream_operations();
+        c.graph_launches += 1;
+        Ok(())
     }
 }
 

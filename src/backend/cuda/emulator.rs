@@ -11,12 +11,13 @@
 use std::alloc::{self, Layout};
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr::NonNull;
+use std::sync::{Mutex, MutexGuard};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 
 use super::runtime::{
-    pack_args, DeviceLimits, DeviceRuntime, EmuLaunch, Gemm, KernelArg, KernelRef, LaunchConfig,
-    Mem, StagingMem,
+    pack_args, DeviceLimits, DeviceRuntime, EmuLaunch, Gemm, GraphExec, KernelArg, KernelRef,
+    LaunchConfig, Mem, StagingMem,
 };
 
 /// cudaMalloc's alignment.
@@ -95,6 +96,38 @@ fn host(mem: &Mem) -> Result<&HostMem> {
     }
 }
 
+/// An operation recorded while capturing, its device addresses resolved: `Device` keeps the
+/// graph's memory allocated for as long as the graph lives, as the driver does for a CUDA graph.
+enum Recorded {
+    Launch {
+        kernel: KernelRef,
+        cfg: LaunchConfig,
+        slots: Vec<u64>,
+    },
+    Gemm {
+        g: Gemm,
+        /// (address, f32 elements) of A and B; the address of C.
+        a: (usize, usize),
+        b: (usize, usize),
+        c: usize,
+    },
+    Memset {
+        dst: usize,
+        bytes: usize,
+    },
+    /// Device-to-device, or from page-locked (here: staging) host memory, read at replay.
+    Copy {
+        src: usize,
+        dst: usize,
+        bytes: usize,
+    },
+}
+
+/// The emulator's graph: the recorded operations, replayed in order.
+pub(crate) struct EmulatedGraph {
+    ops: Vec<Recorded>,
+}
+
 /// The emulator runtime.
 pub(crate) struct EmulatorRuntime {
     /// Round GEMM inputs to TF32 (10-bit mantissa), as cuBLAS does with TF32 tensor-op math.
@@ -102,12 +135,101 @@ pub(crate) struct EmulatorRuntime {
     /// Run kernels and copies; `false` only goes through the motions (sizes, launch checks) so that
     /// the device work of shapes too large to emulate can be counted.
     execute: bool,
+    /// The operations recorded since `begin_capture`, while capturing.
+    recording: Mutex<Option<Vec<Recorded>>>,
 }
+
+// SAFETY: the recorded addresses are plain integers; the memory behind them is owned elsewhere.
+unsafe impl Send for EmulatorRuntime {}
+unsafe impl Sync for EmulatorRuntime {}
 
 impl EmulatorRuntime {
     pub(crate) fn new(tf32: bool, execute: bool) -> Self {
-        Self { tf32, execute }
+        Self {
+            tf32,
+            execute,
+            recording: Mutex::new(None),
+        }
     }
+
+    fn recording(&self) -> MutexGuard<'_, Option<Vec<Recorded>>> {
+        self.recording.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records `op` while capturing, else runs it now.
+    fn issue(&self, op: Recorded) -> Result<()> {
+        if let Some(ops) = self.recording().as_mut() {
+            if self.execute {
+                ops.push(op);
+            }
+            return Ok(());
+        }
+        self.run(&op)
+    }
+
+    fn run(&self, op: &Recorded) -> Result<()> {
+        if !self.execute {
+            return Ok(());
+        }
+        match op {
+            Recorded::Launch { kernel, cfg, slots } => run_kernel(kernel, cfg, slots.clone()),
+            Recorded::Gemm { g, a, b, c } => {
+                // SAFETY: the addresses are of live allocations of these lengths (the caller's
+                // buffers, or a graph's memory, kept while the graph lives); C overlaps neither
+                // input (checked by the backend).
+                unsafe {
+                    host_gemm(
+                        g,
+                        (a.0 as *const f32, a.1),
+                        (b.0 as *const f32, b.1),
+                        *c as *mut f32,
+                        self.tf32,
+                    )
+                };
+                Ok(())
+            }
+            Recorded::Memset { dst, bytes } => {
+                // SAFETY: in bounds of a live allocation (checked when issued).
+                unsafe { std::ptr::write_bytes(*dst as *mut u8, 0, *bytes) };
+                Ok(())
+            }
+            Recorded::Copy { src, dst, bytes } => {
+                // SAFETY: both ranges in bounds of live memory and disjoint (checked when issued).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(*src as *const u8, *dst as *mut u8, *bytes)
+                };
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Runs one emulated kernel on the calling thread; `slots` hold its argument values.
+fn run_kernel(kernel: &KernelRef, cfg: &LaunchConfig, mut slots: Vec<u64>) -> Result<()> {
+    let mut pointers: Vec<*mut c_void> = slots
+        .iter_mut()
+        .map(|slot| (slot as *mut u64).cast::<c_void>())
+        .collect();
+    let launch = EmuLaunch {
+        grid: [cfg.grid.0, cfg.grid.1, cfg.grid.2],
+        block: [cfg.block.0, cfg.block.1, cfg.block.2],
+        dynamic_smem_bytes: cfg.shared_mem_bytes,
+    };
+    let mut err = [0 as c_char; 1024];
+    // SAFETY: `pointers[i]` points at the i-th argument value, as the kernel's signature (from which
+    // its launcher was generated) expects; buffers outlive the synchronous launch.
+    let status =
+        unsafe { (kernel.emulated)(&launch, pointers.as_mut_ptr(), err.as_mut_ptr(), err.len()) };
+    if status != 0 {
+        // SAFETY: the C++ side NUL-terminates the message within the buffer.
+        let message = unsafe { CStr::from_ptr(err.as_ptr()) };
+        bail!(
+            "emulator (kernels/{}.cu): {}",
+            kernel.module,
+            message.to_string_lossy()
+        );
+    }
+    Ok(())
 }
 
 impl DeviceRuntime for EmulatorRuntime {
@@ -158,10 +280,18 @@ impl DeviceRuntime for EmulatorRuntime {
         staging: &StagingMem,
         len: usize,
     ) -> Result<()> {
-        match staging {
-            StagingMem::Host(v) => self.write(dst, offset, bytemuck::cast_slice(&v[..len])),
-            StagingMem::Gpu(_) => bail!("GPU staging memory was passed to the CUDA emulator"),
-        }
+        let StagingMem::Host(v) = staging else {
+            bail!("GPU staging memory was passed to the CUDA emulator");
+        };
+        let src: &[u8] = bytemuck::cast_slice(&v[..len]);
+        let dst_mem = host(dst)?;
+        assert!(offset + src.len() <= dst_mem.bytes);
+        // Page-locked memory on a GPU: a graph reads it when replayed.
+        self.issue(Recorded::Copy {
+            src: src.as_ptr() as usize,
+            dst: dst_mem.address() as usize + offset,
+            bytes: src.len(),
+        })
     }
 
     fn read(&self, src: &Mem, offset: usize, dst: &mut [u8]) -> Result<()> {
@@ -188,27 +318,20 @@ impl DeviceRuntime for EmulatorRuntime {
     ) -> Result<()> {
         let (src, dst) = (host(src)?, host(dst)?);
         assert!(src_offset + bytes <= src.bytes && dst_offset + bytes <= dst.bytes);
-        if self.execute {
-            // SAFETY: both ranges are in bounds and do not overlap (checked by the caller).
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    src.as_ptr().add(src_offset),
-                    dst.as_ptr().add(dst_offset),
-                    bytes,
-                )
-            };
-        }
-        Ok(())
+        self.issue(Recorded::Copy {
+            src: src.address() as usize + src_offset,
+            dst: dst.address() as usize + dst_offset,
+            bytes,
+        })
     }
 
     fn memset_zero(&self, dst: &Mem, offset: usize, bytes: usize) -> Result<()> {
         let dst = host(dst)?;
         assert!(offset + bytes <= dst.bytes);
-        if self.execute {
-            // SAFETY: in bounds.
-            unsafe { std::ptr::write_bytes(dst.as_ptr().add(offset), 0, bytes) };
-        }
-        Ok(())
+        self.issue(Recorded::Memset {
+            dst: dst.address() as usize + offset,
+            bytes,
+        })
     }
 
     fn launch(&self, kernel: &KernelRef, cfg: &LaunchConfig, args: &[KernelArg<'_>]) -> Result<()> {
@@ -216,52 +339,22 @@ impl DeviceRuntime for EmulatorRuntime {
         if !self.execute {
             return Ok(());
         }
-        let mut slots = pack_args(args, |mem| Ok(host(mem)?.address()))?;
-        let mut pointers: Vec<*mut c_void> = slots
-            .iter_mut()
-            .map(|slot| (slot as *mut u64).cast::<c_void>())
-            .collect();
-        let launch = EmuLaunch {
-            grid: [cfg.grid.0, cfg.grid.1, cfg.grid.2],
-            block: [cfg.block.0, cfg.block.1, cfg.block.2],
-            dynamic_smem_bytes: cfg.shared_mem_bytes,
-        };
-        let mut err = [0 as c_char; 1024];
-        // SAFETY: `pointers[i]` points at the i-th argument value, as the kernel's signature (from
-        // which this launcher was generated) expects; buffers outlive the synchronous launch.
-        let status = unsafe {
-            (kernel.emulated)(&launch, pointers.as_mut_ptr(), err.as_mut_ptr(), err.len())
-        };
-        if status != 0 {
-            // SAFETY: the C++ side NUL-terminates the message within the buffer.
-            let message = unsafe { CStr::from_ptr(err.as_ptr()) };
-            bail!(
-                "emulator (kernels/{}.cu): {}",
-                kernel.module,
-                message.to_string_lossy()
-            );
-        }
-        Ok(())
+        self.issue(Recorded::Launch {
+            kernel: *kernel,
+            cfg: *cfg,
+            slots: pack_args(args, |mem| Ok(host(mem)?.address()))?,
+        })
     }
 
     fn gemm(&self, g: &Gemm, a: &Mem, b: &Mem, c: &Mem) -> Result<()> {
-        if !self.execute {
-            return Ok(());
-        }
         let (a, b, c) = (host(a)?, host(b)?, host(c)?);
-        let operand = |m: &HostMem| (m.as_ptr().cast::<f32>().cast_const(), m.bytes / 4);
-        // SAFETY: the three are live allocations of the given lengths; the caller checked that the
-        // elements the GEMM writes in C overlap nothing it reads in A and B.
-        unsafe {
-            host_gemm(
-                g,
-                operand(a),
-                operand(b),
-                c.as_ptr().cast::<f32>(),
-                self.tf32,
-            )
-        };
-        Ok(())
+        let operand = |m: &HostMem| (m.address() as usize, m.bytes / 4);
+        self.issue(Recorded::Gemm {
+            g: *g,
+            a: operand(a),
+            b: operand(b),
+            c: c.address() as usize,
+        })
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -269,6 +362,35 @@ impl DeviceRuntime for EmulatorRuntime {
     }
     fn range_push(&self, _name: &str) {}
     fn range_pop(&self) {}
+
+    fn begin_capture(&self) -> Result<()> {
+        let mut recording = self.recording();
+        ensure!(
+            recording.is_none(),
+            "emulator: a capture is already under way"
+        );
+        *recording = Some(Vec::new());
+        Ok(())
+    }
+
+    fn end_capture(&self) -> Result<GraphExec> {
+        let ops = self.recording().take();
+        match ops {
+            Some(ops) => Ok(GraphExec::Emulated(EmulatedGraph { ops })),
+            None => bail!("emulator: end of a capture that was not begun"),
+        }
+    }
+
+    fn launch_graph(&self, graph: &GraphExec) -> Result<()> {
+        let GraphExec::Emulated(graph) = graph else {
+            bail!("a GPU graph was passed to the CUDA emulator");
+        };
+        ensure!(
+            self.recording().is_none(),
+            "emulator: a graph launched while capturing"
+        );
+        graph.ops.iter().try_for_each(|op| self.run(op))
+    }
 }
 
 /// TF32: round to nearest even at 10 mantissa bits.

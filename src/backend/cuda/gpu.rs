@@ -14,21 +14,27 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::cublas::{self, CudaBlas};
-use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute_enum};
+use cudarc::driver::sys::{
+    CUdevice_attribute, CUevent_flags, CUfunction_attribute_enum, CUgraphInstantiate_flags,
+    CUstreamCaptureMode,
+};
 use cudarc::driver::{
-    result as driver_result, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream,
-    DevicePtr, PinnedHostSlice,
+    result as driver_result, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaSlice,
+    CudaStream, DevicePtr, PinnedHostSlice,
 };
 use cudarc::nvrtc::Ptx;
 
 use super::kernels;
 use super::runtime::{
-    pack_args, DeviceLimits, DeviceRuntime, Gemm, KernelArg, KernelRef, LaunchConfig, Mem,
-    StagingMem,
+    pack_args, DeviceLimits, DeviceRuntime, Gemm, GraphExec, KernelArg, KernelRef, LaunchConfig,
+    Mem, StagingMem,
 };
 
 /// One device allocation (bytes).
 pub(crate) struct GpuMem(CudaSlice<u8>);
+
+/// An instantiated CUDA graph of the stream's work.
+pub(crate) struct GpuGraph(CudaGraph);
 
 /// Page-locked host memory for batches built on the host. Its copies to the device are asynchronous,
 /// so the host must not write it again before the last one has completed: `copied` is recorded after
@@ -504,5 +510,30 @@ impl DeviceRuntime for GpuRuntime {
     }
     fn range_pop(&self) {
         nvtx::range_pop!();
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        // Thread-local: the loader threads' own CUDA calls (staging events) stay legal meanwhile.
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .context("cuStreamBeginCapture")
+    }
+
+    fn end_capture(&self) -> Result<GraphExec> {
+        let graph = self
+            .stream
+            .end_capture(CUgraphInstantiate_flags(0))
+            .context("cuStreamEndCapture / cuGraphInstantiate")?
+            .ok_or_else(|| anyhow!("CUDA graph capture recorded nothing"))?;
+        // Uploaded now, so that the first replay does not pay for it.
+        graph.upload().context("cuGraphUpload")?;
+        Ok(GraphExec::Gpu(GpuGraph(graph)))
+    }
+
+    fn launch_graph(&self, graph: &GraphExec) -> Result<()> {
+        match graph {
+            GraphExec::Gpu(g) => g.0.launch().context("cuGraphLaunch"),
+            GraphExec::Emulated(_) => bail!("an emulated graph was passed to the GPU runtime"),
+        }
     }
 }

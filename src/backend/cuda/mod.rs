@@ -77,6 +77,9 @@ pub fn cuda_available() -> std::result::Result<(), String> {
 /// Host staging memory of the CUDA backend (page-locked on a GPU). Opaque outside the backend.
 pub struct CudaStaging(StagingMem);
 
+/// A captured CUDA graph (on the emulator: the recorded operations), with the memory it uses.
+pub struct CudaGraph(device::Graph);
+
 impl HostStaging for CudaStaging {
     fn capacity(&self) -> usize {
         self.0.capacity()
@@ -95,6 +98,8 @@ pub struct CudaBackend {
     /// Counters of the last-block reductions (convolution weight gradients, batch-norm sums), zero
     /// between launches; grown when a launch needs more.
     block_counters: Mutex<DeviceBuffer<u32>>,
+    /// Outgrown block counters, kept: a captured graph may still use them.
+    retired_counters: Mutex<Vec<DeviceBuffer<u32>>>,
 }
 
 impl CudaBackend {
@@ -137,6 +142,7 @@ impl CudaBackend {
             dev,
             error_record: Mutex::new(record),
             block_counters: Mutex::new(DeviceBuffer::from_mem(dev_counters, 0)),
+            retired_counters: Mutex::new(Vec::new()),
         })
     }
 
@@ -228,7 +234,12 @@ impl CudaBackend {
             .lock()
             .map_err(|_| anyhow!("CUDA backend: block counter lock poisoned"))?;
         if counters.len() < len {
-            *counters = self.alloc_zeroed(len.next_power_of_two())?;
+            let grown = self.alloc_zeroed(len.next_power_of_two())?;
+            let old = std::mem::replace(&mut *counters, grown);
+            self.retired_counters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(old);
         }
         Ok(counters)
     }
@@ -259,7 +270,8 @@ impl CudaBackend {
     /// the GPU it is reported at the next synchronising call.
     /// The read is not counted: the GPU has no such read, and counts must match it.
     fn after_checked_kernel(&self) -> Result<()> {
-        if self.dev.is_emulated() {
+        // While capturing nothing has run yet; a replay reports afterwards.
+        if self.dev.is_emulated() && !self.dev.is_capturing() {
             self.report_device_errors(false)
         } else {
             Ok(())
@@ -311,6 +323,7 @@ impl Buffers for CudaBackend {
     type Index = CudaIndex;
     type Bytes = CudaBytes;
     type Staging = CudaStaging;
+    type Graph = CudaGraph;
 }
 
 impl Backend for CudaBackend {
@@ -363,6 +376,19 @@ impl Backend for CudaBackend {
     }
     fn device_counters(&self) -> Option<DeviceCounters> {
         Some(self.dev.counters())
+    }
+    fn supports_graphs(&self) -> bool {
+        true
+    }
+    fn begin_capture(&self) -> Result<()> {
+        self.dev.begin_capture()
+    }
+    fn end_capture(&self) -> Result<CudaGraph> {
+        Ok(CudaGraph(self.dev.end_capture()?))
+    }
+    fn replay(&self, graph: &CudaGraph) -> Result<()> {
+        self.dev.launch_graph(&graph.0)?;
+        self.after_checked_kernel()
     }
     fn copy_range_unchecked(
         &self,

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use anyhow::{bail, ensure, Result};
 
 use super::device::DeviceMem;
-use super::emulator::HostMem;
-use super::gpu::{GpuMem, GpuStaging};
+use super::emulator::{EmulatedGraph, HostMem};
+use super::gpu::{GpuGraph, GpuMem, GpuStaging};
 
 /// Launch description shared with the emulator's C++ side (`emu::Launch`).
 #[repr(C)]
@@ -28,6 +28,7 @@ pub(crate) type EmulatedEntry =
 
 /// A kernel as both runtimes know it: its module (kernel file) and name, its launch bound, and the
 /// emulator's entry point.
+#[derive(Clone, Copy)]
 pub(crate) struct KernelRef {
     pub module: &'static str,
     pub name: &'static str,
@@ -41,6 +42,12 @@ pub(crate) struct KernelRef {
 pub(crate) enum Mem {
     Host(HostMem),
     Gpu(GpuMem),
+}
+
+/// A captured graph of one runtime ([`DeviceRuntime::end_capture`]).
+pub(crate) enum GraphExec {
+    Emulated(EmulatedGraph),
+    Gpu(GpuGraph),
 }
 
 /// Host staging memory of one runtime (`Backend::alloc_staging`).
@@ -523,4 +530,12 @@ pub(crate) trait DeviceRuntime: Send + Sync {
     fn synchronize(&self) -> Result<()>;
     fn range_push(&self, name: &str);
     fn range_pop(&self);
+    /// From now on the stream's operations are recorded into a graph, not run. The capture rules
+    /// (no synchronisation, read-back, pageable copy or fresh allocation) are enforced above, by
+    /// [`super::device::Device`].
+    fn begin_capture(&self) -> Result<()>;
+    /// Stops recording: the graph of what was issued since `begin_capture`.
+    fn end_capture(&self) -> Result<GraphExec>;
+    /// Runs a captured graph in stream order, as if its operations were issued again.
+    fn launch_graph(&self, graph: &GraphExec) -> Result<()>;
 }
