@@ -14,6 +14,8 @@ use crate::config::SlaTableRule;
 use crate::model::MultiExpertNet;
 use anyhow::Result;
 
+/// Its buffers stay where they were allocated for the table's life (the epoch's swap and a restore
+/// copy into them), so a captured training step that reads or updates them stays valid.
 pub struct SlaTable<B: Backend> {
     classes: usize,
     rule: SlaTableRule,
@@ -65,10 +67,11 @@ impl<B: Backend> SlaTable<B> {
     /// epoch rule the accumulated table becomes current.
     pub fn end_epoch(&mut self, be: &B) -> Result<()> {
         if self.rule == SlaTableRule::Epoch {
-            std::mem::swap(&mut self.current_logit, &mut self.next_logit);
-            std::mem::swap(&mut self.current_cos, &mut self.next_cos);
-            self.next_logit = empty_logits(be, self.classes)?;
-            self.next_cos = be.zeros(self.classes)?;
+            let c = self.classes;
+            be.copy_range(&self.next_logit, 0, &mut self.current_logit, 0, c)?;
+            be.copy_range(&self.next_cos, 0, &mut self.current_cos, 0, c)?;
+            be.write(&mut self.next_logit, &vec![f32::NEG_INFINITY; c])?;
+            be.write(&mut self.next_cos, &vec![0.0; c])?;
         }
         Ok(())
     }
@@ -101,10 +104,10 @@ impl<B: Backend> SlaTable<B> {
                 self.classes
             );
         }
-        self.current_logit = be.upload(current.0)?;
-        self.current_cos = be.upload(current.1)?;
-        self.next_logit = be.upload(pending.0)?;
-        self.next_cos = be.upload(pending.1)?;
+        be.write(&mut self.current_logit, current.0)?;
+        be.write(&mut self.current_cos, current.1)?;
+        be.write(&mut self.next_logit, pending.0)?;
+        be.write(&mut self.next_cos, pending.1)?;
         Ok(())
     }
 }
