@@ -108,12 +108,8 @@ enum ParamType {
 /// A kernel file after the C preprocessor (`LTRAIN_SIGNATURES` keeps `KERNEL` as written), so a
 /// signature a macro instantiates for several shapes is parsed once per instance.
 fn preprocess(path: &Path, kernel_dir: &Path, out_dir: &Path) -> String {
-    let mut cmd = host_compiler().to_command();
+    let mut cmd = host_build(kernel_dir, out_dir).get_compiler().to_command();
     cmd.args(["-E", "-P", "-x", "c++", "-DLTRAIN_SIGNATURES"])
-        .arg("-I")
-        .arg(kernel_dir)
-        .arg("-I")
-        .arg(out_dir)
         .arg(path);
     let output = cmd
         .output()
@@ -129,8 +125,15 @@ fn preprocess(path: &Path, kernel_dir: &Path, out_dir: &Path) -> String {
         .unwrap_or_else(|_| panic!("{}: preprocessed source is not UTF-8", path.display()))
 }
 
-fn host_compiler() -> cc::Tool {
-    cc::Build::new().cpp(true).std("c++20").get_compiler()
+/// The host C++ compiler as the emulator build and the signature reader both use it.
+fn host_build(kernel_dir: &Path, out_dir: &Path) -> cc::Build {
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .std("c++20")
+        .include(kernel_dir.join("emu"))
+        .include(out_dir);
+    build
 }
 
 fn parse_module(path: &Path, code: &str) -> Module {
@@ -389,13 +392,9 @@ fn build_emulator(kernel_dir: &Path, modules: &[Module], out_dir: &Path) {
         units.push(path);
     }
 
-    let mut build = cc::Build::new();
+    let mut build = host_build(kernel_dir, out_dir);
     build
-        .cpp(true)
-        .std("c++20")
         .opt_level(2) // the emulator is slow enough; keep it optimised in every profile
-        .include(&emu_dir)
-        .include(out_dir)
         .flag("-pthread")
         // Linked into executables only, so the fast TLS model is safe (threadIdx etc. are TLS).
         .flag("-ftls-model=initial-exec")
