@@ -21,6 +21,7 @@ const STEP: BenchStepConfig = BenchStepConfig {
     image_size: 32,
     stage2: false,
     input: BenchInput::PreAugmented,
+    cuda_graphs: false,
 };
 
 fn bench_backend<B: Backend>(

@@ -18,11 +18,13 @@ KERNEL void broadcast_rows(const float* __restrict__ row, float* __restrict__ y,
     for (unsigned i = global_thread(); i < total; i += grid_threads()) y[i] = row[i % c];
 }
 
-// y_i = lambda * x_i + (1 - lambda) * x_perm[i]   x, y [n, per_sample]
+// y_i = lambda * x_i + (1 - lambda) * x_perm[i]   x, y [n, per_sample]; lambda [1] on the device (a
+// per-step value: a captured step reads the replay's).
 KERNEL void mixup(const float* __restrict__ x, const unsigned* __restrict__ perm,
-                  float* __restrict__ y, unsigned* __restrict__ error_record, float lambda,
-                  unsigned n, unsigned per_sample) {
+                  const float* __restrict__ lambda_dev, float* __restrict__ y,
+                  unsigned* __restrict__ error_record, unsigned n, unsigned per_sample) {
     const unsigned total = n * per_sample;
+    const float lambda = lambda_dev[0];
     for (unsigned i = global_thread(); i < total; i += grid_threads()) {
         const unsigned row = i / per_sample, col = i % per_sample;
         const unsigned partner = perm[row];

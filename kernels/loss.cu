@@ -14,7 +14,8 @@
 KERNEL void fused_loss_rows(const float* __restrict__ logits,
                             const float* __restrict__ adjustment_opt,
                             const unsigned* __restrict__ target_a,
-                            const unsigned* __restrict__ target_b_opt, float lambda,
+                            const unsigned* __restrict__ target_b_opt,
+                            const float* __restrict__ lambda_opt,
                             int weighting, const float* __restrict__ class_weight_opt,
                             const float* __restrict__ cos_y_opt,
                             const float* __restrict__ cos_star_opt, float gamma, float tau,
@@ -75,6 +76,7 @@ KERNEL void fused_loss_rows(const float* __restrict__ logits,
         } else if (target_b_opt != nullptr) {
             const float ca = class_weight_opt != nullptr ? class_weight_opt[a] : 1.0f;
             const float cb = class_weight_opt != nullptr ? class_weight_opt[b] : 1.0f;
+            const float lambda = lambda_opt[0];  // given with target_b (a device value: per step)
             coef_a = lambda * ca;
             coef_b = (1.0f - lambda) * cb;
             w = coef_all = coef_a + coef_b;

@@ -6,7 +6,8 @@
 #      steps against the CPU backend, TF32);
 #   2. `ltrain bench` on the GPU (random data, three-expert ResNet-32, batch 128): pre-augmented
 #      input with TF32 on and off, then device-side augmentation and host-staged upload (TF32 on),
-#      and the device-augment slowdown against pre-augmented (the goal: within 10%);
+#      each as a CUDA graph, pre-augmented and device-augment also eager (--cuda-graphs off), and
+#      the device-augment slowdown against pre-augmented (the goal: within 10%);
 #   3. the PyTorch peer (peers/torch_resnet32_3e.py), eager fp32 and bf16 autocast, for comparison;
 #   4. a short real training run on CIFAR-10-LT (rho = 100) with a stage switch;
 #   5. compute-sanitizer memcheck and racecheck on the GPU tests (Firecracker machines; gVisor ones
@@ -135,15 +136,18 @@ done
 # ---- 2. ltrain bench -----------------------------------------------------------------------------
 # ms/step of a bench output file ("(12.34 ms/step over 50 steps)"); empty when there is none.
 ms_per_step() { grep -h "samples/s" "$1" 2>/dev/null | tail -1 | sed -n 's/.*(\([0-9.]*\) ms\/step.*/\1/p'; }
-for run in pre-augmented:tf32 pre-augmented:strict device-augment:tf32 host-upload:tf32; do
-    input=${run%%:*} tf=${run##*:}
+# input:precision:graphs (CUDA graphs are on by default on a GPU; the "off" runs are the eager step).
+for run in pre-augmented:tf32:on pre-augmented:tf32:off pre-augmented:strict:on \
+    device-augment:tf32:on device-augment:tf32:off host-upload:tf32:on; do
+    IFS=: read -r input tf graphs <<< "$run"
     flag=()
     [ "$tf" = strict ] && flag=(--no-tf32)
     name="bench_${input}_$tf"
+    [ "$graphs" = off ] && name="${name}_eager"
     step "$name" 60 "$ltrain" bench --device cuda --batch-size 128 --steps 50 --warmup 5 \
-        --input "$input" "${flag[@]}"
+        --input "$input" --cuda-graphs "$graphs" "${flag[@]}"
     line=$(grep -h "samples/s" "$work/$name.out" | tail -1 | sed 's/.*: //')
-    row "ltrain bench, ResNet-32 x3, batch 128, $input, $tf" "$step_status" "${step_seconds}s" "${line:-no throughput line}"
+    row "ltrain bench, ResNet-32 x3, batch 128, $input, $tf, graphs $graphs" "$step_status" "${step_seconds}s" "${line:-no throughput line}"
 done
 pre_ms=$(ms_per_step "$work/bench_pre-augmented_tf32.out")
 aug_ms=$(ms_per_step "$work/bench_device-augment_tf32.out")

@@ -98,6 +98,34 @@ pub enum DeviceKind {
     CudaEmulated,
 }
 
+/// Whether training steps run as captured CUDA graphs (`--cuda-graphs`). The results are the same
+/// either way; graphs only cut the host's work per step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum CudaGraphs {
+    /// On a GPU, off elsewhere (on the emulator a replay saves nothing).
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl CudaGraphs {
+    /// Whether steps on `be` use graphs; `On` where the backend has none is an error naming the
+    /// flag.
+    pub fn enabled<B: crate::backend::Backend>(self, be: &B) -> anyhow::Result<bool> {
+        match self {
+            CudaGraphs::Auto => Ok(be.prefers_graphs()),
+            CudaGraphs::On if !be.supports_graphs() => anyhow::bail!(
+                "--cuda-graphs on: the {} backend has no CUDA graphs (use --device cuda or \
+                 cuda-emulated, or --cuda-graphs off)",
+                be.name()
+            ),
+            CudaGraphs::On => Ok(true),
+            CudaGraphs::Off => Ok(false),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {

@@ -26,6 +26,7 @@ fn tiny(input: BenchInput, stage2: bool) -> BenchStepConfig {
         image_size: 8,
         stage2,
         input,
+        cuda_graphs: false,
     }
 }
 

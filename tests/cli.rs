@@ -594,3 +594,67 @@ fn cuda_without_a_gpu_is_a_clear_error() {
         &["--device cuda"],
     );
 }
+
+#[test]
+fn cuda_graphs_on_a_backend_without_them_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    run_err(
+        &train_args(&[
+            "--device".into(),
+            "cpu".into(),
+            "--cuda-graphs".into(),
+            "on".into(),
+            "--out".into(),
+            path_str(&out),
+        ]),
+        &["--cuda-graphs on", "--cuda-graphs off"],
+    );
+    assert!(
+        !out.exists(),
+        "a run that cannot start leaves no run directory"
+    );
+    run_err(
+        &[
+            "bench",
+            "--device",
+            "cpu",
+            "--cuda-graphs",
+            "on",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+        ],
+        &["--cuda-graphs on"],
+    );
+}
+
+#[test]
+fn bench_counts_a_replayed_step_in_three_host_operations() {
+    let out = run_ok(&[
+        "bench",
+        "--device",
+        "cuda-emulated",
+        "--counters",
+        "--count-only",
+        "--cuda-graphs",
+        "on",
+        "--input",
+        "device-augment",
+        // The closing synchronisation's error-record read, spread over the steps, rounds away.
+        "--steps",
+        "4",
+    ]);
+    let text = stdout(&out);
+    let count = |what: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(what))
+            .unwrap_or_else(|| panic!("no {what:?} line:\n{text}"));
+        line.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    assert_eq!(count("graph launches"), 1, "{text}");
+    assert_eq!(count("host operations"), 3, "{text}");
+    assert!(count("stream operations") > 400, "{text}");
+}

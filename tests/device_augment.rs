@@ -441,7 +441,7 @@ fn training_device_path_equals_host_path() {
             source,
             data.test.as_ref(),
             dir.path(),
-            Start::Fresh,
+            Start::Fresh.into(),
             &mut |_| {},
         )
         .unwrap();

@@ -26,13 +26,21 @@ fn config(stage2: bool, input: BenchInput) -> BenchStepConfig {
         image_size: 8,
         stage2,
         input,
+        cuda_graphs: false,
     }
 }
 
 /// The work of the second step (the first fills the caching allocator).
 fn one_step(be: &CudaBackend, cfg: BenchStepConfig) -> DeviceCounters {
+    steady_step(be, cfg, 1)
+}
+
+/// The work of the step after `earlier` steps.
+fn steady_step(be: &CudaBackend, cfg: BenchStepConfig, earlier: usize) -> DeviceCounters {
     let mut step = BenchStep::new(be, cfg).unwrap();
-    step.run(be).unwrap();
+    for _ in 0..earlier {
+        step.run(be).unwrap();
+    }
     let before = be.device_counters().unwrap();
     step.run(be).unwrap();
     be.device_counters().unwrap().since(&before)
@@ -71,7 +79,8 @@ fn layer_launches(c: &DeviceCounters) -> u64 {
     assert_eq!(launches(c, "shortcut_a_forward"), SHORTCUTS);
     assert_eq!(launches(c, "shortcut_a_backward"), SHORTCUTS);
     // Per expert: pooling forward and backward, the classifier's bias broadcast and bias gradient,
-    // the fused loss, and the step's loss total (sum, scale, add).
+    // the fused loss, and its share of the loss total (sum, scale, add: to the total, the last to
+    // the run's sum).
     for k in [
         "global_avg_pool_forward",
         "global_avg_pool_backward",
@@ -120,10 +129,11 @@ fn a_stage_1_step_does_exactly_the_work_its_layers_need() {
         c.kernel_launches, 463,
         "the total (printed by `ltrain bench --counters`)"
     );
-    // The one memset: the step's loss total (4 bytes).
-    assert_eq!((c.memsets, c.memset_bytes), (1, 4));
-    // The mixup permutation and the labels, twice (the sample's and its partner's).
-    assert_eq!(c.h2d_copies, 3);
+    // No memset: the loss total starts from the first expert's share.
+    assert_eq!((c.memsets, c.memset_bytes), (0, 0));
+    // The step's two input blocks (learning rate and lambda; labels, partners' labels, partners).
+    assert_eq!(c.h2d_copies, 2);
+    assert_eq!(c.h2d_bytes, 4 * (2 + 4 + 4 + 3 * 4));
 }
 
 #[test]
@@ -141,8 +151,37 @@ fn a_stage_2_step_adds_the_sla_weights_and_sums_the_shared_trunk_gradient() {
         c.kernel_launches,
         layer_launches(&c) + 3 * EXPERTS + EXPERTS + EXPERTS - 1
     );
-    // The loss total, and each expert's cos-max keys.
-    assert_eq!(c.memsets, 1 + EXPERTS);
+    // Each expert's cos-max keys.
+    assert_eq!(c.memsets, EXPERTS);
+    // The two input blocks: learning rate and lambda; the labels.
+    assert_eq!((c.h2d_copies, c.h2d_bytes), (2, 4 * (2 + 4)));
+}
+
+#[test]
+fn a_replayed_step_is_the_eager_steps_device_work_in_at_most_five_host_operations() {
+    for stage2 in [false, true] {
+        for input in [BenchInput::PreAugmented, BenchInput::DeviceAugment] {
+            let what = format!("stage 2: {stage2}, {input:?}");
+            let eager = one_step(&CudaBackend::new_emulated().unwrap(), config(stage2, input));
+            // Step 1 runs eagerly, step 2 is captured and replayed, step 3 only replayed.
+            let graphed = BenchStepConfig {
+                cuda_graphs: true,
+                ..config(stage2, input)
+            };
+            let replayed = steady_step(&CudaBackend::new_emulated().unwrap(), graphed, 2);
+            assert_eq!(replayed.graph_launches, 1, "{what}");
+            // The two input blocks, the graph; ready views are also copied into the graph's place.
+            let copied = u64::from(input == BenchInput::PreAugmented);
+            assert_eq!(replayed.host_operations(), 3 + copied, "{what}");
+            assert!(replayed.host_operations() <= 5, "{what}");
+            assert_eq!(replayed.kernels, eager.kernels, "{what}");
+            assert_eq!(replayed.blas_calls, eager.blas_calls, "{what}");
+            assert_eq!(replayed.memsets, eager.memsets, "{what}");
+            assert_eq!(replayed.d2d_copies, copied, "{what}");
+            assert_eq!(replayed.allocations, 0, "{what}");
+            assert_eq!(replayed.synchronizations, 0, "{what}");
+        }
+    }
 }
 
 #[test]

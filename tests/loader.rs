@@ -46,9 +46,9 @@ fn views_match_the_source<B: Backend>(be: &B, on_device: bool) {
     for epoch in [3, 4] {
         let mut seen = Vec::new();
         loader
-            .for_each(be, &batches, &LEVELS, 11, epoch, |i, batch, x| {
+            .for_each(be, &batches, &LEVELS, 11, epoch, |i, batch, views| {
                 let want = set.load_views(batch, &LEVELS, 11, epoch)?;
-                let views = be.download(&x)?;
+                let views = be.download(&views.build(be, batch, LEVELS.len())?)?;
                 assert_eq!(views.len(), LEVELS.len() * want[0].len(), "batch {i}");
                 for (level, (got, want)) in views.chunks(want[0].len()).zip(&want).enumerate() {
                     assert_eq!(got.len(), want.len(), "batch {i} level {level}");

@@ -728,11 +728,11 @@ fn steps_to_overfit(experts: usize, max_steps: usize) -> Option<usize> {
     let labels_dev = be.upload_index(&labels).unwrap();
     let mut model = MultiExpertNet::resnet32(&be, c, experts, (32, 64), 0).unwrap();
     let sgd = SgdConfig {
-        lr: 0.05,
         momentum: 0.9,
         weight_decay: 5e-4,
         nesterov: false,
     };
+    let lr = be.upload(&[0.05]).unwrap();
     for step in 0..max_steps {
         let views: Vec<&Buf> = vec![&x; experts];
         let outs = model
@@ -770,7 +770,7 @@ fn steps_to_overfit(experts: usize, max_steps: usize) -> Option<usize> {
                 p.velocity = Some(be.zeros(p.numel()).unwrap());
             }
             let grad = p.grad.as_ref().unwrap();
-            be.sgd_step(&mut p.value, grad, p.velocity.as_mut().unwrap(), sgd)
+            be.sgd_step(&mut p.value, grad, p.velocity.as_mut().unwrap(), &lr, sgd)
                 .unwrap();
         }
     }
@@ -846,11 +846,11 @@ fn sgd_steps(flat: bool, spare_vectors: bool, steps: usize) -> Vec<Vec<f32>> {
         }
     }
     let sgd = SgdConfig {
-        lr: 0.1,
         momentum: 0.9,
         weight_decay: 5e-4,
         nesterov: true,
     };
+    let lr = be.upload(&[0.1]).unwrap();
     let mut rng = StdRng::seed_from_u64(6);
     let mut own_velocity: Vec<Buf> = Vec::new();
     for _ in 0..steps {
@@ -861,7 +861,7 @@ fn sgd_steps(flat: bool, spare_vectors: bool, steps: usize) -> Vec<Vec<f32>> {
             .collect();
         model.backward(&be, &dlogits).unwrap();
         if flat {
-            ltrain::train::optimizer::sgd_update(&be, &mut model, sgd).unwrap();
+            ltrain::train::optimizer::sgd_update(&be, &mut model, &lr, sgd).unwrap();
         } else {
             let params = model.params_mut();
             if own_velocity.is_empty() {
@@ -876,7 +876,7 @@ fn sgd_steps(flat: bool, spare_vectors: bool, steps: usize) -> Vec<Vec<f32>> {
                     ..sgd
                 };
                 let grad = p.grad.as_ref().unwrap();
-                be.sgd_step(&mut p.value, grad, v, step).unwrap();
+                be.sgd_step(&mut p.value, grad, v, &lr, step).unwrap();
             }
         }
     }
@@ -906,12 +906,12 @@ fn an_optimizer_step_without_a_backward_names_the_parameter() {
     let be = backend();
     let mut model = MultiExpertNet::resnet32(&be, 3, 3, (24, 48), 5).unwrap();
     let sgd = SgdConfig {
-        lr: 0.1,
         momentum: 0.9,
         weight_decay: 0.0,
         nesterov: false,
     };
-    let err = ltrain::train::optimizer::sgd_update(&be, &mut model, sgd)
+    let lr = be.upload(&[0.1]).unwrap();
+    let err = ltrain::train::optimizer::sgd_update(&be, &mut model, &lr, sgd)
         .unwrap_err()
         .to_string();
     assert!(err.contains("shared.conv1.weight has no gradient"), "{err}");

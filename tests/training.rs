@@ -40,7 +40,7 @@ fn run(cfg: &TrainConfig, out: &Path, start: Start) -> Vec<(usize, u8, bool, f32
         data.train.as_ref(),
         data.test.as_ref(),
         out,
-        start,
+        start.into(),
         &mut |p| {
             if let Progress::EpochStart { epoch, plan, .. } = p {
                 plans.push((

@@ -138,10 +138,10 @@ pub struct ParamGrads<'a, B: Buffers + ?Sized> {
 }
 
 /// SGD with PyTorch semantics (dampening 0): `g = grad + wd * p; v = momentum * v + g;
-/// step = nesterov ? g + momentum * v : v; p -= lr * step`.
+/// step = nesterov ? g + momentum * v : v; p -= lr * step`, the learning rate a one-element device
+/// buffer of its own (it changes over the run).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SgdConfig {
-    pub lr: f32,
     pub momentum: f32,
     pub weight_decay: f32,
     pub nesterov: bool,
@@ -153,7 +153,8 @@ pub enum LossTargets<'a, B: Buffers + ?Sized> {
     Mixed {
         a: &'a B::Index,
         b: &'a B::Index,
-        lambda: f32,
+        /// `[1]` on the device (a per-step value).
+        lambda: &'a B::Buf,
     },
 }
 

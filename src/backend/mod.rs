@@ -129,6 +129,10 @@ pub trait Backend:
     fn supports_graphs(&self) -> bool {
         false
     }
+    /// Whether replaying graphs pays here (a real GPU: the host issues one launch per step).
+    fn prefers_graphs(&self) -> bool {
+        false
+    }
     /// Records the ops issued from now on into a graph instead of running them, until
     /// [`Backend::end_capture`]. Meanwhile an op that synchronises, reads back, copies from pageable
     /// host memory or needs fresh device memory fails, naming itself; every buffer a recorded op
@@ -160,6 +164,15 @@ pub trait Backend:
     fn view_unchecked(&self, buf: &Self::Buf, offset: usize, len: usize) -> Result<Self::Buf>;
     /// [`Backend::write`] after its length check.
     fn write_unchecked(&self, dst: &mut Self::Buf, data: &[f32]) -> Result<()>;
+    /// [`Backend::index_view`] after its bounds check.
+    fn index_view_unchecked(
+        &self,
+        buf: &Self::Index,
+        offset: usize,
+        len: usize,
+    ) -> Result<Self::Index>;
+    /// [`Backend::write_index`] after its length check.
+    fn write_index_unchecked(&self, dst: &mut Self::Index, data: &[u32]) -> Result<()>;
     /// Whether two buffers share memory (views of overlapping parts of one allocation).
     fn shares_memory(&self, a: &Self::Buf, b: &Self::Buf) -> bool;
 
@@ -179,6 +192,21 @@ pub trait Backend:
     fn write(&self, dst: &mut Self::Buf, data: &[f32]) -> Result<()> {
         check_len("write", "dst", self.len(dst), data.len())?;
         self.write_unchecked(dst, data)
+    }
+
+    /// [`Backend::view`] of an index buffer.
+    fn index_view(&self, buf: &Self::Index, offset: usize, len: usize) -> Result<Self::Index> {
+        let buf_len = self.index_len(buf);
+        if offset.checked_add(len).is_none_or(|end| end > buf_len) {
+            bail!("index_view: {len} elements from offset {offset} of a {buf_len}-element buffer are out of bounds");
+        }
+        self.index_view_unchecked(buf, offset, len)
+    }
+
+    /// [`Backend::write`] of an index buffer.
+    fn write_index(&self, dst: &mut Self::Index, data: &[u32]) -> Result<()> {
+        check_len("write_index", "dst", self.index_len(dst), data.len())?;
+        self.write_index_unchecked(dst, data)
     }
 
     /// `dst[dst_offset..dst_offset + len] = src[src_offset..src_offset + len]`.
@@ -234,12 +262,13 @@ pub trait Backend:
         &self,
         x: &Self::Buf,
         perm: &Self::Index,
-        lambda: f32,
+        lambda: &Self::Buf,
         d: SampleDims,
     ) -> Result<Self::Buf> {
         const OP: &str = "mixup";
         check_len(OP, "x", self.len(x), d.len())?;
         check_len(OP, "perm", self.index_len(perm), d.n)?;
+        check_len(OP, "lambda", self.len(lambda), 1)?;
         self.mixup_unchecked(x, perm, lambda, d)
     }
 
@@ -574,9 +603,10 @@ pub trait Backend:
                 check_len(OP, "targets", self.index_len(a), n)?;
                 false
             }
-            LossTargets::Mixed { a, b, .. } => {
+            LossTargets::Mixed { a, b, lambda } => {
                 check_len(OP, "targets", self.index_len(a), n)?;
                 check_len(OP, "mixed targets b", self.index_len(b), n)?;
+                check_len(OP, "lambda", self.len(lambda), 1)?;
                 true
             }
         };
@@ -679,19 +709,21 @@ pub trait Backend:
         param: &mut Self::Buf,
         grad: &Self::Buf,
         velocity: &mut Self::Buf,
+        lr: &Self::Buf,
         cfg: SgdConfig,
     ) -> Result<()> {
         const OP: &str = "sgd_step";
         let len = self.len(param);
         check_len(OP, "grad", self.len(grad), len)?;
         check_len(OP, "velocity", self.len(velocity), len)?;
+        check_len(OP, "lr", self.len(lr), 1)?;
         check_disjoint(
             self,
             OP,
             &[("param", param), ("velocity", velocity)],
             &[("grad", grad)],
         )?;
-        self.sgd_step_unchecked(param, grad, velocity, cfg)
+        self.sgd_step_unchecked(param, grad, velocity, lr, cfg)
     }
 }
 

@@ -40,7 +40,7 @@ pub trait ElementwiseOps: Buffers {
         &self,
         x: &Self::Buf,
         perm: &Self::Index,
-        lambda: f32,
+        lambda: &Self::Buf,
         d: SampleDims,
     ) -> Result<Self::Buf>;
 }
@@ -203,6 +203,7 @@ pub trait OptimOps: Buffers {
         param: &mut Self::Buf,
         grad: &Self::Buf,
         velocity: &mut Self::Buf,
+        lr: &Self::Buf,
         cfg: SgdConfig,
     ) -> Result<()>;
 }

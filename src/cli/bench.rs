@@ -10,7 +10,7 @@ use clap::Args;
 use ltrain::backend::counters::H200_MODEL;
 use ltrain::backend::cuda::CudaBackend;
 use ltrain::backend::Backend;
-use ltrain::config::{DeviceKind, ExpertWidth, ModelKind};
+use ltrain::config::{CudaGraphs, DeviceKind, ExpertWidth, ModelKind};
 use ltrain::train::bench_step::{BenchInput, BenchStep, BenchStepConfig};
 use std::time::Instant;
 
@@ -51,6 +51,9 @@ pub struct BenchCmd {
     /// Strict fp32 GEMMs on the GPU (no TF32).
     #[arg(long)]
     pub no_tf32: bool,
+    /// Run each step as one captured CUDA graph (auto: on a GPU).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub cuda_graphs: CudaGraphs,
     /// Print the device work of a step (kernel launches, cuBLAS calls, memsets, allocations, copies,
     /// synchronisations, FLOPs, bytes moved) and the step time an H200 model makes of it. Needs a
     /// CUDA backend: `--device cuda`, or `--device cuda-emulated` without a GPU.
@@ -92,6 +95,7 @@ impl OnBackend for BenchCmd {
                 224
             });
         let n = self.batch_size;
+        let cuda_graphs = self.cuda_graphs.enabled(be)?;
         let mut step = BenchStep::new(
             be,
             BenchStepConfig {
@@ -103,11 +107,13 @@ impl OnBackend for BenchCmd {
                 image_size: size,
                 stage2: self.stage2,
                 input: self.input,
+                cuda_graphs,
             },
         )?;
-        // The counters need a warm step: the first one fills the allocation cache.
+        // The counters need steady steps: the first one fills the allocation cache, and with
+        // graphs the second is captured.
         let warmup = if self.counters {
-            self.warmup.max(1)
+            self.warmup.max(if cuda_graphs { 2 } else { 1 })
         } else {
             self.warmup
         };

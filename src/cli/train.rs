@@ -7,12 +7,12 @@ use super::progress::ProgressView;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use ltrain::backend::Backend;
-use ltrain::config::TrainConfig;
+use ltrain::config::{CudaGraphs, TrainConfig};
 use ltrain::presets::{load_preset, PaperReference};
 use ltrain::report::{write_atomic, write_report, RunSummary};
 use ltrain::train::datasets::{self, Datasets};
 use ltrain::train::run_state::{CHECKPOINT_FILE, CONFIG_FILE};
-use ltrain::train::{train, Start};
+use ltrain::train::{train, RunOptions, Start};
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -36,6 +36,9 @@ pub struct TrainCmd {
     /// No progress bar or per-epoch lines.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Run each training step as one captured CUDA graph (auto: on a GPU). Same results either way.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub cuda_graphs: CudaGraphs,
     #[command(flatten)]
     pub data: DataArgs,
     #[command(flatten)]
@@ -63,6 +66,7 @@ pub fn run(cmd: TrainCmd) -> Result<()> {
         data: &data,
         out: &out,
         start,
+        cuda_graphs: cmd.cuda_graphs,
         paper: paper.as_ref(),
         quiet: cmd.quiet,
     };
@@ -133,6 +137,7 @@ struct TrainJob<'a> {
     data: &'a Datasets,
     out: &'a Path,
     start: Start,
+    cuda_graphs: CudaGraphs,
     paper: Option<&'a PaperReference>,
     quiet: bool,
 }
@@ -140,6 +145,7 @@ struct TrainJob<'a> {
 impl OnBackend for TrainJob<'_> {
     type Output = ();
     fn run<B: Backend>(self, be: &B) -> Result<()> {
+        let cuda_graphs = self.cuda_graphs.enabled(be)?;
         // Written only once the data and the device are known to work, so that a run which cannot
         // start leaves no half-made run directory behind.
         std::fs::create_dir_all(self.out)
@@ -153,7 +159,10 @@ impl OnBackend for TrainJob<'_> {
             self.data.train.as_ref(),
             self.data.test.as_ref(),
             self.out,
-            self.start,
+            RunOptions {
+                start: self.start,
+                cuda_graphs,
+            },
             &mut |p| view.update(p),
         )?;
         view.finish();

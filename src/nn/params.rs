@@ -62,6 +62,7 @@ impl<B: Backend> ParamStore<B> {
         &mut self,
         be: &B,
         mut params: Vec<&mut Param<B>>,
+        lr: &B::Buf,
         cfg: SgdConfig,
     ) -> Result<()> {
         if let Some(p) = params.iter().find(|p| !p.fresh_grad) {
@@ -88,15 +89,19 @@ impl<B: Backend> ParamStore<B> {
         };
         match runs.as_slice() {
             [] => {}
-            &[(_, _, decay)] => {
-                be.sgd_step(&mut self.values, &self.grads, velocity, with_decay(decay))?
-            }
+            &[(_, _, decay)] => be.sgd_step(
+                &mut self.values,
+                &self.grads,
+                velocity,
+                lr,
+                with_decay(decay),
+            )?,
             runs => {
                 for &(offset, len, decay) in runs {
                     let mut value = be.view(&self.values, offset, len)?;
                     let grad = be.view(&self.grads, offset, len)?;
                     let mut v = be.view(velocity, offset, len)?;
-                    be.sgd_step(&mut value, &grad, &mut v, with_decay(decay))?;
+                    be.sgd_step(&mut value, &grad, &mut v, lr, with_decay(decay))?;
                 }
             }
         }

@@ -1,6 +1,6 @@
 //! A complete training step on random data, for throughput measurements (`ltrain bench`, the
-//! criterion benches): the same [`train_step`] the epoch loop runs (mixup drawn per step as in
-//! training), fed in one of three ways ([`BenchInput`]) so that the cost of the data path can be told
+//! criterion benches): the same [`StepRunner`] the epoch loop runs (mixup drawn per step as in
+//! training, CUDA graphs or not), fed in one of three ways ([`BenchInput`]) so that the cost of the data path can be told
 //! apart from the step itself.
 
 use crate::augment::{Level, CIFAR_NORMALIZATION};
@@ -8,8 +8,9 @@ use crate::backend::{augment_params, AugmentSpec, Backend, HostStaging, SgdConfi
 use crate::config::{ExpertWidth, ModelKind, TrainConfig};
 use crate::method::{EpochPlan, LossSetup, SlaTable};
 use crate::model::MultiExpertNet;
+use crate::train::loader::BatchViews;
 use crate::train::loader::STAGED_BATCHES;
-use crate::train::step::{train_step, Mixup, StepBatch, StepContext};
+use crate::train::step::{Mixup, StepBatch, StepContext, StepRunner};
 use anyhow::Result;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -58,6 +59,8 @@ pub struct BenchStepConfig {
     /// mixup, no reweighting).
     pub stage2: bool,
     pub input: BenchInput,
+    /// Capture each step shape as a CUDA graph and replay it.
+    pub cuda_graphs: bool,
 }
 
 /// Images of the resident training set of [`BenchInput::DeviceAugment`] (at least one batch).
@@ -88,11 +91,19 @@ enum ViewSource<B: Backend> {
 }
 
 impl<B: Backend> ViewSource<B> {
-    /// The stacked views of the next step, on the device.
-    fn next_input(&mut self, be: &B, n: usize, size: usize) -> Result<B::Buf> {
+    /// The stacked views of the next step and the samples they show.
+    fn next_input(
+        &mut self,
+        be: &B,
+        n: usize,
+        size: usize,
+    ) -> Result<(BatchViews<'_, B>, Vec<usize>)> {
+        let any_samples = || (0..n).collect();
         match self {
             // A view of the resident input: the step reads it, nothing writes it.
-            ViewSource::Resident(x) => be.view(x, 0, be.len(x)),
+            ViewSource::Resident(x) => {
+                Ok((BatchViews::Ready(be.view(x, 0, be.len(x))?), any_samples()))
+            }
             ViewSource::DeviceAugment {
                 images,
                 levels,
@@ -109,10 +120,6 @@ impl<B: Backend> ViewSource<B> {
                 }
                 let batch = &order[*cursor..*cursor + n];
                 *cursor += n;
-                let indices: Vec<u32> = levels
-                    .iter()
-                    .flat_map(|_| batch.iter().map(|&i| i as u32))
-                    .collect();
                 let mut params = Vec::new(); // [views * n, PARAM_WORDS], empty for the plain transform
                 for &level in levels.iter() {
                     params.extend(augment_params::draw_batch(
@@ -131,12 +138,12 @@ impl<B: Backend> ViewSource<B> {
                     mean: CIFAR_NORMALIZATION.mean,
                     std: CIFAR_NORMALIZATION.std,
                 };
-                be.augment_batch(
+                let views = BatchViews::Augment {
                     images,
-                    &be.upload_index(&indices)?,
-                    &be.upload(&params)?,
                     spec,
-                )
+                    params,
+                };
+                Ok((views, batch.to_vec()))
             }
             ViewSource::HostUpload {
                 host,
@@ -146,7 +153,10 @@ impl<B: Backend> ViewSource<B> {
                 let buf = &mut staging[*next];
                 *next = (*next + 1) % STAGED_BATCHES;
                 buf.as_mut_slice()?[..host.len()].copy_from_slice(host);
-                be.upload_staged(buf, host.len())
+                Ok((
+                    BatchViews::Ready(be.upload_staged(buf, host.len())?),
+                    any_samples(),
+                ))
             }
         }
     }
@@ -161,6 +171,7 @@ pub struct BenchStep<B: Backend> {
     labels: Vec<u32>, // [n]
     losses: LossSetup<B>,
     sla_tables: Vec<SlaTable<B>>,
+    runner: StepRunner<B>,
     size: usize,
     /// Steps run so far (the mixup draw's step counter).
     steps: usize,
@@ -184,6 +195,7 @@ impl<B: Backend> BenchStep<B> {
             image_size: size,
             stage2,
             input,
+            cuda_graphs,
         } = bench;
         let cfg = TrainConfig {
             model,
@@ -244,6 +256,7 @@ impl<B: Backend> BenchStep<B> {
             labels,
             losses,
             sla_tables,
+            runner: StepRunner::new(be, cuda_graphs)?,
             size,
             steps: 0,
             cfg,
@@ -260,31 +273,33 @@ impl<B: Backend> BenchStep<B> {
         &self.model
     }
 
-    /// One training step: this step's views (by the [`BenchInput`]), then [`train_step`]: mixup of
-    /// the views (stage 1), forward of all experts, fused losses, backward and SGD. Asynchronous on
-    /// the GPU; call `be.synchronize()` before reading a clock.
+    /// One training step: this step's views (by the [`BenchInput`]), then the step: mixup of the
+    /// views (stage 1), forward of all experts, fused losses, backward and SGD. Asynchronous on the
+    /// GPU; call `be.synchronize()` before reading a clock.
     pub fn run(&mut self, be: &B) -> Result<()> {
         let (n, size) = (self.labels.len(), self.size);
-        let x = self.source.next_input(be, n, size)?;
+        let (views, samples) = self.source.next_input(be, n, size)?;
         let ctx = StepContext {
             cfg: &self.cfg,
             plan: &self.plan,
             losses: &self.losses,
             sgd: SgdConfig {
-                lr: 0.01,
                 momentum: 0.9,
                 weight_decay: 5e-4,
                 nesterov: false,
             },
         };
         let batch = StepBatch {
+            views_from: views,
             views: self.plan.view_levels(self.cfg.experts).len(),
-            x,
+            samples: &samples,
             labels: &self.labels,
             mixup: Mixup::for_step(&self.plan, self.cfg.seed, 0, self.steps, n),
             hw: (size, size),
+            lr: 0.01,
         };
-        train_step(be, &mut self.model, &ctx, batch, &mut self.sla_tables)?;
+        self.runner
+            .run(be, &mut self.model, &ctx, batch, &mut self.sla_tables)?;
         self.steps += 1;
         Ok(())
     }

@@ -52,8 +52,9 @@ pub fn evaluate<B: Backend>(
     let all: Vec<usize> = (0..test_set.len()).collect();
     let batches: Vec<&[usize]> = all.chunks(loader.max_batch()).collect();
     be.range_push("evaluate");
-    loader.for_each(be, &batches, &[Level::Plain], 0, 0, |_, batch, x| {
+    loader.for_each(be, &batches, &[Level::Plain], 0, 0, |_, batch, views| {
         let n = batch.len();
+        let x = views.build(be, batch, 1)?;
         let out = model.forward_eval(be, &x, n, h, w)?;
         let rows = RowDims { n, c: classes };
         let (conf, pred) = be.row_max(&out.probs, rows)?;

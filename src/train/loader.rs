@@ -30,6 +30,45 @@ enum Prepared<S> {
     Params(Vec<Vec<f32>>),
 }
 
+/// One batch's views as the loader hands them over.
+pub enum BatchViews<'a, B: Backend> {
+    /// `[views * n, 3, h, w]` on the device already (host-decoded and uploaded, or a bench's fixed
+    /// input).
+    Ready(B::Buf),
+    /// For the resident set: the samples' parameters, drawn on the host (`[views * n, PARAM_WORDS]`
+    /// stacked; empty for the plain transform); one augmentation launch builds the views, inside
+    /// the training step or by [`BatchViews::build`].
+    Augment {
+        images: &'a B::Bytes,
+        spec: AugmentSpec,
+        params: Vec<f32>,
+    },
+}
+
+impl<B: Backend> BatchViews<'_, B> {
+    /// The `views` stacked views of `batch` (the samples' indices in the set) on the device.
+    pub fn build(self, be: &B, batch: &[usize], views: usize) -> Result<B::Buf> {
+        match self {
+            BatchViews::Ready(x) => Ok(x),
+            BatchViews::Augment {
+                images,
+                spec,
+                params,
+            } => {
+                let indices: Vec<u32> = (0..views)
+                    .flat_map(|_| batch.iter().map(|&i| i as u32))
+                    .collect();
+                be.augment_batch(
+                    images,
+                    &be.upload_index(&indices)?,
+                    &be.upload(&params)?,
+                    spec,
+                )
+            }
+        }
+    }
+}
+
 /// The training set resident on the device.
 struct DeviceData<B: Backend> {
     images: B::Bytes, // [N, 3, h, w] u8
@@ -95,9 +134,9 @@ impl<'a, B: Backend> BatchLoader<'a, B> {
         self.device.is_some()
     }
 
-    /// Calls `step(i, batches[i], x)` for every batch in order, where `x [levels.len() * n, 3, h,
-    /// w]` stacks one view per entry of `levels` (its random parameters drawn at `(seed, epoch,
-    /// sample)`). The next batches are prepared while `step` runs.
+    /// Calls `step(i, batches[i], views)` for every batch in order, where `views` (`[levels.len() *
+    /// n, 3, h, w]`) stacks one view per entry of `levels` (its random parameters drawn at `(seed,
+    /// epoch, sample)`). The next batches are prepared while `step` runs.
     pub fn for_each(
         &mut self,
         be: &B,
@@ -105,7 +144,7 @@ impl<'a, B: Backend> BatchLoader<'a, B> {
         levels: &[Level],
         seed: u64,
         epoch: usize,
-        mut step: impl FnMut(usize, &[usize], B::Buf) -> Result<()>,
+        mut step: impl FnMut(usize, &[usize], BatchViews<'_, B>) -> Result<()>,
     ) -> Result<()> {
         if let Some(big) = batches.iter().find(|b| b.len() > self.max_batch) {
             bail!(
@@ -160,13 +199,23 @@ impl<'a, B: Backend> BatchLoader<'a, B> {
                         let x = be.upload_staged(&staging, views * batch.len() * sample_len);
                         // Back to the loader at once: it waits for the copy before rewriting.
                         let _ = free_tx.send(staging);
-                        x?
+                        BatchViews::Ready(x?)
                     }
                     Prepared::Params(params) => {
                         let data = device.ok_or_else(|| {
                             anyhow!("drawn augmentation parameters but no data on the device")
                         })?;
-                        device_views(be, data, batch, levels, &params)?
+                        BatchViews::Augment {
+                            images: &data.images,
+                            spec: AugmentSpec {
+                                h: data.h,
+                                w: data.w,
+                                drawn: AugmentSpec::drawn_for(levels)?,
+                                mean: CIFAR_NORMALIZATION.mean,
+                                std: CIFAR_NORMALIZATION.std,
+                            },
+                            params: params.concat(),
+                        }
                     }
                 };
                 be.range_pop();
@@ -209,32 +258,4 @@ fn prepare<S: HostStaging>(
         .collect();
     source.load_views_into(batch, levels, seed, epoch, &mut outs)?;
     Ok(Prepared::Staged(staging))
-}
-
-/// The views of one batch of the resident set, one per entry of `levels`, stacked into `[views *
-/// n, 3, h, w]` by one augmentation launch.
-fn device_views<B: Backend>(
-    be: &B,
-    data: &DeviceData<B>,
-    batch: &[usize],
-    levels: &[Level],
-    params: &[Vec<f32>],
-) -> Result<B::Buf> {
-    let indices: Vec<u32> = levels
-        .iter()
-        .flat_map(|_| batch.iter().map(|&i| i as u32))
-        .collect();
-    let spec = AugmentSpec {
-        h: data.h,
-        w: data.w,
-        drawn: AugmentSpec::drawn_for(levels)?,
-        mean: CIFAR_NORMALIZATION.mean,
-        std: CIFAR_NORMALIZATION.std,
-    };
-    be.augment_batch(
-        &data.images,
-        &be.upload_index(&indices)?,
-        &be.upload(&params.concat())?,
-        spec,
-    )
 }

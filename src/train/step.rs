@@ -2,14 +2,23 @@
 //! the batch's views (Eq. 13: one per expert at its level in stage 1, one shared in stage 2), mixup
 //! of the views with one draw shared by the experts (Eq. 14), each expert's loss (Eqs. 16-17), the
 //! backward of their eps-weighted sum (Eq. 18) and the SGD update.
+//!
+//! [`StepRunner`] runs it. What changes from step to step (learning rate, mixup lambda, labels, the
+//! mixup partners, the augmentation's sample indices and parameters) reaches the device as two
+//! blocks, one `f32` and one `u32`, written into buffers kept per step shape; the step's ops read
+//! views of them and take no per-step value as an argument. So on a backend with graphs each shape's
+//! step runs once eagerly (filling the caching allocator), is captured the next time and replayed
+//! from then on: per step, two uploads and one graph launch.
 
 use crate::augment::draw_mixup;
-use crate::backend::{Backend, LossTargets, SampleDims, SgdConfig};
+use crate::backend::{AugmentSpec, Backend, LossTargets, SampleDims, SgdConfig};
 use crate::config::TrainConfig;
 use crate::method::{expert_loss, EpochPlan, ExpertLossInputs, LossSetup, SlaTable};
 use crate::model::MultiExpertNet;
+use crate::nn::{Module, StateMut, StateRef};
+use crate::train::loader::BatchViews;
 use crate::train::optimizer::sgd_update;
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 /// What stays fixed across the steps of an epoch.
 pub struct StepContext<'a, B: Backend> {
@@ -47,54 +56,354 @@ impl Mixup {
 
 /// What one step trains on.
 pub struct StepBatch<'a, B: Backend> {
-    /// `[views * n, 3, h, w]`: one view of the batch per entry of the plan's view levels, stacked.
-    pub x: B::Buf,
+    pub views_from: BatchViews<'a, B>,
+    /// Views per sample: one per entry of the plan's view levels, stacked view-major.
     pub views: usize,
+    /// `[n]` the samples' indices in the training set (what the augmentation reads).
+    pub samples: &'a [usize],
     /// `[n]` the samples' classes.
     pub labels: &'a [u32],
     pub mixup: Option<Mixup>,
     /// `(h, w)` of the views.
     pub hw: (usize, usize),
+    pub lr: f32,
 }
 
-/// One training step. Returns the step's total loss as a one-element device buffer (not read back
-/// here, so the step stays asynchronous on a GPU).
-pub fn train_step<B: Backend>(
+/// What fixes the ops a step issues and the layout of its input blocks: steps of one shape issue the
+/// same ops on the same buffers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct StepShape {
+    plan: EpochPlan,
+    n: usize,
+    views: usize,
+    hw: (usize, usize),
+    mixup: bool,
+    /// The augmentation's spec and parameter words, when the views are built in the step.
+    augment: Option<(AugmentSpec, usize)>,
+}
+
+impl StepShape {
+    // The f32 block: `[lr, lambda, augmentation parameters...]`.
+    const LR: usize = 0;
+    const LAMBDA: usize = 1;
+    const PARAMS: usize = 2;
+
+    fn values_len(&self) -> usize {
+        Self::PARAMS + self.augment.map_or(0, |(_, words)| words)
+    }
+    /// The u32 block: `[labels n | partners' labels n | stacked partners views*n | augmentation
+    /// indices views*n]`, the mixup parts only with mixup, the indices only with the augmentation.
+    fn index_len(&self) -> usize {
+        let mixed = if self.mixup {
+            self.n + self.views * self.n
+        } else {
+            0
+        };
+        let augmented = if self.augment.is_some() {
+            self.views * self.n
+        } else {
+            0
+        };
+        self.n + mixed + augmented
+    }
+    fn views_len(&self) -> usize {
+        self.views * self.n * 3 * self.hw.0 * self.hw.1
+    }
+
+    /// The step's shape and its two input blocks, packed on the host.
+    fn pack<B: Backend>(
+        plan: &EpochPlan,
+        batch: &StepBatch<'_, B>,
+    ) -> Result<(Self, Vec<f32>, Vec<u32>)> {
+        let n = batch.labels.len();
+        ensure!(
+            batch.samples.len() == n,
+            "train_step: {} samples for {n} labels",
+            batch.samples.len()
+        );
+        let views = batch.views;
+        let augment = match &batch.views_from {
+            BatchViews::Augment { spec, params, .. } => Some((*spec, params.len())),
+            BatchViews::Ready(_) => None,
+        };
+        let shape = Self {
+            plan: *plan,
+            n,
+            views,
+            hw: batch.hw,
+            mixup: batch.mixup.is_some(),
+            augment,
+        };
+        let mut values = vec![batch.lr, 1.0];
+        let mut index = batch.labels.to_vec();
+        if let Some(mix) = &batch.mixup {
+            ensure!(
+                mix.perm.len() == n,
+                "train_step: a mixup permutation of {} for a batch of {n}",
+                mix.perm.len()
+            );
+            values[Self::LAMBDA] = mix.lambda;
+            index.extend(mix.perm.iter().map(|&j| batch.labels[j as usize]));
+            // One launch for every view: sample i of view k mixes with sample perm[i] of view k.
+            index
+                .extend((0..views).flat_map(|k| mix.perm.iter().map(move |&j| (k * n) as u32 + j)));
+        }
+        if let BatchViews::Augment { params, .. } = &batch.views_from {
+            values.extend_from_slice(params);
+            index.extend((0..views).flat_map(|_| batch.samples.iter().map(|&i| i as u32)));
+        }
+        Ok((shape, values, index))
+    }
+}
+
+/// One shape's device inputs and, once captured, its graph.
+struct ShapeRun<B: Backend> {
+    shape: StepShape,
+    values: B::Buf,
+    index: B::Index,
+    /// Where ready views are copied for a graph (its replays read them there).
+    views: Option<B::Buf>,
+    /// Whether a step of this shape ran eagerly (so that the cache holds its memory).
+    warm: bool,
+    /// The graph, and what a step adds to the model's host-side counters (batch norm's
+    /// `num_batches_tracked`), which a replay must add as well.
+    graph: Option<(B::Graph, Vec<u64>)>,
+}
+
+/// Runs training steps, eagerly or through one captured graph per step shape.
+pub struct StepRunner<B: Backend> {
+    graphs: bool,
+    shapes: Vec<ShapeRun<B>>,
+    /// `[1]` the loss summed over the steps since [`StepRunner::reset_loss`].
+    loss_sum: B::Buf,
+}
+
+impl<B: Backend> StepRunner<B> {
+    /// With `graphs`, each step shape is captured once and replayed (the backend must have graphs:
+    /// [`crate::config::CudaGraphs::enabled`]).
+    pub fn new(be: &B, graphs: bool) -> Result<Self> {
+        Ok(Self {
+            graphs,
+            shapes: Vec::new(),
+            loss_sum: be.zeros(1)?,
+        })
+    }
+
+    /// `[1]` the summed loss of the steps since the last reset (reading it back waits for the
+    /// device).
+    pub fn loss_sum(&self) -> &B::Buf {
+        &self.loss_sum
+    }
+
+    pub fn reset_loss(&mut self, be: &B) -> Result<()> {
+        be.write(&mut self.loss_sum, &[0.0])
+    }
+
+    /// One training step; its loss is added to [`StepRunner::loss_sum`]. Asynchronous on a GPU.
+    pub fn run(
+        &mut self,
+        be: &B,
+        model: &mut MultiExpertNet<B>,
+        ctx: &StepContext<'_, B>,
+        batch: StepBatch<'_, B>,
+        sla_tables: &mut [SlaTable<B>],
+    ) -> Result<()> {
+        let (shape, values, index) = StepShape::pack(ctx.plan, &batch)?;
+        let at = match self.shapes.iter().position(|r| r.shape == shape) {
+            Some(at) => at,
+            None => {
+                self.shapes.push(ShapeRun {
+                    shape,
+                    values: be.zeros(shape.values_len())?,
+                    index: be.upload_index(&vec![0; shape.index_len()])?,
+                    views: None,
+                    warm: false,
+                    graph: None,
+                });
+                self.shapes.len() - 1
+            }
+        };
+        let run = &mut self.shapes[at];
+        be.write(&mut run.values, &values)?;
+        be.write_index(&mut run.index, &index)?;
+        let source: Source<B> = match batch.views_from {
+            BatchViews::Ready(x) if self.graphs => {
+                // A graph reads its views from one place: copy them there.
+                if run.views.is_none() {
+                    run.views = Some(be.empty(shape.views_len())?);
+                }
+                let place = run.views.as_mut().expect("made above");
+                be.copy_range(&x, 0, place, 0, shape.views_len())?;
+                Source::Kept
+            }
+            BatchViews::Ready(x) => Source::Given(x),
+            BatchViews::Augment { images, .. } => Source::Augment(images),
+        };
+        let loss_sum = &mut self.loss_sum;
+        let mut body = |run: &ShapeRun<B>, model: &mut MultiExpertNet<B>| {
+            let views = match &source {
+                Source::Given(x) => Views::Ready(x),
+                Source::Kept => Views::Ready(run.views.as_ref().expect("copied above")),
+                Source::Augment(images) => Views::Augment(*images),
+            };
+            let inputs = DeviceInputs::new(be, &run.shape, &run.values, &run.index, views)?;
+            step_body(be, model, ctx, inputs, sla_tables, loss_sum)
+        };
+        if !self.graphs {
+            return body(run, model);
+        }
+        if let Some((graph, counted)) = &run.graph {
+            be.replay(graph)?;
+            add_host_counts(model, counted);
+            return Ok(());
+        }
+        if !run.warm {
+            body(run, model)?;
+            run.warm = true;
+            return Ok(());
+        }
+        let before = host_counts(model);
+        be.begin_capture()?;
+        let recorded = body(run, model);
+        let graph = be.end_capture();
+        recorded.context("capturing the training step as a CUDA graph")?;
+        let graph = graph?;
+        // The capture ran the step's host side once (its counters moved) but no device work.
+        let counted: Vec<u64> = host_counts(model)
+            .iter()
+            .zip(&before)
+            .map(|(after, before)| after - before)
+            .collect();
+        be.replay(&graph)?;
+        run.graph = Some((graph, counted));
+        Ok(())
+    }
+}
+
+/// The model's host-side counters, in visiting order.
+fn host_counts<B: Backend>(model: &MultiExpertNet<B>) -> Vec<u64> {
+    let mut counts = Vec::new();
+    model.visit(&mut |s| {
+        if let StateRef::Counter(c) = s {
+            counts.push(c.value);
+        }
+    });
+    counts
+}
+
+/// Adds what one step adds to the model's host-side counters (a replay runs no host code).
+fn add_host_counts<B: Backend>(model: &mut MultiExpertNet<B>, step: &[u64]) {
+    let mut step = step.iter();
+    model.visit_mut(&mut |s| {
+        if let StateMut::Counter(c) = s {
+            c.value += step.next().copied().unwrap_or(0);
+        }
+    });
+}
+
+/// Where a step's views are: handed over, kept in the shape's place (for a graph), or to be built
+/// from the resident set.
+enum Source<'a, B: Backend> {
+    Given(B::Buf),
+    Kept,
+    Augment(&'a B::Bytes),
+}
+
+/// The views of a step on the device: ready, or built from the resident set.
+enum Views<'a, B: Backend> {
+    Ready(&'a B::Buf),
+    Augment(&'a B::Bytes),
+}
+
+/// Views of the input blocks, as the step's ops take them.
+struct DeviceInputs<'a, B: Backend> {
+    shape: &'a StepShape,
+    lr: B::Buf,
+    labels: B::Index,
+    /// `(partners' labels [n], stacked partners [views * n], lambda [1])`.
+    mixup: Option<(B::Index, B::Index, B::Buf)>,
+    views: Views<'a, B>,
+    /// `(indices [views * n], parameters)` of the augmentation.
+    augment: Option<(B::Index, B::Buf)>,
+}
+
+impl<'a, B: Backend> DeviceInputs<'a, B> {
+    fn new(
+        be: &B,
+        shape: &'a StepShape,
+        values: &B::Buf,
+        index: &B::Index,
+        views: Views<'a, B>,
+    ) -> Result<Self> {
+        let n = shape.n;
+        let mut at = n;
+        let mut take = |len: usize| {
+            let v = be.index_view(index, at, len);
+            at += len;
+            v
+        };
+        let mixup = if shape.mixup {
+            let partner_labels = take(n)?;
+            let partners = take(shape.views * n)?;
+            Some((
+                partner_labels,
+                partners,
+                be.view(values, StepShape::LAMBDA, 1)?,
+            ))
+        } else {
+            None
+        };
+        let augment = match shape.augment {
+            Some((_, words)) => Some((
+                take(shape.views * n)?,
+                be.view(values, StepShape::PARAMS, words)?,
+            )),
+            None => None,
+        };
+        Ok(Self {
+            shape,
+            lr: be.view(values, StepShape::LR, 1)?,
+            labels: be.index_view(index, 0, n)?,
+            mixup,
+            views,
+            augment,
+        })
+    }
+}
+
+/// The step's ops, every per-step value read from `inputs`; adds the step's loss to `loss_sum`.
+fn step_body<B: Backend>(
     be: &B,
     model: &mut MultiExpertNet<B>,
     ctx: &StepContext<'_, B>,
-    batch: StepBatch<'_, B>,
+    inputs: DeviceInputs<'_, B>,
     sla_tables: &mut [SlaTable<B>],
-) -> Result<B::Buf> {
-    let StepBatch {
-        mut x,
+    loss_sum: &mut B::Buf,
+) -> Result<()> {
+    let StepShape {
+        n,
         views,
-        labels,
-        mixup,
         hw: (h, w),
-    } = batch;
-    let n = labels.len();
-    let labels_dev = be.upload_index(labels)?;
-    let mut partner_labels = None;
-    if let Some(mix) = &mixup {
-        ensure!(
-            mix.perm.len() == n,
-            "train_step: a mixup permutation of {} for a batch of {n}",
-            mix.perm.len()
-        );
+        augment,
+        ..
+    } = *inputs.shape;
+    let mut x = match (&inputs.views, &inputs.augment, augment) {
+        (Views::Ready(x), _, _) => be.view(x, 0, be.len(x))?,
+        (Views::Augment(images), Some((indices, params)), Some((spec, _))) => {
+            be.range_push("augment");
+            let x = be.augment_batch(images, indices, params, spec)?;
+            be.range_pop();
+            x
+        }
+        _ => bail!("train_step: augmentation without its inputs"),
+    };
+    if let Some((_, partners, lambda)) = &inputs.mixup {
         be.range_push("mixup");
-        // One launch for every view: sample i of view k mixes with sample perm[i] of view k.
-        let stacked: Vec<u32> = (0..views)
-            .flat_map(|k| mix.perm.iter().map(move |&j| (k * n) as u32 + j))
-            .collect();
-        let perm = be.upload_index(&stacked)?;
         let d = SampleDims {
             n: views * n,
             per_sample: 3 * h * w,
         };
-        x = be.mixup(&x, &perm, mix.lambda, d)?;
-        let partner: Vec<u32> = mix.perm.iter().map(|&j| labels[j as usize]).collect();
-        partner_labels = Some(be.upload_index(&partner)?);
+        x = be.mixup(&x, partners, lambda, d)?;
         be.range_pop();
     }
 
@@ -105,16 +414,17 @@ pub fn train_step<B: Backend>(
     be.range_pop();
 
     be.range_push("loss");
-    let mut total = be.zeros(1)?;
+    // The first expert's term starts the total (no zero-filled accumulator to add to).
+    let mut total: Option<B::Buf> = None;
     let mut dlogits = Vec::with_capacity(outs.len());
     for (k, o) in outs.iter().enumerate() {
-        let targets = match (&partner_labels, &mixup) {
-            (Some(b), Some(mix)) => LossTargets::Mixed {
-                a: &labels_dev,
+        let targets = match &inputs.mixup {
+            Some((b, _, lambda)) => LossTargets::Mixed {
+                a: &inputs.labels,
                 b,
-                lambda: mix.lambda,
+                lambda,
             },
-            _ => LossTargets::Single(&labels_dev),
+            None => LossTargets::Single(&inputs.labels),
         };
         let out = expert_loss(
             be,
@@ -136,12 +446,19 @@ pub fn train_step<B: Backend>(
             sla_tables.get_mut(k),
         )?;
         let eps = cfg.expert_loss_weight(k);
-        be.add_assign(&mut total, &be.scale(&be.sum(&out.loss)?, eps / n as f32)?)?;
+        let term = be.scale(&be.sum(&out.loss)?, eps / n as f32)?;
+        match &mut total {
+            Some(t) => be.add_assign(t, &term)?,
+            None => total = Some(term),
+        }
         dlogits.push(if eps == 1.0 {
             out.dlogits
         } else {
             be.scale(&out.dlogits, eps)?
         });
+    }
+    if let Some(total) = total {
+        be.add_assign(loss_sum, &total)?;
     }
     be.range_pop();
 
@@ -149,7 +466,7 @@ pub fn train_step<B: Backend>(
     model.backward(be, &dlogits)?;
     be.range_pop();
     be.range_push("optimizer");
-    sgd_update(be, model, ctx.sgd)?;
+    sgd_update(be, model, &inputs.lr, ctx.sgd)?;
     be.range_pop();
-    Ok(total)
+    Ok(())
 }

@@ -11,7 +11,7 @@ use super::run_state::{
 };
 use super::schedule::learning_rate;
 use super::source::ImageSource;
-use super::step::{train_step, Mixup, StepBatch, StepContext};
+use super::step::{Mixup, StepBatch, StepContext, StepRunner};
 use crate::augment::Level;
 use crate::backend::{Backend, SgdConfig};
 use crate::config::TrainConfig;
@@ -55,6 +55,23 @@ pub enum Start {
     Resume,
 }
 
+/// How a run starts, and how it runs its steps.
+pub struct RunOptions {
+    pub start: Start,
+    /// Each step shape captured once as a CUDA graph and replayed (same results).
+    pub cuda_graphs: bool,
+}
+
+impl From<Start> for RunOptions {
+    /// Eager steps.
+    fn from(start: Start) -> Self {
+        Self {
+            start,
+            cuda_graphs: false,
+        }
+    }
+}
+
 /// What a finished run hands to the report.
 pub struct RunResult {
     pub history: Vec<EpochRecord>,
@@ -66,13 +83,15 @@ pub struct RunResult {
     pub class_counts: Vec<usize>,
 }
 
-/// What every epoch of a run trains: the model, its losses' device state and the SLA tables.
+/// What every epoch of a run trains: the model, its losses' device state and the SLA tables, and
+/// what runs the steps.
 struct Run<'a, B: Backend> {
     cfg: &'a TrainConfig,
     model: MultiExpertNet<B>,
     losses: LossSetup<B>,
     sla_tables: Vec<SlaTable<B>>,
     state: RunState,
+    runner: StepRunner<B>,
 }
 
 /// Runs (or resumes) training as `cfg` says, writing `metrics.jsonl` and the checkpoint in `out`.
@@ -82,7 +101,7 @@ pub fn train<B: Backend>(
     train_set: &dyn ImageSource,
     test_set: &dyn ImageSource,
     out: &Path,
-    start: Start,
+    options: RunOptions,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<RunResult> {
     cfg.validate()?;
@@ -95,7 +114,16 @@ pub fn train<B: Backend>(
     }
     let class_counts = train_set.class_counts();
     let checkpoint_path = out.join(CHECKPOINT_FILE);
-    let mut run = Run::start(be, cfg, classes, &class_counts, &checkpoint_path, start)?;
+    let runner = StepRunner::new(be, options.cuda_graphs)?;
+    let mut run = Run::start(
+        be,
+        cfg,
+        classes,
+        &class_counts,
+        &checkpoint_path,
+        options.start,
+        runner,
+    )?;
     truncate_metrics(&out.join(METRICS_FILE), run.state.epochs_done)?;
     // An in-memory training set lives on the device; each step's views are built there.
     let mut loader = BatchLoader::new(be, train_set, cfg.batch_size, true)?;
@@ -169,6 +197,7 @@ impl<'a, B: Backend> Run<'a, B> {
         class_counts: &[usize],
         checkpoint_path: &Path,
         start: Start,
+        runner: StepRunner<B>,
     ) -> Result<Self> {
         let mut model = MultiExpertNet::from_config(be, cfg, classes)?;
         let losses = LossSetup::new(be, cfg, class_counts)?;
@@ -198,10 +227,11 @@ impl<'a, B: Backend> Run<'a, B> {
             losses,
             sla_tables,
             state,
+            runner,
         })
     }
 
-    /// One epoch's steps: each mini-batch (line 3) through [`train_step`] (lines 4-8). Returns the
+    /// One epoch's steps: each mini-batch (line 3) through the [`StepRunner`] (lines 4-8). Returns the
     /// epoch's mean training loss and its learning rate; the device is idle when it returns.
     fn train_epoch(
         &mut self,
@@ -218,7 +248,6 @@ impl<'a, B: Backend> Run<'a, B> {
             plan,
             losses: &self.losses,
             sgd: SgdConfig {
-                lr,
                 momentum: cfg.momentum,
                 weight_decay: cfg.weight_decay,
                 nesterov: cfg.nesterov,
@@ -238,41 +267,50 @@ impl<'a, B: Backend> Run<'a, B> {
             plan,
             lr,
         });
-        let mut loss_sum = be.zeros(1)?;
+        let runner = &mut self.runner;
+        runner.reset_loss(be)?;
         let (model, sla_tables, state) = (&mut self.model, &mut self.sla_tables, &mut self.state);
         let levels = plan.view_levels(cfg.experts);
-        loader.for_each(be, &batches, &levels, cfg.seed, epoch, |step, batch, x| {
-            let n = batch.len();
-            let labels: Vec<u32> = batch.iter().map(|&i| labels_all[i]).collect();
-            let step_batch = StepBatch {
-                x,
-                views: levels.len(),
-                labels: &labels,
-                mixup: Mixup::for_step(plan, cfg.seed, epoch, step, n),
-                hw,
-            };
-            let batch_loss = train_step(be, model, &ctx, step_batch, sla_tables)?;
-            be.add_assign(&mut loss_sum, &batch_loss)?;
-            state.samples_seen += n as u64;
-            // Reading the loss back synchronises the device, so only every few steps.
-            let loss = if step % 20 == 19 || step + 1 == batches.len() {
-                Some(be.download(&loss_sum)?[0] / (step + 1) as f32)
-            } else {
-                None
-            };
-            progress(Progress::Step {
-                step,
-                loss,
-                samples: n,
-            });
-            Ok(())
-        })?;
+        loader.for_each(
+            be,
+            &batches,
+            &levels,
+            cfg.seed,
+            epoch,
+            |step, batch, views| {
+                let n = batch.len();
+                let labels: Vec<u32> = batch.iter().map(|&i| labels_all[i]).collect();
+                let step_batch = StepBatch {
+                    views_from: views,
+                    views: levels.len(),
+                    samples: batch,
+                    labels: &labels,
+                    mixup: Mixup::for_step(plan, cfg.seed, epoch, step, n),
+                    hw,
+                    lr,
+                };
+                runner.run(be, model, &ctx, step_batch, sla_tables)?;
+                state.samples_seen += n as u64;
+                // Reading the loss back synchronises the device, so only every few steps.
+                let loss = if step % 20 == 19 || step + 1 == batches.len() {
+                    Some(be.download(runner.loss_sum())?[0] / (step + 1) as f32)
+                } else {
+                    None
+                };
+                progress(Progress::Step {
+                    step,
+                    loss,
+                    samples: n,
+                });
+                Ok(())
+            },
+        )?;
         if plan.needs_sla_table() {
             for t in sla_tables.iter_mut() {
                 t.end_epoch(be)?;
             }
         }
-        let train_loss = be.download(&loss_sum)?[0] / batches.len().max(1) as f32;
+        let train_loss = be.download(self.runner.loss_sum())?[0] / batches.len().max(1) as f32;
         be.synchronize()?;
         Ok((train_loss, lr))
     }
@@ -299,8 +337,9 @@ impl<'a, B: Backend> Run<'a, B> {
             &[Level::Plain],
             self.cfg.seed,
             0,
-            |_, batch, x| {
+            |_, batch, views| {
                 let n = batch.len();
+                let x = views.build(be, batch, 1)?;
                 let labels: Vec<u32> = batch.iter().map(|&i| labels_all[i]).collect();
                 let labels = be.upload_index(&labels)?;
                 fill.observe(be, model, &x, &labels, (n, h, w))?;

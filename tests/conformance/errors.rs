@@ -58,10 +58,11 @@ pub fn kernel_errors<B: UnfusedLoss>(be: &B) -> Result<()> {
     )?;
     let good = be.upload_index(&[0, 1, 2])?;
     let bad_b = be.upload_index(&[3, 0, 9])?;
+    let lambda = be.upload(&[0.3])?;
     let mixed = LossTargets::Mixed {
         a: &good,
         b: &bad_b,
-        lambda: 0.3,
+        lambda: &lambda,
     };
     case(
         "ERR_LOSS_TARGET_B",
@@ -116,7 +117,7 @@ pub fn kernel_errors<B: UnfusedLoss>(be: &B) -> Result<()> {
             be.mixup(
                 &up(be, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])?,
                 &be.upload_index(&[0, 3, 1])?,
-                0.4,
+                &be.upload(&[0.4])?,
                 SampleDims {
                     n: 3,
                     per_sample: 2,

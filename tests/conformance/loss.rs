@@ -34,12 +34,13 @@ fn run_fused<B: UnfusedLoss>(be: &B, case: &LossCase) -> Result<FusedOut> {
             (be.upload_index(a)?, Some(be.upload_index(b)?), *lambda)
         }
     };
+    let lambda_dev = be.upload(&[lambda as f32])?;
     let targets = match &yb {
         None => LossTargets::Single(&ya),
         Some(yb) => LossTargets::Mixed {
             a: &ya,
             b: yb,
-            lambda: lambda as f32,
+            lambda: &lambda_dev,
         },
     };
     // Buffers the weighting borrows.

@@ -99,14 +99,14 @@ pub fn views<B: UnfusedLoss>(be: &B) -> Result<()> {
     // SGD over views of flat buffers updates the flat buffers.
     let (mut params, grads, mut velocity) = (up(be, &x)?, up(be, &w)?, be.zeros(12)?);
     let cfg = SgdConfig {
-        lr: 0.5,
         momentum: 0.9,
         weight_decay: 0.0,
         nesterov: false,
     };
+    let lr = up(be, &[0.5])?;
     let mut p_view = be.view(&params, 4, 8)?;
     let mut v_view = be.view(&velocity, 4, 8)?;
-    be.sgd_step(&mut p_view, &grads, &mut v_view, cfg)?;
+    be.sgd_step(&mut p_view, &grads, &mut v_view, &lr, cfg)?;
     let got = down(be, &params)?;
     let want: Vec<f64> = (0..12)
         .map(|i| {
@@ -121,7 +121,7 @@ pub fn views<B: UnfusedLoss>(be: &B) -> Result<()> {
     let p_alias = be.view(&params, 0, 8)?;
     expect_err(
         "sgd_step with the gradient inside the parameters",
-        be.sgd_step(&mut params, &p_alias, &mut velocity, cfg),
+        be.sgd_step(&mut params, &p_alias, &mut velocity, &lr, cfg),
     )?;
     be.synchronize()
 }
@@ -221,7 +221,7 @@ pub fn mixup<B: UnfusedLoss>(be: &B) -> Result<()> {
     let y = be.mixup(
         &up(be, &x)?,
         &be.upload_index(&perm)?,
-        lambda,
+        &up(be, &[lambda])?,
         SampleDims { n, per_sample: per },
     )?;
     let want: Vec<f64> = (0..n * per)
@@ -235,7 +235,21 @@ pub fn mixup<B: UnfusedLoss>(be: &B) -> Result<()> {
     let bad = be.upload_index(&[0, 1, 2, 3, 5])?;
     expect_err(
         "mixup with perm out of range",
-        be.mixup(&up(be, &x)?, &bad, 0.5, SampleDims { n, per_sample: per }),
+        be.mixup(
+            &up(be, &x)?,
+            &bad,
+            &up(be, &[0.5])?,
+            SampleDims { n, per_sample: per },
+        ),
+    )?;
+    expect_err(
+        "mixup with a lambda of two values",
+        be.mixup(
+            &up(be, &x)?,
+            &be.upload_index(&perm)?,
+            &up(be, &[0.5, 0.5])?,
+            SampleDims { n, per_sample: per },
+        ),
     )
 }
 
@@ -1426,17 +1440,17 @@ pub fn sgd_step<B: UnfusedLoss>(be: &B) -> Result<()> {
     for nesterov in [false, true] {
         for weight_decay in [0.0f32, 5e-4] {
             let cfg = SgdConfig {
-                lr: 0.1,
                 momentum: 0.9,
                 weight_decay,
                 nesterov,
             };
+            let lr = up(be, &[0.1])?;
             let len = 1000;
             let p0 = uniform(&mut g, len, -1.0, 1.0);
             let v0 = uniform(&mut g, len, -0.1, 0.1);
             let grad = uniform(&mut g, len, -1.0, 1.0);
             let (mut p, mut v) = (up(be, &p0)?, up(be, &v0)?);
-            be.sgd_step(&mut p, &up(be, &grad)?, &mut v, cfg)?;
+            be.sgd_step(&mut p, &up(be, &grad)?, &mut v, &lr, cfg)?;
             let (mut want_p, mut want_v) = (Vec::new(), Vec::new());
             for k in 0..len {
                 let gk = grad[k] as f64 + weight_decay as f64 * p0[k] as f64;
@@ -1463,14 +1477,30 @@ pub fn sgd_step<B: UnfusedLoss>(be: &B) -> Result<()> {
         }
     }
     let cfg = SgdConfig {
-        lr: 0.1,
         momentum: 0.9,
         weight_decay: 0.0,
         nesterov: false,
     };
+    let lr = up(be, &[0.1])?;
     expect_err(
         "sgd_step with a short velocity",
-        be.sgd_step(&mut be.zeros(3)?, &be.zeros(3)?, &mut be.zeros(2)?, cfg),
+        be.sgd_step(
+            &mut be.zeros(3)?,
+            &be.zeros(3)?,
+            &mut be.zeros(2)?,
+            &lr,
+            cfg,
+        ),
+    )?;
+    expect_err(
+        "sgd_step with a learning rate of no values",
+        be.sgd_step(
+            &mut be.zeros(3)?,
+            &be.zeros(3)?,
+            &mut be.zeros(3)?,
+            &be.zeros(0)?,
+            cfg,
+        ),
     )
 }
 
@@ -1480,13 +1510,13 @@ pub fn sgd_step<B: UnfusedLoss>(be: &B) -> Result<()> {
 /// step = 0.008869 + 0.5668821 = 0.5757511, p = 0.8869 - 0.05757511 = 0.82932489.
 pub fn sgd_step_hand<B: UnfusedLoss>(be: &B) -> Result<()> {
     let cfg = SgdConfig {
-        lr: 0.1,
         momentum: 0.9,
         weight_decay: 0.01,
         nesterov: true,
     };
+    let lr = up(be, &[0.1])?;
     let (mut p, mut v) = (up(be, &[1.0])?, up(be, &[0.2])?);
-    be.sgd_step(&mut p, &up(be, &[0.5])?, &mut v, cfg)?;
+    be.sgd_step(&mut p, &up(be, &[0.5])?, &mut v, &lr, cfg)?;
     assert_close(
         "sgd hand step 1 param",
         &down(be, &p)?,
@@ -1501,7 +1531,7 @@ pub fn sgd_step_hand<B: UnfusedLoss>(be: &B) -> Result<()> {
         1e-6,
         0.0,
     )?;
-    be.sgd_step(&mut p, &up(be, &[0.0])?, &mut v, cfg)?;
+    be.sgd_step(&mut p, &up(be, &[0.0])?, &mut v, &lr, cfg)?;
     assert_close(
         "sgd hand step 2 param",
         &down(be, &p)?,
@@ -1522,7 +1552,7 @@ pub fn sgd_step_hand<B: UnfusedLoss>(be: &B) -> Result<()> {
         ..cfg
     };
     let (mut p, mut v) = (up(be, &[1.0])?, up(be, &[0.2])?);
-    be.sgd_step(&mut p, &up(be, &[0.5])?, &mut v, cfg)?;
+    be.sgd_step(&mut p, &up(be, &[0.5])?, &mut v, &lr, cfg)?;
     assert_close("sgd hand plain param", &down(be, &p)?, &[0.931], 1e-6, 0.0)?;
     Ok(())
 }

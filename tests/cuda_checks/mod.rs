@@ -446,11 +446,12 @@ pub fn fused_loss_matches_the_cpu(cuda: &CudaBackend) {
                     let adjb = be.upload(&adj).unwrap();
                     let cwb = be.upload(&cw).unwrap();
                     let (cyb, csb) = (be.upload(&cos_y).unwrap(), be.upload(&cos_star).unwrap());
+                    let lambda = be.upload(&[0.3]).unwrap();
                     let single = LossTargets::Single(&a);
                     let mixed = LossTargets::Mixed {
                         a: &a,
                         b: &b,
-                        lambda: 0.3,
+                        lambda: &lambda,
                     };
                     let (targets, weighting) = match case {
                         0 => (single, LossWeighting::Unit),
@@ -534,7 +535,7 @@ pub fn cosine_cosmax_mixup_and_sgd_match_the_cpu(cuda: &CudaBackend) {
             .mixup(
                 &be.upload(&z).unwrap(),
                 &be.upload_index(&perm).unwrap(),
-                0.7,
+                &be.upload(&[0.7]).unwrap(),
                 SampleDims { n, per_sample: d },
             )
             .unwrap();
@@ -547,12 +548,12 @@ pub fn cosine_cosmax_mixup_and_sgd_match_the_cpu(cuda: &CudaBackend) {
         for nesterov in [false, true] {
             let (mut pb, mut vb) = (be.upload(&p).unwrap(), be.upload(&vel).unwrap());
             let cfg = SgdConfig {
-                lr: 0.1,
                 momentum: 0.9,
                 weight_decay: 5e-4,
                 nesterov,
             };
-            be.sgd_step(&mut pb, &be.upload(&grad).unwrap(), &mut vb, cfg)
+            let lr = be.upload(&[0.1]).unwrap();
+            be.sgd_step(&mut pb, &be.upload(&grad).unwrap(), &mut vb, &lr, cfg)
                 .unwrap();
             out.push(down(be, &pb));
             out.push(down(be, &vb));
@@ -593,7 +594,7 @@ pub fn out_of_range_indices_are_errors_like_on_the_cpu(cuda: &CudaBackend) -> Re
         be.mixup(
             &x,
             &be.upload_index(&[0, 2])?,
-            0.5,
+            &be.upload(&[0.5])?,
             SampleDims {
                 n: 2,
                 per_sample: 3,
@@ -636,7 +637,8 @@ pub fn training_steps_match_the_cpu(cuda: &CudaBackend) {
     use ltrain::method::{EpochPlan, LossSetup, Reweighting};
     use ltrain::model::MultiExpertNet;
     use ltrain::nn::TensorData;
-    use ltrain::train::step::{train_step, Mixup, StepBatch, StepContext};
+    use ltrain::train::loader::BatchViews;
+    use ltrain::train::step::{Mixup, StepBatch, StepContext, StepRunner};
 
     struct StepData {
         views: Vec<Vec<f32>>,
@@ -671,7 +673,6 @@ pub fn training_steps_match_the_cpu(cuda: &CudaBackend) {
         let mut model = MultiExpertNet::resnet32(be, classes, 3, (24, 48), 3).unwrap();
         let x = be.upload(&data.views.concat()).unwrap();
         let sgd = SgdConfig {
-            lr: 0.1,
             momentum: 0.9,
             weight_decay: 5e-4,
             nesterov: false,
@@ -697,19 +698,25 @@ pub fn training_steps_match_the_cpu(cuda: &CudaBackend) {
             losses: &plain_losses,
             sgd,
         };
+        let samples: Vec<usize> = (0..data.labels.len()).collect();
         let batch = |mixup| StepBatch {
-            x: be.view(&x, 0, be.len(&x)).unwrap(),
+            views_from: BatchViews::Ready(be.view(&x, 0, be.len(&x)).unwrap()),
             views: data.views.len(),
+            samples: &samples,
             labels: &data.labels,
             mixup,
             hw: (side, side),
+            lr: 0.1,
         };
+        let mut runner = StepRunner::new(be, false).unwrap();
         let mixup = Mixup {
             lambda: 0.6,
             perm: data.perm.clone(),
         };
-        let loss = train_step(be, &mut model, &first, batch(Some(mixup)), &mut []).unwrap();
-        out.push(be.download(&loss).unwrap());
+        runner
+            .run(be, &mut model, &first, batch(Some(mixup)), &mut [])
+            .unwrap();
+        out.push(be.download(runner.loss_sum()).unwrap());
         let weighted_losses = LossSetup {
             adjustment: be.upload(&data.adjustment).unwrap(),
             class_weights: Some(be.upload(&data.class_weights).unwrap()),
@@ -720,8 +727,11 @@ pub fn training_steps_match_the_cpu(cuda: &CudaBackend) {
             losses: &weighted_losses,
             ..first
         };
-        let loss = train_step(be, &mut model, &second, batch(None), &mut []).unwrap();
-        out.push(be.download(&loss).unwrap());
+        runner.reset_loss(be).unwrap();
+        runner
+            .run(be, &mut model, &second, batch(None), &mut [])
+            .unwrap();
+        out.push(be.download(runner.loss_sum()).unwrap());
         for t in model.state_dict(be).unwrap() {
             if let TensorData::F32(v) = t.data {
                 out.push(v);
@@ -997,7 +1007,8 @@ pub fn batch_loader_views_match_the_source(be: &CudaBackend, busy_len: usize) {
     for on_device in [false, true] {
         let mut loader = BatchLoader::new(be, &set, 8, on_device).unwrap();
         loader
-            .for_each(be, &batches, &levels, 5, 1, |i, batch, x| {
+            .for_each(be, &batches, &levels, 5, 1, |i, batch, views| {
+                let x = views.build(be, batch, levels.len())?;
                 let want = set.load_views(batch, &levels, 5, 1)?;
                 let got = be.download(&x)?;
                 for (level, (got, want)) in got.chunks(want[0].len()).zip(&want).enumerate() {

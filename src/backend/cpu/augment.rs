@@ -25,8 +25,8 @@ impl AugmentOps for CpuBackend {
     ) -> Result<CpuBuf> {
         let (h, w) = (spec.h, spec.w);
         let len = 3 * h * w;
-        check_indices(ERR_AUGMENT_INDEX, &indices.0, images.0.len() / len)?;
-        let n = indices.0.len();
+        check_indices(ERR_AUGMENT_INDEX, indices.as_slice(), images.0.len() / len)?;
+        let n = indices.as_slice().len();
         let rows: Vec<_> = match spec.drawn {
             false => vec![augment::LevelParams::identity(); n],
             true => {
@@ -58,7 +58,7 @@ impl AugmentOps for CpuBackend {
         let mut out = vec![0f32; n * len];
         self.pool.install(|| {
             out.par_chunks_mut(len)
-                .zip(indices.0.par_iter().zip(rows.par_iter()))
+                .zip(indices.as_slice().par_iter().zip(rows.par_iter()))
                 .for_each(|(slot, (&i, p))| {
                     let i = i as usize;
                     let image =

@@ -66,10 +66,11 @@ impl ElementwiseOps for CpuBackend {
         &self,
         x: &CpuBuf,
         perm: &CpuIndex,
-        lambda: f32,
+        lambda: &CpuBuf,
         d: SampleDims,
     ) -> Result<CpuBuf> {
-        check_indices(ERR_MIXUP_PERM, &perm.0, d.n)?;
+        let lambda = lambda.as_slice()[0];
+        check_indices(ERR_MIXUP_PERM, perm.as_slice(), d.n)?;
         let per_sample = d.per_sample;
         let mut y = vec![0.0f32; d.len()];
         if per_sample == 0 {
@@ -79,7 +80,7 @@ impl ElementwiseOps for CpuBackend {
         self.pool.install(|| {
             y.par_chunks_mut(per_sample)
                 .zip(x.as_slice().par_chunks(per_sample))
-                .zip(perm.0.par_iter())
+                .zip(perm.as_slice().par_iter())
                 .for_each(|((y_s, x_s), &j)| {
                     let x_j = &x.as_slice()[j as usize * per_sample..(j as usize + 1) * per_sample];
                     for ((o, &a), &b) in y_s.iter_mut().zip(x_s).zip(x_j) {

@@ -166,9 +166,10 @@ impl LossOps for CpuBackend {
         let adjustment = adjustment.map(|adj| adj.as_slice());
         let (labels_a, mixed): (&[u32], Option<(&[u32], f64)>) = match targets {
             LossTargets::Single(y) => (y.as_slice(), None),
-            LossTargets::Mixed { a, b, lambda } => {
-                (a.as_slice(), Some((b.as_slice(), lambda as f64)))
-            }
+            LossTargets::Mixed { a, b, lambda } => (
+                a.as_slice(),
+                Some((b.as_slice(), lambda.as_slice()[0] as f64)),
+            ),
         };
         check_indices(ERR_LOSS_TARGET, labels_a, c)?;
         if let Some((labels_b, _)) = mixed {
@@ -247,7 +248,7 @@ impl LossOps for CpuBackend {
         dims: CosineDims,
     ) -> Result<CpuBuf> {
         let CosineDims { n, d, c } = dims;
-        let (features, w, labels) = (features.as_slice(), w.as_slice(), &labels.0);
+        let (features, w, labels) = (features.as_slice(), w.as_slice(), labels.as_slice());
         check_indices(ERR_COSINE_LABEL, labels, c)?;
         Ok(CpuBuf::from_vec(self.pool.install(|| {
             (0..n)
@@ -284,7 +285,7 @@ impl LossOps for CpuBackend {
         table_cos: &mut CpuBuf,
     ) -> Result<()> {
         let c = d.c;
-        let (logits, cos, labels) = (logits.as_slice(), cos.as_slice(), &labels.0);
+        let (logits, cos, labels) = (logits.as_slice(), cos.as_slice(), labels.as_slice());
         let (table_logit, table_cos) = (table_logit.as_mut_slice(), table_cos.as_mut_slice());
         check_indices(ERR_COSMAX_LABEL, labels, c)?;
         // Best batch sample per class: (logit, index).

@@ -29,24 +29,29 @@ pub use augment::CpuBytes;
 use super::{abi, Backend, Buffers, HostStaging};
 
 /// Host memory shared by a buffer and its views ([`Backend::view`]).
-struct CpuStorage(UnsafeCell<Vec<f32>>);
+struct CpuStorage<T>(UnsafeCell<Vec<T>>);
 
-// SAFETY: the memory is reached only through `CpuBuf::as_slice` / `as_mut_slice`, whose ranges the
+// SAFETY: the memory is reached only through `CpuBuffer::as_slice` / `as_mut_slice`, whose ranges the
 // op contracts keep apart whenever one of them is written (`Backend::shares_memory`), like disjoint
 // `split_at_mut` halves; ops write their outputs from one thread at a time or over disjoint chunks.
-unsafe impl Sync for CpuStorage {}
-unsafe impl Send for CpuStorage {}
+unsafe impl<T: Send> Sync for CpuStorage<T> {}
+unsafe impl<T: Send> Send for CpuStorage<T> {}
 
-/// A host buffer of `f32`, or a view of part of one (sharing its memory). Code outside the backend
-/// sees it only through [`Backend`].
-pub struct CpuBuf {
-    storage: Arc<CpuStorage>,
+/// A host buffer, or a view of part of one (sharing its memory). Code outside the backend sees it
+/// only through [`Backend`].
+pub struct CpuBuffer<T> {
+    storage: Arc<CpuStorage<T>>,
     offset: usize,
     len: usize,
 }
 
-impl CpuBuf {
-    fn from_vec(v: Vec<f32>) -> Self {
+/// A buffer of `f32`.
+pub type CpuBuf = CpuBuffer<f32>;
+/// A buffer of `u32` (labels, indices, permutations).
+pub type CpuIndex = CpuBuffer<u32>;
+
+impl<T> CpuBuffer<T> {
+    fn from_vec(v: Vec<T>) -> Self {
         let len = v.len();
         Self {
             storage: Arc::new(CpuStorage(UnsafeCell::new(v))),
@@ -55,7 +60,7 @@ impl CpuBuf {
         }
     }
 
-    fn as_slice(&self) -> &[f32] {
+    fn as_slice(&self) -> &[T] {
         // SAFETY: `offset + len` lies inside the vector (checked when the view was made); the vector
         // is never resized; no `&mut` slice of an overlapping range lives while this one does (the
         // op contracts, see `CpuStorage`).
@@ -64,7 +69,7 @@ impl CpuBuf {
         }
     }
 
-    fn as_mut_slice(&mut self) -> &mut [f32] {
+    fn as_mut_slice(&mut self) -> &mut [T] {
         // SAFETY: as in `as_slice`, and no other slice of an overlapping range lives meanwhile.
         unsafe {
             std::slice::from_raw_parts_mut(
@@ -73,21 +78,26 @@ impl CpuBuf {
             )
         }
     }
-}
 
-impl std::fmt::Debug for CpuBuf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CpuBuf[{}; offset {}]", self.len, self.offset)
+    /// Elements `offset..offset + len`, sharing this buffer's memory (bounds checked by the caller).
+    fn view(&self, offset: usize, len: usize) -> Self {
+        Self {
+            storage: self.storage.clone(),
+            offset: self.offset + offset,
+            len,
+        }
     }
 }
 
-/// A host buffer of `u32` (labels, indices, permutations).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CpuIndex(Vec<u32>);
-
-impl CpuIndex {
-    fn as_slice(&self) -> &[u32] {
-        &self.0
+impl<T> std::fmt::Debug for CpuBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CpuBuffer<{}>[{}; offset {}]",
+            std::any::type_name::<T>(),
+            self.len,
+            self.offset
+        )
     }
 }
 
@@ -174,10 +184,10 @@ impl Backend for CpuBackend {
         Ok(buf.as_slice().to_vec())
     }
     fn upload_index(&self, data: &[u32]) -> Result<CpuIndex> {
-        Ok(CpuIndex(data.to_vec()))
+        Ok(CpuIndex::from_vec(data.to_vec()))
     }
     fn download_index(&self, buf: &CpuIndex) -> Result<Vec<u32>> {
-        Ok(buf.0.clone())
+        Ok(buf.as_slice().to_vec())
     }
     fn upload_bytes(&self, data: &[u8]) -> Result<CpuBytes> {
         Ok(CpuBytes(data.to_vec()))
@@ -189,7 +199,7 @@ impl Backend for CpuBackend {
         buf.len
     }
     fn index_len(&self, buf: &CpuIndex) -> usize {
-        buf.0.len()
+        buf.len
     }
     fn bytes_len(&self, buf: &CpuBytes) -> usize {
         buf.0.len()
@@ -207,13 +217,16 @@ impl Backend for CpuBackend {
         Ok(())
     }
     fn view_unchecked(&self, buf: &CpuBuf, offset: usize, len: usize) -> Result<CpuBuf> {
-        Ok(CpuBuf {
-            storage: buf.storage.clone(),
-            offset: buf.offset + offset,
-            len,
-        })
+        Ok(buf.view(offset, len))
     }
     fn write_unchecked(&self, dst: &mut CpuBuf, data: &[f32]) -> Result<()> {
+        dst.as_mut_slice().copy_from_slice(data);
+        Ok(())
+    }
+    fn index_view_unchecked(&self, buf: &CpuIndex, offset: usize, len: usize) -> Result<CpuIndex> {
+        Ok(buf.view(offset, len))
+    }
+    fn write_index_unchecked(&self, dst: &mut CpuIndex, data: &[u32]) -> Result<()> {
         dst.as_mut_slice().copy_from_slice(data);
         Ok(())
     }

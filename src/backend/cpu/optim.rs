@@ -13,10 +13,11 @@ impl OptimOps for CpuBackend {
         param: &mut CpuBuf,
         grad: &CpuBuf,
         velocity: &mut CpuBuf,
+        lr: &CpuBuf,
         cfg: SgdConfig,
     ) -> Result<()> {
+        let lr = lr.as_slice()[0];
         let SgdConfig {
-            lr,
             momentum,
             weight_decay,
             nesterov,

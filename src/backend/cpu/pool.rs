@@ -19,7 +19,7 @@ impl PoolOps for CpuBackend {
         let mut y = vec![0.0f32; d.n * d.c * out_plane];
         let mut argmax = vec![0u32; y.len()];
         if y.is_empty() {
-            return Ok((CpuBuf::from_vec(y), CpuIndex(argmax)));
+            return Ok((CpuBuf::from_vec(y), CpuIndex::from_vec(argmax)));
         }
         self.pool.install(|| {
             y.par_chunks_mut(out_plane)
@@ -52,7 +52,7 @@ impl PoolOps for CpuBackend {
                     }
                 })
         });
-        Ok((CpuBuf::from_vec(y), CpuIndex(argmax)))
+        Ok((CpuBuf::from_vec(y), CpuIndex::from_vec(argmax)))
     }
 
     /// Routes `dy [n, c, h_out, w_out]` to the argmax positions: `dx [n, c, h, w]`.
@@ -63,7 +63,7 @@ impl PoolOps for CpuBackend {
         d: Pool2dDims,
     ) -> Result<CpuBuf> {
         const OP: &str = "max_pool_backward";
-        let (dy, argmax) = (dy.as_slice(), &argmax.0);
+        let (dy, argmax) = (dy.as_slice(), &argmax.as_slice());
         let out_plane = d.h_out() * d.w_out();
         let in_plane = d.h * d.w;
         let mut dx = vec![0.0f32; d.n * d.c * in_plane];

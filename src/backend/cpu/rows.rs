@@ -48,7 +48,7 @@ impl RowOps for CpuBackend {
     /// The first maximum wins.
     fn row_max_unchecked(&self, x: &CpuBuf, d: RowDims) -> Result<(CpuBuf, CpuIndex)> {
         if d.c == 0 {
-            return Ok((CpuBuf::from_vec(Vec::new()), CpuIndex(Vec::new())));
+            return Ok((CpuBuf::from_vec(Vec::new()), CpuIndex::from_vec(Vec::new())));
         }
         let (max, argmax) = self.pool.install(|| {
             x.as_slice()
@@ -64,6 +64,6 @@ impl RowOps for CpuBackend {
                 })
                 .unzip()
         });
-        Ok((CpuBuf::from_vec(max), CpuIndex(argmax)))
+        Ok((CpuBuf::from_vec(max), CpuIndex::from_vec(argmax)))
     }
 }

@@ -28,9 +28,9 @@ impl UnfusedLossOps for CpuBackend {
     }
 
     fn gather_rows_unchecked(&self, x: &CpuBuf, idx: &CpuIndex, d: RowDims) -> Result<CpuBuf> {
-        check_indices(ERR_GATHER_INDEX, &idx.0, d.c)?;
+        check_indices(ERR_GATHER_INDEX, idx.as_slice(), d.c)?;
         Ok(CpuBuf::from_vec(
-            idx.0
+            idx.as_slice()
                 .iter()
                 .enumerate()
                 .map(|(i, &j)| x.as_slice()[i * d.c + j as usize])
@@ -51,7 +51,7 @@ impl UnfusedLossOps for CpuBackend {
             prob.as_slice(),
             cos_y.as_slice(),
             cos_star.as_slice(),
-            &labels.0,
+            labels.as_slice(),
         );
         check_indices(ERR_SLA_WEIGHTS_LABEL, labels, cos_star.len())?;
         Ok(CpuBuf::from_vec(
@@ -71,10 +71,10 @@ impl UnfusedLossOps for CpuBackend {
         row_scale: &CpuBuf,
         d: RowDims,
     ) -> Result<CpuBuf> {
-        check_indices(ERR_XENT_LABEL, &labels.0, d.c)?;
+        check_indices(ERR_XENT_LABEL, labels.as_slice(), d.c)?;
         let mut g = probs.as_slice().to_vec();
         for (i, row) in g.chunks_mut(d.c.max(1)).enumerate().take(d.n) {
-            row[labels.0[i] as usize] -= 1.0;
+            row[labels.as_slice()[i] as usize] -= 1.0;
             for v in row {
                 *v *= row_scale.as_slice()[i];
             }

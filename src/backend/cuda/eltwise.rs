@@ -46,7 +46,7 @@ impl ElementwiseOps for CudaBackend {
         &self,
         x: &CudaBuf,
         perm: &CudaIndex,
-        lambda: f32,
+        lambda: &CudaBuf,
         d: SampleDims,
     ) -> Result<CudaBuf> {
         let total = to_u32("mixup", "size", d.len())?;
@@ -59,9 +59,9 @@ impl ElementwiseOps for CudaBackend {
                     cfg,
                     x,
                     perm,
+                    lambda,
                     &mut y,
                     &mut record,
-                    lambda,
                     d.n as u32,
                     d.per_sample as u32,
                 )?;

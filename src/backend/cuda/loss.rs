@@ -24,8 +24,8 @@ impl LossOps for CudaBackend {
         } = args;
         to_u32("fused_loss", "size", n * c)?;
         let (target_a, target_b, lambda) = match targets {
-            LossTargets::Single(y) => (y, None, 1.0),
-            LossTargets::Mixed { a, b, lambda } => (a, Some(b), lambda),
+            LossTargets::Single(y) => (y, None, None),
+            LossTargets::Mixed { a, b, lambda } => (a, Some(b), Some(lambda)),
         };
         let (code, class_weight, cos_y, cos_star, gamma, tau) = match weighting {
             LossWeighting::Unit => (WEIGHT_PER_CLASS, None, None, None, 0.0, 0.0),

@@ -380,6 +380,9 @@ impl Backend for CudaBackend {
     fn supports_graphs(&self) -> bool {
         true
     }
+    fn prefers_graphs(&self) -> bool {
+        !self.dev.is_emulated()
+    }
     fn begin_capture(&self) -> Result<()> {
         self.dev.begin_capture()
     }
@@ -410,6 +413,18 @@ impl Backend for CudaBackend {
         Ok(buf.view(offset, len))
     }
     fn write_unchecked(&self, dst: &mut CudaBuf, data: &[f32]) -> Result<()> {
+        self.dev
+            .write(&dst.mem, dst.byte_offset(), bytemuck::cast_slice(data))
+    }
+    fn index_view_unchecked(
+        &self,
+        buf: &CudaIndex,
+        offset: usize,
+        len: usize,
+    ) -> Result<CudaIndex> {
+        Ok(buf.view(offset, len))
+    }
+    fn write_index_unchecked(&self, dst: &mut CudaIndex, data: &[u32]) -> Result<()> {
         self.dev
             .write(&dst.mem, dst.byte_offset(), bytemuck::cast_slice(data))
     }

@@ -11,6 +11,7 @@ impl OptimOps for CudaBackend {
         param: &mut CudaBuf,
         grad: &CudaBuf,
         velocity: &mut CudaBuf,
+        lr: &CudaBuf,
         cfg: SgdConfig,
     ) -> Result<()> {
         let n = to_u32("sgd_step", "length", param.len())?;
@@ -21,7 +22,7 @@ impl OptimOps for CudaBackend {
                 param,
                 grad,
                 velocity,
-                cfg.lr,
+                lr,
                 cfg.momentum,
                 cfg.weight_decay,
                 i32::from(cfg.nesterov),
