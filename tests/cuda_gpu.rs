@@ -217,6 +217,12 @@ fn graph_replays_equal_eager_runs() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
+fn replayed_bench_steps_equal_eager_steps() {
+    cuda_checks::replayed_bench_steps_equal_eager_steps(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
 fn capture_rule_violations_are_errors() {
     cuda_checks::capture_rule_violations_are_errors(&gpu());
 }

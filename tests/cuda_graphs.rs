@@ -93,3 +93,8 @@ fn a_run_with_replayed_steps_equals_the_eager_run() {
         assert!(e.data == r.data, "{} differs with graphs", e.name);
     }
 }
+
+#[test]
+fn replayed_bench_steps_equal_eager_steps() {
+    cuda_checks::replayed_bench_steps_equal_eager_steps(&emulator());
+}

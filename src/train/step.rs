@@ -253,7 +253,11 @@ impl<B: Backend> StepRunner<B> {
             return body(run, model);
         }
         if let Some((graph, counted)) = &run.graph {
-            be.replay(graph)?;
+            // One range for the whole step: a replay cannot mark the phases inside it.
+            be.range_push("train step (CUDA graph)");
+            let replayed = be.replay(graph);
+            be.range_pop();
+            replayed?;
             add_host_counts(model, counted);
             return Ok(());
         }

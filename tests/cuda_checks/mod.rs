@@ -1113,3 +1113,49 @@ pub fn capture_rule_violations_are_errors(be: &CudaBackend) {
         [2.0, 4.0, 6.0]
     );
 }
+
+/// Four bench steps of a tiny three-expert ResNet-32 (device augmentation, mixup) with the step
+/// captured and replayed leave the model exactly as four eager steps do.
+pub fn replayed_bench_steps_equal_eager_steps(be: &CudaBackend) {
+    use ltrain::config::{ExpertWidth, ModelKind};
+    use ltrain::nn::TensorData;
+    use ltrain::train::bench_step::{BenchInput, BenchStep, BenchStepConfig};
+    let state = |cuda_graphs: bool| {
+        let cfg = BenchStepConfig {
+            model: ModelKind::Resnet32,
+            expert_width: ExpertWidth::Reduced,
+            experts: 3,
+            batch_size: 4,
+            classes: 3,
+            image_size: 8,
+            stage2: false,
+            input: BenchInput::DeviceAugment,
+            cuda_graphs,
+        };
+        let mut step = BenchStep::new(be, cfg).unwrap();
+        let before = be.device_counters().unwrap();
+        for _ in 0..4 {
+            step.run(be).unwrap();
+        }
+        let launched = be.device_counters().unwrap().since(&before).graph_launches;
+        let tensors: Vec<Vec<f32>> = step
+            .model()
+            .state_dict(be)
+            .unwrap()
+            .into_iter()
+            .filter_map(|t| match t.data {
+                TensorData::F32(v) => Some(v),
+                TensorData::I64(_) => None,
+            })
+            .collect();
+        (tensors, launched)
+    };
+    let (eager, none) = state(false);
+    let (replayed, launched) = state(true);
+    assert_eq!(none, 0);
+    assert_eq!(launched, 3, "steps 2-4 replay the graph captured at step 2");
+    assert_eq!(eager.len(), replayed.len());
+    for (i, (e, r)) in eager.iter().zip(&replayed).enumerate() {
+        assert!(e == r, "state tensor {i} differs with graphs");
+    }
+}
