@@ -61,6 +61,17 @@ pub(crate) fn check_len(op: &str, what: &str, actual: usize, expected: usize) ->
 }
 
 /// Errors unless the two operands of an element-wise op have the same length.
+/// Errors unless elements `offset..offset + len` lie inside a buffer of `buf_len`.
+fn check_view(op: &str, buf_len: usize, offset: usize, len: usize) -> Result<()> {
+    if offset.checked_add(len).is_none_or(|end| end > buf_len) {
+        bail!(
+            "{op}: {len} elements from offset {offset} of a {buf_len}-element buffer are out of \
+             bounds"
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn check_same_len(op: &str, a: usize, b: usize) -> Result<()> {
     if a != b {
         bail!("{op}: operands differ in length ({a} vs {b})");
@@ -181,10 +192,7 @@ pub trait Backend:
     /// batch). An op's output must not share memory with its inputs (the contracts check it where
     /// an op writes in place).
     fn view(&self, buf: &Self::Buf, offset: usize, len: usize) -> Result<Self::Buf> {
-        let buf_len = self.len(buf);
-        if offset.checked_add(len).is_none_or(|end| end > buf_len) {
-            bail!("view: {len} elements from offset {offset} of a {buf_len}-element buffer are out of bounds");
-        }
+        check_view("view", self.len(buf), offset, len)?;
         self.view_unchecked(buf, offset, len)
     }
 
@@ -196,10 +204,7 @@ pub trait Backend:
 
     /// [`Backend::view`] of an index buffer.
     fn index_view(&self, buf: &Self::Index, offset: usize, len: usize) -> Result<Self::Index> {
-        let buf_len = self.index_len(buf);
-        if offset.checked_add(len).is_none_or(|end| end > buf_len) {
-            bail!("index_view: {len} elements from offset {offset} of a {buf_len}-element buffer are out of bounds");
-        }
+        check_view("index_view", self.index_len(buf), offset, len)?;
         self.index_view_unchecked(buf, offset, len)
     }
 

@@ -55,9 +55,7 @@ impl<B: Backend> BatchViews<'_, B> {
                 spec,
                 params,
             } => {
-                let indices: Vec<u32> = (0..views)
-                    .flat_map(|_| batch.iter().map(|&i| i as u32))
-                    .collect();
+                let indices: Vec<u32> = view_indices(batch, views).collect();
                 be.augment_batch(
                     images,
                     &be.upload_index(&indices)?,
@@ -67,6 +65,11 @@ impl<B: Backend> BatchViews<'_, B> {
             }
         }
     }
+}
+
+/// The augmentation's sample index of every stacked view: `batch` once per view.
+pub(crate) fn view_indices(batch: &[usize], views: usize) -> impl Iterator<Item = u32> + '_ {
+    (0..views).flat_map(move |_| batch.iter().map(|&i| i as u32))
 }
 
 /// The training set resident on the device.

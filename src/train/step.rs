@@ -16,7 +16,7 @@ use crate::config::TrainConfig;
 use crate::method::{expert_loss, EpochPlan, ExpertLossInputs, LossSetup, SlaTable};
 use crate::model::MultiExpertNet;
 use crate::nn::{Module, StateMut, StateRef};
-use crate::train::loader::BatchViews;
+use crate::train::loader::{view_indices, BatchViews};
 use crate::train::optimizer::sgd_update;
 use anyhow::{bail, ensure, Context, Result};
 
@@ -150,7 +150,7 @@ impl StepShape {
         }
         if let BatchViews::Augment { params, .. } = &batch.views_from {
             values.extend_from_slice(params);
-            index.extend((0..views).flat_map(|_| batch.samples.iter().map(|&i| i as u32)));
+            index.extend(view_indices(batch.samples, views));
         }
         Ok((shape, values, index))
     }

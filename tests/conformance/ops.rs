@@ -80,6 +80,23 @@ pub fn views<B: UnfusedLoss>(be: &B) -> Result<()> {
     expect_err("a view past the end", be.view(&buf, 8, 5))?;
     expect_err("write of the wrong length", be.write(&mut buf, &[1.0]))?;
 
+    // Index buffers: a view reads its part, a write through it shows in the whole.
+    let idx = be.upload_index(&[10, 11, 12, 13, 14, 15])?;
+    let mut part = be.index_view(&idx, 2, 3)?;
+    let got = be.download_index(&part)?;
+    ensure!(got == [12, 13, 14], "index view: {got:?}");
+    be.write_index(&mut part, &[7, 8, 9])?;
+    let got = be.download_index(&idx)?;
+    ensure!(
+        got == [10, 11, 7, 8, 9, 15],
+        "write through an index view: {got:?}"
+    );
+    expect_err("an index view past the end", be.index_view(&idx, 4, 3))?;
+    expect_err(
+        "index write of the wrong length",
+        be.write_index(&mut part, &[1]),
+    )?;
+
     // An op on a view (the second sample of a batch) equals the op on a copy of those values.
     let (n, d_in, d_out) = (3, 4, 2);
     let mut g = rng(80);
