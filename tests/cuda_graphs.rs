@@ -23,8 +23,9 @@ fn capture_rule_violations_are_errors() {
 /// A short run on the emulator (three epochs of a tiny long-tailed set: stage 1 with mixup and
 /// augmentation, the stage switch with the SLA table's fill, stage 2 with SLA weights; full and
 /// short batches, so several step shapes) trained with every step captured and replayed equals the
-/// eager run bit for bit: weights, batch-norm statistics and counters, SLA tables (the checkpoint)
-/// and the per-epoch losses and metrics.
+/// eager run bit for bit: weights, batch-norm statistics and counters, SLA tables (the checkpoint),
+/// the per-epoch losses and metrics, and the last evaluation's per-sample predictions (its
+/// batches replayed too).
 #[test]
 fn a_run_with_replayed_steps_equals_the_eager_run() {
     use ltrain::config::{ExpertWidth, LossKind, TrainConfig};
@@ -35,7 +36,7 @@ fn a_run_with_replayed_steps_equals_the_eager_run() {
     let cfg = TrainConfig {
         synthetic_classes: 2,
         synthetic_max_per_class: 5,
-        synthetic_test_per_class: 1,
+        synthetic_test_per_class: 6,
         imbalance: 1.5,
         expert_width: ExpertWidth::Reduced,
         loss: LossKind::LaSla,
@@ -59,7 +60,7 @@ fn a_run_with_replayed_steps_equals_the_eager_run() {
             start: Start::Fresh,
             cuda_graphs,
         };
-        train(
+        let result = train(
             &be,
             &cfg,
             data.train.as_ref(),
@@ -76,10 +77,11 @@ fn a_run_with_replayed_steps_equals_the_eager_run() {
             .iter()
             .map(|r| (r.epoch, r.stage, r.train_loss, r.top1, r.ece))
             .collect();
-        (tensors, metrics, work)
+        (tensors, (metrics, result.last.predictions), work)
     };
     let (eager, eager_metrics, eager_work) = run(false);
     let (replayed, replayed_metrics, replayed_work) = run(true);
+    assert_eq!(eager_metrics.1.len(), data.test.len());
     assert_eq!(eager_work.graph_launches, 0);
     assert!(
         replayed_work.graph_launches > 0,

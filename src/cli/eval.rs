@@ -5,7 +5,7 @@ use super::device::{dispatch, OnBackend};
 use anyhow::{Context, Result};
 use clap::Args;
 use ltrain::backend::Backend;
-use ltrain::config::{DeviceKind, TrainConfig};
+use ltrain::config::{CudaGraphs, DeviceKind, TrainConfig};
 use ltrain::model::MultiExpertNet;
 use ltrain::report::write_atomic;
 use ltrain::train::checkpoint::load_checkpoint;
@@ -33,6 +33,9 @@ pub struct EvalCmd {
     pub threads: Option<usize>,
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
+    /// Run each batch size's forward as one captured CUDA graph (auto: on a GPU).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub cuda_graphs: CudaGraphs,
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -99,6 +102,7 @@ struct EvalJob<'a> {
 impl OnBackend for EvalJob<'_> {
     type Output = Evaluation;
     fn run<B: Backend>(self, be: &B) -> Result<Evaluation> {
+        let cuda_graphs = self.cmd.cuda_graphs.enabled(be)?;
         let test = datasets::open_test(self.cfg)?;
         let (tensors, _) = load_checkpoint(&self.cmd.checkpoint)?;
         let mut model = MultiExpertNet::from_config(be, self.cfg, test.num_classes())?;
@@ -107,6 +111,6 @@ impl OnBackend for EvalJob<'_> {
             .with_context(|| format!("loading {}", self.cmd.checkpoint.display()))?;
         let counts = checkpoint_class_counts(&self.cmd.checkpoint)?;
         let mut loader = test_loader(be, test.as_ref(), self.cfg.batch_size)?;
-        evaluate(be, &mut model, &mut loader, &counts)
+        evaluate(be, &model, &mut loader, &counts, cuda_graphs)
     }
 }

@@ -1,6 +1,7 @@
 //! Evaluation: the experts' softmax average (paper Eq. 19) over the test set, its metrics, and the
 //! per-sample predictions `ltrain eval --predictions` writes.
 
+use super::graphs::Replay;
 use super::loader::BatchLoader;
 use super::source::ImageSource;
 use crate::augment::Level;
@@ -36,13 +37,55 @@ pub fn test_loader<'a, B: Backend>(
     BatchLoader::new(be, test_set, batch_size, false)
 }
 
+/// What one batch's ops leave on the device: the averaged softmax `[n, c]`, its max and argmax, and
+/// each expert's argmax.
+struct BatchOut<B: Backend> {
+    probs: B::Buf,
+    confidence: B::Buf,
+    prediction: B::Index,
+    expert_predictions: Vec<B::Index>,
+}
+
+fn batch_ops<B: Backend>(
+    be: &B,
+    model: &MultiExpertNet<B>,
+    x: &B::Buf,
+    (n, h, w): (usize, usize, usize),
+    classes: usize,
+) -> Result<BatchOut<B>> {
+    let out = model.forward_eval(be, x, n, h, w)?;
+    let rows = RowDims { n, c: classes };
+    let (confidence, prediction) = be.row_max(&out.probs, rows)?;
+    let expert_predictions = out
+        .logits
+        .iter()
+        .map(|l| be.row_max(l, rows).map(|(_, i)| i))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(BatchOut {
+        probs: out.probs,
+        confidence,
+        prediction,
+        expert_predictions,
+    })
+}
+
+/// One batch size's input place and graph.
+struct BatchGraph<B: Backend> {
+    n: usize,
+    /// `[n, 3, h, w]`: each batch's views are copied here, where the graph reads them.
+    x: B::Buf,
+    replay: Replay<B, BatchOut<B>>,
+}
+
 /// Evaluates the model (batch norm in evaluation mode) on every sample of the loader's set
-/// (see [`test_loader`]), decoding (ImageNet-LT) overlapped with the forward passes.
+/// (see [`test_loader`]), decoding (ImageNet-LT) overlapped with the forward passes. With
+/// `cuda_graphs`, each batch size's forward is captured once and replayed.
 pub fn evaluate<B: Backend>(
     be: &B,
-    model: &mut MultiExpertNet<B>,
+    model: &MultiExpertNet<B>,
     loader: &mut BatchLoader<'_, B>,
     train_class_counts: &[usize],
+    cuda_graphs: bool,
 ) -> Result<Evaluation> {
     let test_set = loader.source();
     let classes = test_set.num_classes();
@@ -51,18 +94,45 @@ pub fn evaluate<B: Backend>(
     let mut predictions = Vec::with_capacity(test_set.len());
     let all: Vec<usize> = (0..test_set.len()).collect();
     let batches: Vec<&[usize]> = all.chunks(loader.max_batch()).collect();
+    let mut graphs: Vec<BatchGraph<B>> = Vec::new();
     be.range_push("evaluate");
     loader.for_each(be, &batches, &[Level::Plain], 0, 0, |_, batch, views| {
         let n = batch.len();
         let x = views.build(be, batch, 1)?;
-        let out = model.forward_eval(be, &x, n, h, w)?;
-        let rows = RowDims { n, c: classes };
-        let (conf, pred) = be.row_max(&out.probs, rows)?;
-        let (conf, pred) = (be.download(&conf)?, be.download_index(&pred)?);
+        let (eager, ran);
+        let out = if cuda_graphs {
+            let at = match graphs.iter().position(|g| g.n == n) {
+                Some(at) => at,
+                None => {
+                    graphs.push(BatchGraph {
+                        n,
+                        x: be.empty(n * 3 * h * w)?,
+                        replay: Replay::default(),
+                    });
+                    graphs.len() - 1
+                }
+            };
+            let BatchGraph {
+                x: place, replay, ..
+            } = &mut graphs[at];
+            be.copy_range(&x, 0, place, 0, n * 3 * h * w)?;
+            let place = &*place;
+            ran = replay.run(be, "evaluate batch (CUDA graph)", || {
+                batch_ops(be, model, place, (n, h, w), classes)
+            })?;
+            ran.value()
+        } else {
+            eager = batch_ops(be, model, &x, (n, h, w), classes)?;
+            &eager
+        };
+        let (conf, pred) = (
+            be.download(&out.confidence)?,
+            be.download_index(&out.prediction)?,
+        );
         let expert_preds = out
-            .logits
+            .expert_predictions
             .iter()
-            .map(|l| be.row_max(l, rows).and_then(|(_, i)| be.download_index(&i)))
+            .map(|i| be.download_index(i))
             .collect::<Result<Vec<_>>>()?;
         let probs = be.download(&out.probs)?;
         let labels: Vec<u32> = batch.iter().map(|&i| test_set.labels()[i]).collect();

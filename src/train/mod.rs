@@ -5,6 +5,7 @@ pub mod bench_step;
 pub mod checkpoint;
 pub mod datasets;
 pub mod evaluate;
+pub mod graphs;
 pub mod loader;
 pub mod optimizer;
 pub mod run_state;

@@ -16,9 +16,10 @@ use crate::config::TrainConfig;
 use crate::method::{expert_loss, EpochPlan, ExpertLossInputs, LossSetup, SlaTable};
 use crate::model::MultiExpertNet;
 use crate::nn::{Module, StateMut, StateRef};
+use crate::train::graphs::{Ran, Replay};
 use crate::train::loader::{view_indices, BatchViews};
 use crate::train::optimizer::sgd_update;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 
 /// What stays fixed across the steps of an epoch.
 pub struct StepContext<'a, B: Backend> {
@@ -163,11 +164,9 @@ struct ShapeRun<B: Backend> {
     index: B::Index,
     /// Where ready views are copied for a graph (its replays read them there).
     views: Option<B::Buf>,
-    /// Whether a step of this shape ran eagerly (so that the cache holds its memory).
-    warm: bool,
-    /// The graph, and what a step adds to the model's host-side counters (batch norm's
+    /// Its graph, with what a step adds to the model's host-side counters (batch norm's
     /// `num_batches_tracked`), which a replay must add as well.
-    graph: Option<(B::Graph, Vec<u64>)>,
+    replay: Replay<B, Vec<u64>>,
 }
 
 /// Runs training steps, eagerly or through one captured graph per step shape.
@@ -217,8 +216,7 @@ impl<B: Backend> StepRunner<B> {
                     values: be.zeros(shape.values_len())?,
                     index: be.upload_index(&vec![0; shape.index_len()])?,
                     views: None,
-                    warm: false,
-                    graph: None,
+                    replay: Replay::default(),
                 });
                 self.shapes.len() - 1
             }
@@ -239,47 +237,35 @@ impl<B: Backend> StepRunner<B> {
             BatchViews::Ready(x) => Source::Given(x),
             BatchViews::Augment { images, .. } => Source::Augment(images),
         };
+        let ShapeRun {
+            shape,
+            values,
+            index,
+            views: kept,
+            replay,
+        } = run;
         let loss_sum = &mut self.loss_sum;
-        let mut body = |run: &ShapeRun<B>, model: &mut MultiExpertNet<B>| {
+        let mut body = |model: &mut MultiExpertNet<B>| {
             let views = match &source {
                 Source::Given(x) => Views::Ready(x),
-                Source::Kept => Views::Ready(run.views.as_ref().expect("copied above")),
+                Source::Kept => Views::Ready(kept.as_ref().expect("copied above")),
                 Source::Augment(images) => Views::Augment(*images),
             };
-            let inputs = DeviceInputs::new(be, &run.shape, &run.values, &run.index, views)?;
+            let inputs = DeviceInputs::new(be, shape, values, index, views)?;
             step_body(be, model, ctx, inputs, sla_tables, loss_sum)
         };
         if !self.graphs {
-            return body(run, model);
+            return body(model);
         }
-        if let Some((graph, counted)) = &run.graph {
-            // One range for the whole step: a replay cannot mark the phases inside it.
-            be.range_push("train step (CUDA graph)");
-            let replayed = be.replay(graph);
-            be.range_pop();
-            replayed?;
+        let ran = replay.run(be, "train step (CUDA graph)", || {
+            let before = host_counts(model);
+            body(model)?;
+            let after = host_counts(model);
+            Ok(after.iter().zip(&before).map(|(a, b)| a - b).collect())
+        })?;
+        if let Ran::Replayed(counted) = ran {
             add_host_counts(model, counted);
-            return Ok(());
         }
-        if !run.warm {
-            body(run, model)?;
-            run.warm = true;
-            return Ok(());
-        }
-        let before = host_counts(model);
-        be.begin_capture()?;
-        let recorded = body(run, model);
-        let graph = be.end_capture();
-        recorded.context("capturing the training step as a CUDA graph")?;
-        let graph = graph?;
-        // The capture ran the step's host side once (its counters moved) but no device work.
-        let counted: Vec<u64> = host_counts(model)
-            .iter()
-            .zip(&before)
-            .map(|(after, before)| after - before)
-            .collect();
-        be.replay(&graph)?;
-        run.graph = Some((graph, counted));
         Ok(())
     }
 }

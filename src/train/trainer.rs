@@ -114,7 +114,8 @@ pub fn train<B: Backend>(
     }
     let class_counts = train_set.class_counts();
     let checkpoint_path = out.join(CHECKPOINT_FILE);
-    let runner = StepRunner::new(be, options.cuda_graphs)?;
+    let cuda_graphs = options.cuda_graphs;
+    let runner = StepRunner::new(be, cuda_graphs)?;
     let mut run = Run::start(
         be,
         cfg,
@@ -144,7 +145,7 @@ pub fn train<B: Backend>(
         run.state.epochs_done = epoch + 1;
 
         if (epoch + 1) % cfg.eval_every == 0 || epoch + 1 == cfg.epochs {
-            let eval = evaluate(be, &mut run.model, &mut test_loader, &class_counts)?;
+            let eval = evaluate(be, &run.model, &mut test_loader, &class_counts, cuda_graphs)?;
             let record = EpochRecord {
                 data_wait_seconds: run.state.data_wait_seconds,
                 ..EpochRecord::new(
@@ -175,7 +176,7 @@ pub fn train<B: Backend>(
     let last = match last_eval {
         Some(e) => e,
         // Resumed after the last epoch: evaluate the restored weights.
-        None => evaluate(be, &mut run.model, &mut test_loader, &class_counts)?,
+        None => evaluate(be, &run.model, &mut test_loader, &class_counts, cuda_graphs)?,
     };
     let state = run.state;
     Ok(RunResult {
