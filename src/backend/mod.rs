@@ -171,6 +171,20 @@ pub trait Backend:
     ) -> Result<()>;
     /// [`Backend::upload_staged`] after its capacity check.
     fn upload_staged_unchecked(&self, staging: &Self::Staging, len: usize) -> Result<Self::Buf>;
+    /// [`Backend::write_staged`] after its capacity check.
+    fn write_staged_unchecked(
+        &self,
+        dst: &mut Self::Buf,
+        staging: &Self::Staging,
+        from: usize,
+    ) -> Result<()>;
+    /// [`Backend::write_index_staged`] after its capacity check.
+    fn write_index_staged_unchecked(
+        &self,
+        dst: &mut Self::Index,
+        staging: &Self::Staging,
+        from: usize,
+    ) -> Result<()>;
     /// [`Backend::view`] after its bounds check.
     fn view_unchecked(&self, buf: &Self::Buf, offset: usize, len: usize) -> Result<Self::Buf>;
     /// [`Backend::write`] after its length check.
@@ -244,6 +258,35 @@ pub trait Backend:
             bail!("upload_staged: {len} elements requested from a staging buffer of {capacity}");
         }
         self.upload_staged_unchecked(staging, len)
+    }
+
+    /// Copies `staging[from..from + len(dst)]` into `dst`, like [`Backend::upload_staged`]
+    /// (asynchronous on a GPU: the staging buffer stays busy until it has been read).
+    fn write_staged(
+        &self,
+        dst: &mut Self::Buf,
+        staging: &Self::Staging,
+        from: usize,
+    ) -> Result<()> {
+        check_view("write_staged", staging.capacity(), from, self.len(dst))?;
+        self.write_staged_unchecked(dst, staging, from)
+    }
+
+    /// [`Backend::write_staged`] into an index buffer: the staged words hold the indices' bits (write
+    /// them through `bytemuck::cast_slice_mut::<f32, u32>`).
+    fn write_index_staged(
+        &self,
+        dst: &mut Self::Index,
+        staging: &Self::Staging,
+        from: usize,
+    ) -> Result<()> {
+        check_view(
+            "write_index_staged",
+            staging.capacity(),
+            from,
+            self.index_len(dst),
+        )?;
+        self.write_index_staged_unchecked(dst, staging, from)
     }
 
     // ---- element-wise ----

@@ -5,13 +5,14 @@
 //!
 //! [`StepRunner`] runs it. What changes from step to step (learning rate, mixup lambda, labels, the
 //! mixup partners, the augmentation's sample indices and parameters) reaches the device as two
-//! blocks, one `f32` and one `u32`, written into buffers kept per step shape; the step's ops read
+//! blocks, one `f32` and one `u32`, staged in page-locked memory and copied into buffers kept per
+//! step shape; the step's ops read
 //! views of them and take no per-step value as an argument. So on a backend with graphs each shape's
 //! step runs once eagerly (filling the caching allocator), is captured the next time and replayed
 //! from then on: per step, two uploads and one graph launch.
 
 use crate::augment::draw_mixup;
-use crate::backend::{AugmentSpec, Backend, LossTargets, SampleDims, SgdConfig};
+use crate::backend::{AugmentSpec, Backend, HostStaging, LossTargets, SampleDims, SgdConfig};
 use crate::config::TrainConfig;
 use crate::method::{expert_loss, EpochPlan, ExpertLossInputs, LossSetup, SlaTable};
 use crate::model::MultiExpertNet;
@@ -157,11 +158,18 @@ impl StepShape {
     }
 }
 
+/// Page-locked buffers a shape's input blocks are staged in, used in turn: the next step's values
+/// are written while the last step's copy may still be reading the other.
+const INPUT_STAGING: usize = 2;
+
 /// One shape's device inputs and, once captured, its graph.
 struct ShapeRun<B: Backend> {
     shape: StepShape,
     values: B::Buf,
     index: B::Index,
+    /// `[values | index words]` on the host, each block copied from here to the device.
+    staging: Vec<B::Staging>,
+    next_staging: usize,
     /// Where ready views are copied for a graph (its replays read them there).
     views: Option<B::Buf>,
     /// Its graph, with what a step adds to the model's host-side counters (batch norm's
@@ -211,10 +219,15 @@ impl<B: Backend> StepRunner<B> {
         let at = match self.shapes.iter().position(|r| r.shape == shape) {
             Some(at) => at,
             None => {
+                let staged = shape.values_len() + shape.index_len();
                 self.shapes.push(ShapeRun {
                     shape,
                     values: be.zeros(shape.values_len())?,
                     index: be.upload_index(&vec![0; shape.index_len()])?,
+                    staging: (0..INPUT_STAGING)
+                        .map(|_| be.alloc_staging(staged))
+                        .collect::<Result<_>>()?,
+                    next_staging: 0,
                     views: None,
                     replay: Replay::default(),
                 });
@@ -222,8 +235,15 @@ impl<B: Backend> StepRunner<B> {
             }
         };
         let run = &mut self.shapes[at];
-        be.write(&mut run.values, &values)?;
-        be.write_index(&mut run.index, &index)?;
+        // One staged upload per block, asynchronous on a GPU.
+        let staging = &mut run.staging[run.next_staging];
+        run.next_staging = (run.next_staging + 1) % INPUT_STAGING;
+        let host = staging.as_mut_slice()?;
+        host[..values.len()].copy_from_slice(&values);
+        let words: &mut [u32] = bytemuck::cast_slice_mut(&mut host[values.len()..]);
+        words[..index.len()].copy_from_slice(&index);
+        be.write_staged(&mut run.values, staging, 0)?;
+        be.write_index_staged(&mut run.index, staging, values.len())?;
         let source: Source<B> = match batch.views_from {
             BatchViews::Ready(x) if self.graphs => {
                 // A graph reads its views from one place: copy them there.
@@ -243,6 +263,7 @@ impl<B: Backend> StepRunner<B> {
             index,
             views: kept,
             replay,
+            ..
         } = run;
         let loss_sum = &mut self.loss_sum;
         let mut body = |model: &mut MultiExpertNet<B>| {

@@ -91,6 +91,24 @@ pub fn views<B: UnfusedLoss>(be: &B) -> Result<()> {
         got == [10, 11, 7, 8, 9, 15],
         "write through an index view: {got:?}"
     );
+    // Staged writes: f32 values, and index words written as their bits.
+    let mut staging = be.alloc_staging(5)?;
+    let host = staging.as_mut_slice()?;
+    host[..2].copy_from_slice(&[0.25, -3.0]);
+    bytemuck::cast_slice_mut::<f32, u32>(&mut host[2..]).copy_from_slice(&[4, 5, 6]);
+    let mut vals = be.zeros(2)?;
+    be.write_staged(&mut vals, &staging, 0)?;
+    be.write_index_staged(&mut part, &staging, 2)?;
+    assert_exact("write_staged", &down(be, &vals)?, &[0.25, -3.0])?;
+    let got = be.download_index(&idx)?;
+    ensure!(
+        got == [10, 11, 4, 5, 6, 15],
+        "write_index_staged through a view: {got:?}"
+    );
+    expect_err(
+        "a staged write past the staging",
+        be.write_index_staged(&mut part, &staging, 3),
+    )?;
     expect_err("an index view past the end", be.index_view(&idx, 4, 3))?;
     expect_err(
         "index write of the wrong length",

@@ -237,6 +237,28 @@ impl Backend for CpuBackend {
             && a.len > 0
             && b.len > 0
     }
+    fn write_staged_unchecked(
+        &self,
+        dst: &mut CpuBuf,
+        staging: &CpuStaging,
+        from: usize,
+    ) -> Result<()> {
+        let len = dst.len;
+        dst.as_mut_slice()
+            .copy_from_slice(&staging.0[from..from + len]);
+        Ok(())
+    }
+    fn write_index_staged_unchecked(
+        &self,
+        dst: &mut CpuIndex,
+        staging: &CpuStaging,
+        from: usize,
+    ) -> Result<()> {
+        let len = dst.len;
+        dst.as_mut_slice()
+            .copy_from_slice(bytemuck::cast_slice(&staging.0[from..from + len]));
+        Ok(())
+    }
     fn upload_staged_unchecked(&self, staging: &CpuStaging, len: usize) -> Result<CpuBuf> {
         Ok(CpuBuf::from_vec(staging.0[..len].to_vec()))
     }

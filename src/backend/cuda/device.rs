@@ -259,14 +259,28 @@ impl Device {
 
     /// `staging[..len]` (f32) in fresh device memory, copied asynchronously on a GPU.
     pub(crate) fn upload_staged(&self, staging: &StagingMem, len: usize) -> Result<DeviceMem> {
+        let mem = self.alloc(4 * len)?;
+        self.write_staged(&mem, 0, staging, 0, len)?;
+        Ok(mem)
+    }
+
+    /// Copies `staging[from..from + len]` (4-byte words, checked by the caller) into `dst` from
+    /// byte `offset` on, asynchronously on a GPU.
+    pub(crate) fn write_staged(
+        &self,
+        dst: &Mem,
+        offset: usize,
+        staging: &StagingMem,
+        from: usize,
+        len: usize,
+    ) -> Result<()> {
         let bytes = 4 * len;
-        let mem = self.alloc(bytes)?;
-        self.rt.write_staged(&mem, 0, staging, len)?;
+        self.rt.write_staged(dst, offset, staging, from, len)?;
         let mut c = self.shared.counters();
         c.h2d_copies += 1;
         c.h2d_bytes += bytes as u64;
         c.bytes_moved += bytes as u64;
-        Ok(mem)
+        Ok(())
     }
 
     pub(crate) fn alloc_staging(&self, len: usize) -> Result<StagingMem> {

@@ -278,12 +278,13 @@ impl DeviceRuntime for EmulatorRuntime {
         dst: &Mem,
         offset: usize,
         staging: &StagingMem,
+        from: usize,
         len: usize,
     ) -> Result<()> {
         let StagingMem::Host(v) = staging else {
             bail!("GPU staging memory was passed to the CUDA emulator");
         };
-        let src: &[u8] = bytemuck::cast_slice(&v[..len]);
+        let src: &[u8] = bytemuck::cast_slice(&v[from..from + len]);
         let dst_mem = host(dst)?;
         assert!(offset + src.len() <= dst_mem.bytes);
         // Page-locked memory on a GPU: a graph reads it when replayed.

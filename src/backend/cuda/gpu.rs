@@ -337,6 +337,7 @@ impl DeviceRuntime for GpuRuntime {
         dst: &Mem,
         offset: usize,
         staging: &StagingMem,
+        from: usize,
         len: usize,
     ) -> Result<()> {
         let StagingMem::Gpu(staging) = staging else {
@@ -344,7 +345,7 @@ impl DeviceRuntime for GpuRuntime {
         };
         // Page-locked source: the driver copies by DMA, asynchronously, in stream order.
         let src = staging.pinned.as_slice()?;
-        self.write(dst, offset, bytemuck::cast_slice(&src[..len]))?;
+        self.write(dst, offset, bytemuck::cast_slice(&src[from..from + len]))?;
         staging
             .copied
             .record(&self.stream)

@@ -431,6 +431,24 @@ impl Backend for CudaBackend {
     fn shares_memory(&self, a: &CudaBuf, b: &CudaBuf) -> bool {
         a.overlaps(b)
     }
+    fn write_staged_unchecked(
+        &self,
+        dst: &mut CudaBuf,
+        staging: &CudaStaging,
+        from: usize,
+    ) -> Result<()> {
+        self.dev
+            .write_staged(&dst.mem, dst.byte_offset(), &staging.0, from, dst.len())
+    }
+    fn write_index_staged_unchecked(
+        &self,
+        dst: &mut CudaIndex,
+        staging: &CudaStaging,
+        from: usize,
+    ) -> Result<()> {
+        self.dev
+            .write_staged(&dst.mem, dst.byte_offset(), &staging.0, from, dst.len())
+    }
     fn upload_staged_unchecked(&self, staging: &CudaStaging, len: usize) -> Result<CudaBuf> {
         Ok(DeviceBuffer::from_mem(
             self.dev.upload_staged(&staging.0, len)?,

@@ -501,13 +501,14 @@ pub(crate) trait DeviceRuntime: Send + Sync {
     fn write(&self, dst: &Mem, offset: usize, src: &[u8]) -> Result<()>;
     /// Host staging memory of `len` zeroed `f32`.
     fn alloc_staging(&self, len: usize) -> Result<StagingMem>;
-    /// Copies `staging[..len]` (checked by the caller) to `dst` from byte `offset` on; asynchronous
-    /// on a GPU.
+    /// Copies `staging[from..from + len]` (checked by the caller) to `dst` from byte `offset` on;
+    /// asynchronous on a GPU.
     fn write_staged(
         &self,
         dst: &Mem,
         offset: usize,
         staging: &StagingMem,
+        from: usize,
         len: usize,
     ) -> Result<()>;
     /// Copies `dst.len()` bytes of `src` from byte `offset` on to the host, after the queued work.
