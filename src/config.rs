@@ -206,6 +206,9 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// cuBLAS may use TF32 tensor cores for fp32 GEMMs.
     pub tf32: bool,
+    /// Data-parallel runs: batch-norm statistics over every rank's batch (PyTorch's
+    /// `SyncBatchNorm`) instead of each rank's own (DistributedDataParallel's default).
+    pub sync_bn: bool,
 }
 
 impl Default for TrainConfig {
@@ -258,6 +261,7 @@ impl Default for TrainConfig {
             threads: 0,
             eval_every: 1,
             tf32: true,
+            sync_bn: false,
         }
     }
 }

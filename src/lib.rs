@@ -10,6 +10,7 @@ pub mod augment;
 pub mod backend;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod method;
 pub mod metrics;
 pub mod model;

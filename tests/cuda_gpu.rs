@@ -226,3 +226,102 @@ fn replayed_bench_steps_equal_eager_steps() {
 fn capture_rule_violations_are_errors() {
     cuda_checks::capture_rule_violations_are_errors(&gpu());
 }
+
+// ---- NCCL (one rank: a world of one GPU) ----
+
+mod nccl {
+    use super::gpu;
+    use ltrain::backend::cuda::nccl::{nccl_available, nccl_unique_id, NcclCollective};
+    use ltrain::backend::cuda::CudaBackend;
+    use ltrain::backend::Backend;
+    use ltrain::dist::{Collective, World};
+
+    /// Rank 0 of a world of one, with a fresh id; a failure names why NCCL is unavailable.
+    fn single(be: &CudaBackend) -> NcclCollective {
+        if let Err(reason) = nccl_available() {
+            panic!("NCCL is not available: {reason}");
+        }
+        let id = nccl_unique_id().expect("NCCL unique id");
+        assert_eq!(id.len(), 128);
+        NcclCollective::new(be, World::SINGLE, &id).expect("NCCL communicator of one rank")
+    }
+
+    /// With one rank every collective gives the buffer back: on a whole buffer and on a view at an
+    /// offset, and nothing outside the view is touched.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn collectives_of_one_rank_keep_the_values() {
+        let be = gpu();
+        let nccl = single(&be);
+        assert_eq!(nccl.world(), World::SINGLE);
+        let data: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let whole = be.upload(&data).unwrap();
+        for (offset, len) in [(0, data.len()), (37, 501)] {
+            let want = &data[offset..offset + len];
+            let mut buf = be.view(&whole, offset, len).unwrap();
+            nccl.all_reduce_sum(&be, &mut buf).unwrap();
+            nccl.wait(&be).unwrap();
+            assert_eq!(be.download(&buf).unwrap(), want, "all-reduce at {offset}");
+            // Read right away, without a wait (as the callers do).
+            let gathered = nccl.all_gather(&be, &buf).unwrap();
+            assert_eq!(be.len(&gathered), len);
+            assert_eq!(
+                be.download(&gathered).unwrap(),
+                want,
+                "all-gather at {offset}"
+            );
+            nccl.broadcast(&be, &mut buf, 0).unwrap();
+            assert_eq!(be.download(&buf).unwrap(), want, "broadcast at {offset}");
+        }
+        assert_eq!(be.download(&whole).unwrap(), data);
+    }
+
+    /// An all-reduce left running while the backend works on, its view dropped before the wait;
+    /// the backend's op after the wait reads the reduced values.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn work_after_the_wait_reads_the_reduced_buffer() {
+        let be = gpu();
+        let nccl = single(&be);
+        let data: Vec<f32> = (0..(1 << 20)).map(|i| (i % 97) as f32).collect();
+        let whole = be.upload(&data).unwrap();
+        for bucket in 0..4 {
+            let len = data.len() / 4;
+            nccl.all_reduce_sum(&be, &mut be.view(&whole, bucket * len, len).unwrap())
+                .unwrap();
+            // Unrelated work on the backend's stream meanwhile.
+            let other = be.upload(&data[..len]).unwrap();
+            be.scale(&other, 3.0).unwrap();
+        }
+        nccl.wait(&be).unwrap();
+        let doubled = be.scale(&whole, 2.0).unwrap();
+        let want: Vec<f32> = data.iter().map(|v| 2.0 * v).collect();
+        assert_eq!(be.download(&doubled).unwrap(), want);
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn misuse_is_an_error() {
+        let be = gpu();
+        assert!(NcclCollective::new(&be, World::SINGLE, &[0; 100]).is_err());
+        assert!(NcclCollective::new(&be, World { rank: 1, size: 1 }, &[0; 128]).is_err());
+        let nccl = single(&be);
+        let mut buf = be.upload(&[1.0, 2.0]).unwrap();
+        assert!(nccl.broadcast(&be, &mut buf, 1).is_err());
+        // Another backend's buffers and stream.
+        let other = gpu();
+        let mut theirs = other.upload(&[1.0]).unwrap();
+        assert!(nccl.all_reduce_sum(&other, &mut theirs).is_err());
+        // Not inside a CUDA graph capture.
+        let mut acc = be.zeros(2).unwrap();
+        be.begin_capture().unwrap();
+        be.add_assign(&mut acc, &buf).unwrap();
+        let err = nccl.all_reduce_sum(&be, &mut buf).unwrap_err();
+        be.end_capture().unwrap();
+        assert!(format!("{err:#}").contains("CUDA graphs"), "{err:#}");
+        // Still usable afterwards.
+        nccl.all_reduce_sum(&be, &mut buf).unwrap();
+        nccl.wait(&be).unwrap();
+        assert_eq!(be.download(&buf).unwrap(), [1.0, 2.0]);
+    }
+}

@@ -129,6 +129,10 @@ pub struct RunArgs {
     /// Divide the weighted loss by the summed weights instead of the batch size.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub normalize_weights: Option<bool>,
+    /// Several ranks: batch-norm statistics over the global batch (SyncBatchNorm) instead of each
+    /// rank's own.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub sync_bn: Option<bool>,
     /// Expert loss weights eps_k of Eq. 18, comma separated.
     #[arg(long, value_delimiter = ',', value_name = "W,W,W")]
     pub expert_loss_weights: Option<Vec<f32>>,
@@ -219,6 +223,7 @@ impl RunArgs {
             cfg,
             a,
             normalize_weights,
+            sync_bn,
             expert_loss_weights,
             device,
             threads,

@@ -11,6 +11,7 @@
 
 use crate::backend::{Backend, CosineDims, RowDims};
 use crate::config::SlaTableRule;
+use crate::dist::Dist;
 use crate::model::MultiExpertNet;
 use anyhow::Result;
 
@@ -61,6 +62,34 @@ impl<B: Backend> SlaTable<B> {
         };
         let d = RowDims { n, c: self.classes };
         be.cosmax_update(logits, cos, labels, d, table_logit, table_cos)
+    }
+
+    /// Merges the table being accumulated across the ranks of a data-parallel run, each of which
+    /// saw its shard of the samples: per class the winner by logit (the lower rank on a tie), the
+    /// table a single process would have accumulated. Every rank gets the same table.
+    pub fn merge_ranks(&mut self, be: &B, dist: &Dist<B>) -> Result<()> {
+        if dist.peers().is_none() {
+            return Ok(());
+        }
+        let (table_logit, table_cos) = match self.rule {
+            SlaTableRule::Epoch => (&mut self.next_logit, &mut self.next_cos),
+            SlaTableRule::Running => (&mut self.current_logit, &mut self.current_cos),
+        };
+        let c = self.classes;
+        let mut mine = be.download(table_logit)?;
+        mine.extend(be.download(table_cos)?);
+        let all = dist.gather_host(be, &mine)?;
+        let (mut logit, mut cos) = (all[0][..c].to_vec(), all[0][c..].to_vec());
+        for other in &all[1..] {
+            for y in 0..c {
+                if other[y] > logit[y] {
+                    logit[y] = other[y];
+                    cos[y] = other[c + y];
+                }
+            }
+        }
+        be.write(table_logit, &logit)?;
+        be.write(table_cos, &cos)
     }
 
     /// Fills the table from a complete pass (call `observe` for every batch first, then this): with the
@@ -153,6 +182,14 @@ impl<B: Backend> SlaTableFill<B> {
             table.observe(be, &out.logits[k], &cos, labels, n)?;
         }
         Ok(())
+    }
+
+    /// Merges the ranks' passes over their shards ([`SlaTable::merge_ranks`]); call before
+    /// [`finish`](Self::finish).
+    pub fn merge_ranks(&mut self, be: &B, dist: &Dist<B>) -> Result<()> {
+        self.fresh
+            .iter_mut()
+            .try_for_each(|t| t.merge_ranks(be, dist))
     }
 
     /// Makes the filled tables the current ones of `tables` (under any rule), with nothing pending.

@@ -19,6 +19,7 @@ pub use state::is_model_tensor;
 
 use crate::backend::{Backend, RowDims};
 use crate::config::{ExpertWidth, ModelKind, TrainConfig};
+use crate::dist::Collective;
 use crate::nn::{
     BatchNorm2d, Conv2d, Linear, MaxPool2d, Module, Nchw, Param, ParamStore, Stage, StateMut,
     StateRef,
@@ -27,6 +28,7 @@ use anyhow::{bail, ensure, Context, Result};
 use parts::{Expert, Stem, Trunk};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use std::sync::Arc;
 
 /// The backbone of a multi-expert network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +107,24 @@ pub struct MultiExpertNet<B: Backend> {
     experts: Vec<Expert<B>>,
     /// Every parameter's value, gradient and momentum, flat (the parameters are views of it).
     store: ParamStore<B>,
+    /// `(offset, len)` in the flat store of the trunk's parameters and of each expert's: the
+    /// gradient buckets of a data-parallel backward.
+    buckets: (Bucket, Vec<Bucket>),
     saved: Option<NetSaved<B>>,
+}
+
+/// `(offset, len)` of a module's parameters in the flat store.
+type Bucket = (usize, usize);
+
+/// Elements of a module's parameters.
+fn param_len<B: Backend>(m: &dyn Module<B>) -> usize {
+    let mut len = 0;
+    m.visit(&mut |s| {
+        if let StateRef::Param(p) = s {
+            len += p.numel();
+        }
+    });
+    len
 }
 
 /// The parameters of a trunk and its experts in `model.parameters()` order (the order of
@@ -251,12 +270,23 @@ impl<B: Backend> MultiExpertNet<B> {
         let mut shared = shared;
         let mut expert_list = expert_list;
         let store = ParamStore::gather(be, params_of(&mut shared, &mut expert_list))?;
+        let trunk = (0, param_len(&shared));
+        let mut offset = trunk.1;
+        let experts = expert_list
+            .iter()
+            .map(|e| {
+                let len = param_len(e);
+                offset += len;
+                (offset - len, len)
+            })
+            .collect();
         Ok(Self {
             arch,
             num_classes,
             shared,
             experts: expert_list,
             store,
+            buckets: (trunk, experts),
             saved: None,
         })
     }
@@ -365,10 +395,28 @@ impl<B: Backend> MultiExpertNet<B> {
         Ok(outs)
     }
 
+    /// Synchronises every batch norm's training statistics across the ranks of `sync` (`--sync-bn`),
+    /// or, with `None`, makes them per rank again.
+    pub fn set_sync_batch_norm(&mut self, sync: Option<Arc<dyn Collective<B>>>) {
+        self.batch_norms_mut(&mut |bn| bn.sync = sync.clone());
+    }
+
     /// Backward of the last `forward_train`: `dlogits[k]` (`[batch, classes]`) is the gradient
     /// of the total loss with respect to expert `k`'s logits (already scaled by the caller).
     /// Overwrites every parameter's `grad`.
     pub fn backward(&mut self, be: &B, dlogits: &[B::Buf]) -> Result<()> {
+        self.backward_reduced(be, dlogits, None)
+    }
+
+    /// [`backward`](Self::backward), each gradient summed across the ranks of `reduce` in
+    /// buckets, each expert's as soon as its backward is done (overlapping the rest of the
+    /// backward where the collective runs asynchronously), the trunk's last.
+    pub fn backward_reduced(
+        &mut self,
+        be: &B,
+        dlogits: &[B::Buf],
+        reduce: Option<&dyn Collective<B>>,
+    ) -> Result<()> {
         let saved = self
             .saved
             .take()
@@ -404,6 +452,7 @@ impl<B: Backend> MultiExpertNet<B> {
                         be.add_assign(&mut dtrunk, &dk)?;
                     }
                     be.range_pop();
+                    reduce_bucket(be, &self.store, reduce, self.buckets.1[k])?;
                 }
             }
             ExpertInputs::Split(inputs) => {
@@ -416,13 +465,19 @@ impl<B: Backend> MultiExpertNet<B> {
                     be.range_push(EXPERT_BACKWARD[k.min(EXPERT_BACKWARD.len() - 1)]);
                     expert.backward_into(be, &input, d, &mut rows)?;
                     be.range_pop();
+                    reduce_bucket(be, &self.store, reduce, self.buckets.1[k])?;
                 }
             }
         }
         be.range_push("shared backward");
         let result = self.shared.backward(be, dtrunk);
         be.range_pop();
-        result
+        result?;
+        reduce_bucket(be, &self.store, reduce, self.buckets.0)?;
+        match reduce {
+            Some(r) => r.wait(be),
+            None => Ok(()),
+        }
     }
 
     /// Evaluation forward (batch norm with running statistics) of `x [batch, 3, h, w]`: every
@@ -470,6 +525,19 @@ impl<B: Backend> MultiExpertNet<B> {
     }
 }
 
+/// Sums one bucket of gradients across the ranks.
+fn reduce_bucket<B: Backend>(
+    be: &B,
+    store: &ParamStore<B>,
+    reduce: Option<&dyn Collective<B>>,
+    (offset, len): Bucket,
+) -> Result<()> {
+    match reduce {
+        Some(r) => r.all_reduce_sum(be, &mut store.grads_view(be, offset, len)?),
+        None => Ok(()),
+    }
+}
+
 impl<B: Backend> Module<B> for MultiExpertNet<B> {
     /// Every state tensor (parameters, running statistics, `num_batches_tracked`) in PyTorch's
     /// `state_dict()` order: the trunk, then the experts in order.
@@ -483,6 +551,12 @@ impl<B: Backend> Module<B> for MultiExpertNet<B> {
         self.shared.visit_mut(f);
         for e in &mut self.experts {
             e.visit_mut(f);
+        }
+    }
+    fn batch_norms_mut(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d<B>)) {
+        self.shared.batch_norms_mut(f);
+        for e in &mut self.experts {
+            e.batch_norms_mut(f);
         }
     }
 }

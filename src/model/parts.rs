@@ -102,6 +102,9 @@ impl<B: Backend> Module<B> for Stem<B> {
         self.conv1.visit_mut(f);
         self.bn1.visit_mut(f);
     }
+    fn batch_norms_mut(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d<B>)) {
+        f(&mut self.bn1);
+    }
 }
 
 /// The shared early layers: stem + stages (`shared.*`).
@@ -166,6 +169,12 @@ impl<B: Backend> Module<B> for Trunk<B> {
         self.stem.visit_mut(f);
         for s in &mut self.stages {
             s.visit_mut(f);
+        }
+    }
+    fn batch_norms_mut(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d<B>)) {
+        self.stem.batch_norms_mut(f);
+        for s in &mut self.stages {
+            s.batch_norms_mut(f);
         }
     }
 }
@@ -280,5 +289,10 @@ impl<B: Backend> Module<B> for Expert<B> {
             s.visit_mut(f);
         }
         self.fc.visit_mut(f);
+    }
+    fn batch_norms_mut(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d<B>)) {
+        for s in &mut self.stages {
+            s.batch_norms_mut(f);
+        }
     }
 }

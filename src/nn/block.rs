@@ -188,6 +188,10 @@ impl<B: Backend> Module<B> for BasicBlock<B> {
         self.conv2.visit_mut(f);
         self.bn2.visit_mut(f);
     }
+    fn batch_norms_mut(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d<B>)) {
+        f(&mut self.bn1);
+        f(&mut self.bn2);
+    }
 }
 
 /// Projection shortcut of a bottleneck: `downsample.0` (1x1 conv, stride) + `downsample.1` (BN).
@@ -419,6 +423,14 @@ impl<B: Backend> Module<B> for Bottleneck<B> {
             ds.bn.visit_mut(f);
         }
     }
+    fn batch_norms_mut(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d<B>)) {
+        f(&mut self.bn1);
+        f(&mut self.bn2);
+        f(&mut self.bn3);
+        if let Some(ds) = &mut self.downsample {
+            f(&mut ds.bn);
+        }
+    }
 }
 
 /// A residual block of either kind.
@@ -476,6 +488,12 @@ impl<B: Backend> Module<B> for ResBlock<B> {
         match self {
             ResBlock::Basic(b) => b.visit_mut(f),
             ResBlock::Bottleneck(b) => b.visit_mut(f),
+        }
+    }
+    fn batch_norms_mut(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d<B>)) {
+        match self {
+            ResBlock::Basic(b) => b.batch_norms_mut(f),
+            ResBlock::Bottleneck(b) => b.batch_norms_mut(f),
         }
     }
 }
@@ -639,6 +657,11 @@ impl<B: Backend> Module<B> for Stage<B> {
     fn visit_mut<'a>(&'a mut self, f: &mut dyn FnMut(StateMut<'a, B>)) {
         for b in &mut self.blocks {
             b.visit_mut(f);
+        }
+    }
+    fn batch_norms_mut(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d<B>)) {
+        for b in &mut self.blocks {
+            b.batch_norms_mut(f);
         }
     }
 }

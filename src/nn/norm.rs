@@ -1,11 +1,14 @@
-//! 2-D batch normalisation with PyTorch semantics and state-dict names.
+//! 2-D batch normalisation with PyTorch semantics and state-dict names, per rank or synchronised
+//! across the ranks of a data-parallel run (`--sync-bn`, PyTorch's `SyncBatchNorm`).
 
 use super::{check_len, Conv2d, Counter, Module, Nchw, Param, RunningStat, StateMut, StateRef};
 use crate::backend::{
     Backend, BatchNormAct, BatchNormAffine, BatchNormBackwardAct, BatchNormBackwardInputs,
     BatchNormConfig, BatchNormRunning, BatchNormStats, BatchNormTrain, ParamGrads,
 };
+use crate::dist::Collective;
 use anyhow::{ensure, Context, Result};
+use std::sync::Arc;
 
 /// Batch norm over `[n, c, h, w]`: weight 1, bias 0, running mean 0, running variance 1.
 pub struct BatchNorm2d<B: Backend> {
@@ -16,8 +19,11 @@ pub struct BatchNorm2d<B: Backend> {
     pub num_batches_tracked: Counter,
     pub cfg: BatchNormConfig,
     pub channels: usize,
-    /// `(mean [c], inv_std [c])` of the last training forward, consumed by `backward`.
-    saved: Option<(B::Buf, B::Buf)>,
+    /// With it, training statistics are over every rank's batch (synchronised batch norm).
+    pub sync: Option<Arc<dyn Collective<B>>>,
+    /// `(mean [c], inv_std [c])` of the last training forward, consumed by `backward`, and the
+    /// per-channel count behind them on this rank.
+    saved: Option<(B::Buf, B::Buf, usize)>,
 }
 
 impl<B: Backend> BatchNorm2d<B> {
@@ -42,6 +48,7 @@ impl<B: Backend> BatchNorm2d<B> {
             },
             cfg: BatchNormConfig::default(),
             channels,
+            sync: None,
             saved: None,
         })
     }
@@ -75,6 +82,14 @@ impl<B: Backend> BatchNorm2d<B> {
             out.c,
             self.channels
         );
+        // Synchronised: the running statistics are updated below from the global ones.
+        let before = match &self.sync {
+            Some(_) => Some((
+                be.download(&self.running_mean.value)?,
+                be.download(&self.running_var.value)?,
+            )),
+            None => None,
+        };
         let bn = BatchNormTrain {
             affine: BatchNormAffine {
                 gamma: &self.weight.value,
@@ -89,8 +104,79 @@ impl<B: Backend> BatchNorm2d<B> {
         let act = BatchNormAct { residual, relu };
         let r = be.conv2d_batch_norm_train(x, &conv.weight.value, conv.dims(s), bn, act)?;
         self.num_batches_tracked.value += 1;
-        self.saved = Some((r.saved_mean, r.saved_inv_std));
-        Ok((r.z, r.y, out))
+        let count = out.n * out.h * out.w;
+        let (Some(sync), Some(before)) = (self.sync.clone(), before) else {
+            self.saved = Some((r.saved_mean, r.saved_inv_std, count));
+            return Ok((r.z, r.y, out));
+        };
+        let (mean, var, inv_std) = self.sync_forward(be, sync.as_ref(), &r, count, before)?;
+        let y = be.batch_norm_eval_forward_act(
+            &r.z,
+            self.affine(),
+            BatchNormStats {
+                mean: &mean,
+                var: &be.upload(&var)?,
+            },
+            out.channel_dims(),
+            self.cfg,
+            BatchNormAct { residual, relu },
+        )?;
+        self.saved = Some((mean, be.upload(&inv_std)?, count));
+        Ok((r.z, y, out))
+    }
+
+    /// The global batch statistics from every rank's `(count, mean, biased variance)` (Chan's
+    /// combination, in f64, in rank order), and the running statistics updated from them as one
+    /// process with the whole batch would: returns `(mean [c], biased variance [c] and inv_std [c]
+    /// on the host)`.
+    fn sync_forward(
+        &mut self,
+        be: &B,
+        sync: &dyn Collective<B>,
+        local: &crate::backend::ConvBatchNormOut<B>,
+        count: usize,
+        (running_mean, running_var): (Vec<f32>, Vec<f32>),
+    ) -> Result<(B::Buf, Vec<f32>, Vec<f32>)> {
+        let (c, eps) = (self.channels, self.cfg.eps as f64);
+        let mut mine = vec![count as f32];
+        mine.extend(be.download(&local.saved_mean)?);
+        mine.extend(
+            be.download(&local.saved_inv_std)?
+                .iter()
+                .map(|&s| (1.0 / (s as f64 * s as f64) - eps).max(0.0) as f32),
+        );
+        let all = be.download(&sync.all_gather(be, &be.upload(&mine)?)?)?;
+        let ranks: Vec<&[f32]> = all.chunks(2 * c + 1).collect();
+        let total: f64 = ranks.iter().map(|r| r[0] as f64).sum();
+        let mut mean = vec![0f32; c];
+        let mut biased = vec![0f32; c];
+        let mut inv_std = vec![0f32; c];
+        let (mut new_mean, mut new_var) = (running_mean, running_var);
+        let m = self.cfg.momentum as f64;
+        for ch in 0..c {
+            let mu = ranks
+                .iter()
+                .map(|r| r[0] as f64 * r[1 + ch] as f64)
+                .sum::<f64>()
+                / total;
+            let m2: f64 = ranks
+                .iter()
+                .map(|r| {
+                    let d = r[1 + ch] as f64 - mu;
+                    r[0] as f64 * (r[1 + c + ch] as f64 + d * d)
+                })
+                .sum();
+            let var = m2 / total;
+            mean[ch] = mu as f32;
+            biased[ch] = var as f32;
+            inv_std[ch] = (1.0 / (var + eps).sqrt()) as f32;
+            let unbiased = if total > 1.0 { m2 / (total - 1.0) } else { var };
+            new_mean[ch] = ((1.0 - m) * new_mean[ch] as f64 + m * mu) as f32;
+            new_var[ch] = ((1.0 - m) * new_var[ch] as f64 + m * unbiased) as f32;
+        }
+        be.write(&mut self.running_mean.value, &new_mean)?;
+        be.write(&mut self.running_var.value, &new_var)?;
+        Ok((be.upload(&mean)?, biased, inv_std))
     }
 
     /// Normalises with the running statistics.
@@ -134,7 +220,7 @@ impl<B: Backend> BatchNorm2d<B> {
         s: Nchw,
         act: BatchNormBackwardAct<'_, B>,
     ) -> Result<B::Buf> {
-        let (mean, inv_std) = self.saved.take().with_context(|| {
+        let (mean, inv_std, count) = self.saved.take().with_context(|| {
             format!("{}: backward without a training forward", self.weight.name)
         })?;
         let saved = BatchNormStats {
@@ -152,7 +238,74 @@ impl<B: Backend> BatchNorm2d<B> {
             weight: dgamma,
             bias: self.bias.grad_out(be)?,
         };
-        be.batch_norm_backward(inputs, s.channel_dims(), act, grads)
+        let dx = be.batch_norm_backward(inputs, s.channel_dims(), act, grads)?;
+        match self.sync.clone() {
+            Some(sync) => self.sync_backward(be, sync.as_ref(), dx, x, s, (&mean, &inv_std, count)),
+            None => Ok(dx),
+        }
+    }
+
+    /// Corrects this rank's `dx` (formed with its own `sum dy`, `sum dy x_hat` over `count`) to the
+    /// global sums over every rank's count. The difference is per channel affine in `x`,
+    /// `p x + q`, applied as an evaluation-mode batch norm with zero mean and unit variance.
+    fn sync_backward(
+        &mut self,
+        be: &B,
+        sync: &dyn Collective<B>,
+        dx: B::Buf,
+        x: &B::Buf,
+        s: Nchw,
+        (mean, inv_std, count): (&B::Buf, &B::Buf, usize),
+    ) -> Result<B::Buf> {
+        let c = self.channels;
+        fn grad<B: Backend>(p: &Param<B>) -> Result<&B::Buf> {
+            p.grad
+                .as_ref()
+                .with_context(|| format!("{}: no gradient after backward", p.name))
+        }
+        let mut mine = vec![count as f32];
+        mine.extend(be.download(grad(&self.weight)?)?);
+        mine.extend(be.download(grad(&self.bias)?)?);
+        let all = be.download(&sync.all_gather(be, &be.upload(&mine)?)?)?;
+        let ranks: Vec<&[f32]> = all.chunks(2 * c + 1).collect();
+        let total: f64 = ranks.iter().map(|r| r[0] as f64).sum();
+        let (gamma, mean, inv_std) = (
+            be.download(&self.weight.value)?,
+            be.download(mean)?,
+            be.download(inv_std)?,
+        );
+        let local = count as f64;
+        let (mut p, mut q) = (vec![0f32; c], vec![0f32; c]);
+        for ch in 0..c {
+            let sum_dy_xhat: f64 = ranks.iter().map(|r| r[1 + ch] as f64).sum();
+            let sum_dy: f64 = ranks.iter().map(|r| r[1 + c + ch] as f64).sum();
+            let k = gamma[ch] as f64 * inv_std[ch] as f64;
+            let a = k * (mine[1 + c + ch] as f64 / local - sum_dy / total);
+            let b = k * (mine[1 + ch] as f64 / local - sum_dy_xhat / total);
+            p[ch] = (b * inv_std[ch] as f64) as f32;
+            q[ch] = (a - b * mean[ch] as f64 * inv_std[ch] as f64) as f32;
+        }
+        let unit = BatchNormConfig {
+            eps: 0.0,
+            ..self.cfg
+        };
+        be.batch_norm_eval_forward_act(
+            x,
+            BatchNormAffine {
+                gamma: &be.upload(&p)?,
+                beta: &be.upload(&q)?,
+            },
+            BatchNormStats {
+                mean: &be.zeros(c)?,
+                var: &be.upload(&vec![1.0; c])?,
+            },
+            s.channel_dims(),
+            unit,
+            BatchNormAct {
+                residual: Some(&dx),
+                relu: false,
+            },
+        )
     }
 }
 
@@ -170,5 +323,8 @@ impl<B: Backend> Module<B> for BatchNorm2d<B> {
         f(StateMut::Running(&mut self.running_mean));
         f(StateMut::Running(&mut self.running_var));
         f(StateMut::Counter(&mut self.num_batches_tracked));
+    }
+    fn batch_norms_mut(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d<B>)) {
+        f(self);
     }
 }

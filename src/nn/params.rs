@@ -39,6 +39,11 @@ impl<B: Backend> ParamStore<B> {
         })
     }
 
+    /// A view of gradients `offset..offset + len` (a bucket all-reduced across ranks).
+    pub fn grads_view(&self, be: &B, offset: usize, len: usize) -> Result<B::Buf> {
+        be.view(&self.grads, offset, len)
+    }
+
     /// Creates the momentum buffer (zero) unless it exists, each parameter's velocity a view of it.
     /// `params` are the ones [`ParamStore::gather`] took, in the same order.
     pub fn ensure_velocity(&mut self, be: &B, params: &mut [&mut Param<B>]) -> Result<()> {

@@ -1,7 +1,7 @@
 //! Named state tensors: enumeration of a module's parameters and buffers in PyTorch's state-dict
 //! order, and the host-side [`NamedTensor`] used by checkpoints.
 
-use super::Param;
+use super::{BatchNorm2d, Param};
 use crate::backend::Backend;
 
 /// A non-trainable `f32` buffer saved with the model (batch norm's running mean and variance).
@@ -49,6 +49,8 @@ pub enum StateMut<'a, B: Backend> {
 pub trait Module<B: Backend> {
     fn visit<'a>(&'a self, f: &mut dyn FnMut(StateRef<'a, B>));
     fn visit_mut<'a>(&'a mut self, f: &mut dyn FnMut(StateMut<'a, B>));
+    /// Every batch norm inside, in visiting order (to synchronise their statistics across ranks).
+    fn batch_norms_mut(&mut self, _f: &mut dyn FnMut(&mut BatchNorm2d<B>)) {}
 }
 
 /// Values of a host-side tensor, in the two dtypes a ResNet state dict uses.

@@ -288,6 +288,7 @@ impl<B: Backend> BenchStep<B> {
                 weight_decay: 5e-4,
                 nesterov: false,
             },
+            reduce: None,
         };
         let batch = StepBatch {
             views_from: views,
@@ -297,6 +298,7 @@ impl<B: Backend> BenchStep<B> {
             mixup: Mixup::for_step(&self.plan, self.cfg.seed, 0, self.steps, n),
             hw: (size, size),
             lr: 0.01,
+            global_n: n,
         };
         self.runner
             .run(be, &mut self.model, &ctx, batch, &mut self.sla_tables)?;

@@ -6,9 +6,10 @@ use super::loader::BatchLoader;
 use super::source::ImageSource;
 use crate::augment::Level;
 use crate::backend::{Backend, RowDims};
+use crate::dist::Dist;
 use crate::metrics::{EvalAccumulator, EvalMetrics};
 use crate::model::MultiExpertNet;
-use anyhow::Result;
+use anyhow::{ensure, Result};
 
 /// One test sample's outcome.
 #[derive(Clone, Debug, PartialEq)]
@@ -87,16 +88,46 @@ pub fn evaluate<B: Backend>(
     train_class_counts: &[usize],
     cuda_graphs: bool,
 ) -> Result<Evaluation> {
+    evaluate_sharded(
+        be,
+        model,
+        loader,
+        train_class_counts,
+        cuda_graphs,
+        &Dist::single(),
+    )
+}
+
+/// [`evaluate`] on the ranks of `dist`: rank `r` evaluates batches `r, r + size, ...` of the
+/// single-process batching, and every rank merges all batches' outcomes in batch order, so the
+/// metrics and predictions are those of one process evaluating the whole set.
+pub fn evaluate_sharded<B: Backend>(
+    be: &B,
+    model: &MultiExpertNet<B>,
+    loader: &mut BatchLoader<'_, B>,
+    train_class_counts: &[usize],
+    cuda_graphs: bool,
+    dist: &Dist<B>,
+) -> Result<Evaluation> {
     let test_set = loader.source();
     let classes = test_set.num_classes();
     let (h, w) = test_set.image_hw();
-    let mut acc = EvalAccumulator::new(train_class_counts);
-    let mut predictions = Vec::with_capacity(test_set.len());
+    let experts = model.experts();
+    let world = dist.world();
     let all: Vec<usize> = (0..test_set.len()).collect();
     let batches: Vec<&[usize]> = all.chunks(loader.max_batch()).collect();
+    let mine: Vec<&[usize]> = batches
+        .iter()
+        .skip(world.rank)
+        .step_by(world.size)
+        .copied()
+        .collect();
     let mut graphs: Vec<BatchGraph<B>> = Vec::new();
+    // Each of this rank's batches as one host record: `[probs n*c | confidence n | prediction n |
+    // expert predictions experts*n]`, the indices as their bits.
+    let mut records: Vec<Vec<f32>> = Vec::with_capacity(mine.len());
     be.range_push("evaluate");
-    loader.for_each(be, &batches, &[Level::Plain], 0, 0, |_, batch, views| {
+    loader.for_each(be, &mine, &[Level::Plain], 0, 0, |_, batch, views| {
         let n = batch.len();
         let x = views.build(be, batch, 1)?;
         let (eager, ran);
@@ -125,29 +156,54 @@ pub fn evaluate<B: Backend>(
             eager = batch_ops(be, model, &x, (n, h, w), classes)?;
             &eager
         };
-        let (conf, pred) = (
-            be.download(&out.confidence)?,
-            be.download_index(&out.prediction)?,
-        );
-        let expert_preds = out
-            .expert_predictions
-            .iter()
-            .map(|i| be.download_index(i))
-            .collect::<Result<Vec<_>>>()?;
-        let probs = be.download(&out.probs)?;
-        let labels: Vec<u32> = batch.iter().map(|&i| test_set.labels()[i]).collect();
-        acc.add_batch(&probs, &labels)?;
-        for i in 0..n {
-            predictions.push(Prediction {
-                label: labels[i],
-                prediction: pred[i],
-                confidence: conf[i],
-                expert_predictions: expert_preds.iter().map(|p| p[i]).collect(),
-            });
+        let mut record = be.download(&out.probs)?;
+        record.extend(be.download(&out.confidence)?);
+        let bits = |i: &B::Index| -> Result<Vec<f32>> {
+            Ok(be
+                .download_index(i)?
+                .into_iter()
+                .map(f32::from_bits)
+                .collect())
+        };
+        record.extend(bits(&out.prediction)?);
+        for p in &out.expert_predictions {
+            record.extend(bits(p)?);
         }
+        records.push(record);
         Ok(())
     })?;
     be.range_pop();
+
+    let mut acc = EvalAccumulator::new(train_class_counts);
+    let mut predictions = Vec::with_capacity(test_set.len());
+    let mut mine = records.into_iter();
+    // Round j holds batches j * size .. (j + 1) * size, one per rank.
+    for round in 0..batches.len().div_ceil(world.size) {
+        let record = mine.next().unwrap_or_default();
+        for (rank, record) in dist.gather_host(be, &record)?.into_iter().enumerate() {
+            let Some(batch) = batches.get(round * world.size + rank) else {
+                continue;
+            };
+            let n = batch.len();
+            ensure!(
+                record.len() == n * (classes + 2 + experts),
+                "evaluation: rank {rank} returned {} values for a batch of {n}",
+                record.len()
+            );
+            let (probs, rest) = record.split_at(n * classes);
+            let labels: Vec<u32> = batch.iter().map(|&i| test_set.labels()[i]).collect();
+            acc.add_batch(probs, &labels)?;
+            let at = |k: usize, i: usize| rest[k * n + i];
+            for (i, &label) in labels.iter().enumerate() {
+                predictions.push(Prediction {
+                    label,
+                    prediction: at(1, i).to_bits(),
+                    confidence: at(0, i),
+                    expert_predictions: (0..experts).map(|e| at(2 + e, i).to_bits()).collect(),
+                });
+            }
+        }
+    }
     Ok(Evaluation {
         metrics: acc.finish()?,
         predictions,

@@ -28,9 +28,9 @@ const META_TRAIN_SECONDS: &str = "ltrain.train_seconds";
 const META_DATA_WAIT_SECONDS: &str = "ltrain.data_wait_seconds";
 const META_SAMPLES_SEEN: &str = "ltrain.samples_seen";
 const META_CLASS_COUNTS: &str = "ltrain.class_counts";
+const META_WORLD_SIZE: &str = "ltrain.world_size";
 
 /// Training progress carried across a resume.
-#[derive(Default)]
 pub struct RunState {
     /// Epochs completed.
     pub epochs_done: usize,
@@ -42,6 +42,22 @@ pub struct RunState {
     /// Of `train_seconds`, the time the loop waited for the data loader.
     pub data_wait_seconds: f64,
     pub samples_seen: u64,
+    /// Ranks the run trains on (a resumed run needs as many).
+    pub world_size: usize,
+}
+
+impl Default for RunState {
+    fn default() -> Self {
+        Self {
+            epochs_done: 0,
+            history: Vec::new(),
+            sla_filled: false,
+            train_seconds: 0.0,
+            data_wait_seconds: 0.0,
+            samples_seen: 0,
+            world_size: 1,
+        }
+    }
 }
 
 /// Writes the checkpoint of the run so far (atomically).
@@ -104,6 +120,7 @@ pub fn persist<B: Backend>(
         META_CLASS_COUNTS.to_string(),
         serde_json::to_string(class_counts)?,
     );
+    meta.insert(META_WORLD_SIZE.to_string(), state.world_size.to_string());
     save_checkpoint(path, &tensors, &meta)
 }
 
@@ -174,6 +191,8 @@ pub fn restore<B: Backend>(
             .get(META_DATA_WAIT_SECONDS)
             .map_or(Ok(0.0), |v| v.parse())?,
         samples_seen: get(META_SAMPLES_SEEN)?.parse()?,
+        // Absent in checkpoints written before data-parallel runs.
+        world_size: meta.get(META_WORLD_SIZE).map_or(Ok(1), |v| v.parse())?,
     })
 }
 

@@ -14,6 +14,7 @@
 use crate::augment::draw_mixup;
 use crate::backend::{AugmentSpec, Backend, HostStaging, LossTargets, SampleDims, SgdConfig};
 use crate::config::TrainConfig;
+use crate::dist::Collective;
 use crate::method::{expert_loss, EpochPlan, ExpertLossInputs, LossSetup, SlaTable};
 use crate::model::MultiExpertNet;
 use crate::nn::{Module, StateMut, StateRef};
@@ -28,6 +29,8 @@ pub struct StepContext<'a, B: Backend> {
     pub plan: &'a EpochPlan,
     pub losses: &'a LossSetup<B>,
     pub sgd: SgdConfig,
+    /// The peers of a data-parallel run, the gradients summed across them before the update.
+    pub reduce: Option<&'a dyn Collective<B>>,
 }
 
 /// One batch's mixup (Eq. 14): `x_i <- lambda x_i + (1 - lambda) x_perm[i]` for every view, the
@@ -69,6 +72,9 @@ pub struct StepBatch<'a, B: Backend> {
     /// `(h, w)` of the views.
     pub hw: (usize, usize),
     pub lr: f32,
+    /// Samples of the global batch this is a shard of (`n` in a single process): the loss is the
+    /// global batch's mean, so the ranks' summed gradients are the whole batch's.
+    pub global_n: usize,
 }
 
 /// What fixes the ops a step issues and the layout of its input blocks: steps of one shape issue the
@@ -77,6 +83,7 @@ pub struct StepBatch<'a, B: Backend> {
 struct StepShape {
     plan: EpochPlan,
     n: usize,
+    global_n: usize,
     views: usize,
     hw: (usize, usize),
     mixup: bool,
@@ -128,9 +135,15 @@ impl StepShape {
             BatchViews::Augment { spec, params, .. } => Some((*spec, params.len())),
             BatchViews::Ready(_) => None,
         };
+        ensure!(
+            batch.global_n >= n,
+            "train_step: a shard of {n} samples of a global batch of {}",
+            batch.global_n
+        );
         let shape = Self {
             plan: *plan,
             n,
+            global_n: batch.global_n,
             views,
             hw: batch.hw,
             mixup: batch.mixup.is_some(),
@@ -393,6 +406,7 @@ fn step_body<B: Backend>(
 ) -> Result<()> {
     let StepShape {
         n,
+        global_n,
         views,
         hw: (h, w),
         augment,
@@ -457,15 +471,17 @@ fn step_body<B: Backend>(
             sla_tables.get_mut(k),
         )?;
         let eps = cfg.expert_loss_weight(k);
-        let term = be.scale(&be.sum(&out.loss)?, eps / n as f32)?;
+        let term = be.scale(&be.sum(&out.loss)?, eps / global_n as f32)?;
         match &mut total {
             Some(t) => be.add_assign(t, &term)?,
             None => total = Some(term),
         }
-        dlogits.push(if eps == 1.0 {
+        // The loss's gradient is of this shard's mean; the global batch's mean weighs it n / N.
+        let scale = eps * (n as f32 / global_n as f32);
+        dlogits.push(if scale == 1.0 {
             out.dlogits
         } else {
-            be.scale(&out.dlogits, eps)?
+            be.scale(&out.dlogits, scale)?
         });
     }
     if let Some(total) = total {
@@ -474,7 +490,7 @@ fn step_body<B: Backend>(
     be.range_pop();
 
     be.range_push("backward");
-    model.backward(be, &dlogits)?;
+    model.backward_reduced(be, &dlogits, ctx.reduce)?;
     be.range_pop();
     be.range_push("optimizer");
     sgd_update(be, model, &inputs.lr, ctx.sgd)?;

@@ -4,7 +4,7 @@
 //! with the same result ([`super::run_state`]).
 
 use super::checkpoint::load_checkpoint;
-use super::evaluate::{evaluate, test_loader, Evaluation};
+use super::evaluate::{evaluate_sharded, test_loader, Evaluation};
 use super::loader::BatchLoader;
 use super::run_state::{
     persist, restore, truncate_metrics, RunState, CHECKPOINT_FILE, METRICS_FILE,
@@ -14,9 +14,11 @@ use super::source::ImageSource;
 use super::step::{Mixup, StepBatch, StepContext, StepRunner};
 use crate::augment::Level;
 use crate::backend::{Backend, SgdConfig};
-use crate::config::TrainConfig;
+use crate::config::{SlaTableRule, TrainConfig};
+use crate::dist::{shard, Dist, World};
 use crate::method::{policy, EpochPlan, LossSetup, SlaTable, SlaTableFill};
 use crate::model::MultiExpertNet;
+use crate::nn::{Module, StateMut};
 use crate::report::{append_epoch_record, EpochRecord};
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
@@ -92,6 +94,7 @@ struct Run<'a, B: Backend> {
     sla_tables: Vec<SlaTable<B>>,
     state: RunState,
     runner: StepRunner<B>,
+    dist: Dist<B>,
 }
 
 /// Runs (or resumes) training as `cfg` says, writing `metrics.jsonl` and the checkpoint in `out`.
@@ -104,7 +107,38 @@ pub fn train<B: Backend>(
     options: RunOptions,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<RunResult> {
+    train_rank(
+        be,
+        cfg,
+        train_set,
+        test_set,
+        out,
+        options,
+        Dist::single(),
+        progress,
+    )
+}
+
+/// [`train`] as one rank of a data-parallel run (DistributedDataParallel semantics): every rank
+/// trains its shard of each global batch of `ranks x batch_size` samples of the same epoch order,
+/// the gradients summed across the ranks in the backward; batch norm per rank (or synchronised,
+/// `sync_bn`), rank 0's running statistics and the merged SLA table shared, the evaluation sharded
+/// and merged. Only rank 0 writes `metrics.jsonl` and the checkpoint; every rank returns the
+/// result.
+#[allow(clippy::too_many_arguments)]
+pub fn train_rank<B: Backend>(
+    be: &B,
+    cfg: &TrainConfig,
+    train_set: &dyn ImageSource,
+    test_set: &dyn ImageSource,
+    out: &Path,
+    options: RunOptions,
+    dist: Dist<B>,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<RunResult> {
     cfg.validate()?;
+    let world = dist.world();
+    check_parallel(cfg, world, options.cuda_graphs)?;
     let classes = train_set.num_classes();
     if test_set.num_classes() != classes {
         bail!(
@@ -115,17 +149,18 @@ pub fn train<B: Backend>(
     let class_counts = train_set.class_counts();
     let checkpoint_path = out.join(CHECKPOINT_FILE);
     let cuda_graphs = options.cuda_graphs;
-    let runner = StepRunner::new(be, cuda_graphs)?;
     let mut run = Run::start(
         be,
         cfg,
         classes,
         &class_counts,
         &checkpoint_path,
-        options.start,
-        runner,
+        options,
+        dist,
     )?;
-    truncate_metrics(&out.join(METRICS_FILE), run.state.epochs_done)?;
+    if world.is_lead() {
+        truncate_metrics(&out.join(METRICS_FILE), run.state.epochs_done)?;
+    }
     // An in-memory training set lives on the device; each step's views are built there.
     let mut loader = BatchLoader::new(be, train_set, cfg.batch_size, true)?;
     let mut test_loader = test_loader(be, test_set, cfg.batch_size)?;
@@ -144,8 +179,9 @@ pub fn train<B: Backend>(
         run.state.data_wait_seconds += (loader.waited() - waited_before).as_secs_f64();
         run.state.epochs_done = epoch + 1;
 
+        run.share_running_statistics(be)?;
         if (epoch + 1) % cfg.eval_every == 0 || epoch + 1 == cfg.epochs {
-            let eval = evaluate(be, &run.model, &mut test_loader, &class_counts, cuda_graphs)?;
+            let eval = run.evaluate(be, &mut test_loader, &class_counts, cuda_graphs)?;
             let record = EpochRecord {
                 data_wait_seconds: run.state.data_wait_seconds,
                 ..EpochRecord::new(
@@ -157,26 +193,30 @@ pub fn train<B: Backend>(
                     Some(&eval.metrics),
                 )
             };
-            append_epoch_record(&out.join(METRICS_FILE), &record)?;
+            if world.is_lead() {
+                append_epoch_record(&out.join(METRICS_FILE), &record)?;
+            }
             progress(Progress::Evaluated(&record));
             run.state.history.push(record);
             last_eval = Some(eval);
         }
-        persist(
-            be,
-            cfg,
-            &checkpoint_path,
-            &run.model,
-            &run.sla_tables,
-            &run.state,
-            &class_counts,
-        )?;
+        if world.is_lead() {
+            persist(
+                be,
+                cfg,
+                &checkpoint_path,
+                &run.model,
+                &run.sla_tables,
+                &run.state,
+                &class_counts,
+            )?;
+        }
     }
 
     let last = match last_eval {
         Some(e) => e,
         // Resumed after the last epoch: evaluate the restored weights.
-        None => evaluate(be, &run.model, &mut test_loader, &class_counts, cuda_graphs)?,
+        None => run.evaluate(be, &mut test_loader, &class_counts, cuda_graphs)?,
     };
     let state = run.state;
     Ok(RunResult {
@@ -190,17 +230,21 @@ pub fn train<B: Backend>(
 }
 
 impl<'a, B: Backend> Run<'a, B> {
-    /// The model initialised (Algorithm 1, line 1) or restored, as `start` says.
+    /// The model initialised (Algorithm 1, line 1) or restored, as `options.start` says.
     fn start(
         be: &B,
         cfg: &'a TrainConfig,
         classes: usize,
         class_counts: &[usize],
         checkpoint_path: &Path,
-        start: Start,
-        runner: StepRunner<B>,
+        options: RunOptions,
+        dist: Dist<B>,
     ) -> Result<Self> {
+        let runner = StepRunner::new(be, options.cuda_graphs)?;
         let mut model = MultiExpertNet::from_config(be, cfg, classes)?;
+        if cfg.sync_bn {
+            model.set_sync_batch_norm(dist.peers().cloned());
+        }
         let losses = LossSetup::new(be, cfg, class_counts)?;
         let mut sla_tables = if policy(cfg.loss).reweighting.rules().sla_table {
             (0..cfg.experts)
@@ -210,7 +254,7 @@ impl<'a, B: Backend> Run<'a, B> {
             Vec::new()
         };
         let mut state = RunState::default();
-        match start {
+        match options.start {
             Start::Fresh => {}
             Start::Init(path) => {
                 let (tensors, _) = load_checkpoint(&path)?;
@@ -220,8 +264,20 @@ impl<'a, B: Backend> Run<'a, B> {
             }
             Start::Resume => {
                 state = restore(be, checkpoint_path, &mut model, &mut sla_tables)?;
+                let size = dist.world().size;
+                if state.world_size != size {
+                    bail!(
+                        "{}: the run was trained on {} ranks and cannot resume on {size}: each rank \
+                         trains its shard of a global batch of ranks x batch_size samples, so resume \
+                         it with {} ranks (--ranks / --gpus, or WORLD_SIZE)",
+                        checkpoint_path.display(),
+                        state.world_size,
+                        state.world_size
+                    );
+                }
             }
         }
+        state.world_size = dist.world().size;
         Ok(Self {
             cfg,
             model,
@@ -229,7 +285,43 @@ impl<'a, B: Backend> Run<'a, B> {
             sla_tables,
             state,
             runner,
+            dist,
         })
+    }
+
+    /// Gives every rank rank 0's batch-norm running statistics (DistributedDataParallel's
+    /// `broadcast_buffers`), before they are used (evaluation, the SLA pass) or saved: what a
+    /// resumed run restores is then what every rank had.
+    fn share_running_statistics(&mut self, be: &B) -> Result<()> {
+        if self.dist.peers().is_none() || self.cfg.sync_bn {
+            return Ok(());
+        }
+        let dist = &self.dist;
+        let mut result = Ok(());
+        self.model.visit_mut(&mut |s| {
+            if let (StateMut::Running(r), Ok(())) = (s, &result) {
+                result = dist.broadcast_from_lead(be, &mut r.value);
+            }
+        });
+        result
+    }
+
+    /// The test set evaluated, sharded across the ranks.
+    fn evaluate(
+        &self,
+        be: &B,
+        loader: &mut BatchLoader<'_, B>,
+        class_counts: &[usize],
+        cuda_graphs: bool,
+    ) -> Result<Evaluation> {
+        evaluate_sharded(
+            be,
+            &self.model,
+            loader,
+            class_counts,
+            cuda_graphs,
+            &self.dist,
+        )
     }
 
     /// One epoch's steps: each mini-batch (line 3) through the [`StepRunner`] (lines 4-8). Returns the
@@ -253,14 +345,18 @@ impl<'a, B: Backend> Run<'a, B> {
                 weight_decay: cfg.weight_decay,
                 nesterov: cfg.nesterov,
             },
+            reduce: self.dist.peers().map(|c| c.as_ref()),
         };
         let train_set = loader.source();
         let (labels_all, hw) = (train_set.labels(), train_set.image_hw());
         let order = epoch_order(train_set.len(), cfg.seed, epoch);
-        let batches: Vec<&[usize]> = order
-            .chunks(cfg.batch_size)
-            .filter(|b| b.len() >= 2) // batch norm needs two samples
+        let world = self.dist.world();
+        // Batch norm needs two samples on every rank.
+        let global: Vec<&[usize]> = order
+            .chunks(cfg.batch_size * world.size)
+            .filter(|b| b.len() >= 2 * world.size)
             .collect();
+        let batches: Vec<&[usize]> = global.iter().map(|b| &b[shard(b.len(), world)]).collect();
         progress(Progress::EpochStart {
             epoch,
             epochs: cfg.epochs,
@@ -271,6 +367,7 @@ impl<'a, B: Backend> Run<'a, B> {
         let runner = &mut self.runner;
         runner.reset_loss(be)?;
         let (model, sla_tables, state) = (&mut self.model, &mut self.sla_tables, &mut self.state);
+        let dist = &self.dist;
         let levels = plan.view_levels(cfg.experts);
         loader.for_each(
             be,
@@ -280,6 +377,7 @@ impl<'a, B: Backend> Run<'a, B> {
             epoch,
             |step, batch, views| {
                 let n = batch.len();
+                let global_n = global[step].len();
                 let labels: Vec<u32> = batch.iter().map(|&i| labels_all[i]).collect();
                 let step_batch = StepBatch {
                     views_from: views,
@@ -289,29 +387,31 @@ impl<'a, B: Backend> Run<'a, B> {
                     mixup: Mixup::for_step(plan, cfg.seed, epoch, step, n),
                     hw,
                     lr,
+                    global_n,
                 };
                 runner.run(be, model, &ctx, step_batch, sla_tables)?;
-                state.samples_seen += n as u64;
+                state.samples_seen += global_n as u64;
                 // Reading the loss back synchronises the device, so only every few steps.
                 let loss = if step % 20 == 19 || step + 1 == batches.len() {
-                    Some(be.download(runner.loss_sum())?[0] / (step + 1) as f32)
+                    Some(global_loss(be, runner, dist)? / (step + 1) as f32)
                 } else {
                     None
                 };
                 progress(Progress::Step {
                     step,
                     loss,
-                    samples: n,
+                    samples: global_n,
                 });
                 Ok(())
             },
         )?;
         if plan.needs_sla_table() {
             for t in sla_tables.iter_mut() {
+                t.merge_ranks(be, dist)?;
                 t.end_epoch(be)?;
             }
         }
-        let train_loss = be.download(self.runner.loss_sum())?[0] / batches.len().max(1) as f32;
+        let train_loss = global_loss(be, &self.runner, dist)? / batches.len().max(1) as f32;
         be.synchronize()?;
         Ok((train_loss, lr))
     }
@@ -328,7 +428,13 @@ impl<'a, B: Backend> Run<'a, B> {
         let labels_all = train_set.labels();
         let all: Vec<usize> = (0..train_set.len()).collect();
         let total = all.len();
-        let batches: Vec<&[usize]> = all.chunks(self.cfg.batch_size).collect();
+        // Each rank passes over its share of the batches; the tables are merged after.
+        let world = self.dist.world();
+        let batches: Vec<&[usize]> = all
+            .chunks(self.cfg.batch_size)
+            .skip(world.rank)
+            .step_by(world.size)
+            .collect();
         let mut fill = SlaTableFill::new(be, self.sla_tables.len(), train_set.num_classes())?;
         let model = &self.model;
         let mut done = 0;
@@ -344,15 +450,59 @@ impl<'a, B: Backend> Run<'a, B> {
                 let labels: Vec<u32> = batch.iter().map(|&i| labels_all[i]).collect();
                 let labels = be.upload_index(&labels)?;
                 fill.observe(be, model, &x, &labels, (n, h, w))?;
-                done += n;
-                progress(Progress::SlaTableFill { done, total });
+                done += n * world.size;
+                progress(Progress::SlaTableFill {
+                    done: done.min(total),
+                    total,
+                });
                 Ok(())
             },
         )?;
+        fill.merge_ranks(be, &self.dist)?;
         fill.finish(be, &mut self.sla_tables)?;
         self.state.sla_filled = true;
         Ok(())
     }
+}
+
+/// The mean loss of the global batches since the runner's reset, read back (waits for the device).
+fn global_loss<B: Backend>(be: &B, runner: &StepRunner<B>, dist: &Dist<B>) -> Result<f32> {
+    if dist.peers().is_none() {
+        return Ok(be.download(runner.loss_sum())?[0]);
+    }
+    // Each rank's sum holds its shard's part of every global batch's mean.
+    let mut total = be.scale(runner.loss_sum(), 1.0)?;
+    dist.all_reduce_sum(be, &mut total)?;
+    Ok(be.download(&total)?[0])
+}
+
+/// What a run on several ranks does not support yet, as errors naming the setting.
+fn check_parallel(cfg: &TrainConfig, world: World, cuda_graphs: bool) -> Result<()> {
+    if world.size == 1 {
+        return Ok(());
+    }
+    if cfg.sla_table_rule == SlaTableRule::Running {
+        bail!(
+            "sla_table_rule = \"running\" updates the table with every batch before its weights, \
+             which several ranks cannot share without a collective per step: use \"epoch\" (the \
+             default) with {} ranks",
+            world.size
+        );
+    }
+    if cfg.normalize_weights {
+        bail!(
+            "--normalize-weights divides by the global batch's summed weight, which the ranks do \
+             not share yet: train without it on {} ranks, or on one",
+            world.size
+        );
+    }
+    if cuda_graphs {
+        bail!(
+            "--cuda-graphs on: steps of several ranks are not captured yet (their collectives run \
+             between the ops); use --cuda-graphs auto or off"
+        );
+    }
+    Ok(())
 }
 
 /// The epoch's sample order: a function of `(seed, epoch)` only, so a resumed run sees the same batches.

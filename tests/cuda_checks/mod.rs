@@ -697,6 +697,7 @@ pub fn training_steps_match_the_cpu(cuda: &CudaBackend) {
             plan: &mixup_plan,
             losses: &plain_losses,
             sgd,
+            reduce: None,
         };
         let samples: Vec<usize> = (0..data.labels.len()).collect();
         let batch = |mixup| StepBatch {
@@ -707,6 +708,7 @@ pub fn training_steps_match_the_cpu(cuda: &CudaBackend) {
             mixup,
             hw: (side, side),
             lr: 0.1,
+            global_n: data.labels.len(),
         };
         let mut runner = StepRunner::new(be, false).unwrap();
         let mixup = Mixup {

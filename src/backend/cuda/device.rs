@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
+use super::gpu::GpuRuntime;
 use super::runtime::{
     DeviceLimits, DeviceRuntime, Gemm, GraphExec, KernelArg, KernelRef, LaunchConfig, Mem,
     StagingMem,
@@ -170,6 +171,10 @@ impl Device {
     }
     pub(crate) fn is_emulated(&self) -> bool {
         self.rt.is_emulated()
+    }
+    /// The GPU runtime (`None` on the emulator), for the NCCL collective's own stream.
+    pub(crate) fn gpu(&self) -> Option<&GpuRuntime> {
+        self.rt.as_gpu()
     }
     pub(crate) fn limits(&self) -> DeviceLimits {
         self.rt.limits()

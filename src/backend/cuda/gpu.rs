@@ -279,6 +279,21 @@ impl GpuRuntime {
         })
     }
 
+    /// The device's context (the NCCL collective makes its stream and events there).
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The stream every op of the backend runs on.
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The device address where `mem` starts.
+    pub(crate) fn address(&self, mem: &Mem) -> Result<u64> {
+        Ok(self.device_address(gpu(mem)?))
+    }
+
     fn device_address(&self, mem: &GpuMem) -> u64 {
         // Event tracking is off, so the guard records nothing.
         let (ptr, _guard) = mem.0.device_ptr(&self.stream);
@@ -292,6 +307,9 @@ impl DeviceRuntime for GpuRuntime {
     }
     fn is_emulated(&self) -> bool {
         false
+    }
+    fn as_gpu(&self) -> Option<&GpuRuntime> {
+        Some(self)
     }
     fn limits(&self) -> DeviceLimits {
         self.limits

@@ -26,6 +26,7 @@ mod gpu;
 mod kernels;
 mod linear;
 mod loss;
+pub mod nccl;
 mod norm;
 mod optim;
 mod pool;

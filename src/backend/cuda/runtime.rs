@@ -11,7 +11,7 @@ use anyhow::{bail, ensure, Result};
 
 use super::device::DeviceMem;
 use super::emulator::{EmulatedGraph, HostMem};
-use super::gpu::{GpuGraph, GpuMem, GpuStaging};
+use super::gpu::{GpuGraph, GpuMem, GpuRuntime, GpuStaging};
 
 /// Launch description shared with the emulator's C++ side (`emu::Launch`).
 #[repr(C)]
@@ -485,6 +485,11 @@ pub(crate) trait DeviceRuntime: Send + Sync {
     fn describe(&self) -> String;
     /// Whether this is the CPU emulator (synchronous: results are ready when a call returns).
     fn is_emulated(&self) -> bool;
+    /// The GPU runtime itself, for the NCCL collective (`super::nccl`), which orders its own
+    /// stream against this one; `None` on the emulator.
+    fn as_gpu(&self) -> Option<&GpuRuntime> {
+        None
+    }
     fn limits(&self) -> DeviceLimits;
     /// Largest useful 1-D grid for grid-stride kernels: the same on the emulator (with the H200's
     /// limits) as on an H200, so that both run the same launch configurations.
