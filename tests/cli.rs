@@ -415,7 +415,17 @@ fn help_of_every_subcommand() {
         (
             &["train"],
             &[
-                "--epochs", "--loss", "--config", "--preset", "--resume", "--out", "--device",
+                "--epochs",
+                "--loss",
+                "--config",
+                "--preset",
+                "--resume",
+                "--out",
+                "--device",
+                "--ranks",
+                "--gpus",
+                "--rendezvous",
+                "--sync-bn",
             ],
         ),
         (&["eval"], &["--checkpoint", "--predictions", "--device"]),
@@ -657,4 +667,116 @@ fn bench_counts_a_replayed_step_in_three_host_operations() {
     assert_eq!(count("graph launches"), 1, "{text}");
     assert_eq!(count("host operations"), 3, "{text}");
     assert!(count("stream operations") > 400, "{text}");
+}
+
+#[test]
+fn ranks_train_resume_and_refuse_another_world_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let d = path_str(&dir);
+    run_ok(&train_args(&[
+        "--ranks".into(),
+        "2".into(),
+        "--sync-bn".into(),
+        "--out".into(),
+        d.clone(),
+    ]));
+    // Rank 0 alone wrote: one metrics line per epoch, one report.
+    assert_eq!(metrics_lines(&dir).len(), 2);
+    let report = read_json(&dir.join("report.json"));
+    let device = report["device"].as_str().unwrap();
+    assert!(device.ends_with("x 2 ranks"), "{device}");
+    assert_eq!(report["config"]["sync_bn"], true);
+    let resume = |extra: &[&str]| {
+        let mut args = vec!["train", "--resume", &d, "--epochs", "3", "--quiet"];
+        args.extend_from_slice(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    run_err(&resume(&[]), &["trained on 2 ranks", "cannot resume on 1"]);
+    run_err(&resume(&["--ranks", "3"]), &["trained on 2 ranks"]);
+    run_ok(&resume(&["--ranks", "2"]));
+    assert_eq!(metrics_lines(&dir).len(), 3);
+}
+
+/// `ltrain args` with the environment of a torchrun-started rank.
+fn ltrain_as_rank(args: &[String], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ltrain"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("cannot start the ltrain binary")
+}
+
+#[test]
+fn bad_parallel_launches_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = path_str(&tmp.path().join("run"));
+    run_err(&train_args(&["--ranks".into(), "0".into()]), &["--ranks 0"]);
+    let rank1 = [
+        ("RANK", "1"),
+        ("WORLD_SIZE", "2"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "1"),
+    ];
+    let check = |out: Output, mentions: &[&str]| {
+        let err = stderr(&out);
+        assert!(
+            !out.status.success() && out.status.code() != Some(101) && !err.contains("panicked"),
+            "{err}"
+        );
+        for m in mentions {
+            assert!(err.contains(m), "stderr should mention {m:?}:\n{err}");
+        }
+    };
+    // One process per rank needs NCCL: not on the CPU, and the same --out for all.
+    check(
+        ltrain_as_rank(
+            &train_args(&["--device".into(), "cpu".into(), "--out".into(), out.clone()]),
+            &rank1,
+        ),
+        &["rank 1 of 2", "--ranks N"],
+    );
+    check(
+        ltrain_as_rank(&train_args(&[]), &rank1),
+        &["rank 1 of 2", "--out"],
+    );
+    check(
+        ltrain_as_rank(
+            &train_args(&["--out".into(), out.clone()]),
+            &[("RANK", "x"), ("WORLD_SIZE", "2")],
+        ),
+        &["RANK=x"],
+    );
+    check(
+        ltrain_as_rank(
+            &train_args(&["--ranks".into(), "2".into(), "--out".into(), out.clone()]),
+            &rank1,
+        ),
+        &["--ranks 2", "WORLD_SIZE=2"],
+    );
+    if ltrain::backend::cuda::CudaBackend::new_gpu(0).is_ok() {
+        println!("skipping the no-GPU checks: this machine has a usable GPU");
+        return;
+    }
+    // Without a GPU or NCCL, GPUs as ranks fail before anything is written, naming what is missing.
+    for launch in [
+        ltrain_as_rank(
+            &train_args(&["--gpus".into(), "2".into(), "--out".into(), out.clone()]),
+            &[],
+        ),
+        ltrain_as_rank(
+            &train_args(&[
+                "--device".into(),
+                "cuda".into(),
+                "--out".into(),
+                out.clone(),
+            ]),
+            &rank1,
+        ),
+    ] {
+        let err = stderr(&launch);
+        check(launch, &[]);
+        assert!(err.contains("NCCL") || err.contains("GPU"), "{err}");
+    }
+    assert!(!tmp.path().join("run").exists());
 }

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod parallel;
 pub mod presets;
 pub mod progress;
 pub mod train;

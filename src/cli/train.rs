@@ -3,16 +3,18 @@
 
 use super::args::{DataArgs, RunArgs};
 use super::device::{dispatch, OnBackend};
+use super::parallel::{run_parallel, Launch, ParallelArgs, RankJob};
 use super::progress::ProgressView;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use ltrain::backend::Backend;
 use ltrain::config::{CudaGraphs, TrainConfig};
+use ltrain::dist::{Dist, World};
 use ltrain::presets::{load_preset, PaperReference};
 use ltrain::report::{write_atomic, write_report, RunSummary};
 use ltrain::train::datasets::{self, Datasets};
 use ltrain::train::run_state::{CHECKPOINT_FILE, CONFIG_FILE};
-use ltrain::train::{train, RunOptions, Start};
+use ltrain::train::{check_parallel, train_rank, RunOptions, Start};
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -40,15 +42,33 @@ pub struct TrainCmd {
     #[arg(long, value_enum, default_value = "auto")]
     pub cuda_graphs: CudaGraphs,
     #[command(flatten)]
+    pub parallel: ParallelArgs,
+    #[command(flatten)]
     pub data: DataArgs,
     #[command(flatten)]
     pub run: RunArgs,
 }
 
 pub fn run(cmd: TrainCmd) -> Result<()> {
-    let (cfg, out, start, paper) = resolve(&cmd)?;
+    let (mut cfg, out, start, paper) = resolve(&cmd)?;
+    let launch = cmd.parallel.launch(&mut cfg)?;
+    let world = match &launch {
+        Launch::Single => World::SINGLE,
+        Launch::Threads(n) => World { rank: 0, size: *n },
+        Launch::Process(env) => env.world,
+    };
+    if matches!(launch, Launch::Process(_)) && cmd.out.is_none() && cmd.resume.is_none() {
+        bail!(
+            "rank {} of {}: give every rank the same --out DIR (on a file system they share; \
+             only rank 0 writes, every rank reads it to --resume)",
+            world.rank,
+            world.size
+        );
+    }
+    check_parallel(&cfg, world, cmd.cuda_graphs == CudaGraphs::On)?;
     let data = datasets::open(&cfg)?;
-    if !cmd.quiet {
+    let quiet = cmd.quiet || !world.is_lead();
+    if !quiet {
         eprintln!(
             "ltrain: {:?} x{} experts on {:?} ({} train / {} test images, {}), {} epochs -> {}",
             cfg.model,
@@ -60,6 +80,21 @@ pub fn run(cmd: TrainCmd) -> Result<()> {
             cfg.epochs,
             out.display()
         );
+        if world.size > 1 {
+            eprintln!(
+                "ltrain: {} ranks x batch {} = global batch {} (the learning rate is used as \
+                 given: scale it for the global batch yourself, as with DistributedDataParallel); \
+                 batch norm {}",
+                world.size,
+                cfg.batch_size,
+                world.size * cfg.batch_size,
+                if cfg.sync_bn {
+                    "synchronised across the ranks"
+                } else {
+                    "per rank"
+                }
+            );
+        }
     }
     let job = TrainJob {
         cfg: &cfg,
@@ -68,9 +103,12 @@ pub fn run(cmd: TrainCmd) -> Result<()> {
         start,
         cuda_graphs: cmd.cuda_graphs,
         paper: paper.as_ref(),
-        quiet: cmd.quiet,
+        quiet,
     };
-    dispatch(cfg.device, cfg.threads, cfg.tf32, job)
+    match launch {
+        Launch::Single => dispatch(cfg.device, cfg.threads, cfg.tf32, job),
+        spread => run_parallel(spread, &cfg, cmd.parallel.timeout(), &job),
+    }
 }
 
 /// Builds the run's configuration: defaults < preset < --config file < flags, or the saved
@@ -145,28 +183,52 @@ struct TrainJob<'a> {
 impl OnBackend for TrainJob<'_> {
     type Output = ();
     fn run<B: Backend>(self, be: &B) -> Result<()> {
-        let cuda_graphs = self.cuda_graphs.enabled(be)?;
+        RankJob::run(&self, be, Dist::single())
+    }
+}
+
+impl RankJob for TrainJob<'_> {
+    fn run<B: Backend>(&self, be: &B, dist: Dist<B>) -> Result<()> {
+        let world = dist.world();
+        // Several ranks' steps are not captured (their collectives run between the ops).
+        let cuda_graphs = match self.cuda_graphs {
+            CudaGraphs::Auto if world.size > 1 => false,
+            g => g.enabled(be)?,
+        };
         // Written only once the data and the device are known to work, so that a run which cannot
-        // start leaves no half-made run directory behind.
-        std::fs::create_dir_all(self.out)
-            .with_context(|| format!("cannot create the run directory {}", self.out.display()))?;
-        let _lock = RunLock::acquire(self.out)?;
-        write_atomic(&self.out.join(CONFIG_FILE), self.cfg.to_toml()?.as_bytes())?;
-        let mut view = ProgressView::new(self.quiet);
-        let result = train(
+        // start leaves no half-made run directory behind; by rank 0 alone.
+        let _lock = if world.is_lead() {
+            std::fs::create_dir_all(self.out).with_context(|| {
+                format!("cannot create the run directory {}", self.out.display())
+            })?;
+            let lock = RunLock::acquire(self.out)?;
+            write_atomic(&self.out.join(CONFIG_FILE), self.cfg.to_toml()?.as_bytes())?;
+            Some(lock)
+        } else {
+            None
+        };
+        let mut view = ProgressView::new(self.quiet || !world.is_lead());
+        let result = train_rank(
             be,
             self.cfg,
             self.data.train.as_ref(),
             self.data.test.as_ref(),
             self.out,
             RunOptions {
-                start: self.start,
+                start: self.start.clone(),
                 cuda_graphs,
             },
+            dist,
             &mut |p| view.update(p),
         )?;
         view.finish();
-        let device = be.name();
+        if !world.is_lead() {
+            return Ok(());
+        }
+        let device = match world.size {
+            1 => be.name(),
+            n => format!("{} x {n} ranks", be.name()),
+        };
         write_report(
             self.out,
             &RunSummary {

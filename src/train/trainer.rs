@@ -48,6 +48,7 @@ pub enum Progress<'a> {
 }
 
 /// How a run starts.
+#[derive(Clone, Debug)]
 pub enum Start {
     /// Fresh weights from the seed.
     Fresh,
@@ -476,8 +477,9 @@ fn global_loss<B: Backend>(be: &B, runner: &StepRunner<B>, dist: &Dist<B>) -> Re
     Ok(be.download(&total)?[0])
 }
 
-/// What a run on several ranks does not support yet, as errors naming the setting.
-fn check_parallel(cfg: &TrainConfig, world: World, cuda_graphs: bool) -> Result<()> {
+/// What a run on several ranks does not support yet, as errors naming the setting (front ends call
+/// it before they create anything).
+pub fn check_parallel(cfg: &TrainConfig, world: World, cuda_graphs: bool) -> Result<()> {
     if world.size == 1 {
         return Ok(());
     }
