@@ -3,7 +3,7 @@
 # scripts/pack-device.sh. Within a time budget (default 8 minutes) it runs, most important first:
 #   1. the GPU tests (every test executable of the pack, its #[ignore]d tests, each in its own process:
 #      for tests/cuda_gpu the runtime self-tests, conformance suite, every op and whole training
-#      steps against the CPU backend, TF32);
+#      steps against the CPU backend, TF32, NCCL collectives of one rank);
 #   2. `ltrain bench` on the GPU (random data, three-expert ResNet-32, batch 128): pre-augmented
 #      input with TF32 on and off, then device-side augmentation and host-staged upload (TF32 on),
 #      each as a CUDA graph, pre-augmented and device-augment also eager (--cuda-graphs off), and
@@ -101,6 +101,17 @@ if [ -n "$cublas" ]; then
 else
     note "cuBLAS: no libcublas.so.13 or .12 found; the GPU tests will say so"
     row "cuBLAS found" "NOT FOUND" "-" "no libcublas.so.13 or .so.12 under the toolkit or site-packages"
+fi
+# NCCL (data-parallel ranks): the wheel nvidia-nccl-cu13 ships libnccl.so.2, cudarc opens libnccl.so:
+# a link to it in a folder of our own, put on LD_LIBRARY_PATH.
+nccl=$(python3 -c "import glob, site; print(next(iter(sorted(h for sp in site.getsitepackages() + [site.getusersitepackages()] for h in glob.glob(sp + '/nvidia/*/lib/libnccl.so.2'))), ''))" 2>/dev/null)
+[ -z "$nccl" ] && nccl=$(find /usr /opt -name 'libnccl.so.2*' 2>/dev/null | head -1)
+if [ -n "$nccl" ]; then
+    mkdir -p "$work/nccl" && ln -sf "$nccl" "$work/nccl/libnccl.so"
+    export LD_LIBRARY_PATH="$work/nccl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    row "NCCL found" "ok" "-" "$nccl (linked as libnccl.so)"
+else
+    row "NCCL found" "NOT FOUND" "-" "no libnccl.so.2: the NCCL tests will say so"
 fi
 note "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 
