@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """Compares two `ltrain train` run directories bit for bit, except for wall-clock times.
 
-    python3 scripts/compare-runs.py RUN_A RUN_B
+    python3 scripts/compare-runs.py RUN_A RUN_B [--added KEY=VALUE ...]
 
 Checked: every tensor of checkpoint.safetensors (dtype, shape and raw bytes), its metadata, every
 metrics.jsonl record and report.json. Timing fields (seconds, data_wait_seconds, train_seconds,
 samples_per_second) differ from run to run and are left out. Exits 1 on the first difference.
+
+--added KEY=VALUE: RUN_B was made by a newer ltrain with a configuration key (or checkpoint metadata
+key `ltrain.KEY`) that RUN_A's lacks; where RUN_B has it at VALUE (as written in the TOML, e.g.
+`sync_bn=false`, `world_size=1`), it is left out of the comparison.
 """
 import json
 import struct
@@ -43,14 +47,36 @@ def fail(message):
     sys.exit(1)
 
 
+def drop_added(meta, report, added):
+    """RUN_B's metadata and report without the keys `added` says are new, where they hold the value."""
+    for key, value in added:
+        if meta.get(f"ltrain.{key}") == value:
+            del meta[f"ltrain.{key}"]
+        line = f"{key} = {value}"
+        config = meta.get("ltrain.config", "").splitlines()
+        meta["ltrain.config"] = "\n".join(l for l in config if l.strip() != line)
+        if json.dumps(report.get("config", {}).get(key)) == value:
+            del report["config"][key]
+
+
 def main():
-    if len(sys.argv) != 3:
+    args = sys.argv[1:]
+    added = []
+    while "--added" in args:
+        i = args.index("--added")
+        key, _, value = args[i + 1].partition("=")
+        added.append((key, value))
+        del args[i : i + 2]
+    if len(args) != 2:
         print(__doc__.strip())
         sys.exit(2)
-    a, b = Path(sys.argv[1]), Path(sys.argv[2])
+    a, b = Path(args[0]), Path(args[1])
 
     ta, ma = safetensors(a / "checkpoint.safetensors")
     tb, mb = safetensors(b / "checkpoint.safetensors")
+    rb_full = json.loads((b / "report.json").read_text())
+    drop_added(mb, rb_full, added)
+    ma["ltrain.config"] = "\n".join(ma.get("ltrain.config", "").splitlines())
     if ta.keys() != tb.keys():
         fail(f"checkpoint tensor names: {sorted(ta.keys() ^ tb.keys())[:5]}")
     for name in ta:
@@ -74,7 +100,7 @@ def main():
             fail(f"metrics.jsonl record {i + 1}")
 
     ra = untimed(json.loads((a / "report.json").read_text()))
-    rb = untimed(json.loads((b / "report.json").read_text()))
+    rb = untimed(rb_full)
     if ra != rb:
         fail("report.json")
     print(f"identical: {len(ta)} checkpoint tensors, {len(lines_a)} metrics records, report.json")

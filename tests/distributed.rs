@@ -79,11 +79,11 @@ fn f32_tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
     out
 }
 
-#[test]
-fn thread_collectives_sum_gather_and_broadcast_in_rank_order() {
+/// Sum, gather and broadcast (into a view) on three thread ranks of backend `make`.
+fn collectives_in_rank_order<B: Backend>(make: fn() -> B) {
     let out = run_ranks(3, TIMEOUT, |comm| {
-        let be = backend();
-        let rank = Collective::<CpuBackend>::world(&comm).rank;
+        let be = make();
+        let rank = Collective::<B>::world(&comm).rank;
         let mine = [rank as f32, 10.0 * rank as f32 + 1.0];
         let mut sum = be.upload(&mine)?;
         comm.all_reduce_sum(&be, &mut sum)?;
@@ -104,6 +104,13 @@ fn thread_collectives_sum_gather_and_broadcast_in_rank_order() {
         assert_eq!(gathered, [0.0, 1.0, 1.0, 11.0, 2.0, 21.0]);
         assert_eq!(parent, [-1.0, 2.0, 21.0, -1.0]);
     }
+}
+
+#[test]
+fn thread_collectives_sum_gather_and_broadcast_in_rank_order() {
+    collectives_in_rank_order(backend);
+    // The CUDA backend's buffers (on its emulator) go through the same seam.
+    collectives_in_rank_order(|| ltrain::backend::cuda::CudaBackend::new_emulated().unwrap());
 }
 
 #[test]

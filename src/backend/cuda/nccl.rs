@@ -36,7 +36,7 @@ use crate::dist::{Collective, World};
 
 const EMULATED: &str =
     "NCCL needs a GPU; the emulator runs ranks with the in-process thread collective \
-     (dist::ThreadGroup)";
+     (dist::thread_group, `--ranks N`)";
 
 /// Whether `libnccl` can be loaded; `Err` says how to get it. Never panics.
 pub fn nccl_available() -> std::result::Result<(), String> {
