@@ -129,7 +129,7 @@ pub fn run_parallel<J: RankJob>(
                 d => d,
             };
             match device {
-                DeviceKind::Cuda => gpu_threads(n, options, job),
+                DeviceKind::Cuda => gpu_threads(n, options, timeout, job),
                 DeviceKind::CudaEmulated => run_ranks(n, timeout, |comm| {
                     let be = CudaBackend::new_emulated_with(options)?;
                     job.run(&be, Dist::new(Arc::new(comm)))
@@ -177,29 +177,24 @@ pub fn run_parallel<J: RankJob>(
     }
 }
 
-/// `n` GPUs of this node, one thread each, NCCL between them.
-fn gpu_threads<J: RankJob>(n: usize, options: CudaOptions, job: &J) -> Result<()> {
+/// `n` GPUs of this node, one thread each (started and joined by [`run_ranks`], which reports the
+/// first failure), NCCL between them.
+fn gpu_threads<J: RankJob>(
+    n: usize,
+    options: CudaOptions,
+    timeout: Duration,
+    job: &J,
+) -> Result<()> {
     nccl_available().map_err(anyhow::Error::msg)?;
     let id = nccl_unique_id()?;
-    let results: Vec<Result<()>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..n)
-            .map(|rank| {
-                let id = &id;
-                scope.spawn(move || {
-                    let be = CudaBackend::new_gpu_with(rank, options)
-                        .with_context(|| format!("--gpus {n}: GPU {rank} is not usable"))?;
-                    let world = World { rank, size: n };
-                    let comm: Arc<dyn Collective<CudaBackend>> =
-                        Arc::new(NcclCollective::new(&be, world, id)?);
-                    job.run(&be, Dist::new(comm))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .enumerate()
-            .map(|(rank, h)| h.join().unwrap_or_else(|_| bail!("rank {rank} panicked")))
-            .collect()
-    });
-    results.into_iter().collect()
+    run_ranks(n, timeout, |member| {
+        let rank = member.rank();
+        let be = CudaBackend::new_gpu_with(rank, options)
+            .with_context(|| format!("--gpus {n}: GPU {rank} is not usable"))?;
+        let world = World { rank, size: n };
+        let comm: Arc<dyn Collective<CudaBackend>> =
+            Arc::new(NcclCollective::new(&be, world, &id)?);
+        job.run(&be, Dist::new(comm))
+    })
+    .map(drop)
 }

@@ -116,6 +116,10 @@ pub struct ThreadCollective {
 }
 
 impl ThreadCollective {
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
     /// Makes every pending and later collective of the group fail with `why` (call it when this
     /// rank's work fails, so that its peers stop).
     pub fn abort(&self, why: &str) {
