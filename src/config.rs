@@ -126,6 +126,110 @@ impl CudaGraphs {
     }
 }
 
+/// An optional epoch whose default is not `None`, in TOML: a number, or `"none"` (TOML has no null,
+/// and an absent key takes the default).
+mod epoch_or_none {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<usize>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(e) => s.serialize_u64(*e as u64),
+            None => s.serialize_str("none"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Epoch(usize),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Epoch(e) => Ok(Some(e)),
+            Raw::Word(w) if w == "none" => Ok(None),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "`{w}`: give an epoch number or \"none\" (single stage)"
+            ))),
+        }
+    }
+}
+
+/// How the long-tailed training set is made from the training data.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Imbalance {
+    /// Cut to the profile `n_c = n_max * rho^(-c / (C - 1))` (the LDAM-DRW protocol).
+    Ratio(f64),
+    /// The training data as it is (`"none"` in TOML and on the command line).
+    AsIs,
+}
+
+impl Imbalance {
+    /// The ratio to cut to, if any.
+    pub fn ratio(self) -> Option<f64> {
+        match self {
+            Imbalance::Ratio(rho) => Some(rho),
+            Imbalance::AsIs => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Imbalance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Imbalance::Ratio(rho) => write!(f, "{rho}"),
+            Imbalance::AsIs => write!(f, "none"),
+        }
+    }
+}
+
+impl std::str::FromStr for Imbalance {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "none" | "as-is" => Ok(Imbalance::AsIs),
+            _ => s.parse().map(Imbalance::Ratio).map_err(|_| {
+                format!("`{s}` is neither a ratio (e.g. 100) nor `none` (the file as it is)")
+            }),
+        }
+    }
+}
+
+/// A number in TOML, or the string `"none"`.
+impl Serialize for Imbalance {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Imbalance::Ratio(rho) => s.serialize_f64(*rho),
+            Imbalance::AsIs => s.serialize_str("none"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Imbalance {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Imbalance;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a ratio (e.g. 100) or \"none\" (the training file as it is)")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Imbalance, E> {
+                Ok(Imbalance::Ratio(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Imbalance, E> {
+                Ok(Imbalance::Ratio(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Imbalance, E> {
+                Ok(Imbalance::Ratio(v as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Imbalance, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -144,8 +248,9 @@ pub struct TrainConfig {
     /// ImageNet-LT list files (`relative/path.JPEG label` per line).
     pub train_list: Option<PathBuf>,
     pub test_list: Option<PathBuf>,
-    /// Imbalance ratio rho = n_max / n_min of the long-tailed training set.
-    pub imbalance: f64,
+    /// Imbalance ratio rho = n_max / n_min of the long-tailed training set, or `"none"`: the
+    /// training file as it is (an LT subset made elsewhere, with its own profile).
+    pub imbalance: Imbalance,
     /// Synthetic set: images of the most frequent class, test images per class, classes.
     pub synthetic_max_per_class: usize,
     pub synthetic_test_per_class: usize,
@@ -184,7 +289,9 @@ pub struct TrainConfig {
     pub gamma: f32,
     /// Class-balanced loss beta (effective number of samples).
     pub cb_beta: f64,
-    /// First epoch (0-based) of stage 2: no augmentation, no mixup. `None` = single stage.
+    /// First epoch (0-based) of stage 2: no augmentation, no mixup. `None` = single stage
+    /// (`"none"` in TOML: an absent key means the default).
+    #[serde(with = "epoch_or_none")]
     pub stage2_epoch: Option<usize>,
     /// First epoch (0-based) at which the reweighting of `la-*` losses applies (default: stage 2).
     pub reweight_epoch: Option<usize>,
@@ -225,7 +332,7 @@ impl Default for TrainConfig {
             test_file: None,
             train_list: None,
             test_list: None,
-            imbalance: 100.0,
+            imbalance: Imbalance::Ratio(100.0),
             synthetic_max_per_class: 300,
             synthetic_test_per_class: 50,
             synthetic_classes: 10,
@@ -329,6 +436,61 @@ impl TrainConfig {
     }
 
     /// Checks ranges and combinations; every message names the offending key/flag.
+    /// Sets the run length to `epochs`, moving the epoch-valued schedule keys with it in proportion,
+    /// rounded to the nearest epoch, so that a shorter run keeps the shape of the longer one: the
+    /// stage switch stays within the run with at least one epoch of stage 1 (a one-epoch run drops
+    /// it and is stage 1 only, its reweighting past the end) and the reweighting does not start
+    /// before it; no milestone lands on epoch 0 (a decay before the first step). Returns what moved, as `key: from -> to`.
+    pub fn rescale_epochs(&mut self, epochs: usize) -> Vec<(&'static str, String, String)> {
+        let old = self.epochs.max(1);
+        let scale = |e: usize| (e * epochs + old / 2) / old;
+        let mut moved = Vec::new();
+        let mut note = |key, from: String, to: String| {
+            if from != to {
+                moved.push((key, from, to));
+            }
+        };
+        let shown = |e: Option<usize>| e.map_or("none".to_string(), |e| e.to_string());
+        let warmup = scale(self.warmup_epochs);
+        note(
+            "warmup_epochs",
+            self.warmup_epochs.to_string(),
+            warmup.to_string(),
+        );
+        let stage2 = match self.stage2_epoch {
+            Some(_) if epochs < 2 => None,
+            s => s.map(|s| scale(s).clamp(1, epochs - 1)),
+        };
+        note("stage2_epoch", shown(self.stage2_epoch), shown(stage2));
+        let reweight = match (self.reweight_epoch, stage2) {
+            (Some(r), Some(s2)) if self.stage2_epoch.is_some_and(|s| r >= s) => {
+                Some(scale(r).max(s2))
+            }
+            // No stage 2 in a run this short: a reweighting meant for it would start at once
+            // (with stage 1's mixup); it is put past the run's end instead.
+            (_, None) if self.stage2_epoch.is_some() => Some(epochs),
+            (r, _) => r.map(|r| scale(r).max(1)),
+        };
+        note(
+            "reweight_epoch",
+            shown(self.reweight_epoch),
+            shown(reweight),
+        );
+        let mut milestones: Vec<usize> = self.milestones.iter().map(|&m| scale(m).max(1)).collect();
+        milestones.dedup();
+        note(
+            "milestones",
+            format!("{:?}", self.milestones),
+            format!("{milestones:?}"),
+        );
+        self.warmup_epochs = warmup;
+        self.stage2_epoch = stage2;
+        self.reweight_epoch = reweight;
+        self.milestones = milestones;
+        self.epochs = epochs;
+        moved
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.experts == 0 {
             bail!("experts must be at least 1 (--experts)");
@@ -354,11 +516,15 @@ impl TrainConfig {
         if self.weight_decay < 0.0 {
             bail!("weight_decay must be >= 0 (--weight-decay)");
         }
-        if self.imbalance < 1.0 || !self.imbalance.is_finite() {
-            bail!(
-                "imbalance must be a ratio >= 1 (--imbalance), got {}",
-                self.imbalance
-            );
+        match self.imbalance {
+            Imbalance::Ratio(rho) if !(rho >= 1.0 && rho.is_finite()) => {
+                bail!("imbalance must be a ratio >= 1 or none (--imbalance), got {rho}")
+            }
+            Imbalance::AsIs if self.dataset == DatasetKind::Synthetic => bail!(
+                "--imbalance none keeps a training file's own profile; the synthetic set is drawn \
+                 with a ratio (give one, e.g. --imbalance 100)"
+            ),
+            _ => {}
         }
         if self.mixup_alpha < 0.0 {
             bail!("mixup_alpha must be >= 0 (--mixup-alpha; 0 disables mixup)");
@@ -382,7 +548,8 @@ impl TrainConfig {
         }
         if policy(self.loss).reweighting.rules().single_targets_only && self.mixup_alpha > 0.0 {
             let start = self.reweight_start().unwrap_or(0);
-            if self.stage2_epoch.is_none_or(|s| start < s) {
+            // (A reweighting that starts after the last epoch never meets mixup.)
+            if start < self.epochs && self.stage2_epoch.is_none_or(|s| start < s) {
                 bail!(
                     "--loss {} weights each sample by its own probability, which mixed (mixup) targets do \
                      not have: the reweighting starts at epoch {start} while mixup is still on; use \
@@ -433,6 +600,52 @@ mod tests {
         };
         let text = cfg.to_toml().unwrap();
         assert_eq!(TrainConfig::from_toml_str(&text, "t").unwrap(), cfg);
+        // Keys whose value is "unset" but whose default is not: single stage, the file as it is.
+        let cfg = TrainConfig {
+            stage2_epoch: None,
+            imbalance: Imbalance::AsIs,
+            dataset: DatasetKind::Cifar10Lt,
+            ..TrainConfig::default()
+        };
+        let text = cfg.to_toml().unwrap();
+        assert!(text.contains("stage2_epoch = \"none\""), "{text}");
+        assert_eq!(TrainConfig::from_toml_str(&text, "t").unwrap(), cfg);
+    }
+
+    #[test]
+    fn shorter_runs_keep_their_shape() {
+        let mut cfg = TrainConfig {
+            epochs: 200,
+            warmup_epochs: 5,
+            stage2_epoch: Some(160),
+            milestones: vec![160, 180],
+            ..TrainConfig::default()
+        };
+        let moved = cfg.clone().rescale_epochs(10);
+        assert!(moved
+            .iter()
+            .any(|(k, from, to)| (*k, from.as_str(), to.as_str())
+                == ("milestones", "[160, 180]", "[8, 9]")));
+        let mut ten = cfg.clone();
+        ten.rescale_epochs(10);
+        assert_eq!(
+            (ten.warmup_epochs, ten.stage2_epoch, ten.milestones.clone()),
+            (0, Some(8), vec![8, 9])
+        );
+        // 2 epochs: the switch stays inside the run after one epoch of stage 1, no milestone at 0.
+        let mut two = cfg.clone();
+        two.rescale_epochs(2);
+        assert_eq!(
+            (two.stage2_epoch, two.milestones.clone()),
+            (Some(1), vec![2])
+        );
+        // 1 epoch: stage 1 only, the reweighting past the end, so the run is valid.
+        cfg.rescale_epochs(1);
+        assert_eq!(
+            (cfg.stage2_epoch, cfg.reweight_epoch, cfg.milestones.clone()),
+            (None, Some(1), vec![1])
+        );
+        cfg.validate().unwrap();
     }
 
     #[test]

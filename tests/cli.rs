@@ -2,7 +2,7 @@
 //! they hold, `--config` layering, `--resume`, `eval` predictions against the run's report, the `data`
 //! subcommands, `presets`, `bench`, `--help`, and clear non-panicking errors for bad input.
 
-use ltrain::config::{ExpertWidth, TrainConfig};
+use ltrain::config::{ExpertWidth, Imbalance, TrainConfig};
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -161,6 +161,7 @@ fn train_eval_resume_end_to_end() {
         "config.toml",
         "metrics.jsonl",
         "checkpoint.safetensors",
+        "model.safetensors",
         "report.json",
         "summary.md",
         "reliability.png",
@@ -170,14 +171,15 @@ fn train_eval_resume_end_to_end() {
         assert!(dir.join(file).is_file(), "{file} is missing");
     }
 
-    // config.toml: defaults < file < flags; --epochs 2 rescales (rounding down) the warm-up (1 of 10
-    // -> 0), the stage switch (8 of 10 -> 1 of 2) and the milestones ([8, 9] of 10 -> [1, 1] of 2).
+    // config.toml: defaults < file < flags; --epochs 2 rescales (to the nearest epoch) the warm-up (1
+    // of 10 -> 0), the stage switch (8 of 10 -> 2, kept inside the run: 1 of 2) and the milestones
+    // ([8, 9] of 10 -> [2] of 2).
     let cfg = TrainConfig::load(&dir.join("config.toml")).unwrap();
     let expected = TrainConfig {
         synthetic_classes: CLASSES,
         synthetic_max_per_class: MAX_PER_CLASS,
         synthetic_test_per_class: TEST_PER_CLASS,
-        imbalance: RHO,
+        imbalance: Imbalance::Ratio(RHO),
         expert_width: ExpertWidth::Reduced,
         epochs: 2,
         batch_size: 8,
@@ -187,7 +189,7 @@ fn train_eval_resume_end_to_end() {
         mixup_alpha: 0.3,
         warmup_epochs: 0,
         stage2_epoch: Some(1),
-        milestones: vec![1, 1],
+        milestones: vec![2],
         ..TrainConfig::default()
     };
     assert_eq!(cfg, expected);
@@ -429,7 +431,8 @@ fn help_of_every_subcommand() {
             ],
         ),
         (&["eval"], &["--checkpoint", "--predictions", "--device"]),
-        (&["data"], &["info", "cut", "preview"]),
+        (&["data"], &["info", "cut", "preview", "download"]),
+        (&["data", "download"], &["--to", "cifar10"]),
         (&["data", "info"], &["--json", "--dataset", "--data-dir"]),
         (&["data", "cut"], &["--output", "--train-file"]),
         (&["data", "preview"], &["--output", "--samples"]),
@@ -779,4 +782,176 @@ fn bad_parallel_launches_are_clear_errors() {
         assert!(err.contains("NCCL") || err.contains("GPU"), "{err}");
     }
     assert!(!tmp.path().join("run").exists());
+}
+
+#[test]
+fn model_safetensors_holds_the_state_dict_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    run_ok(&train_args(&["--out".into(), path_str(&dir)]));
+    let names = |file: &str| -> Vec<String> {
+        let (tensors, _) = ltrain::train::checkpoint::load_checkpoint(&dir.join(file)).unwrap();
+        let mut n: Vec<String> = tensors.into_iter().map(|t| t.name).collect();
+        n.sort();
+        n
+    };
+    let weights = names("model.safetensors");
+    // PyTorch's state_dict() of the peer's ResNet32x3: parameters, running statistics and
+    // num_batches_tracked, nothing else.
+    for name in [
+        "shared.conv1.weight",
+        "shared.bn1.running_var",
+        "shared.bn1.num_batches_tracked",
+        "shared.layer1.4.conv2.weight",
+        "experts.2.layer3.4.bn2.bias",
+        "experts.0.fc.weight",
+        "experts.2.fc.bias",
+    ] {
+        assert!(weights.iter().any(|n| n == name), "{name} missing");
+    }
+    assert!(weights
+        .iter()
+        .all(|n| n.starts_with("shared.") || n.starts_with("experts.")));
+    // Exactly the checkpoint's model tensors.
+    let model_part: Vec<String> = names("checkpoint.safetensors")
+        .into_iter()
+        .filter(|n| !n.starts_with("optimizer.") && !n.starts_with("sla."))
+        .collect();
+    assert_eq!(weights, model_part);
+    assert!(!dir.read_dir().unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains(".tmp")));
+}
+
+#[test]
+fn short_runs_keep_stage_one_and_say_what_was_scaled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut args: Vec<String> = vec!["train".into()];
+    args.extend(TINY_DATA.iter().map(|s| s.to_string()));
+    for a in [
+        "--expert-width",
+        "reduced",
+        "--batch-size",
+        "8",
+        "--threads",
+        "2",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.1",
+        "--out",
+    ] {
+        args.push(a.into());
+    }
+    args.push(path_str(&dir));
+    let err = stderr(&run_ok(&args));
+    assert!(
+        err.contains("--epochs 1 (the schedule was for 10)"),
+        "{err}"
+    );
+    assert!(err.contains("stage2_epoch 8 -> none"), "{err}");
+    assert!(err.contains("milestones [8, 9] -> [1]"), "{err}");
+    // One epoch of stage 1 at the learning rate given (no decay before the first step).
+    let lines = metrics_lines(&dir);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["stage"], 1);
+    assert_eq!(lines[0]["lr"].as_f64().unwrap(), 0.1);
+    // Three epochs: the switch at 2 of 3 (8 of 10, nearest), stage 1 first.
+    let dir3 = tmp.path().join("run3");
+    let n = args.len();
+    args[n - 5] = "3".into();
+    args[n - 1] = path_str(&dir3);
+    let err = stderr(&run_ok(&args));
+    assert!(err.contains("stage2_epoch 8 -> 2"), "{err}");
+    let stages: Vec<i64> = metrics_lines(&dir3)
+        .iter()
+        .map(|l| l["stage"].as_i64().unwrap())
+        .collect();
+    assert_eq!(stages, [1, 1, 2]);
+}
+
+#[test]
+fn a_record_file_as_is_and_data_info_on_a_training_file_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("lt.bin");
+    // A long-tailed record file made elsewhere: a 10-class synthetic set (12 down to 3 per class),
+    // cut to CIFAR-10 records.
+    let data = [
+        "--synthetic-classes",
+        "10",
+        "--synthetic-max-per-class",
+        "12",
+        "--synthetic-test-per-class",
+        "2",
+        "--imbalance",
+        "4",
+    ];
+    let mut cut = vec!["data".to_string(), "cut".into()];
+    cut.extend(data.iter().map(|s| s.to_string()));
+    cut.extend(["--output".into(), path_str(&file)]);
+    run_ok(&cut);
+    let counts: Vec<usize> = (0..10)
+        .map(|i| (12.0 * 4f64.powf(-(i as f64) / 9.0)) as usize)
+        .collect();
+    let info = |extra: &[&str]| -> Value {
+        let mut args = vec![
+            "data",
+            "info",
+            "--json",
+            "--dataset",
+            "cifar10-lt",
+            "--train-file",
+        ];
+        let f = path_str(&file);
+        args.push(&f);
+        args.extend_from_slice(extra);
+        serde_json::from_str(&stdout(&run_ok(&args))).unwrap()
+    };
+    let counts_of = |v: &Value| -> Vec<usize> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap() as usize)
+            .collect()
+    };
+    // As is: the file's own counts and imbalance; no test set given, described anyway.
+    let as_is = info(&["--imbalance", "none"]);
+    assert_eq!(counts_of(&as_is["class_counts"]), counts);
+    assert_eq!(as_is["imbalance"].as_f64().unwrap(), 12.0 / 3.0);
+    assert!(as_is["test_class_counts"].is_null(), "{as_is}");
+    // Cut to a ratio (the file's own: the same counts), still without a test set.
+    let cut = info(&["--imbalance", "4"]);
+    assert_eq!(counts_of(&cut["class_counts"]), counts);
+    assert!(cut["test_class_counts"].is_null(), "{cut}");
+    // Training on the file as it is reports its profile.
+    let dir = tmp.path().join("run");
+    let mut args = vec!["train".to_string()];
+    args.extend(TINY_RUN.iter().map(|s| s.to_string()));
+    let f = path_str(&file);
+    args.extend(
+        [
+            "--dataset",
+            "cifar10-lt",
+            "--train-file",
+            &f,
+            "--test-file",
+            &f,
+            "--imbalance",
+            "none",
+            "--out",
+        ]
+        .map(String::from),
+    );
+    args.push(path_str(&dir));
+    run_ok(&args);
+    let report = read_json(&dir.join("report.json"));
+    assert_eq!(counts_of(&report["class_counts"]), counts);
+    assert_eq!(report["config"]["imbalance"], "none");
+    run_err(
+        &["data", "info", "--imbalance", "sideways"],
+        &["sideways", "none"],
+    );
 }

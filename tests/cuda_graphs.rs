@@ -28,7 +28,7 @@ fn capture_rule_violations_are_errors() {
 /// batches replayed too).
 #[test]
 fn a_run_with_replayed_steps_equals_the_eager_run() {
-    use ltrain::config::{ExpertWidth, LossKind, TrainConfig};
+    use ltrain::config::{ExpertWidth, Imbalance, LossKind, TrainConfig};
     use ltrain::report::read_epoch_records;
     use ltrain::train::checkpoint::load_checkpoint;
     use ltrain::train::{datasets, train, RunOptions, Start};
@@ -37,7 +37,7 @@ fn a_run_with_replayed_steps_equals_the_eager_run() {
         synthetic_classes: 2,
         synthetic_max_per_class: 5,
         synthetic_test_per_class: 6,
-        imbalance: 1.5,
+        imbalance: Imbalance::Ratio(1.5),
         expert_width: ExpertWidth::Reduced,
         loss: LossKind::LaSla,
         epochs: 3,

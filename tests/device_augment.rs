@@ -386,7 +386,7 @@ fn bad_indices_and_parameters_are_errors() {
 /// the loader thread): one stage-1 epoch (three levels, mixup) on the CPU backend, bit for bit.
 #[test]
 fn training_device_path_equals_host_path() {
-    use ltrain::config::{ExpertWidth, TrainConfig};
+    use ltrain::config::{ExpertWidth, Imbalance, TrainConfig};
     use ltrain::train::checkpoint::load_checkpoint;
     use ltrain::train::{datasets, train, ImageSource, Start};
 
@@ -420,7 +420,7 @@ fn training_device_path_equals_host_path() {
         synthetic_classes: 3,
         synthetic_max_per_class: 12,
         synthetic_test_per_class: 2,
-        imbalance: 3.0,
+        imbalance: Imbalance::Ratio(3.0),
         expert_width: ExpertWidth::Reduced,
         epochs: 1,
         batch_size: 8,

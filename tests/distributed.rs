@@ -5,7 +5,7 @@
 use ltrain::augment::Level;
 use ltrain::backend::cpu::CpuBackend;
 use ltrain::backend::Backend;
-use ltrain::config::{ExpertWidth, LossKind, SlaTableRule, TrainConfig};
+use ltrain::config::{ExpertWidth, Imbalance, LossKind, SlaTableRule, TrainConfig};
 use ltrain::dist::{run_ranks, Collective, Dist};
 use ltrain::method::{SlaTable, SlaTableFill};
 use ltrain::model::MultiExpertNet;
@@ -30,7 +30,7 @@ fn tiny_config() -> TrainConfig {
         synthetic_classes: 4,
         synthetic_max_per_class: 24,
         synthetic_test_per_class: 6,
-        imbalance: 4.0,
+        imbalance: Imbalance::Ratio(4.0),
         expert_width: ExpertWidth::Reduced,
         epochs: 3,
         batch_size: 16,

@@ -3,7 +3,7 @@
 //! bit-identical weights to an uninterrupted one).
 
 use ltrain::backend::cpu::CpuBackend;
-use ltrain::config::{ExpertWidth, LossKind, TrainConfig};
+use ltrain::config::{ExpertWidth, Imbalance, LossKind, TrainConfig};
 use ltrain::method::Reweighting;
 use ltrain::nn::TensorData;
 use ltrain::report::read_epoch_records;
@@ -17,7 +17,7 @@ fn tiny_config() -> TrainConfig {
         synthetic_classes: 4,
         synthetic_max_per_class: 24,
         synthetic_test_per_class: 6,
-        imbalance: 4.0,
+        imbalance: Imbalance::Ratio(4.0),
         expert_width: ExpertWidth::Reduced,
         epochs: 3,
         batch_size: 16,

@@ -3,7 +3,8 @@
 
 use clap::Args;
 use ltrain::config::{
-    DatasetKind, DeviceKind, ExpertWidth, LossKind, ModelKind, Schedule, SlaTableRule, TrainConfig,
+    DatasetKind, DeviceKind, ExpertWidth, Imbalance, LossKind, ModelKind, Schedule, SlaTableRule,
+    TrainConfig,
 };
 use std::path::PathBuf;
 
@@ -17,6 +18,11 @@ pub struct DataArgs {
     /// ImageNet-LT: image root.
     #[arg(long, value_name = "PATH")]
     pub data_dir: Option<PathBuf>,
+    /// CIFAR: fetch the official binary archive unless already there and verified (md5), into
+    /// --data-dir (a directory or FILE.tar.gz) or else $XDG_CACHE_HOME/ltrain (~/.cache/ltrain),
+    /// and use it as --data-dir.
+    #[arg(long)]
+    pub download: bool,
     /// CIFAR record file for training (e.g. train_lt_r10.bin), instead of --data-dir.
     #[arg(long, value_name = "FILE")]
     pub train_file: Option<PathBuf>,
@@ -29,9 +35,10 @@ pub struct DataArgs {
     /// ImageNet-LT test list.
     #[arg(long, value_name = "FILE")]
     pub test_list: Option<PathBuf>,
-    /// Imbalance ratio rho = n_max / n_min of the long-tailed training set.
-    #[arg(long, value_name = "RHO")]
-    pub imbalance: Option<f64>,
+    /// Imbalance ratio rho = n_max / n_min of the long-tailed training set, or `none`: train on the
+    /// training file as it is (its own profile and counts are reported).
+    #[arg(long, value_name = "RHO|none")]
+    pub imbalance: Option<Imbalance>,
     /// ImageNet-LT training/evaluation resolution.
     #[arg(long, value_name = "PX")]
     pub image_size: Option<usize>,
@@ -181,11 +188,12 @@ impl DataArgs {
 }
 
 impl RunArgs {
-    pub fn apply(&self, cfg: &mut TrainConfig) {
+    /// Overlays the flags; returns one line saying how `--epochs` moved the schedule keys no flag
+    /// sets, if it moved any.
+    pub fn apply(&self, cfg: &mut TrainConfig) -> Option<String> {
         let a = self;
-        if let Some(epochs) = a.epochs {
-            rescale_schedule(cfg, epochs);
-        }
+        let from = cfg.epochs;
+        let moved = a.epochs.map(|e| cfg.rescale_epochs(e)).unwrap_or_default();
         overlay!(
             cfg,
             a,
@@ -247,16 +255,27 @@ impl RunArgs {
         if a.no_tf32 {
             cfg.tf32 = false;
         }
+        let given = |key: &str| match key {
+            "warmup_epochs" => a.warmup_epochs.is_some(),
+            "milestones" => a.milestones.is_some(),
+            "stage2_epoch" => a.stage2_epoch.is_some() || a.single_stage,
+            _ => a.reweight_epoch.is_some(),
+        };
+        let shown: Vec<String> = moved
+            .iter()
+            .filter(|(key, ..)| !given(key))
+            .map(|(key, old, new)| format!("{key} {old} -> {new}"))
+            .collect();
+        (!shown.is_empty()).then(|| {
+            let mut line = format!(
+                "--epochs {} (the schedule was for {from}) moves {}",
+                cfg.epochs,
+                shown.join(", ")
+            );
+            if cfg.epochs < 2 && moved.iter().any(|(k, ..)| *k == "stage2_epoch") {
+                line.push_str(" (one epoch is too short for two stages: stage 1 only)");
+            }
+            line
+        })
     }
-}
-
-/// Moves the epoch-valued schedule keys proportionally (rounded down) when the run length changes.
-fn rescale_schedule(cfg: &mut TrainConfig, epochs: usize) {
-    let old = cfg.epochs.max(1);
-    let scale = |e: usize| e * epochs / old;
-    cfg.warmup_epochs = scale(cfg.warmup_epochs);
-    cfg.stage2_epoch = cfg.stage2_epoch.map(scale);
-    cfg.reweight_epoch = cfg.reweight_epoch.map(scale);
-    cfg.milestones = cfg.milestones.iter().map(|&m| scale(m)).collect();
-    cfg.epochs = epochs;
 }

@@ -43,6 +43,7 @@ pub struct EvalCmd {
 pub fn run(cmd: EvalCmd) -> Result<()> {
     let mut cfg = checkpoint_config(&cmd.checkpoint)?;
     cmd.data.apply(&mut cfg);
+    super::data::apply_download(cmd.data.download, &mut cfg, false, false)?;
     if let Some(d) = cmd.device {
         cfg.device = d;
     }

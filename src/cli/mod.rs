@@ -8,6 +8,7 @@ pub mod eval;
 pub mod parallel;
 pub mod presets;
 pub mod progress;
+pub mod sweep;
 pub mod train;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,9 @@ pub struct Cli {
 pub enum Command {
     /// Train a model (with no flags: the built-in synthetic long-tailed set on the CPU, ~5 minutes).
     Train(Box<train::TrainCmd>),
+    /// Train a grid of configurations (--set KEY=V1,V2) over seeds (--seeds 0,1,2), one run after
+    /// another; summarise mean ± std per configuration. Re-run to continue after a kill.
+    Sweep(Box<sweep::SweepCmd>),
     /// Evaluate a checkpoint: top-1, many/medium/few, ECE; optionally per-image predictions.
     Eval(Box<eval::EvalCmd>),
     /// Inspect, cut and preview datasets.
@@ -40,6 +44,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(cmd) => train::run(*cmd),
+        Command::Sweep(cmd) => sweep::run(*cmd),
         Command::Eval(cmd) => eval::run(*cmd),
         Command::Data(cmd) => data::run(cmd),
         Command::Presets => presets::run(),

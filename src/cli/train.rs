@@ -17,7 +17,7 @@ use ltrain::train::run_state::{CHECKPOINT_FILE, CONFIG_FILE};
 use ltrain::train::{check_parallel, train_rank, RunOptions, Start};
 use std::path::{Path, PathBuf};
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Default)]
 pub struct TrainCmd {
     /// Start from a preset of the paper's settings (see `ltrain presets`).
     #[arg(long, value_name = "NAME")]
@@ -51,6 +51,7 @@ pub struct TrainCmd {
 
 pub fn run(cmd: TrainCmd) -> Result<()> {
     let (mut cfg, out, start, paper) = resolve(&cmd)?;
+    super::data::apply_download(cmd.data.download, &mut cfg, true, cmd.quiet)?;
     let launch = cmd.parallel.launch(&mut cfg)?;
     let world = match &launch {
         Launch::Single => World::SINGLE,
@@ -104,6 +105,7 @@ pub fn run(cmd: TrainCmd) -> Result<()> {
         cuda_graphs: cmd.cuda_graphs,
         paper: paper.as_ref(),
         quiet,
+        print_result: true,
     };
     match launch {
         Launch::Single => dispatch(cfg.device, cfg.threads, cfg.tf32, job),
@@ -145,16 +147,7 @@ fn resolve(cmd: &TrainCmd) -> Result<(TrainConfig, PathBuf, Start, Option<PaperR
         };
         return Ok((cfg, dir.clone(), Start::Resume, paper));
     }
-    let (mut cfg, paper) = match &cmd.preset {
-        Some(name) => load_preset(name)?,
-        None => (TrainConfig::default(), None),
-    };
-    if let Some(file) = &cmd.config {
-        cfg = cfg.overlay_file(file)?;
-    }
-    cmd.data.apply(&mut cfg);
-    cmd.run.apply(&mut cfg);
-    cfg.validate()?;
+    let (cfg, paper) = resolve_config(cmd)?;
     let out = cmd.out.clone().unwrap_or_else(default_run_dir);
     if out.join(CHECKPOINT_FILE).exists() {
         bail!(
@@ -170,6 +163,26 @@ fn resolve(cmd: &TrainCmd) -> Result<(TrainConfig, PathBuf, Start, Option<PaperR
     Ok((cfg, out, start, paper))
 }
 
+/// The configuration of a fresh run: defaults < preset < --config file < flags, validated, with
+/// the preset's paper reference (`ltrain sweep` builds its base configuration with it).
+pub(super) fn resolve_config(cmd: &TrainCmd) -> Result<(TrainConfig, Option<PaperReference>)> {
+    let (mut cfg, paper) = match &cmd.preset {
+        Some(name) => load_preset(name)?,
+        None => (TrainConfig::default(), None),
+    };
+    if let Some(file) = &cmd.config {
+        cfg = cfg.overlay_file(file)?;
+    }
+    cmd.data.apply(&mut cfg);
+    if let Some(line) = cmd.run.apply(&mut cfg) {
+        if !cmd.quiet {
+            eprintln!("ltrain: {line}");
+        }
+    }
+    cfg.validate()?;
+    Ok((cfg, paper))
+}
+
 struct TrainJob<'a> {
     cfg: &'a TrainConfig,
     data: &'a Datasets,
@@ -178,6 +191,34 @@ struct TrainJob<'a> {
     cuda_graphs: CudaGraphs,
     paper: Option<&'a PaperReference>,
     quiet: bool,
+    /// The final metrics line and where the reports went, on stdout (unless quiet).
+    print_result: bool,
+}
+
+/// Trains one run in this process (no ranks) into `out` and writes its run directory and reports,
+/// as `ltrain train` does; `ltrain sweep` runs each of its runs with it. The progress is shown as
+/// `train` shows it (unless `quiet`), the final metrics line is left to the caller.
+pub(super) fn train_single(
+    cfg: &TrainConfig,
+    data: &Datasets,
+    out: &Path,
+    start: Start,
+    cuda_graphs: CudaGraphs,
+    paper: Option<&PaperReference>,
+    quiet: bool,
+) -> Result<()> {
+    check_parallel(cfg, World::SINGLE, cuda_graphs == CudaGraphs::On)?;
+    let job = TrainJob {
+        cfg,
+        data,
+        out,
+        start,
+        cuda_graphs,
+        paper,
+        quiet,
+        print_result: false,
+    };
+    dispatch(cfg.device, cfg.threads, cfg.tf32, job)
 }
 
 impl OnBackend for TrainJob<'_> {
@@ -243,7 +284,7 @@ impl RankJob for TrainJob<'_> {
                 samples_per_second: result.samples_per_second,
             },
         )?;
-        if !self.quiet {
+        if !self.quiet && self.print_result {
             println!("{}", result.last.metrics.summary_line());
             println!("reports written to {}", self.out.display());
         }
@@ -254,10 +295,10 @@ impl RankJob for TrainJob<'_> {
 /// Keeps two processes from training into the same run directory: `DIR/.ltrain.lock` holds the pid
 /// of the run using it. A lock left by a killed run (its pid no longer alive) is taken over, so
 /// `--resume` after a crash just works.
-struct RunLock(PathBuf);
+pub(super) struct RunLock(PathBuf);
 
 impl RunLock {
-    fn acquire(dir: &Path) -> Result<Self> {
+    pub(super) fn acquire(dir: &Path) -> Result<Self> {
         use std::io::Write;
         let path = dir.join(".ltrain.lock");
         let pid = std::process::id().to_string();

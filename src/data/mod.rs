@@ -21,6 +21,7 @@
 //! ```
 
 pub mod cifar;
+pub mod download;
 pub mod imagenet;
 pub mod info;
 pub mod longtail;

@@ -3,6 +3,7 @@
 //! [`EpochRecord`] that the training loop appends to `metrics.jsonl`.
 
 mod plots;
+pub mod sweep;
 
 use crate::config::{DatasetKind, ModelKind, Schedule, TrainConfig};
 use crate::method::policy;
@@ -322,8 +323,17 @@ pub fn setting_line(cfg: &TrainConfig) -> String {
             "synthetic ({} classes, rho = {})",
             cfg.synthetic_classes, cfg.imbalance
         ),
-        DatasetKind::Cifar10Lt => format!("CIFAR-10-LT (rho = {})", cfg.imbalance),
-        DatasetKind::Cifar100Lt => format!("CIFAR-100-LT (rho = {})", cfg.imbalance),
+        DatasetKind::Cifar10Lt | DatasetKind::Cifar100Lt => {
+            let name = if cfg.dataset == DatasetKind::Cifar10Lt {
+                "CIFAR-10-LT"
+            } else {
+                "CIFAR-100-LT"
+            };
+            match cfg.imbalance.ratio() {
+                Some(rho) => format!("{name} (rho = {rho})"),
+                None => format!("{name} (the training file as is)"),
+            }
+        }
         DatasetKind::ImagenetLt => "ImageNet-LT".to_string(),
     };
     let model = match cfg.model {

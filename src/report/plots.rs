@@ -9,6 +9,9 @@ use plotters::prelude::*;
 use std::ops::Range;
 use std::sync::OnceLock;
 
+/// The plot of a sweep's summary, drawn with the helpers below.
+pub(super) mod sweep;
+
 const FONT_BYTES: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 const FAMILY: &str = "sans-serif";
 

@@ -45,7 +45,7 @@ pub fn synthetic_config(cfg: &TrainConfig) -> SyntheticConfig {
     SyntheticConfig {
         classes: cfg.synthetic_classes,
         n_max: cfg.synthetic_max_per_class,
-        rho: cfg.imbalance,
+        rho: cfg.imbalance.ratio().unwrap_or(1.0),
         test_per_class: cfg.synthetic_test_per_class,
         seed: cfg.seed,
         ..SyntheticConfig::default()
@@ -107,7 +107,7 @@ pub fn open_lt_images(cfg: &TrainConfig) -> Result<ImageSet> {
             "imagenet-lt images are read from their list files; this needs synthetic or CIFAR data"
         );
     }
-    Ok(open_in_memory(cfg)?.0)
+    Ok(open_lt_train(cfg)?.0)
 }
 
 /// `(long-tailed train, test, how the cut was made)` of an in-memory dataset.
@@ -122,9 +122,68 @@ fn open_in_memory(cfg: &TrainConfig) -> Result<(ImageSet, ImageSet, String)> {
         }
     };
     let (train, test) = load_cifar(cfg, variant)?;
-    let lt = long_tail(&train, Some(variant), cfg.imbalance, cfg.seed)
-        .with_context(|| format!("cutting the rho={} long-tailed training set", cfg.imbalance))?;
-    Ok((lt.set, test, lt.method.to_string()))
+    let (train, how) = cut(cfg, variant, train)?;
+    Ok((train, test, how))
+}
+
+/// The long-tailed training set of `train` and how it was made: cut to the configured ratio, or
+/// as it is (`--imbalance none`: the file's own profile, described).
+fn cut(cfg: &TrainConfig, variant: CifarVariant, train: ImageSet) -> Result<(ImageSet, String)> {
+    let Some(rho) = cfg.imbalance.ratio() else {
+        let counts = train.class_counts();
+        let (max, min) = (
+            counts.iter().copied().max().unwrap_or(0),
+            counts.iter().copied().min().unwrap_or(0),
+        );
+        let own = if min > 0 {
+            format!("rho = {:.1}", max as f64 / min as f64)
+        } else {
+            "a class without images".to_string()
+        };
+        let how = format!(
+            "as is (--imbalance none): {} images, {own}, per class {counts:?}",
+            train.n
+        );
+        return Ok((train, how));
+    };
+    let lt = long_tail(&train, Some(variant), rho, cfg.seed)
+        .with_context(|| format!("cutting the rho={rho} long-tailed training set"))?;
+    Ok((lt.set, lt.method.to_string()))
+}
+
+/// The long-tailed training set and how it was made, without the test set (`ltrain data info` on a
+/// training file alone).
+pub fn open_lt_train(cfg: &TrainConfig) -> Result<(ImageSet, String)> {
+    let variant = match cfg.dataset {
+        DatasetKind::Cifar10Lt => CifarVariant::Cifar10,
+        DatasetKind::Cifar100Lt => CifarVariant::Cifar100,
+        DatasetKind::ImagenetLt => bail!(
+            "imagenet-lt images are read from their list files; this needs synthetic or CIFAR data"
+        ),
+        DatasetKind::Synthetic => {
+            let (train, _, how) = open_in_memory(cfg)?;
+            return Ok((train, how));
+        }
+    };
+    let train = match (&cfg.train_file, &cfg.data_dir) {
+        (Some(file), _) => cifar::load_record_file(variant, file)?,
+        (None, Some(dir)) if is_archive(dir) => cifar::load_archive(variant, dir)?.train,
+        (None, Some(dir)) => cifar::load_official(variant, dir)?.train,
+        (None, None) => bail!(
+            "--dataset {}-lt needs --data-dir (the official binary directory or .tar.gz) or --train-file",
+            variant.name()
+        ),
+    };
+    cut(cfg, variant, train)
+}
+
+/// Whether the configuration names a test set (the synthetic set always has one).
+pub fn has_test_set(cfg: &TrainConfig) -> bool {
+    match cfg.dataset {
+        DatasetKind::Synthetic => true,
+        DatasetKind::ImagenetLt => cfg.test_list.is_some() && cfg.data_dir.is_some(),
+        _ => cfg.test_file.is_some() || cfg.data_dir.is_some(),
+    }
 }
 
 /// Opens only the test set (what `ltrain eval` needs).

@@ -16,6 +16,8 @@ use std::path::Path;
 
 /// File names inside a run directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// The weights alone (PyTorch's `state_dict()`, no optimizer or SLA state), beside the checkpoint.
+pub const MODEL_FILE: &str = "model.safetensors";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CONFIG_FILE: &str = "config.toml";
 
@@ -60,7 +62,8 @@ impl Default for RunState {
     }
 }
 
-/// Writes the checkpoint of the run so far (atomically).
+/// Writes the checkpoint of the run so far and, beside it, the weights alone ([`MODEL_FILE`]),
+/// each atomically.
 pub fn persist<B: Backend>(
     be: &B,
     cfg: &TrainConfig,
@@ -71,6 +74,8 @@ pub fn persist<B: Backend>(
     class_counts: &[usize],
 ) -> Result<()> {
     let mut tensors = model.state_dict(be)?;
+    let weights_meta = BTreeMap::from([(META_CONFIG.to_string(), cfg.to_toml()?)]);
+    save_checkpoint(&path.with_file_name(MODEL_FILE), &tensors, &weights_meta)?;
     for p in model.params() {
         if let Some(v) = &p.velocity {
             tensors.push(NamedTensor {
