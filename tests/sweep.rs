@@ -500,3 +500,20 @@ fn bad_sweeps_are_clear_errors() {
         &["not a sweep directory"],
     );
 }
+
+#[test]
+fn runs_at_once_give_the_summary_of_runs_in_turn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, two) = (tmp.path().join("in-turn"), tmp.path().join("at-once"));
+    let plan = ["--seeds", "0,1", "--set", "tau=1,0.5", "--quiet"];
+    run_ok(&sweep_args(&one, &plan));
+    let mut at_once = plan.to_vec();
+    at_once.extend(["--jobs", "3"]);
+    run_ok(&sweep_args(&two, &at_once));
+    let (a, b) = (
+        read_json(&one.join("summary.json")),
+        read_json(&two.join("summary.json")),
+    );
+    assert_eq!(summary_numbers(&a), summary_numbers(&b));
+    assert_eq!(a["configurations"].as_array().unwrap().len(), 2);
+}

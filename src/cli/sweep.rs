@@ -1,6 +1,6 @@
 //! `ltrain sweep`: one base configuration (built as `ltrain train` builds it), a grid over
 //! configuration keys (`--set KEY=V1,V2`) and seeds; every grid point x seed is one run directory
-//! `DIR/<label>/seed-<s>/` trained one after another by `train`'s own code, then `DIR/summary.md`,
+//! `DIR/<label>/seed-<s>/` trained by `train`'s own code (`--jobs K` at a time), then `DIR/summary.md`,
 //! `summary.json` and `summary.png` with mean ± std over the seeds. A re-run of the same command
 //! (or `--resume DIR`) skips finished runs, resumes a killed one from its checkpoint and starts the
 //! missing ones.
@@ -21,6 +21,8 @@ use ltrain::train::datasets;
 use ltrain::train::run_state::METRICS_FILE;
 use ltrain::train::Start;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 #[derive(Args, Debug)]
@@ -58,6 +60,11 @@ pub struct SweepCmd {
     /// No progress: no per-run lines, progress bars or per-epoch lines.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Runs trained at once, each on its own thread: on a GPU they share the device (as its memory
+    /// allows), on the CPU its cores (give each run fewer with --threads). With more than one, the
+    /// per-run progress bars are off; the start and end lines stay.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub jobs: usize,
     /// Run each training step as one captured CUDA graph (auto: on a GPU). Same results either way.
     #[arg(long, value_enum, default_value = "auto")]
     pub cuda_graphs: CudaGraphs,
@@ -118,7 +125,14 @@ pub fn run(cmd: SweepCmd) -> Result<()> {
             dir.display()
         );
     }
-    for (i, r) in runs.iter().enumerate() {
+    if cmd.jobs == 0 {
+        bail!("--jobs 0: a sweep trains at least one run at a time");
+    }
+    // The summary so far is rewritten after every run, one writer at a time.
+    let summary_lock = Mutex::new(());
+    let run_one = |i: usize| -> Result<()> {
+        let r = &runs[i];
+        let run_quiet = quiet || cmd.jobs > 1;
         let run_dir = dir.join(&r.dir);
         let tag = format!("[{}/{total}] {} seed {}", i + 1, r.label, r.seed);
         check_run_config(&run_dir, &r.config)?;
@@ -128,7 +142,7 @@ pub fn run(cmd: SweepCmd) -> Result<()> {
                     let outcome = RunOutcome::read(&run_dir)?;
                     eprintln!("{tag}: finished earlier, {}", outcome.line());
                 }
-                continue;
+                return Ok(());
             }
             RunStatus::Resumable => {
                 if !quiet {
@@ -159,7 +173,7 @@ pub fn run(cmd: SweepCmd) -> Result<()> {
             start,
             cmd.cuda_graphs,
             paper.as_ref(),
-            quiet,
+            run_quiet,
         )
         .with_context(|| {
             format!(
@@ -176,8 +190,38 @@ pub fn run(cmd: SweepCmd) -> Result<()> {
             );
         }
         // The summary so far, so that a long sweep can be looked at while it runs.
-        SweepSummary::collect(&dir, &plan, paper.as_ref())?.write(&dir)?;
-    }
+        let _one = summary_lock.lock().unwrap_or_else(|e| e.into_inner());
+        SweepSummary::collect(&dir, &plan, paper.as_ref())?.write(&dir)
+    };
+    // K workers take the runs in order; after a failure no new run starts.
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Vec<Result<()>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..cmd.jobs.min(total).max(1))
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        if i >= total || failed.load(Ordering::SeqCst) {
+                            return Ok(());
+                        }
+                        if let Err(e) = run_one(i) {
+                            failed.store(true, Ordering::SeqCst);
+                            return Err(e);
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| bail!("a sweep worker panicked"))
+            })
+            .collect()
+    });
+    results.into_iter().collect::<Result<Vec<()>>>()?;
 
     let summary = SweepSummary::collect(&dir, &plan, paper.as_ref())?;
     summary.write(&dir)?;
