@@ -7,6 +7,9 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod binary;
+use binary::*;
+
 /// A synthetic set of 4 classes (16, 10, 6, 4 training images; 4 test images per class) and a
 /// reduced-width three-expert ResNet-32 for 2 epochs: a whole run takes seconds on 2 cores.
 const TINY_DATA: &[&str] = &[
@@ -37,66 +40,6 @@ const RHO: f64 = 4.0;
 /// Bytes of one CIFAR-10 record: a label byte and a 3x32x32 image.
 const CIFAR10_RECORD: u64 = 1 + 3 * 32 * 32;
 
-fn ltrain<S: AsRef<str>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ltrain"))
-        .args(args.iter().map(|a| a.as_ref()))
-        .output()
-        .expect("cannot start the ltrain binary")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn run_ok<S: AsRef<str>>(args: &[S]) -> Output {
-    let out = ltrain(args);
-    let shown: Vec<&str> = args.iter().map(|a| a.as_ref()).collect();
-    assert!(
-        out.status.success(),
-        "ltrain {} failed ({}):\n{}",
-        shown.join(" "),
-        out.status,
-        stderr(&out)
-    );
-    out
-}
-
-/// Runs a command that must fail cleanly: a non-zero exit that is not a panic's (101), no panic
-/// message, and a message on stderr that mentions every string of `mentions`. Returns stderr.
-fn run_err<S: AsRef<str>>(args: &[S], mentions: &[&str]) -> String {
-    let out = ltrain(args);
-    let shown: Vec<&str> = args.iter().map(|a| a.as_ref()).collect();
-    let err = stderr(&out);
-    let code = out.status.code();
-    assert!(
-        !out.status.success() && code.is_some() && code != Some(101),
-        "ltrain {} should fail cleanly, got {}:\n{err}",
-        shown.join(" "),
-        out.status
-    );
-    assert!(
-        !err.contains("panicked"),
-        "ltrain {} panicked:\n{err}",
-        shown.join(" ")
-    );
-    for m in mentions {
-        assert!(
-            err.contains(m),
-            "ltrain {}: stderr should mention {m:?}:\n{err}",
-            shown.join(" ")
-        );
-    }
-    err
-}
-
-fn path_str(p: &Path) -> String {
-    p.to_str().expect("temporary paths are UTF-8").to_string()
-}
-
 /// `ltrain train` with the tiny settings and `extra` flags.
 fn train_args(extra: &[String]) -> Vec<String> {
     let mut args = vec!["train".to_string()];
@@ -110,12 +53,6 @@ fn expected_counts() -> Vec<usize> {
     (0..CLASSES)
         .map(|i| (MAX_PER_CLASS as f64 * RHO.powf(-(i as f64) / (CLASSES as f64 - 1.0))) as usize)
         .collect()
-}
-
-fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
 fn metrics_lines(dir: &Path) -> Vec<Value> {

@@ -7,8 +7,11 @@
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
+
+mod binary;
+use binary::*;
 
 /// A synthetic set of 4 classes (16, 10, 6, 4 training images; 4 test images per class), a
 /// reduced-width three-expert ResNet-32 for 2 epochs: a run takes a few seconds on 2 cores. At this
@@ -35,66 +38,12 @@ const TINY: &[&str] = &[
     "--no-mixup",
 ];
 
-fn ltrain<S: AsRef<str>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ltrain"))
-        .args(args.iter().map(|a| a.as_ref()))
-        .output()
-        .expect("cannot start the ltrain binary")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn run_ok<S: AsRef<str>>(args: &[S]) -> Output {
-    let out = ltrain(args);
-    let shown: Vec<&str> = args.iter().map(|a| a.as_ref()).collect();
-    assert!(
-        out.status.success(),
-        "ltrain {} failed ({}):\n{}",
-        shown.join(" "),
-        out.status,
-        stderr(&out)
-    );
-    out
-}
-
-/// A command that must fail cleanly (non-zero, not a panic) with a message naming every string of
-/// `mentions`.
-fn run_err<S: AsRef<str>>(args: &[S], mentions: &[&str]) -> String {
-    let out = ltrain(args);
-    let shown: Vec<&str> = args.iter().map(|a| a.as_ref()).collect();
-    let err = stderr(&out);
-    let code = out.status.code();
-    assert!(
-        !out.status.success() && code.is_some() && code != Some(101),
-        "ltrain {} should fail cleanly, got {}:\n{err}",
-        shown.join(" "),
-        out.status
-    );
-    assert!(!err.contains("panicked"), "a panic:\n{err}");
-    for m in mentions {
-        assert!(err.contains(m), "the error should mention `{m}`:\n{err}");
-    }
-    err
-}
-
-fn path_str(p: &Path) -> String {
-    p.to_str().expect("temporary paths are UTF-8").to_string()
-}
-
 /// `ltrain sweep EXTRA... TINY... --out DIR`.
 fn sweep_args(dir: &Path, extra: &[&str]) -> Vec<String> {
     let mut args = vec!["sweep".to_string()];
     args.extend(extra.iter().chain(TINY).map(|s| s.to_string()));
     args.extend(["--out".to_string(), path_str(dir)]);
     args
-}
-
-fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Mean and sample std (n - 1) of the values, computed here independently of ltrain.
