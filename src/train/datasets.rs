@@ -9,7 +9,6 @@ use crate::data::longtail::long_tail;
 use crate::data::synthetic::{self, SyntheticConfig};
 use crate::data::ImageSet;
 use anyhow::{bail, Context, Result};
-use std::path::Path;
 
 /// The opened data of a run.
 pub struct Datasets {
@@ -55,11 +54,7 @@ pub fn synthetic_config(cfg: &TrainConfig) -> SyntheticConfig {
 /// Loads the CIFAR training (full, before the long-tail cut) and test sets named by the config.
 pub fn load_cifar(cfg: &TrainConfig, variant: CifarVariant) -> Result<(ImageSet, ImageSet)> {
     let official = match &cfg.data_dir {
-        Some(dir) => Some(if is_archive(dir) {
-            cifar::load_archive(variant, dir)?
-        } else {
-            cifar::load_official(variant, dir)?
-        }),
+        Some(dir) => Some(cifar::load_official(variant, dir)?),
         None => None,
     };
     let train = match (&cfg.train_file, &official) {
@@ -79,11 +74,6 @@ pub fn load_cifar(cfg: &TrainConfig, variant: CifarVariant) -> Result<(ImageSet,
         ),
     };
     Ok((train, test))
-}
-
-fn is_archive(path: &Path) -> bool {
-    let name = path.to_string_lossy();
-    name.ends_with(".tar.gz") || name.ends_with(".tgz")
 }
 
 /// Opens the data of a run: the long-tailed training set (cut with the protocol of the
@@ -167,7 +157,6 @@ pub fn open_lt_train(cfg: &TrainConfig) -> Result<(ImageSet, String)> {
     };
     let train = match (&cfg.train_file, &cfg.data_dir) {
         (Some(file), _) => cifar::load_record_file(variant, file)?,
-        (None, Some(dir)) if is_archive(dir) => cifar::load_archive(variant, dir)?.train,
         (None, Some(dir)) => cifar::load_official(variant, dir)?.train,
         (None, None) => bail!(
             "--dataset {}-lt needs --data-dir (the official binary directory or .tar.gz) or --train-file",
@@ -197,7 +186,6 @@ pub fn open_test(cfg: &TrainConfig) -> Result<Box<dyn ImageSource + Send>> {
             };
             let test = match (&cfg.test_file, &cfg.data_dir) {
                 (Some(file), _) => cifar::load_record_file(variant, file)?,
-                (None, Some(dir)) if is_archive(dir) => cifar::load_archive(variant, dir)?.test,
                 (None, Some(dir)) => cifar::load_official(variant, dir)?.test,
                 (None, None) => bail!(
                     "--dataset {}-lt needs --test-file or --data-dir for the test set",

@@ -123,11 +123,41 @@ pub fn evaluate_sharded<B: Backend>(
         .copied()
         .collect();
     let mut graphs: Vec<BatchGraph<B>> = Vec::new();
-    // Each of this rank's batches as one host record: `[probs n*c | confidence n | prediction n |
-    // expert predictions experts*n]`, the indices as their bits.
-    let mut records: Vec<Vec<f32>> = Vec::with_capacity(mine.len());
+    let mut acc = EvalAccumulator::new(train_class_counts);
+    let mut predictions = Vec::with_capacity(test_set.len());
+    let rounds = batches.len().div_ceil(world.size);
+    // Round j holds batches j * size .. (j + 1) * size, one per rank: each rank's record of its
+    // batch of the round (`[probs n*c | confidence n | prediction n | expert predictions
+    // experts*n]`, the indices as their bits; empty past the last batch), gathered and merged in
+    // batch order as the round ends, so one round's outputs are held at a time.
+    let mut merge = |round: usize, record: Vec<f32>| -> Result<()> {
+        for (rank, record) in dist.gather_host(be, &record)?.into_iter().enumerate() {
+            let Some(batch) = batches.get(round * world.size + rank) else {
+                continue;
+            };
+            let n = batch.len();
+            ensure!(
+                record.len() == n * (classes + 2 + experts),
+                "evaluation: rank {rank} returned {} values for a batch of {n}",
+                record.len()
+            );
+            let (probs, rest) = record.split_at(n * classes);
+            let labels: Vec<u32> = batch.iter().map(|&i| test_set.labels()[i]).collect();
+            acc.add_batch(probs, &labels)?;
+            let at = |k: usize, i: usize| rest[k * n + i];
+            for (i, &label) in labels.iter().enumerate() {
+                predictions.push(Prediction {
+                    label,
+                    prediction: at(1, i).to_bits(),
+                    confidence: at(0, i),
+                    expert_predictions: (0..experts).map(|e| at(2 + e, i).to_bits()).collect(),
+                });
+            }
+        }
+        Ok(())
+    };
     be.range_push("evaluate");
-    loader.for_each(be, &mine, &[Level::Plain], 0, 0, |_, batch, views| {
+    loader.for_each(be, &mine, &[Level::Plain], 0, 0, |round, batch, views| {
         let n = batch.len();
         let x = views.build(be, batch, 1)?;
         let (eager, ran);
@@ -169,40 +199,12 @@ pub fn evaluate_sharded<B: Backend>(
         for p in &out.expert_predictions {
             record.extend(bits(p)?);
         }
-        records.push(record);
-        Ok(())
+        merge(round, record)
     })?;
     be.range_pop();
-
-    let mut acc = EvalAccumulator::new(train_class_counts);
-    let mut predictions = Vec::with_capacity(test_set.len());
-    let mut mine = records.into_iter();
-    // Round j holds batches j * size .. (j + 1) * size, one per rank.
-    for round in 0..batches.len().div_ceil(world.size) {
-        let record = mine.next().unwrap_or_default();
-        for (rank, record) in dist.gather_host(be, &record)?.into_iter().enumerate() {
-            let Some(batch) = batches.get(round * world.size + rank) else {
-                continue;
-            };
-            let n = batch.len();
-            ensure!(
-                record.len() == n * (classes + 2 + experts),
-                "evaluation: rank {rank} returned {} values for a batch of {n}",
-                record.len()
-            );
-            let (probs, rest) = record.split_at(n * classes);
-            let labels: Vec<u32> = batch.iter().map(|&i| test_set.labels()[i]).collect();
-            acc.add_batch(probs, &labels)?;
-            let at = |k: usize, i: usize| rest[k * n + i];
-            for (i, &label) in labels.iter().enumerate() {
-                predictions.push(Prediction {
-                    label,
-                    prediction: at(1, i).to_bits(),
-                    confidence: at(0, i),
-                    expert_predictions: (0..experts).map(|e| at(2 + e, i).to_bits()).collect(),
-                });
-            }
-        }
+    // A rank with one batch fewer still takes part in the last round.
+    for round in mine.len()..rounds {
+        merge(round, Vec::new())?;
     }
     Ok(Evaluation {
         metrics: acc.finish()?,
