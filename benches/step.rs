@@ -20,6 +20,7 @@ const STEP: BenchStepConfig = BenchStepConfig {
     classes: 10,
     image_size: 32,
     stage2: false,
+    mixup: true,
     input: BenchInput::PreAugmented,
     cuda_graphs: false,
 };

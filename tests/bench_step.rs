@@ -1,7 +1,7 @@
 //! The benchmark step (`ltrain bench`, benches/step.rs) under each input mode, on the CPU backend and
 //! the emulated CUDA backend: two steps train the model (weights move and stay finite), host-staged
-//! uploads feed exactly the views the pre-augmented mode uploads directly, and the command line names
-//! the input mode it timed.
+//! uploads feed exactly the views the pre-augmented mode uploads directly, mixup can be switched
+//! off in stage 1, and the command line names the input mode it timed.
 
 use ltrain::backend::cpu::CpuBackend;
 use ltrain::backend::cuda::CudaBackend;
@@ -25,6 +25,7 @@ fn tiny(input: BenchInput, stage2: bool) -> BenchStepConfig {
         classes: 3,
         image_size: 8,
         stage2,
+        mixup: true,
         input,
         cuda_graphs: false,
     }
@@ -101,6 +102,31 @@ fn check_backend<B: Backend>(be: &B) {
 #[test]
 fn every_input_mode_trains_on_the_cpu() {
     check_backend(&CpuBackend::new(Some(2)).unwrap());
+}
+
+#[test]
+fn no_mixup_changes_stage_1_only() {
+    let be = CpuBackend::new(Some(2)).unwrap();
+    for stage2 in [false, true] {
+        let mixed = two_steps(&be, tiny(BenchInput::PreAugmented, stage2));
+        let unmixed = BenchStepConfig {
+            mixup: false,
+            ..tiny(BenchInput::PreAugmented, stage2)
+        };
+        assert_eq!(
+            BenchStep::new(&be, unmixed).unwrap().plan().mixup_alpha,
+            0.0
+        );
+        let diff = max_abs_diff(&mixed, &two_steps(&be, unmixed));
+        if stage2 {
+            assert_eq!(diff, 0.0, "stage 2 never mixes");
+        } else {
+            assert!(
+                diff > 1e-4,
+                "stage 1 without mixup trains like with it ({diff})"
+            );
+        }
+    }
 }
 
 #[test]

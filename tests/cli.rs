@@ -348,6 +348,45 @@ fn bench_prints_throughput() {
 }
 
 #[test]
+fn bench_no_mixup_runs_the_views_as_they_are_and_says_so() {
+    let line = |extra: &[&str]| -> String {
+        let mut args = vec![
+            "bench",
+            "--device",
+            "cpu",
+            "--threads",
+            "2",
+            "--expert-width",
+            "full",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--batch-size",
+            "4",
+            "--classes",
+            "3",
+            "--image-size",
+            "8",
+        ];
+        args.extend_from_slice(extra);
+        let text = stdout(&run_ok(&args));
+        text.lines()
+            .find(|l| l.contains("samples/s"))
+            .unwrap_or_else(|| panic!("no samples/s line:\n{text}"))
+            .to_string()
+    };
+    let off = line(&["--no-mixup"]);
+    assert!(off.contains("stage 1, no mixup, "), "{off}");
+    assert!(off.contains("(full width)"), "{off}");
+    let on = line(&[]);
+    assert!(on.contains("stage 1, mixup, "), "{on}");
+    // Stage 2 never mixes: --no-mixup changes nothing there.
+    let stage2 = line(&["--stage2", "--no-mixup"]);
+    assert!(stage2.contains("stage 2, no mixup, "), "{stage2}");
+}
+
+#[test]
 fn help_of_every_subcommand() {
     let cases: &[(&[&str], &[&str])] = &[
         (&[], &["train", "eval", "data", "presets", "bench"]),

@@ -25,6 +25,7 @@ fn config(stage2: bool, input: BenchInput) -> BenchStepConfig {
         classes: 3,
         image_size: 8,
         stage2,
+        mixup: true,
         input,
         cuda_graphs: false,
     }

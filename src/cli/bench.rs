@@ -1,8 +1,8 @@
 //! `ltrain bench`: training throughput (samples/s) of a model on a device, on random data, with the
-//! full stage-1 step (three augmented views, mixup, fused loss, backward, SGD) or the stage-2 step,
-//! fed pre-augmented views, views augmented on the device, or views uploaded from the host; with
-//! `--counters`, the device work of a step as counted by the CUDA backend and the time an H200 model
-//! makes of it.
+//! full stage-1 step (three augmented views, mixup unless `--no-mixup`, fused loss, backward, SGD)
+//! or the stage-2 step, fed pre-augmented views, views augmented on the device, or views uploaded
+//! from the host; with `--counters`, the device work of a step as counted by the CUDA backend and
+//! the time an H200 model makes of it.
 
 use super::device::{dispatch, OnBackend};
 use anyhow::{bail, Context, Result};
@@ -43,6 +43,10 @@ pub struct BenchCmd {
     /// Time the stage-2 step (one shared view, SLA weights) instead of stage 1.
     #[arg(long)]
     pub stage2: bool,
+    /// Stage 1 without mixup: the views go into the step as they are (the PyTorch peer's step).
+    /// Harmless with --stage2, which never mixes.
+    #[arg(long)]
+    pub no_mixup: bool,
     /// Where the views come from: already on the device (the step alone), augmented on the device
     /// from a resident u8 set (the CIFAR path), or uploaded from host staging memory every step (the
     /// ImageNet-LT path).
@@ -106,6 +110,7 @@ impl OnBackend for BenchCmd {
                 classes: self.classes,
                 image_size: size,
                 stage2: self.stage2,
+                mixup: !self.no_mixup,
                 input: self.input,
                 cuda_graphs,
             },
@@ -135,8 +140,13 @@ impl OnBackend for BenchCmd {
             (ModelKind::Resnet32, ExpertWidth::Reduced) => " (reduced width)",
             _ => "",
         };
+        let mixup = if step.plan().mixup_alpha > 0.0 {
+            "mixup"
+        } else {
+            "no mixup"
+        };
         let shape = format!(
-            "{:?}{width} x{} experts, batch {n}, {size}x{size}, stage {}, {} input, {}",
+            "{:?}{width} x{} experts, batch {n}, {size}x{size}, stage {}, {mixup}, {} input, {}",
             self.model,
             self.experts,
             step.plan().stage,

@@ -1,7 +1,7 @@
 //! A complete training step on random data, for throughput measurements (`ltrain bench`, the
 //! criterion benches): the same [`StepRunner`] the epoch loop runs (mixup drawn per step as in
-//! training, CUDA graphs or not), fed in one of three ways ([`BenchInput`]) so that the cost of the data path can be told
-//! apart from the step itself.
+//! training, or off, CUDA graphs or not), fed in one of three ways ([`BenchInput`]) so that the cost
+//! of the data path can be told apart from the step itself.
 
 use crate::augment::{Level, CIFAR_NORMALIZATION};
 use crate::backend::{augment_params, AugmentSpec, Backend, HostStaging, SgdConfig};
@@ -58,6 +58,9 @@ pub struct BenchStepConfig {
     /// Stage 2 (one shared view, no mixup, SLA weights) instead of stage 1 (one view per expert,
     /// mixup, no reweighting).
     pub stage2: bool,
+    /// Mix the views in stage 1 (the trainer's default alpha), or train on them as they are (the
+    /// PyTorch peer's step). Stage 2 never mixes, whatever this says.
+    pub mixup: bool,
     pub input: BenchInput,
     /// Capture each step shape as a CUDA graph and replay it.
     pub cuda_graphs: bool,
@@ -194,9 +197,11 @@ impl<B: Backend> BenchStep<B> {
             classes: c,
             image_size: size,
             stage2,
+            mixup,
             input,
             cuda_graphs,
         } = bench;
+        let defaults = TrainConfig::default();
         let cfg = TrainConfig {
             model,
             expert_width,
@@ -204,7 +209,9 @@ impl<B: Backend> BenchStep<B> {
             batch_size: n,
             stage2_epoch: Some(if stage2 { 0 } else { 1 }),
             epochs: 2,
-            ..TrainConfig::default()
+            // As `ltrain train --no-mixup`: the plan's alpha is 0, so no step draws a mixup.
+            mixup_alpha: if mixup { defaults.mixup_alpha } else { 0.0 },
+            ..defaults
         };
         let plan = EpochPlan::for_epoch(&cfg, 0);
         let net = MultiExpertNet::from_config(be, &cfg, c)?;
@@ -274,8 +281,8 @@ impl<B: Backend> BenchStep<B> {
     }
 
     /// One training step: this step's views (by the [`BenchInput`]), then the step: mixup of the
-    /// views (stage 1), forward of all experts, fused losses, backward and SGD. Asynchronous on the
-    /// GPU; call `be.synchronize()` before reading a clock.
+    /// views (stage 1, unless off), forward of all experts, fused losses, backward and SGD.
+    /// Asynchronous on the GPU; call `be.synchronize()` before reading a clock.
     pub fn run(&mut self, be: &B) -> Result<()> {
         let (n, size) = (self.labels.len(), self.size);
         let (views, samples) = self.source.next_input(be, n, size)?;

@@ -1131,6 +1131,7 @@ pub fn replayed_bench_steps_equal_eager_steps(be: &CudaBackend) {
             classes: 3,
             image_size: 8,
             stage2: false,
+            mixup: true,
             input: BenchInput::DeviceAugment,
             cuda_graphs,
         };

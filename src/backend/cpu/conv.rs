@@ -1,9 +1,15 @@
-//! 2-D convolution (square kernel, stride, symmetric zero padding, groups, no bias) by im2col + gemm.
+//! 2-D convolution (square kernel, stride, symmetric zero padding, groups, no bias) as the
+//! register-blocked products of `gemm.rs`, per sample and group `g` (`ckk = (c_in / groups) * k * k`):
+//! - forward:         `y_g [c_out_g, hw] = w_g [c_out_g, ckk] · X_g [ckk, hw]`;
+//! - backward data:   `dx_g = w_gᵀ · dy_g` put back where each patch came from;
+//! - backward weight: `dw_g += dy_g · X_gᵀ`.
 //!
-//! Per sample and group `g`, with `ckk = (c_in / groups) * k * k` and `hw_out = h_out * w_out`:
-//! - forward:         `y_g [c_out_g, hw_out] = w_g [c_out_g, ckk] · col_g [ckk, hw_out]`;
-//! - backward data:   `dcol_g = w_gᵀ · dy_g`, then col2im adds the patches back into `dx_g`;
-//! - backward weight: `dw_g += dy_g · col_gᵀ`.
+//! `X_g`, the patch matrix, is read in one of two ways:
+//! - a "same" convolution (stride 1, output the input's size: the 3x3s of a ResNet) reads it in place
+//!   as shifted windows of the input planes copied once inside a zero border ([`Bordered`]); its
+//!   backward data is the same kind of product, over the bordered `dy` with the flipped kernel;
+//! - any other one copies it out (im2col, and col2im for the backward data); a 1x1 stride-1 unpadded
+//!   one reads the input itself.
 //!
 //! The batch is split across threads. For the weight gradient each fixed chunk of samples
 //! accumulates its own partial `dw` and the partials are summed in chunk order, so the result does not
@@ -12,7 +18,7 @@
 use anyhow::Result;
 use rayon::prelude::*;
 
-use super::matmul::{matmul, Layout};
+use super::gemm::{gemm_nn, gemm_nt, PackedA};
 use super::{CpuBackend, CpuBuf};
 use crate::backend::{
     BatchNormAct, BatchNormTrain, Conv2dDims, ConvBatchNormOut, ConvOps, NormOps, WriteMode,
@@ -22,6 +28,10 @@ use crate::backend::{
 /// a handful of threads busy, few enough that the partial gradients stay small.
 const WEIGHT_GRAD_CHUNKS: usize = 8;
 
+/// The weight gradient sums the products of consecutive samples of a chunk until they cover at least
+/// this many output pixels, then reduces them once (8x8 maps: 3 samples at a time).
+const WEIGHT_GRAD_PIXELS: usize = 256;
+
 /// Derived sizes of a convolution.
 struct Geometry {
     d: Conv2dDims,
@@ -29,18 +39,22 @@ struct Geometry {
     c_out_g: usize,
     h_out: usize,
     w_out: usize,
-    /// `(c_in / groups) * k * k`: rows of a group's column matrix.
+    /// `(c_in / groups) * k * k`: rows of a group's patch matrix.
     ckk: usize,
-    /// `h_out * w_out`: columns of a group's column matrix.
+    /// `h_out * w_out`: columns of a group's patch matrix.
     hw_out: usize,
-    /// A 1x1, stride-1, unpadded convolution reads its input directly as the column matrix.
+    /// A 1x1, stride-1, unpadded convolution reads its input directly as the patch matrix.
     direct: bool,
+    /// A stride-1 convolution whose output has its input's size reads bordered planes.
+    bordered: Option<Bordered>,
 }
 
 impl Geometry {
     fn new(d: Conv2dDims) -> Self {
         let c_in_g = d.c_in / d.groups;
         let (h_out, w_out) = (d.h_out(), d.w_out());
+        let direct = d.k == 1 && d.stride == 1 && d.pad == 0;
+        let same = !direct && d.stride == 1 && h_out == d.h && w_out == d.w;
         Self {
             d,
             c_in_g,
@@ -49,7 +63,8 @@ impl Geometry {
             w_out,
             ckk: c_in_g * d.k * d.k,
             hw_out: h_out * w_out,
-            direct: d.k == 1 && d.stride == 1 && d.pad == 0,
+            direct,
+            bordered: same.then(|| Bordered::new(&d)),
         }
     }
 
@@ -68,12 +83,115 @@ impl Geometry {
     fn weight_per_group(&self) -> usize {
         self.c_out_g * self.ckk
     }
-    /// Scratch length of one group's column matrix (none when the input is used directly).
+    /// Group `gi`'s weights `[c_out_g, ckk]` of `w [c_out, c_in_g, k, k]`.
+    fn weight_of<'a>(&self, w: &'a [f32], gi: usize) -> &'a [f32] {
+        &w[gi * self.weight_per_group()..(gi + 1) * self.weight_per_group()]
+    }
+    /// Scratch length of one group's patch matrix (im2col only).
     fn col_len(&self) -> usize {
         if self.direct {
             0
         } else {
             self.ckk * self.hw_out
+        }
+    }
+    /// Where each of `rows` rows of `cols` columns starts in a row-major matrix.
+    fn dense_rows(rows: usize, cols: usize) -> Vec<usize> {
+        (0..rows).map(|r| r * cols).collect()
+    }
+}
+
+/// The planes of a "same" convolution inside a zero border: `pad` zero rows above and below, and `pad`
+/// zeros before each row, which also serve as the previous row's right border (rows `pitch = w + pad`
+/// apart). Output pixel `(oh, ow)` at `j = oh * pitch + ow` reads input `(ci, kh, kw)` at
+/// `ci * plane + kh * pitch + kw + j`, so row `(ci, kh, kw)` of the patch matrix is the window of the
+/// bordered planes starting there. Products run over `span = h * pitch` pixels, `pitch - w` of each
+/// row wasted (they read the border), and their results are copied out row by row.
+#[derive(Clone, Copy)]
+struct Bordered {
+    h: usize,
+    w: usize,
+    k: usize,
+    pad: usize,
+    pitch: usize,
+    /// `(h + 2 pad) * pitch`.
+    plane: usize,
+    /// `h * pitch`: pixels of a product.
+    span: usize,
+}
+
+impl Bordered {
+    fn new(d: &Conv2dDims) -> Self {
+        let pitch = d.w + d.pad;
+        Self {
+            h: d.h,
+            w: d.w,
+            k: d.k,
+            pad: d.pad,
+            pitch,
+            plane: (d.h + 2 * d.pad) * pitch,
+            span: d.h * pitch,
+        }
+    }
+
+    /// Scratch for `c` bordered planes: the last window reads `k - 1` values past them.
+    fn len(&self, c: usize) -> usize {
+        c * self.plane + self.k
+    }
+
+    /// Window starts of rows `(ci, kh, kw)` of the forward's patch matrix.
+    fn rows(&self, c: usize) -> Vec<usize> {
+        let k = self.k;
+        (0..c * k * k)
+            .map(|q| (q / (k * k)) * self.plane + (q % (k * k) / k) * self.pitch + q % k)
+            .collect()
+    }
+
+    /// Window starts of rows `(co, kh, kw)` of the backward data's: `dx (i) = Σ w (kh, kw) ·
+    /// dy (i + pad - kh)`, the bordered `dy` read at `k - 1 - kh`, `k - 1 - kw`.
+    fn flipped_rows(&self, c: usize) -> Vec<usize> {
+        let k = self.k;
+        (0..c * k * k)
+            .map(|q| {
+                let (kh, kw) = (q % (k * k) / k, q % k);
+                (q / (k * k)) * self.plane + (k - 1 - kh) * self.pitch + (k - 1 - kw)
+            })
+            .collect()
+    }
+
+    /// Copies `x [c, h, w]` inside the borders of `dst [c, h + 2 pad, pitch]` (+ `k` of slack). The borders are not
+    /// written: `dst` is zeroed once and only ever receives planes of this shape.
+    fn fill(&self, x: &[f32], dst: &mut [f32]) {
+        for (ci, x_plane) in x.chunks_exact(self.h * self.w).enumerate() {
+            for (r, x_row) in x_plane.chunks_exact(self.w).enumerate() {
+                let at = ci * self.plane + (r + self.pad) * self.pitch + self.pad;
+                dst[at..at + self.w].copy_from_slice(x_row);
+            }
+        }
+    }
+
+    /// Copies `x [c, h, w]` into `dst [c, span]` on the pitch; the wasted columns are not written
+    /// (zero, as in [`Bordered::fill`]).
+    fn fill_pitched(&self, x: &[f32], dst: &mut [f32]) {
+        for (ci, x_plane) in x.chunks_exact(self.h * self.w).enumerate() {
+            for (r, x_row) in x_plane.chunks_exact(self.w).enumerate() {
+                let at = ci * self.span + r * self.pitch;
+                dst[at..at + self.w].copy_from_slice(x_row);
+            }
+        }
+    }
+
+    /// Writes (or adds) the products `src [c, span]` into `dst [c, h, w]`.
+    fn unpitch(&self, src: &[f32], dst: &mut [f32], add: bool) {
+        for (ci, dst_plane) in dst.chunks_exact_mut(self.h * self.w).enumerate() {
+            for (r, dst_row) in dst_plane.chunks_exact_mut(self.w).enumerate() {
+                let src_row = &src[ci * self.span + r * self.pitch..][..self.w];
+                if add {
+                    dst_row.iter_mut().zip(src_row).for_each(|(o, v)| *o += v);
+                } else {
+                    dst_row.copy_from_slice(src_row);
+                }
+            }
         }
     }
 }
@@ -154,8 +272,17 @@ fn col2im(g: &Geometry, col: &[f32], dx: &mut [f32]) {
                     }
                     let src = &col_row[oh * g.w_out..(oh + 1) * g.w_out];
                     let dst = &mut dx_plane[(ih - d.pad) * d.w..(ih - d.pad + 1) * d.w];
-                    for ow in ow_lo..ow_hi {
-                        dst[ow * d.stride + kw - d.pad] += src[ow];
+                    // Input column of output column `ow` is `ow * stride + kw - pad`.
+                    if d.stride == 1 {
+                        let start = ow_lo + kw - d.pad;
+                        let dst = &mut dst[start..start + (ow_hi - ow_lo)];
+                        for (o, &v) in dst.iter_mut().zip(&src[ow_lo..ow_hi]) {
+                            *o += v;
+                        }
+                    } else {
+                        for (ow, &v) in src.iter().enumerate().take(ow_hi).skip(ow_lo) {
+                            dst[ow * d.stride + kw - d.pad] += v;
+                        }
                     }
                 }
             }
@@ -163,36 +290,41 @@ fn col2im(g: &Geometry, col: &[f32], dx: &mut [f32]) {
     }
 }
 
-/// `dx [n, c_in, h, w]` (zero on entry) of `dy [n, c_out, h_out, w_out]` and `w`, on the current pool.
-fn backward_data(g: &Geometry, d: Conv2dDims, dy: &[f32], w: &[f32], dx: &mut [f32]) {
-    dx.par_chunks_mut(g.in_per_sample())
-        .zip(dy.par_chunks(g.out_per_sample()))
-        .for_each_init(
-            || vec![0.0f32; g.col_len()],
-            |col, (dx_s, dy_s)| {
-                for gi in 0..d.groups {
-                    let dy_g = &dy_s[gi * g.out_per_group()..(gi + 1) * g.out_per_group()];
-                    let w_g = &w[gi * g.weight_per_group()..(gi + 1) * g.weight_per_group()];
-                    let dx_g = &mut dx_s[gi * g.in_per_group()..(gi + 1) * g.in_per_group()];
-                    // dcol [ckk, hw_out] = w_gᵀ · dy_g; a direct conv's dcol is dx_g itself.
-                    let dcol: &mut [f32] = if g.direct { &mut *dx_g } else { &mut col[..] };
-                    matmul(
-                        g.ckk,
-                        g.hw_out,
-                        g.c_out_g,
-                        dcol,
-                        w_g,
-                        Layout::Transposed,
-                        dy_g,
-                        Layout::Plain,
-                        false,
-                    );
-                    if !g.direct {
-                        col2im(g, col, dx_g);
-                    }
+impl CpuBackend {
+    /// Each group's `w_g [c_out_g, ckk]` packed as the `A` of the forward.
+    fn pack_forward(&self, g: &Geometry, w: &[f32]) -> Vec<PackedA> {
+        (0..g.d.groups)
+            .map(|gi| {
+                let w_g = g.weight_of(w, gi);
+                PackedA::new(self.isa, g.c_out_g, g.ckk, |r, p| w_g[r * g.ckk + p])
+            })
+            .collect()
+    }
+
+    /// Each group's `A` of the backward data: `w_gᵀ [ckk, c_out_g]` for im2col; for bordered planes
+    /// `[c_in_g, c_out_g * k * k]`, `A[ci, (co, kh, kw)] = w_g[co, ci, kh, kw]`.
+    fn pack_backward_data(&self, g: &Geometry, w: &[f32]) -> Vec<PackedA> {
+        let kk = g.d.k * g.d.k;
+        (0..g.d.groups)
+            .map(|gi| {
+                let w_g = g.weight_of(w, gi);
+                match g.bordered {
+                    Some(_) => PackedA::new(self.isa, g.c_in_g, g.c_out_g * kk, |ci, q| {
+                        w_g[(q / kk) * g.ckk + ci * kk + q % kk]
+                    }),
+                    None => PackedA::new(self.isa, g.ckk, g.c_out_g, |r, p| w_g[p * g.ckk + r]),
                 }
-            },
-        );
+            })
+            .collect()
+    }
+}
+
+/// Per-thread scratch of a sample's products: the bordered (or im2col) input and the pitched output.
+fn scratch(g: &Geometry, c_in: usize, c_out: usize) -> (Vec<f32>, Vec<f32>) {
+    match g.bordered {
+        Some(b) => (vec![0.0; b.len(c_in)], vec![0.0; c_out * b.span]),
+        None => (vec![0.0; g.col_len()], Vec::new()),
+    }
 }
 
 impl ConvOps for CpuBackend {
@@ -230,35 +362,36 @@ impl ConvOps for CpuBackend {
         if y.is_empty() || g.in_per_sample() == 0 {
             return Ok(CpuBuf::from_vec(y));
         }
+        let packed = self.pack_forward(&g, w);
+        let rows = match g.bordered {
+            Some(b) => b.rows(g.c_in_g),
+            None => Geometry::dense_rows(g.ckk, g.hw_out),
+        };
+        let isa = self.isa;
         self.pool.install(|| {
             y.par_chunks_mut(g.out_per_sample())
                 .zip(x.par_chunks(g.in_per_sample()))
                 .for_each_init(
-                    || vec![0.0f32; g.col_len()],
-                    |col, (y_s, x_s)| {
-                        for gi in 0..d.groups {
+                    || scratch(&g, g.c_in_g, g.c_out_g),
+                    |(input, output), (y_s, x_s)| {
+                        for (gi, w_g) in packed.iter().enumerate() {
                             let x_g = &x_s[gi * g.in_per_group()..(gi + 1) * g.in_per_group()];
-                            let w_g =
-                                &w[gi * g.weight_per_group()..(gi + 1) * g.weight_per_group()];
                             let y_g =
                                 &mut y_s[gi * g.out_per_group()..(gi + 1) * g.out_per_group()];
-                            let col_g: &[f32] = if g.direct {
-                                x_g
-                            } else {
-                                im2col(&g, x_g, col);
-                                col
-                            };
-                            matmul(
-                                g.c_out_g,
-                                g.hw_out,
-                                g.ckk,
-                                y_g,
-                                w_g,
-                                Layout::Plain,
-                                col_g,
-                                Layout::Plain,
-                                false,
-                            );
+                            match g.bordered {
+                                Some(b) => {
+                                    b.fill(x_g, input);
+                                    gemm_nn(isa, w_g, (input, &rows), b.span, output, false);
+                                    b.unpitch(output, y_g, false);
+                                }
+                                None if g.direct => {
+                                    gemm_nn(isa, w_g, (x_g, &rows), g.hw_out, y_g, false)
+                                }
+                                None => {
+                                    im2col(&g, x_g, input);
+                                    gemm_nn(isa, w_g, (input, &rows), g.hw_out, y_g, false);
+                                }
+                            }
                         }
                     },
                 )
@@ -266,7 +399,8 @@ impl ConvOps for CpuBackend {
         Ok(CpuBuf::from_vec(y))
     }
 
-    /// `dy [n, c_out, h_out, w_out]`, `w [c_out, c_in / groups, k, k]` → `dx [n, c_in, h, w]`.
+    /// `dy [n, c_out, h_out, w_out]`, `w [c_out, c_in / groups, k, k]` → `dx [n, c_in, h, w]`,
+    /// written or added straight into `dx_out`.
     fn conv2d_backward_data_unchecked(
         &self,
         dy: &CpuBuf,
@@ -277,19 +411,55 @@ impl ConvOps for CpuBackend {
     ) -> Result<()> {
         let (dy, w) = (dy.as_slice(), w.as_slice());
         let g = Geometry::new(d);
-        let mut dx = vec![0.0f32; d.input_len()];
-        if !dx.is_empty() && g.out_per_sample() > 0 {
-            self.pool.install(|| backward_data(&g, d, dy, w, &mut dx));
+        let dx = dx_out.as_mut_slice();
+        let add = mode == WriteMode::Add;
+        if dx.is_empty() {
+            return Ok(());
         }
-        let out = dx_out.as_mut_slice();
-        match mode {
-            WriteMode::Overwrite => out.copy_from_slice(&dx),
-            WriteMode::Add => self.pool.install(|| {
-                out.par_iter_mut()
-                    .zip(dx.par_iter())
-                    .for_each(|(o, v)| *o += v)
-            }),
+        if g.out_per_sample() == 0 {
+            if !add {
+                dx.fill(0.0);
+            }
+            return Ok(());
         }
+        let packed = self.pack_backward_data(&g, w);
+        let rows = match g.bordered {
+            Some(b) => b.flipped_rows(g.c_out_g),
+            None => Geometry::dense_rows(g.c_out_g, g.hw_out),
+        };
+        let isa = self.isa;
+        self.pool.install(|| {
+            dx.par_chunks_mut(g.in_per_sample())
+                .zip(dy.par_chunks(g.out_per_sample()))
+                .for_each_init(
+                    || scratch(&g, g.c_out_g, g.c_in_g),
+                    |(input, output), (dx_s, dy_s)| {
+                        if !add && g.bordered.is_none() && !g.direct {
+                            dx_s.fill(0.0); // col2im adds
+                        }
+                        for (gi, a_g) in packed.iter().enumerate() {
+                            let dy_g = &dy_s[gi * g.out_per_group()..(gi + 1) * g.out_per_group()];
+                            let dx_g =
+                                &mut dx_s[gi * g.in_per_group()..(gi + 1) * g.in_per_group()];
+                            match g.bordered {
+                                Some(b) => {
+                                    b.fill(dy_g, input);
+                                    gemm_nn(isa, a_g, (input, &rows), b.span, output, false);
+                                    b.unpitch(output, dx_g, add);
+                                }
+                                // A direct conv's patch matrix is dx_g itself.
+                                None if g.direct => {
+                                    gemm_nn(isa, a_g, (dy_g, &rows), g.hw_out, dx_g, add)
+                                }
+                                None => {
+                                    gemm_nn(isa, a_g, (dy_g, &rows), g.hw_out, input, false);
+                                    col2im(&g, input, dx_g);
+                                }
+                            }
+                        }
+                    },
+                )
+        });
         Ok(())
     }
 
@@ -309,6 +479,13 @@ impl ConvOps for CpuBackend {
             dw_out.fill(0.0);
             return Ok(());
         }
+        // Products over `pixels` per sample; samples are summed `together` before one reduction.
+        let (pixels, rows) = match g.bordered {
+            Some(b) => (b.span, b.rows(g.c_in_g)),
+            None => (g.hw_out, Geometry::dense_rows(g.ckk, g.hw_out)),
+        };
+        let together = (WEIGHT_GRAD_PIXELS / pixels).max(1);
+        let isa = self.isa;
         self.pool.install(|| {
             // Fixed chunking of the batch (depends on n only), partials summed in chunk order.
             let chunk = d.n.div_ceil(WEIGHT_GRAD_CHUNKS);
@@ -317,33 +494,50 @@ impl ConvOps for CpuBackend {
                 .into_par_iter()
                 .map(|ci| {
                     let mut dw = vec![0.0f32; weight_len];
-                    let mut col = vec![0.0f32; g.col_len()];
-                    for s in ci * chunk..((ci + 1) * chunk).min(d.n) {
-                        let x_s = &x[s * g.in_per_sample()..(s + 1) * g.in_per_sample()];
-                        let dy_s = &dy[s * g.out_per_sample()..(s + 1) * g.out_per_sample()];
+                    // Per sample of a `together` group: its patch source and (bordered) its dy.
+                    let mut inputs: Vec<Vec<f32>> = (0..together)
+                        .map(|_| match g.bordered {
+                            Some(b) => vec![0.0; b.len(g.c_in_g)],
+                            None => vec![0.0; g.col_len()],
+                        })
+                        .collect();
+                    let mut pitched: Vec<Vec<f32>> = (0..together)
+                        .map(|_| match g.bordered {
+                            Some(b) => vec![0.0; g.c_out_g * b.span],
+                            None => Vec::new(),
+                        })
+                        .collect();
+                    let samples = ci * chunk..((ci + 1) * chunk).min(d.n);
+                    for first in samples.clone().step_by(together) {
+                        let group_of = first..(first + together).min(samples.end);
                         for gi in 0..d.groups {
-                            let x_g = &x_s[gi * g.in_per_group()..(gi + 1) * g.in_per_group()];
-                            let dy_g = &dy_s[gi * g.out_per_group()..(gi + 1) * g.out_per_group()];
+                            let slots = inputs.iter_mut().zip(pitched.iter_mut());
+                            let segments: Vec<(&[f32], &[f32])> = group_of
+                                .clone()
+                                .zip(slots)
+                                .map(|(s, (input, pitched))| {
+                                    let x_s = &x[s * g.in_per_sample()..][..g.in_per_sample()];
+                                    let x_g = &x_s[gi * g.in_per_group()..][..g.in_per_group()];
+                                    let dy_s = &dy[s * g.out_per_sample()..][..g.out_per_sample()];
+                                    let dy_g = &dy_s[gi * g.out_per_group()..][..g.out_per_group()];
+                                    match g.bordered {
+                                        Some(b) => {
+                                            b.fill(x_g, input);
+                                            b.fill_pitched(dy_g, pitched);
+                                            (&pitched[..], &input[..])
+                                        }
+                                        None if g.direct => (dy_g, x_g),
+                                        None => {
+                                            im2col(&g, x_g, input);
+                                            (dy_g, &input[..])
+                                        }
+                                    }
+                                })
+                                .collect();
+                            // dw_g [c_out_g, ckk] += Σ_s dy_g [c_out_g, pixels] · X_gᵀ
                             let dw_g =
                                 &mut dw[gi * g.weight_per_group()..(gi + 1) * g.weight_per_group()];
-                            let col_g: &[f32] = if g.direct {
-                                x_g
-                            } else {
-                                im2col(&g, x_g, &mut col);
-                                &col
-                            };
-                            // dw_g [c_out_g, ckk] += dy_g [c_out_g, hw_out] · col_gᵀ
-                            matmul(
-                                g.c_out_g,
-                                g.ckk,
-                                g.hw_out,
-                                dw_g,
-                                dy_g,
-                                Layout::Plain,
-                                col_g,
-                                Layout::Transposed,
-                                true,
-                            );
+                            gemm_nt(isa, (g.c_out_g, g.ckk, pixels), &segments, &rows, dw_g);
                         }
                     }
                     dw

@@ -1,5 +1,7 @@
 //! CPU reference backend: plain `f32` vectors, ops parallelised with rayon inside a private thread pool,
-//! convolutions and matrix products through the `gemm` crate. One file per op family (as in llm.c),
+//! convolutions through the register-blocked products of `gemm.rs` (compiled for AVX-512, AVX2 and
+//! plain code; the widest the CPU has runs, so results are deterministic per machine, not across
+//! machines), the classifier's small products through the `gemm` crate. One file per op family (as in llm.c),
 //! each implementing that family's trait of `backend::ops`; this file owns the buffer types, the
 //! thread pool and memory.
 //!
@@ -9,6 +11,7 @@
 mod augment;
 mod conv;
 mod eltwise;
+mod gemm;
 mod linear;
 mod loss;
 mod matmul;
@@ -117,6 +120,8 @@ impl HostStaging for CpuStaging {
 /// The CPU reference backend.
 pub struct CpuBackend {
     pool: ThreadPool,
+    /// The instruction set of the convolution kernels (the widest this CPU has).
+    isa: gemm::Isa,
 }
 
 impl CpuBackend {
@@ -132,12 +137,37 @@ impl CpuBackend {
         let pool = builder
             .build()
             .context("CpuBackend: could not build the rayon thread pool")?;
-        Ok(Self { pool })
+        keep_freed_memory();
+        Ok(Self {
+            pool,
+            isa: gemm::Isa::detected(),
+        })
     }
 
     /// Number of worker threads of the pool.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
+    }
+}
+
+/// Every op returns fresh buffers, tens of MB each for a ResNet-32 step. glibc's allocator maps such
+/// blocks from the OS and unmaps them when freed, so each step would fault every page in again (about
+/// 15% of a step); told to keep them, it reuses the same memory every step.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // glibc's <malloc.h>: M_TRIM_THRESHOLD -1, M_MMAP_THRESHOLD -3.
+        extern "C" {
+            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
+        const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
+        // SAFETY: mallopt only sets allocator parameters; both values are within glibc's limits
+        // (the mmap threshold at most HEAP_MAX / 2 = 32 MiB on 64-bit).
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 32 << 20);
+            mallopt(M_TRIM_THRESHOLD, std::ffi::c_int::MAX);
+        }
     }
 }
 

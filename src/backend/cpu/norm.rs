@@ -11,28 +11,114 @@ use crate::backend::{
     BatchNormRunning, BatchNormStats, ChannelDims, NormOps, ParamGrads,
 };
 
-/// Sums `f(i)` over the flat indices `i` of every element of channel `ch`, in f64.
-fn channel_sum(d: ChannelDims, ch: usize, mut f: impl FnMut(usize) -> f64) -> f64 {
-    let mut acc = 0.0f64;
-    for s in 0..d.n {
-        let base = (s * d.c + ch) * d.hw;
-        for i in base..base + d.hw {
-            acc += f(i);
-        }
-    }
-    acc
+/// Partial sums of the channel reductions: independent accumulators the compiler keeps in vector
+/// registers, added in a fixed order at the end.
+const SUM_LANES: usize = 8;
+
+/// Rows `ch` of `x [n, c, hw]`: channel `ch`'s plane of each sample.
+fn channel_planes(x: &[f32], d: ChannelDims, ch: usize) -> impl Iterator<Item = &[f32]> {
+    (0..d.n).map(move |s| &x[(s * d.c + ch) * d.hw..(s * d.c + ch + 1) * d.hw])
 }
 
-/// `y = (x - mean) * scale + shift` per channel, with `(mean, scale, shift) = per_channel(ch)`.
+/// `Σ f(x)` over channel `ch` of `x [n, c, hw]`, in f64.
+fn channel_sum(x: &[f32], d: ChannelDims, ch: usize, f: impl Fn(f64) -> f64) -> f64 {
+    let mut lanes = [0.0f64; SUM_LANES];
+    for plane in channel_planes(x, d, ch) {
+        let mut chunks = plane.chunks_exact(SUM_LANES);
+        for chunk in &mut chunks {
+            for (acc, &v) in lanes.iter_mut().zip(chunk) {
+                *acc += f(v as f64);
+            }
+        }
+        for (acc, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+            *acc += f(v as f64);
+        }
+    }
+    lanes.iter().sum()
+}
+
+/// The gradient reaching the normalisation: `dy` where the fused ReLU's output `y` is positive (NaN
+/// blocks), all of `dy` without one.
+#[inline(always)]
+fn masked<const RELU: bool>(dy: f32, y: f32) -> f32 {
+    if !RELU || y > 0.0 {
+        dy
+    } else {
+        0.0
+    }
+}
+
+/// `(Σ g, Σ g · x_hat)` over channel `ch`, `g = masked(dy, y)`, in f64.
+fn gradient_sums<const RELU: bool>(
+    (dy, x, y): (&[f32], &[f32], &[f32]),
+    d: ChannelDims,
+    ch: usize,
+    (mean, inv_std): (f64, f64),
+) -> (f64, f64) {
+    let (mut sum_g, mut sum_gx) = ([0.0f64; SUM_LANES], [0.0f64; SUM_LANES]);
+    let planes = channel_planes(dy, d, ch)
+        .zip(channel_planes(x, d, ch))
+        .zip(channel_planes(y, d, ch));
+    for ((dy_p, x_p), y_p) in planes {
+        let whole = d.hw - d.hw % SUM_LANES;
+        let chunks = dy_p[..whole]
+            .chunks_exact(SUM_LANES)
+            .zip(x_p[..whole].chunks_exact(SUM_LANES))
+            .zip(y_p[..whole].chunks_exact(SUM_LANES));
+        for ((dy_c, x_c), y_c) in chunks {
+            for l in 0..SUM_LANES {
+                let g = masked::<RELU>(dy_c[l], y_c[l]) as f64;
+                sum_g[l] += g;
+                sum_gx[l] += g * (x_c[l] as f64 - mean) * inv_std;
+            }
+        }
+        for l in 0..d.hw - whole {
+            let g = masked::<RELU>(dy_p[whole + l], y_p[whole + l]) as f64;
+            sum_g[l] += g;
+            sum_gx[l] += g * (x_p[whole + l] as f64 - mean) * inv_std;
+        }
+    }
+    (sum_g.iter().sum(), sum_gx.iter().sum())
+}
+
+/// One plane of the input gradient, and of the masked gradient when asked for.
+#[allow(clippy::too_many_arguments)]
+fn plane_gradient<const RELU: bool>(
+    dx_p: &mut [f32],
+    masked_p: Option<&mut [f32]>,
+    (dy_p, x_p, y_p): (&[f32], &[f32], &[f32]),
+    (mean, inv_std): (f64, f64),
+    (sum_dy, sum_dy_xhat): (f64, f64),
+    gamma: f64,
+    count: f64,
+) {
+    let k = gamma * inv_std / count;
+    for (((o, &g), &v), &y) in dx_p.iter_mut().zip(dy_p).zip(x_p).zip(y_p) {
+        let x_hat = (v as f64 - mean) * inv_std;
+        let g = masked::<RELU>(g, y) as f64;
+        *o = (k * (count * g - sum_dy - x_hat * sum_dy_xhat)) as f32;
+    }
+    if let Some(out) = masked_p {
+        for ((o, &g), &y) in out.iter_mut().zip(dy_p).zip(y_p) {
+            *o = masked::<RELU>(g, y);
+        }
+    }
+}
+
+/// `y = act((x - mean) * scale + shift)` per channel, with `(mean, scale, shift) = per_channel(ch)`:
+/// then the residual added and the ReLU applied, in f32 in that order (as the unfused ops), one plane
+/// at a time while it is in cache.
 fn normalize(
     x: &[f32],
     d: ChannelDims,
     per_channel: impl Fn(usize) -> (f64, f64, f64) + Sync,
+    act: BatchNormAct<'_, CpuBackend>,
 ) -> Vec<f32> {
     let mut y = vec![0.0f32; d.len()];
     if d.hw == 0 {
         return y;
     }
+    let residual = act.residual.map(|r| r.as_slice());
     y.par_chunks_mut(d.hw)
         .zip(x.par_chunks(d.hw))
         .enumerate()
@@ -41,20 +127,15 @@ fn normalize(
             for (o, &v) in y_p.iter_mut().zip(x_p) {
                 *o = ((v as f64 - mean) * scale + shift) as f32;
             }
+            if let Some(r) = residual {
+                let r_p = &r[plane * d.hw..(plane + 1) * d.hw];
+                y_p.iter_mut().zip(r_p).for_each(|(v, &r)| *v += r);
+            }
+            if act.relu {
+                y_p.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
         });
     y
-}
-
-/// `y = relu(y + residual)`, each part as `act` asks, in f32 in that order (as the unfused ops).
-fn activate(y: &mut [f32], act: BatchNormAct<'_, CpuBackend>) {
-    if let Some(r) = act.residual {
-        y.par_iter_mut()
-            .zip(r.as_slice())
-            .for_each(|(v, &r)| *v += r);
-    }
-    if act.relu {
-        y.par_iter_mut().for_each(|v| *v = v.max(0.0));
-    }
 }
 
 impl NormOps for CpuBackend {
@@ -81,11 +162,8 @@ impl NormOps for CpuBackend {
             let stats: Vec<(f64, f64)> = (0..d.c)
                 .into_par_iter()
                 .map(|ch| {
-                    let mean = channel_sum(d, ch, |i| x[i] as f64) / count as f64;
-                    let var = channel_sum(d, ch, |i| {
-                        let t = x[i] as f64 - mean;
-                        t * t
-                    }) / count as f64;
+                    let mean = channel_sum(x, d, ch, |v| v) / count as f64;
+                    let var = channel_sum(x, d, ch, |v| (v - mean) * (v - mean)) / count as f64;
                     (mean, var)
                 })
                 .collect();
@@ -105,8 +183,7 @@ impl NormOps for CpuBackend {
             let scale: Vec<f64> = (0..d.c)
                 .map(|ch| gamma[ch] as f64 / (stats[ch].1 + eps).sqrt())
                 .collect();
-            let mut y = normalize(x, d, |ch| (stats[ch].0, scale[ch], beta[ch] as f64));
-            activate(&mut y, act);
+            let y = normalize(x, d, |ch| (stats[ch].0, scale[ch], beta[ch] as f64), act);
             Ok((
                 CpuBuf::from_vec(y),
                 CpuBuf::from_vec(saved_mean),
@@ -129,15 +206,18 @@ impl NormOps for CpuBackend {
         let (running_mean, running_var) = (running.mean.as_slice(), running.var.as_slice());
         let eps = cfg.eps as f64;
         Ok(CpuBuf::from_vec(self.pool.install(|| {
-            let mut y = normalize(x.as_slice(), d, |ch| {
-                (
-                    running_mean[ch] as f64,
-                    gamma[ch] as f64 / (running_var[ch] as f64 + eps).sqrt(),
-                    beta[ch] as f64,
-                )
-            });
-            activate(&mut y, act);
-            y
+            normalize(
+                x.as_slice(),
+                d,
+                |ch| {
+                    (
+                        running_mean[ch] as f64,
+                        gamma[ch] as f64 / (running_var[ch] as f64 + eps).sqrt(),
+                        beta[ch] as f64,
+                    )
+                },
+                act,
+            )
         })))
     }
 
@@ -156,52 +236,53 @@ impl NormOps for CpuBackend {
             gamma,
             saved,
         } = inputs;
-        // The gradient reaching the normalisation: dy where the fused ReLU passed it.
-        let masked = act.relu_output.map(|y| {
-            self.pool.install(|| {
-                dy.as_slice()
-                    .par_iter()
-                    .zip(y.as_slice())
-                    .map(|(&g, &v)| if v > 0.0 { g } else { 0.0 })
-                    .collect::<Vec<f32>>()
-            })
-        });
-        let (dy, x, gamma) = (
-            masked.as_deref().unwrap_or(dy.as_slice()),
-            x.as_slice(),
-            gamma.as_slice(),
-        );
+        let (dy, x, gamma) = (dy.as_slice(), x.as_slice(), gamma.as_slice());
+        // Without a fused ReLU, `dy` stands in for its output (never read).
+        let relu = act.relu_output.is_some();
+        let y = act.relu_output.map_or(dy, |y| y.as_slice());
         let (saved_mean, saved_inv_std) = (saved.mean.as_slice(), saved.var.as_slice());
+        let stats = |ch: usize| (saved_mean[ch] as f64, saved_inv_std[ch] as f64);
+        let masked_out = act.masked_dy.map(|out| out.as_mut_slice());
         let dx = self.pool.install(|| {
             let count = (d.n * d.hw) as f64;
             // (sum dy, sum dy * x_hat) per channel.
             let sums: Vec<(f64, f64)> = (0..d.c)
                 .into_par_iter()
-                .map(|ch| {
-                    let mean = saved_mean[ch] as f64;
-                    let inv_std = saved_inv_std[ch] as f64;
-                    let sum_dy = channel_sum(d, ch, |i| dy[i] as f64);
-                    let sum_dy_xhat =
-                        channel_sum(d, ch, |i| dy[i] as f64 * (x[i] as f64 - mean) * inv_std);
-                    (sum_dy, sum_dy_xhat)
+                .map(|ch| match relu {
+                    true => gradient_sums::<true>((dy, x, y), d, ch, stats(ch)),
+                    false => gradient_sums::<false>((dy, x, y), d, ch, stats(ch)),
                 })
                 .collect();
             let mut dx = vec![0.0f32; d.len()];
             if d.hw > 0 {
-                dx.par_chunks_mut(d.hw)
-                    .zip(dy.par_chunks(d.hw).zip(x.par_chunks(d.hw)))
-                    .enumerate()
-                    .for_each(|(plane, (dx_p, (dy_p, x_p)))| {
-                        let ch = plane % d.c;
-                        let mean = saved_mean[ch] as f64;
-                        let inv_std = saved_inv_std[ch] as f64;
-                        let (sum_dy, sum_dy_xhat) = sums[ch];
-                        let k = gamma[ch] as f64 * inv_std / count;
-                        for ((o, &g), &v) in dx_p.iter_mut().zip(dy_p).zip(x_p) {
-                            let x_hat = (v as f64 - mean) * inv_std;
-                            *o = (k * (count * g as f64 - sum_dy - x_hat * sum_dy_xhat)) as f32;
-                        }
-                    });
+                let plane = |p: usize| {
+                    let r = p * d.hw..(p + 1) * d.hw;
+                    (&dy[r.clone()], &x[r.clone()], &y[r])
+                };
+                let write = |p: usize, dx_p: &mut [f32], masked_p: Option<&mut [f32]>| {
+                    let ch = p % d.c;
+                    let args = (plane(p), stats(ch), sums[ch], gamma[ch] as f64, count);
+                    let (inputs, stats, sums, gamma, count) = args;
+                    match relu {
+                        true => plane_gradient::<true>(
+                            dx_p, masked_p, inputs, stats, sums, gamma, count,
+                        ),
+                        false => plane_gradient::<false>(
+                            dx_p, masked_p, inputs, stats, sums, gamma, count,
+                        ),
+                    }
+                };
+                match masked_out {
+                    Some(out) => dx
+                        .par_chunks_mut(d.hw)
+                        .zip(out.par_chunks_mut(d.hw))
+                        .enumerate()
+                        .for_each(|(p, (dx_p, out_p))| write(p, dx_p, Some(out_p))),
+                    None => dx
+                        .par_chunks_mut(d.hw)
+                        .enumerate()
+                        .for_each(|(p, dx_p)| write(p, dx_p, None)),
+                }
             }
             let dgamma = grads.weight.as_mut_slice();
             let dbeta = grads.bias.as_mut_slice();
@@ -211,9 +292,6 @@ impl NormOps for CpuBackend {
             }
             dx
         });
-        if let (Some(out), Some(masked)) = (act.masked_dy, &masked) {
-            out.as_mut_slice().copy_from_slice(masked);
-        }
         Ok(CpuBuf::from_vec(dx))
     }
 }
