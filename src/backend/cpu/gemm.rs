@@ -322,9 +322,10 @@ unsafe fn nn_body<S: Simd, const MR: usize, const NV: usize>(
     let (m, k) = (a.m, a.k);
     let nr = NV * S::LANES;
     // The last columns, when `n` is not a multiple of `nr`, come from a zero-padded copy.
+    // Both made only when a tile is cut (no allocation for the whole tiles of a convolution).
     let mut padded: Vec<f32> = Vec::new(); // [k, nr]
-    let padded_rows: Vec<usize> = (0..k).map(|p| p * nr).collect();
-    let mut edge = vec![0.0f32; MR * nr]; // [MR, nr]: a tile cut by the edge of C
+    let mut padded_rows: Vec<usize> = Vec::new();
+    let mut edge: Vec<f32> = Vec::new(); // [MR, nr]: a tile cut by the edge of C
     for j0 in (0..n).step_by(nr) {
         let cols = nr.min(n - j0);
         let (panel_b, rows_b, first) = if cols == nr {
@@ -332,6 +333,9 @@ unsafe fn nn_body<S: Simd, const MR: usize, const NV: usize>(
         } else {
             padded.clear();
             padded.resize(k * nr, 0.0);
+            if padded_rows.is_empty() {
+                padded_rows = (0..k).map(|p| p * nr).collect();
+            }
             for (row, &start) in padded.chunks_exact_mut(nr).zip(b_rows) {
                 row[..cols].copy_from_slice(&b[start + j0..start + j0 + cols]);
             }
@@ -357,6 +361,7 @@ unsafe fn nn_body<S: Simd, const MR: usize, const NV: usize>(
             let (tile, ldt) = if whole {
                 (c.as_mut_ptr().add(i * MR * n + j0), n)
             } else {
+                edge.resize(MR * nr, 0.0);
                 (edge.as_mut_ptr(), nr)
             };
             for (r, acc_row) in acc.iter().enumerate() {
