@@ -931,3 +931,48 @@ fn a_record_file_as_is_and_data_info_on_a_training_file_alone() {
         &["sideways", "none"],
     );
 }
+
+/// Ctrl-C (SIGINT) stops `ltrain train` at the next step with a checkpoint, exit status 130 and a
+/// message saying how to resume; `--resume` then ends where an uninterrupted run ends.
+#[test]
+fn sigint_saves_a_checkpoint_and_resume_ends_as_an_uninterrupted_run() {
+    let straight = tempfile::tempdir().unwrap();
+    let args = train_args(&["--out".to_string(), path_str(straight.path())]);
+    run_ok(&args);
+
+    let split = tempfile::tempdir().unwrap();
+    let args = train_args(&["--out".to_string(), path_str(split.path())]);
+    let child = Command::new(env!("CARGO_BIN_EXE_ltrain"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // config.toml is written just before the first epoch: the signal lands during training.
+    while !split.path().join("config.toml").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    assert!(split.path().join("checkpoint.safetensors").exists());
+
+    let resume = [
+        "train".to_string(),
+        "--resume".to_string(),
+        path_str(split.path()),
+        "--quiet".to_string(),
+    ];
+    run_ok(&resume);
+    let weights = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
+    assert!(
+        weights(straight.path()) == weights(split.path()),
+        "the resumed run's weights differ from the uninterrupted run's"
+    );
+}

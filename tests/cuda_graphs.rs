@@ -59,6 +59,7 @@ fn a_run_with_replayed_steps_equals_the_eager_run() {
         let options = RunOptions {
             start: Start::Fresh,
             cuda_graphs,
+            interrupt: None,
         };
         let result = train(
             &be,

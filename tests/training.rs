@@ -9,8 +9,10 @@ use ltrain::nn::TensorData;
 use ltrain::report::read_epoch_records;
 use ltrain::train::checkpoint::load_checkpoint;
 use ltrain::train::datasets;
-use ltrain::train::{train, Progress, Start};
+use ltrain::train::{train, Interrupted, Progress, RunOptions, Start};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 fn tiny_config() -> TrainConfig {
     TrainConfig {
@@ -157,4 +159,253 @@ fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
             (y.epoch, y.top1, y.ece, y.train_loss)
         );
     }
+}
+
+/// One epoch of stage 1 (LA, mixup).
+fn single_stage() -> TrainConfig {
+    TrainConfig {
+        epochs: 1,
+        milestones: Vec::new(),
+        stage2_epoch: None,
+        loss: LossKind::La,
+        ..tiny_config()
+    }
+}
+
+/// Trains `cfg` into `out` with `options`, calling `on` with each progress event.
+fn train_with(
+    cfg: &TrainConfig,
+    out: &Path,
+    options: RunOptions,
+    on: &mut dyn FnMut(&Progress<'_>),
+) -> anyhow::Result<()> {
+    let be = CpuBackend::new(Some(2)).unwrap();
+    let data = datasets::open(cfg).unwrap();
+    let on_progress = &mut |p: Progress<'_>| on(&p);
+    train(
+        &be,
+        cfg,
+        data.train.as_ref(),
+        data.test.as_ref(),
+        out,
+        options,
+        on_progress,
+    )
+    .map(|_| ())
+}
+
+/// The checkpoint's tensors and the metrics of two runs are the same.
+fn assert_same_run(a: &Path, b: &Path) {
+    let (ta, tb) = (
+        f32_tensors(&a.join("checkpoint.safetensors")),
+        f32_tensors(&b.join("checkpoint.safetensors")),
+    );
+    assert_eq!(ta.len(), tb.len());
+    for ((na, va), (nb, vb)) in ta.iter().zip(&tb) {
+        assert_eq!(na, nb);
+        assert_eq!(va, vb, "{na} differs");
+    }
+    let ra = read_epoch_records(&a.join("metrics.jsonl")).unwrap();
+    let rb = read_epoch_records(&b.join("metrics.jsonl")).unwrap();
+    assert_eq!(ra.len(), rb.len());
+    for (x, y) in ra.iter().zip(&rb) {
+        assert_eq!(
+            (x.epoch, x.top1, x.ece, x.train_loss),
+            (y.epoch, y.top1, y.ece, y.train_loss)
+        );
+    }
+}
+
+#[test]
+fn interrupted_runs_resume_to_the_uninterrupted_result() {
+    let cfg = TrainConfig {
+        loss: LossKind::LaSla,
+        ..tiny_config()
+    };
+    let straight = tempfile::tempdir().unwrap();
+    run(&cfg, straight.path(), Start::Fresh);
+    // Stopped after the first step of stage 1 (mixup), after the last step of an epoch, and in
+    // the middle of stage 2 (SLA weights), each time resumed.
+    let stops = [(0, 0), (1, usize::MAX), (2, 1)];
+    let split = tempfile::tempdir().unwrap();
+    for (i, &(stop_epoch, stop_step)) in stops.iter().enumerate() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let (mut epoch_now, mut steps_now) = (0, 0);
+        let options = RunOptions {
+            start: if i == 0 { Start::Fresh } else { Start::Resume },
+            cuda_graphs: false,
+            interrupt: Some(flag.clone()),
+        };
+        let err = train_with(&cfg, split.path(), options, &mut |p| match *p {
+            Progress::EpochStart { epoch, steps, .. } => {
+                (epoch_now, steps_now) = (epoch, steps);
+                assert!(steps >= 3, "the set is too small to stop mid-epoch");
+            }
+            // usize::MAX: the epoch's last step.
+            Progress::Step { step, .. }
+                if epoch_now == stop_epoch && step == stop_step.min(steps_now - 1) =>
+            {
+                flag.store(true, Ordering::Relaxed);
+            }
+            _ => {}
+        })
+        .expect_err("the run stops");
+        let stopped = err
+            .downcast_ref::<Interrupted>()
+            .unwrap_or_else(|| panic!("not an interruption: {err:#}"));
+        assert_eq!(stopped.epoch, stop_epoch + 1);
+        if stop_step == usize::MAX {
+            assert_eq!(stopped.step, stopped.steps);
+        } else {
+            assert_eq!(stopped.step, stop_step + 1);
+        }
+        assert!(err.to_string().contains("--resume"), "{err}");
+    }
+    run(&cfg, split.path(), Start::Resume);
+    assert_same_run(straight.path(), split.path());
+}
+
+#[test]
+fn a_diverging_run_stops_at_the_step_and_keeps_its_checkpoint() {
+    // The learning rate jumps by 1e20 at epoch 2: the loss is no longer finite within its steps.
+    let cfg = TrainConfig {
+        epochs: 2,
+        milestones: vec![1],
+        lr_decay: 1e20,
+        ..single_stage()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("checkpoint.safetensors");
+    let mut saved = None;
+    let err = train_with(&cfg, dir.path(), Start::Fresh.into(), &mut |p| {
+        if let Progress::EpochStart { epoch: 1, .. } = p {
+            saved = Some(std::fs::read(&checkpoint).unwrap());
+        }
+    })
+    .expect_err("the run diverges");
+    let message = format!("{err:#}");
+    assert!(message.contains("epoch 2 step"), "{message}");
+    assert!(message.contains("diverged"), "{message}");
+    assert!(message.contains("--lr"), "{message}");
+    assert_eq!(
+        std::fs::read(&checkpoint).unwrap(),
+        saved.expect("epoch 1 finished"),
+        "the checkpoint of epoch 1 was rewritten"
+    );
+    assert_eq!(
+        read_epoch_records(&dir.path().join("metrics.jsonl"))
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn a_failed_write_keeps_the_previous_checkpoint_and_the_run_resumable() {
+    let cfg = TrainConfig {
+        epochs: 2,
+        ..tiny_config()
+    };
+    let straight = tempfile::tempdir().unwrap();
+    run(&cfg, straight.path(), Start::Fresh);
+    // The disk is full (/dev/full) for epoch 2's checkpoint, then for its metrics line: the files
+    // are written through a temporary file beside them (checkpoint.rs) or appended. A read-only
+    // directory would not do: the tests may run as root.
+    let pid = std::process::id();
+    for full in [
+        format!(".checkpoint.safetensors.tmp-{pid}"),
+        "metrics.jsonl".into(),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (checkpoint, target) = (
+            dir.path().join("checkpoint.safetensors"),
+            dir.path().join(&full),
+        );
+        let mut saved = None;
+        let err = train_with(&cfg, dir.path(), Start::Fresh.into(), &mut |p| {
+            if let Progress::EpochStart { epoch: 1, .. } = p {
+                saved = Some(std::fs::read(&checkpoint).unwrap());
+                let _ = std::fs::rename(&target, target.with_extension("kept"));
+                std::os::unix::fs::symlink("/dev/full", &target).unwrap();
+            }
+        })
+        .expect_err("the write fails");
+        let message = format!("{err:#}");
+        assert!(message.contains("still holds epoch 1"), "{full}: {message}");
+        assert!(message.contains("--resume"), "{full}: {message}");
+        assert_eq!(
+            std::fs::read(&checkpoint).unwrap(),
+            saved.unwrap(),
+            "{full}"
+        );
+        // Room again: the run resumes and ends as if nothing had happened.
+        let _ = std::fs::remove_file(&target);
+        let _ = std::fs::rename(target.with_extension("kept"), &target);
+        run(&cfg, dir.path(), Start::Resume);
+        assert_same_run(straight.path(), dir.path());
+    }
+}
+
+#[test]
+fn resuming_with_another_model_or_data_is_refused() {
+    let cfg = single_stage();
+    let dir = tempfile::tempdir().unwrap();
+    run(&cfg, dir.path(), Start::Fresh);
+    let longer = TrainConfig {
+        epochs: 2,
+        ..cfg.clone()
+    };
+    for (changed, key) in [
+        (
+            TrainConfig {
+                expert_width: ExpertWidth::Full,
+                ..longer.clone()
+            },
+            "expert_width",
+        ),
+        (
+            TrainConfig {
+                synthetic_classes: 5,
+                ..longer.clone()
+            },
+            "synthetic_classes",
+        ),
+        (
+            TrainConfig {
+                loss: LossKind::Ce,
+                ..longer.clone()
+            },
+            "loss",
+        ),
+    ] {
+        let err = train_with(&changed, dir.path(), Start::Resume.into(), &mut |_| {})
+            .expect_err("another run");
+        let message = format!("{err:#}");
+        assert!(
+            message.contains(&format!("trained with {key} = ")),
+            "{message}"
+        );
+    }
+    // Only how long it runs changed: it resumes.
+    train_with(&longer, dir.path(), Start::Resume.into(), &mut |_| {}).unwrap();
+}
+
+#[test]
+fn init_from_another_architecture_names_the_first_mismatching_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    run(&single_stage(), dir.path(), Start::Fresh);
+    let full = TrainConfig {
+        expert_width: ExpertWidth::Full,
+        ..single_stage()
+    };
+    let init = Start::Init(dir.path().join("model.safetensors"));
+    let other = tempfile::tempdir().unwrap();
+    let err = train_with(&full, other.path(), init.into(), &mut |_| {}).expect_err("mismatch");
+    let message = format!("{err:#}");
+    // Widths 24/48 against 32/64: layer2's first convolution is the first tensor that differs.
+    assert!(
+        message
+            .contains("`experts.0.layer2.0.conv1.weight` is F32 [24, 16, 3, 3] in the checkpoint"),
+        "{message}"
+    );
 }

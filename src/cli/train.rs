@@ -15,7 +15,10 @@ use ltrain::report::{write_atomic, write_report, RunSummary};
 use ltrain::train::datasets::{self, Datasets};
 use ltrain::train::run_state::{CHECKPOINT_FILE, CONFIG_FILE};
 use ltrain::train::{check_parallel, train_rank, RunOptions, Start};
+use signal_hook::consts::{SIGINT, SIGTERM};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 
 #[derive(Args, Debug, Default)]
 pub struct TrainCmd {
@@ -258,6 +261,8 @@ impl RankJob for TrainJob<'_> {
             RunOptions {
                 start: self.start.clone(),
                 cuda_graphs,
+                // Ranks would have to agree on the step: several stop as any process is stopped.
+                interrupt: (world.size == 1).then(stop_signal).transpose()?,
             },
             dist,
             &mut |p| view.update(p),
@@ -336,6 +341,23 @@ impl Drop for RunLock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// The flag SIGINT (Ctrl-C) and SIGTERM set to stop a run at its next step boundary with a
+/// checkpoint; a second one ends the process at once (exit status 130). Registered once a process.
+fn stop_signal() -> Result<Arc<AtomicBool>> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    if let Some(flag) = FLAG.get() {
+        return Ok(flag.clone());
+    }
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        // In this order: the second signal finds the flag already set by the first.
+        signal_hook::flag::register_conditional_shutdown(signal, 130, flag.clone())
+            .and_then(|_| signal_hook::flag::register(signal, flag.clone()))
+            .context("cannot install the Ctrl-C handler")?;
+    }
+    Ok(FLAG.get_or_init(|| flag).clone())
 }
 
 /// `runs/YYYYMMDD-HHMMSS` (UTC).

@@ -17,4 +17,6 @@ pub mod trainer;
 pub use evaluate::{evaluate, test_loader, Evaluation, Prediction};
 pub use run_state::checkpoint_config;
 pub use source::ImageSource;
-pub use trainer::{check_parallel, train, train_rank, Progress, RunOptions, RunResult, Start};
+pub use trainer::{
+    check_parallel, train, train_rank, Interrupted, Progress, RunOptions, RunResult, Start,
+};

@@ -31,6 +31,11 @@ const META_DATA_WAIT_SECONDS: &str = "ltrain.data_wait_seconds";
 const META_SAMPLES_SEEN: &str = "ltrain.samples_seen";
 const META_CLASS_COUNTS: &str = "ltrain.class_counts";
 const META_WORLD_SIZE: &str = "ltrain.world_size";
+const META_STEPS_DONE: &str = "ltrain.steps_done";
+const META_EPOCH_LOSS_SUM: &str = "ltrain.epoch_loss_sum";
+
+/// Configuration keys a resumed run may change: how and how long it runs, not what it trains.
+pub const RESUMABLE_CHANGES: [&str; 4] = ["epochs", "device", "threads", "eval_every"];
 
 /// Training progress carried across a resume.
 pub struct RunState {
@@ -46,6 +51,11 @@ pub struct RunState {
     pub samples_seen: u64,
     /// Ranks the run trains on (a resumed run needs as many).
     pub world_size: usize,
+    /// Steps of epoch `epochs_done` already trained: 0 at an epoch boundary, more in the
+    /// checkpoint of a run stopped between two steps.
+    pub steps_done: usize,
+    /// The summed loss of those steps (the epoch's mean training loss goes on from it).
+    pub epoch_loss_sum: f32,
 }
 
 impl Default for RunState {
@@ -58,6 +68,8 @@ impl Default for RunState {
             data_wait_seconds: 0.0,
             samples_seen: 0,
             world_size: 1,
+            steps_done: 0,
+            epoch_loss_sum: 0.0,
         }
     }
 }
@@ -126,17 +138,27 @@ pub fn persist<B: Backend>(
         serde_json::to_string(class_counts)?,
     );
     meta.insert(META_WORLD_SIZE.to_string(), state.world_size.to_string());
+    meta.insert(META_STEPS_DONE.to_string(), state.steps_done.to_string());
+    // Rust prints the shortest decimal that reads back as the same f32: the resume is bit-exact.
+    meta.insert(
+        META_EPOCH_LOSS_SUM.to_string(),
+        state.epoch_loss_sum.to_string(),
+    );
     save_checkpoint(path, &tensors, &meta)
 }
 
-/// Restores the model, momentum buffers and SLA tables from `path` and returns the progress.
+/// Restores the model, momentum buffers and SLA tables from `path` and returns the progress, once
+/// [`check_same_run`] has found `cfg` and `class_counts` to be the checkpoint's.
 pub fn restore<B: Backend>(
     be: &B,
     path: &Path,
+    cfg: &TrainConfig,
+    class_counts: &[usize],
     model: &mut MultiExpertNet<B>,
     sla_tables: &mut [SlaTable<B>],
 ) -> Result<RunState> {
     let (tensors, meta) = load_checkpoint(path)?;
+    check_same_run(path, &meta, cfg, class_counts)?;
     let (model_tensors, extra): (Vec<NamedTensor>, Vec<NamedTensor>) = tensors
         .into_iter()
         .partition(|t| !t.name.starts_with("optimizer.") && !t.name.starts_with("sla."));
@@ -198,7 +220,69 @@ pub fn restore<B: Backend>(
         samples_seen: get(META_SAMPLES_SEEN)?.parse()?,
         // Absent in checkpoints written before data-parallel runs.
         world_size: meta.get(META_WORLD_SIZE).map_or(Ok(1), |v| v.parse())?,
+        // Absent in checkpoints written only at epoch boundaries.
+        steps_done: meta.get(META_STEPS_DONE).map_or(Ok(0), |v| v.parse())?,
+        epoch_loss_sum: meta
+            .get(META_EPOCH_LOSS_SUM)
+            .map_or(Ok(0.0), |v| v.parse())?,
     })
+}
+
+/// Refuses to resume the checkpoint at `path` (metadata `meta`) with another dataset, model or
+/// method than it was trained with: the first configuration key that differs (other than
+/// [`RESUMABLE_CHANGES`]), or training class counts other than the checkpoint's, named with both
+/// values.
+fn check_same_run(
+    path: &Path,
+    meta: &BTreeMap<String, String>,
+    cfg: &TrainConfig,
+    class_counts: &[usize],
+) -> Result<()> {
+    let origin = format!("{} (metadata)", path.display());
+    let Some(saved) = meta.get(META_CONFIG) else {
+        bail!(
+            "{}: checkpoint metadata lacks {META_CONFIG}; it was not written by `ltrain train` \
+             (use --init to start from its weights)",
+            path.display()
+        );
+    };
+    let saved = TrainConfig::from_toml_str(saved, &origin)?;
+    let table = |c: &TrainConfig| -> Result<toml::Table> { Ok(toml::from_str(&c.to_toml()?)?) };
+    let (was, now) = (table(&saved)?, table(cfg)?);
+    let keys: std::collections::BTreeSet<&String> = was.keys().chain(now.keys()).collect();
+    let show = |v: Option<&toml::Value>| v.map_or("(unset)".to_string(), |v| v.to_string());
+    if let Some(key) = keys
+        .into_iter()
+        .filter(|k| !RESUMABLE_CHANGES.contains(&k.as_str()))
+        .find(|k| was.get(*k) != now.get(*k))
+    {
+        bail!(
+            "{}: the checkpoint was trained with {key} = {} but this run has {key} = {}; a run \
+             resumes with its own dataset, model and method (only {} may change): resume with \
+             its config.toml, or start a new run (--init {} keeps the weights)",
+            path.display(),
+            show(was.get(key)),
+            show(now.get(key)),
+            RESUMABLE_CHANGES.join(", "),
+            path.display()
+        );
+    }
+    if let Some(text) = meta.get(META_CLASS_COUNTS) {
+        let saved: Vec<usize> = serde_json::from_str(text)
+            .with_context(|| format!("{}: malformed {META_CLASS_COUNTS}", path.display()))?;
+        if saved != class_counts {
+            bail!(
+                "{}: the checkpoint was trained on {} classes of {saved:?} images; the training \
+                 set now has {} classes of {class_counts:?}: resume with the checkpoint's data, \
+                 or start a new run (--init {} keeps the weights)",
+                path.display(),
+                saved.len(),
+                class_counts.len(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The resolved configuration stored in a checkpoint written by `ltrain train`.

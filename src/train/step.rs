@@ -194,7 +194,7 @@ struct ShapeRun<B: Backend> {
 pub struct StepRunner<B: Backend> {
     graphs: bool,
     shapes: Vec<ShapeRun<B>>,
-    /// `[1]` the loss summed over the steps since [`StepRunner::reset_loss`].
+    /// `[1]` the loss summed over the steps since [`StepRunner::set_loss_sum`].
     loss_sum: B::Buf,
 }
 
@@ -215,8 +215,9 @@ impl<B: Backend> StepRunner<B> {
         &self.loss_sum
     }
 
-    pub fn reset_loss(&mut self, be: &B) -> Result<()> {
-        be.write(&mut self.loss_sum, &[0.0])
+    /// Restarts the loss sum from `sum` (0 at an epoch's start, more in a resumed epoch).
+    pub fn set_loss_sum(&mut self, be: &B, sum: f32) -> Result<()> {
+        be.write(&mut self.loss_sum, &[sum])
     }
 
     /// One training step; its loss is added to [`StepRunner::loss_sum`]. Asynchronous on a GPU.

@@ -24,6 +24,8 @@ use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Progress events for a front end (progress bar, log); the library prints nothing itself.
@@ -63,16 +65,58 @@ pub struct RunOptions {
     pub start: Start,
     /// Each step shape captured once as a CUDA graph and replayed (same results).
     pub cuda_graphs: bool,
+    /// Set (by a signal handler) to stop the run at the next step boundary with a checkpoint
+    /// from which `Start::Resume` goes on as if it had not stopped ([`Interrupted`]). A run on one
+    /// rank only: ranks would have to agree on the step.
+    pub interrupt: Option<Arc<AtomicBool>>,
 }
 
 impl From<Start> for RunOptions {
-    /// Eager steps.
+    /// Eager steps, not interruptible.
     fn from(start: Start) -> Self {
         Self {
             start,
             cuda_graphs: false,
+            interrupt: None,
         }
     }
+}
+
+/// The error of a run stopped by [`RunOptions::interrupt`]: its checkpoint holds every step
+/// trained so far.
+#[derive(Debug)]
+pub struct Interrupted {
+    /// The epoch (1-based) and the steps of it trained, of `steps`.
+    pub epoch: usize,
+    pub step: usize,
+    pub steps: usize,
+    pub checkpoint: PathBuf,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dir = self.checkpoint.parent().unwrap_or(Path::new("."));
+        write!(
+            f,
+            "stopped after step {} of {} of epoch {}; {} holds the run so far: continue it with \
+             `ltrain train --resume {}`",
+            self.step,
+            self.steps,
+            self.epoch,
+            self.checkpoint.display(),
+            dir.display()
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// How an epoch's steps ended.
+enum EpochEnd {
+    /// Every step trained: the epoch's mean loss and its learning rate.
+    Done(f32, f32),
+    /// Stopped by the interrupt after this many steps of `steps`.
+    Stopped { steps_done: usize, steps: usize },
 }
 
 /// What a finished run hands to the report.
@@ -150,6 +194,7 @@ pub fn train_rank<B: Backend>(
     let class_counts = train_set.class_counts();
     let checkpoint_path = out.join(CHECKPOINT_FILE);
     let cuda_graphs = options.cuda_graphs;
+    let interrupt = options.interrupt.clone().filter(|_| world.size == 1);
     let mut run = Run::start(
         be,
         cfg,
@@ -175,10 +220,33 @@ pub fn train_rank<B: Backend>(
         if plan.needs_sla_table() && !run.state.sla_filled {
             run.fill_sla_tables(be, &mut loader, progress)?;
         }
-        let (train_loss, lr) = run.train_epoch(be, &mut loader, &plan, epoch, progress)?;
+        let end = run.train_epoch(
+            be,
+            &mut loader,
+            &plan,
+            epoch,
+            interrupt.as_deref(),
+            progress,
+        );
         run.state.train_seconds += epoch_start.elapsed().as_secs_f64();
         run.state.data_wait_seconds += (loader.waited() - waited_before).as_secs_f64();
+        let (train_loss, lr) = match end? {
+            EpochEnd::Done(loss, lr) => (loss, lr),
+            EpochEnd::Stopped { steps_done, steps } => {
+                run.state.steps_done = steps_done;
+                run.state.epoch_loss_sum = be.download(run.runner.loss_sum())?[0];
+                run.persist(be, &checkpoint_path, &class_counts)?;
+                return Err(Interrupted {
+                    epoch: epoch + 1,
+                    step: steps_done,
+                    steps,
+                    checkpoint: checkpoint_path,
+                }
+                .into());
+            }
+        };
         run.state.epochs_done = epoch + 1;
+        (run.state.steps_done, run.state.epoch_loss_sum) = (0, 0.0);
 
         run.share_running_statistics(be)?;
         if (epoch + 1) % cfg.eval_every == 0 || epoch + 1 == cfg.epochs {
@@ -195,23 +263,22 @@ pub fn train_rank<B: Backend>(
                 )
             };
             if world.is_lead() {
-                append_epoch_record(&out.join(METRICS_FILE), &record)?;
+                let metrics = out.join(METRICS_FILE);
+                append_epoch_record(&metrics, &record).with_context(|| {
+                    format!(
+                        "epoch {}: {} could not be written; {}",
+                        epoch + 1,
+                        metrics.display(),
+                        resume_hint(&checkpoint_path, epoch)
+                    )
+                })?;
             }
             progress(Progress::Evaluated(&record));
             run.state.history.push(record);
             last_eval = Some(eval);
         }
-        if world.is_lead() {
-            persist(
-                be,
-                cfg,
-                &checkpoint_path,
-                &run.model,
-                &run.sla_tables,
-                &run.state,
-                &class_counts,
-            )?;
-        }
+        run.persist(be, &checkpoint_path, &class_counts)
+            .with_context(|| resume_hint(&checkpoint_path, epoch))?;
     }
 
     let last = match last_eval {
@@ -230,7 +297,38 @@ pub fn train_rank<B: Backend>(
     })
 }
 
+/// What a failed write of epoch `epoch`'s files leaves: the checkpoint of the epochs before.
+fn resume_hint(checkpoint: &Path, epoch: usize) -> String {
+    let dir = checkpoint.parent().unwrap_or(Path::new("."));
+    let kept = match epoch {
+        0 => "no epoch was saved yet (start the run again)".to_string(),
+        e => format!(
+            "{} still holds epoch {e}: once the disk has room (or the directory is writable) \
+             continue with `ltrain train --resume {}`",
+            checkpoint.display(),
+            dir.display()
+        ),
+    };
+    format!("nothing of epoch {} was saved; {kept}", epoch + 1)
+}
+
 impl<'a, B: Backend> Run<'a, B> {
+    /// Writes the checkpoint of the run so far (rank 0 alone).
+    fn persist(&self, be: &B, path: &Path, class_counts: &[usize]) -> Result<()> {
+        if !self.dist.world().is_lead() {
+            return Ok(());
+        }
+        persist(
+            be,
+            self.cfg,
+            path,
+            &self.model,
+            &self.sla_tables,
+            &self.state,
+            class_counts,
+        )
+    }
+
     /// The model initialised (Algorithm 1, line 1) or restored, as `options.start` says.
     fn start(
         be: &B,
@@ -264,7 +362,14 @@ impl<'a, B: Backend> Run<'a, B> {
                     .with_context(|| format!("--init {}", path.display()))?;
             }
             Start::Resume => {
-                state = restore(be, checkpoint_path, &mut model, &mut sla_tables)?;
+                state = restore(
+                    be,
+                    checkpoint_path,
+                    cfg,
+                    class_counts,
+                    &mut model,
+                    &mut sla_tables,
+                )?;
                 let size = dist.world().size;
                 if state.world_size != size {
                     bail!(
@@ -325,16 +430,19 @@ impl<'a, B: Backend> Run<'a, B> {
         )
     }
 
-    /// One epoch's steps: each mini-batch (line 3) through the [`StepRunner`] (lines 4-8). Returns the
-    /// epoch's mean training loss and its learning rate; the device is idle when it returns.
+    /// One epoch's steps: each mini-batch (line 3) through the [`StepRunner`] (lines 4-8), from the
+    /// first one the run has not trained yet; stopped at the next step boundary once `interrupt`
+    /// is set. The device is idle when it returns. A non-finite loss is an error naming the epoch,
+    /// the step and the learning rate, before anything of the epoch is saved.
     fn train_epoch(
         &mut self,
         be: &B,
         loader: &mut BatchLoader<'_, B>,
         plan: &EpochPlan,
         epoch: usize,
+        interrupt: Option<&AtomicBool>,
         progress: &mut dyn FnMut(Progress<'_>),
-    ) -> Result<(f32, f32)> {
+    ) -> Result<EpochEnd> {
         let cfg = self.cfg;
         let lr = learning_rate(cfg, epoch);
         let ctx = StepContext {
@@ -366,17 +474,21 @@ impl<'a, B: Backend> Run<'a, B> {
             lr,
         });
         let runner = &mut self.runner;
-        runner.reset_loss(be)?;
+        let done = self.state.steps_done.min(batches.len());
+        runner.set_loss_sum(be, self.state.epoch_loss_sum)?;
         let (model, sla_tables, state) = (&mut self.model, &mut self.sla_tables, &mut self.state);
         let dist = &self.dist;
         let levels = plan.view_levels(cfg.experts);
-        loader.for_each(
+        let steps = batches.len();
+        let mut stopped_after = None;
+        let ran = loader.for_each(
             be,
-            &batches,
+            &batches[done..],
             &levels,
             cfg.seed,
             epoch,
             |step, batch, views| {
+                let step = done + step;
                 let n = batch.len();
                 let global_n = global[step].len();
                 let labels: Vec<u32> = batch.iter().map(|&i| labels_all[i]).collect();
@@ -393,8 +505,12 @@ impl<'a, B: Backend> Run<'a, B> {
                 runner.run(be, model, &ctx, step_batch, sla_tables)?;
                 state.samples_seen += global_n as u64;
                 // Reading the loss back synchronises the device, so only every few steps.
-                let loss = if step % 20 == 19 || step + 1 == batches.len() {
-                    Some(global_loss(be, runner, dist)? / (step + 1) as f32)
+                let loss = if step % LOSS_EVERY == LOSS_EVERY - 1 || step + 1 == steps {
+                    let mean = global_loss(be, runner, dist)? / (step + 1) as f32;
+                    if !mean.is_finite() {
+                        bail!(diverged(cfg, epoch, step, steps, lr, mean));
+                    }
+                    Some(mean)
                 } else {
                     None
                 };
@@ -403,9 +519,23 @@ impl<'a, B: Backend> Run<'a, B> {
                     loss,
                     samples: global_n,
                 });
+                if interrupt.is_some_and(|f| f.load(Ordering::Relaxed)) {
+                    stopped_after = Some(step + 1);
+                    bail!("interrupted");
+                }
                 Ok(())
             },
-        )?;
+        );
+        if let Some(steps_done) = stopped_after {
+            // The loss of the steps since the last check, before it is saved.
+            let mean = global_loss(be, runner, dist)? / steps_done as f32;
+            if !mean.is_finite() {
+                bail!(diverged(cfg, epoch, steps_done - 1, steps, lr, mean));
+            }
+            be.synchronize()?;
+            return Ok(EpochEnd::Stopped { steps_done, steps });
+        }
+        ran?;
         if plan.needs_sla_table() {
             for t in sla_tables.iter_mut() {
                 t.merge_ranks(be, dist)?;
@@ -414,7 +544,7 @@ impl<'a, B: Backend> Run<'a, B> {
         }
         let train_loss = global_loss(be, &self.runner, dist)? / batches.len().max(1) as f32;
         be.synchronize()?;
-        Ok((train_loss, lr))
+        Ok(EpochEnd::Done(train_loss, lr))
     }
 
     /// The table S before the first SLA epoch: one no-gradient pass over the training set.
@@ -464,6 +594,36 @@ impl<'a, B: Backend> Run<'a, B> {
         self.state.sla_filled = true;
         Ok(())
     }
+}
+
+/// Steps between two read-backs of the training loss (each waits for the device), and so between
+/// two checks that it is finite.
+const LOSS_EVERY: usize = 20;
+
+/// The error of a non-finite training loss first seen after step `step` (0-based) of `steps`.
+fn diverged(
+    cfg: &TrainConfig,
+    epoch: usize,
+    step: usize,
+    steps: usize,
+    lr: f32,
+    mean: f32,
+) -> String {
+    let checked = match step / LOSS_EVERY * LOSS_EVERY {
+        0 => "its first check this epoch".to_string(),
+        good => format!("finite after step {good}"),
+    };
+    format!(
+        "epoch {} step {} of {steps} (learning rate {lr}): the training loss is {mean} ({checked}; \
+         it is checked every {LOSS_EVERY} steps): the model has diverged. Nothing of this epoch \
+         was saved, the checkpoint of the epochs before is as it was. Start again with a lower \
+         --lr (now {}) or a longer --warmup-epochs (now {}); --init with that checkpoint keeps \
+         its weights",
+        epoch + 1,
+        step + 1,
+        cfg.lr,
+        cfg.warmup_epochs
+    )
 }
 
 /// The mean loss of the global batches since the runner's reset, read back (waits for the device).
