@@ -89,6 +89,14 @@ impl CifarVariant {
         }
     }
 
+    /// Records in the largest official file (a CIFAR-10 batch; CIFAR-100's `train.bin`).
+    pub fn max_records_per_file(self) -> usize {
+        match self {
+            CifarVariant::Cifar10 => 10_000,
+            CifarVariant::Cifar100 => 50_000,
+        }
+    }
+
     pub fn test_file(self) -> &'static str {
         match self {
             CifarVariant::Cifar10 => "test_batch.bin",
@@ -248,6 +256,20 @@ pub fn load_archive(variant: CifarVariant, path: &Path) -> Result<CifarData> {
             continue;
         };
         if let Some(slot) = wanted.iter().position(|w| *w == name) {
+            // A tar header's size (a GNU sparse entry's zero-filled holes included) can claim
+            // terabytes in a few bytes of archive: refuse what no CIFAR file can be.
+            let limit = variant.max_records_per_file() * variant.record_len();
+            if entry.size() > limit as u64 {
+                bail!(
+                    "{}: member {} claims {} bytes, more than the {limit} of the largest {} \
+                     record file ({} records)",
+                    path.display(),
+                    member.display(),
+                    entry.size(),
+                    variant.name(),
+                    variant.max_records_per_file()
+                );
+            }
             let mut bytes = Vec::new();
             entry.read_to_end(&mut bytes).with_context(|| {
                 format!(

@@ -47,6 +47,9 @@ impl ImageList {
     }
 }
 
+/// The most classes a list file may have: labels are `0..MAX_LIST_CLASSES`.
+pub const MAX_LIST_CLASSES: usize = 1 << 16;
+
 /// Parse a list file (`relative/path.JPEG label` per line; blank lines ignored). Errors name the
 /// file and line. `classes` is set to `max label + 1`.
 pub fn read_list(root: &Path, list_file: &Path) -> Result<ImageList> {
@@ -72,6 +75,14 @@ pub fn read_list(root: &Path, list_file: &Path) -> Result<ImageList> {
                 where_()
             )
         })?;
+        // The class count is `max label + 1` and sizes per-class tables and the classifier.
+        if label as usize >= MAX_LIST_CLASSES {
+            bail!(
+                "{}: label {label} is out of range (at most {MAX_LIST_CLASSES} classes; \
+                 ImageNet-LT has 1000)",
+                where_()
+            );
+        }
         paths.push(PathBuf::from(path.trim()));
         labels.push(label);
     }
@@ -129,11 +140,32 @@ pub fn decode_jpeg(path: &Path) -> Result<Image> {
     decode_jpeg_bytes(&bytes).with_context(|| format!("cannot decode JPEG {}", path.display()))
 }
 
+/// The largest side of a JPEG that is decoded: ImageNet images are under 10,000 px a side, and a
+/// header declaring more is rejected before the decoder allocates `width * height * 3` bytes.
+pub const MAX_JPEG_SIDE: usize = 10_000;
+
+/// Huffman-coded JPEGs spend at least one bit per 8x8 block of the full-resolution component, so a
+/// file is at least `width * height / 512` bytes: a smaller one declares dimensions it cannot hold.
+const MIN_JPEG_BYTES_PER_PIXEL: f64 = 1.0 / 512.0;
+
 /// Decode JPEG bytes to an RGB [`Image`].
 pub fn decode_jpeg_bytes(bytes: &[u8]) -> Result<Image> {
     let decoded = std::panic::catch_unwind(|| {
-        let options = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
+        let options = DecoderOptions::default()
+            .jpeg_set_out_colorspace(ColorSpace::RGB)
+            .set_max_width(MAX_JPEG_SIDE)
+            .set_max_height(MAX_JPEG_SIDE);
         let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+        decoder.decode_headers().map_err(|e| anyhow!("{e:?}"))?;
+        let (w, h) = decoder
+            .dimensions()
+            .ok_or_else(|| anyhow!("no image header"))?;
+        if (bytes.len() as f64) < (w * h) as f64 * MIN_JPEG_BYTES_PER_PIXEL {
+            bail!(
+                "the header declares {w}x{h} pixels, more than {} bytes of JPEG can hold",
+                bytes.len()
+            );
+        }
         let pixels = decoder.decode().map_err(|e| anyhow!("{e:?}"))?;
         let info = decoder.info().ok_or_else(|| anyhow!("no image header"))?;
         Ok::<_, anyhow::Error>((pixels, info.width as usize, info.height as usize))
