@@ -14,6 +14,8 @@
 // - blocks are a multiple of 32 threads when warp collectives are used (full-mask shuffles);
 // - indices are 32-bit: the host passes no size of 2^32 - 2^22 or more (runtime.rs INDEX_LIMIT) and
 //   launches at most 4096 blocks, so a grid-stride `i += grid_threads()` cannot wrap;
+// - static shared memory is declared with STATIC_SMEM(type, name, [dims]), dynamic with DYNAMIC_SMEM,
+//   never with a bare `__shared__` (the emulator poisons both at each block start);
 // - no early `return` before a `__syncthreads()` (the emulator reports it as a deadlock);
 // - no tensor-core, inline-PTX, texture or cooperative-groups features.
 #pragma once
@@ -23,6 +25,8 @@
 #elif defined(__CUDACC__)
 #define KERNEL extern "C" __global__
 #define DYNAMIC_SMEM(type, name) extern __shared__ type name[]
+// `STATIC_SMEM(float, tile, [32][33]);` is `__shared__ float tile[32][33];` (the emulator poisons it).
+#define STATIC_SMEM(type, name, ...) __shared__ type name __VA_ARGS__
 #else
 #define KERNEL static
 #define DYNAMIC_SMEM(type, name) type* name = static_cast<type*>(::emu::dynamic_smem())
@@ -61,12 +65,30 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+// The last-block pattern (CUDA's threadFenceReduction sample): each block publishes a partial result
+// in global memory, then takes a ticket from `counter`; the block with the last of `total` tickets
+// reads every partial. The writer's fence makes its partial visible before its ticket; the reader's,
+// after the barrier that shares the ticket, keeps its reads of the partials from being served before
+// it (on the GPU the reads could otherwise see stale lines). Every thread of the block calls it and
+// gets the answer; the caller resets the counter once it has read the partials.
+__device__ bool took_last_ticket(unsigned* counter, unsigned total) {
+    STATIC_SMEM(int, last);
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == total - 1u;
+    __syncthreads();
+    const bool result = last != 0;
+    __syncthreads();  // `last` is rewritten by the next call
+    if (result) __threadfence();
+    return result;
+}
+
 // Sum over a 1-D block (blockDim.x a multiple of 32, at most 1024); every thread gets the result. The
 // order of additions is fixed by the block size, so results are reproducible run to run.
 template <typename T>
 __device__ T block_sum(T v) {
-    __shared__ T partial[32];
-    __shared__ T total;
+    STATIC_SMEM(T, partial, [32]);
+    STATIC_SMEM(T, total);
     const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
     v = warp_sum(v);
     if (lane == 0) partial[warp] = v;
@@ -83,8 +105,8 @@ __device__ T block_sum(T v) {
 }
 
 __device__ float block_max(float v) {
-    __shared__ float partial[32];
-    __shared__ float total;
+    STATIC_SMEM(float, partial, [32]);
+    STATIC_SMEM(float, total);
     const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
     v = warp_max(v);
     if (lane == 0) partial[warp] = v;
@@ -103,8 +125,8 @@ __device__ float block_max(float v) {
 // (value, index) maximum over a 1-D block: the largest value, the smallest index among equals. Each
 // thread passes its own candidate (index 0xffffffff for none); every thread gets the result.
 __device__ void block_argmax(float& value, unsigned& index) {
-    __shared__ float part_v[32];
-    __shared__ unsigned part_i[32];
+    STATIC_SMEM(float, part_v, [32]);
+    STATIC_SMEM(unsigned, part_i, [32]);
     const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
     for (int offset = 16; offset > 0; offset >>= 1) {
         const float v = __shfl_xor_sync(FULL_MASK, value, offset);

@@ -126,8 +126,8 @@ __device__ void tile_product(const Operands& ops, int m0, int n0, int M, int N, 
                              float (&acc)[TM][TN]) {
     constexpr int TX = BN / TN, TY = BM / TM;
     static_assert(TX * TY == CONV_THREADS, "a tile takes every thread of the block");
-    __shared__ float as[CONV_BK][BM];
-    __shared__ float bs[CONV_BK][BN];
+    STATIC_SMEM(float, as, [CONV_BK][BM]);
+    STATIC_SMEM(float, bs, [CONV_BK][BN]);
     const int tid = int(threadIdx.x), tx = tid % TX, ty = tid / TX;
     for (int kb = k0; kb < k1; kb += CONV_BK) {
         // Neighbouring threads walk k in A (contiguous weight rows) and n in B (contiguous positions).
@@ -182,8 +182,7 @@ template <int BM, int BN, int TM, int TN>
 __device__ void add_tile_stats(const StatsOut& st, const float (&acc)[TM][TN], const TileIndex& ti,
                                int M, int N, int tiles_m, int tiles_n, const ConvGeom& g) {
     constexpr int TX = BN / TN, TY = BM / TM;
-    __shared__ double rows[BM][TX][2];
-    __shared__ int last;
+    STATIC_SMEM(double, rows, [BM][TX][2]);
     const int tid = int(threadIdx.x), tx = tid % TX, ty = tid / TX;
     for (int i = 0; i < TM; ++i) {
         double s1 = 0.0, s2 = 0.0;
@@ -209,11 +208,7 @@ __device__ void add_tile_stats(const StatsOut& st, const float (&acc)[TM][TN], c
         out[0] = s1;
         out[1] = s2;
     }
-    __threadfence();  // the tile's sums are visible to the block that adds them up
-    __syncthreads();
-    if (tid == 0) last = atomicAdd(&st.counters[row_block], 1u) == unsigned(tiles_n - 1);
-    __syncthreads();
-    if (last) {
+    if (took_last_ticket(&st.counters[row_block], unsigned(tiles_n))) {
         // A warp per row, its lanes over the tiles: fixed order, no block barrier.
         const int lane = tid & 31, warp = tid >> 5;
         for (int r = warp; r < BM && ti.m0 + r < M; r += CONV_THREADS / 32) {
@@ -235,7 +230,7 @@ __device__ void add_tile_stats(const StatsOut& st, const float (&acc)[TM][TN], c
         }
         if (tid == 0) st.counters[row_block] = 0u;
     }
-    __syncthreads();  // `rows` and `last` are rewritten by the next tile
+    __syncthreads();  // `rows` is rewritten by the next tile
 }
 
 template <int BM, int BN, int TM, int TN, bool STATS>
@@ -304,7 +299,6 @@ __device__ void conv_backward_weight(const float* x, const float* dy, float* par
     // Split lengths are whole operand tiles.
     const int per_split = ((K + splits - 1) / splits + CONV_BK - 1) / CONV_BK * CONV_BK;
     const int tx = int(threadIdx.x) % TX, ty = int(threadIdx.x) / TX;
-    __shared__ int finishes_tile;
     for (int item = int(blockIdx.x); item < tiles * splits; item += int(gridDim.x)) {
         // Split-major: blocks running at the same time work on different splits of one tile.
         const int t = item % tiles, split = item / tiles;
@@ -316,12 +310,7 @@ __device__ void conv_backward_weight(const float* x, const float* dy, float* par
         float* mine = partial + (size_t(split) * tiles + t) * (BM * BN);
         for (int i = 0; i < TM; ++i)
             for (int j = 0; j < TN; ++j) mine[(ty + i * TY) * BN + tx + j * TX] = acc[i][j];
-        __threadfence();  // the partial is visible to the block that adds them up
-        __syncthreads();
-        if (threadIdx.x == 0)
-            finishes_tile = atomicAdd(&counters[t], 1u) == unsigned(splits - 1);
-        __syncthreads();
-        if (finishes_tile) {
+        if (took_last_ticket(&counters[t], unsigned(splits))) {
             for (int i = 0; i < TM; ++i) {
                 const int co = ti.m0 + ty + i * TY;
                 for (int j = 0; j < TN; ++j) {
@@ -338,7 +327,6 @@ __device__ void conv_backward_weight(const float* x, const float* dy, float* par
             }
             if (threadIdx.x == 0) counters[t] = 0u;
         }
-        __syncthreads();  // `finishes_tile` is rewritten next round
     }
 }
 

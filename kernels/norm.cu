@@ -14,19 +14,6 @@ __device__ __forceinline__ unsigned channel_element(unsigned t, unsigned ch, uns
     return ((t / hw) * c + ch) * hw + t % hw;
 }
 
-// Whether this block, having written its slice of channel `ch` to `partial`, was the channel's last
-// (all threads get the answer).
-__device__ bool last_slice_of_channel(unsigned* counters, unsigned ch, unsigned slices) {
-    __shared__ int last;
-    __threadfence();  // the slice is visible to the block that adds them up
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(&counters[ch], 1u) == slices - 1;
-    __syncthreads();
-    const bool result = last != 0;
-    __syncthreads();  // `last` is rewritten by the next slice
-    return result;
-}
-
 // Adds up this block's pair of sums for slice `slice` of channel `ch` and publishes it in `partial`
 // [c, slices, 2]; true in thread 0 of the channel's last block, where `a` and `b` become the
 // channel's totals (slices added in order) and its counter is reset.
@@ -38,7 +25,7 @@ __device__ bool channel_totals(double& a, double& b, double* partial, unsigned* 
         partial[(size_t(ch) * slices + slice) * 2] = a;
         partial[(size_t(ch) * slices + slice) * 2 + 1] = b;
     }
-    if (!last_slice_of_channel(counters, ch, slices) || threadIdx.x != 0) return false;
+    if (!took_last_ticket(&counters[ch], slices) || threadIdx.x != 0) return false;
     const volatile double* p = partial + size_t(ch) * slices * 2;
     a = 0.0;
     b = 0.0;

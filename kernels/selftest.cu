@@ -1,12 +1,12 @@
 // Kernels that exercise the emulator itself (and, on a GPU, the same paths for comparison): a
-// barrier-dependent reduction, a warp-shuffle reduction, a ballot, an atomic histogram, and two
+// barrier-dependent reduction, a warp-shuffle reduction, a ballot, an atomic histogram, and three
 // deliberately broken kernels that only the emulator runs (it must expose them, not hide them).
 #include "common.cuh"
 
 // out[0] = sum of x [n]: one block, classic shared-memory tree (blockDim.x a power of two <= 1024).
 KERNEL void __launch_bounds__(1024)
     selftest_block_tree_sum(const float* __restrict__ x, float* __restrict__ out, unsigned n) {
-    __shared__ float s[1024];
+    STATIC_SMEM(float, s, [1024]);
     float acc = 0.0f;
     for (unsigned i = threadIdx.x; i < n; i += blockDim.x) acc += x[i];
     s[threadIdx.x] = acc;
@@ -22,7 +22,7 @@ KERNEL void __launch_bounds__(1024)
 // the others write their partial sums, so the result is wrong; never launched on a GPU.
 KERNEL void __launch_bounds__(1024)
     selftest_block_tree_sum_racy(const float* __restrict__ x, float* __restrict__ out, unsigned n) {
-    __shared__ float s[1024];
+    STATIC_SMEM(float, s, [1024]);
     float acc = 0.0f;
     for (unsigned i = threadIdx.x; i < n; i += blockDim.x) acc += x[i];
     s[threadIdx.x] = acc;
@@ -58,6 +58,17 @@ KERNEL void selftest_barrier_deadlock(float* __restrict__ out) {
     if (threadIdx.x == 0) return;
     __syncthreads();
     out[threadIdx.x] = 1.0f;
+}
+
+// Only block 0 writes its shared memory; every block then reads it back into out [grid * block]:
+// the other blocks read shared memory nobody wrote, which the emulator's poisoning must expose
+// (blocks share one copy on the emulator, so without it they would read block 0's values). Never
+// launched on a GPU.
+KERNEL void selftest_unwritten_shared(unsigned* __restrict__ out) {
+    STATIC_SMEM(unsigned, s, [256]);
+    if (blockIdx.x == 0) s[threadIdx.x] = threadIdx.x;
+    __syncthreads();
+    out[global_thread()] = s[threadIdx.x];
 }
 
 // Does nothing; probes launch configurations (limits).

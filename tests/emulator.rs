@@ -19,19 +19,13 @@ fn barrier_dependent_tree_reduction_is_exact() {
 
 #[test]
 fn a_missing_barrier_changes_the_result() {
-    // On a fresh OS thread the block's shared memory starts zeroed and the emulator runs thread 0 to
-    // completion before the others store their partial sums: without barriers it sums only its own.
-    let result = std::thread::spawn(|| {
-        let be = emulator();
-        let x = vec![1.0f32; 256];
-        let with = selftest::block_tree_sum(&be, &x, 256).unwrap();
-        let without = selftest::block_tree_sum_without_barriers(&be, &x, 256).unwrap();
-        (with, without)
-    })
-    .join()
-    .unwrap();
-    assert_eq!(result.0, 256.0);
-    assert_eq!(result.1, 1.0, "thread 0 alone, before any other thread ran");
+    // The emulator runs thread 0 to its end before the others store their partial sums, and a
+    // block's shared memory starts poisoned (NaN): without barriers thread 0 adds NaNs.
+    let be = emulator();
+    let x = vec![1.0f32; 256];
+    assert_eq!(selftest::block_tree_sum(&be, &x, 256).unwrap(), 256.0);
+    let without = selftest::block_tree_sum_without_barriers(&be, &x, 256).unwrap();
+    assert!(without.is_nan(), "{without}");
 }
 
 #[test]
@@ -60,6 +54,20 @@ fn a_barrier_not_every_thread_reaches_is_an_error() {
     );
     // The emulator stays usable afterwards.
     assert_eq!(selftest::block_tree_sum(&be, &[1.0, 2.0], 32).unwrap(), 3.0);
+}
+
+#[test]
+fn static_shared_memory_nobody_wrote_reads_as_poison_in_every_block() {
+    let be = emulator();
+    let threads = 64;
+    for _ in 0..2 {
+        let out = selftest::unwritten_shared(&be, 3, threads).unwrap();
+        let (first, rest) = out.split_at(threads as usize);
+        // Block 0 wrote its own values; blocks 1 and 2 wrote nothing, and must not see block 0's
+        // (on the emulator they share one copy of the variable), nor the previous launch's.
+        assert!(first.iter().enumerate().all(|(i, &v)| v == i as u32), "{first:?}");
+        assert!(rest.iter().all(|&v| v == u32::MAX), "{rest:?}");
+    }
 }
 
 #[test]

@@ -168,6 +168,8 @@ struct Block {
     Thunk thunk = nullptr;
     void** args = nullptr;
     std::vector<unsigned char> dynamic_smem;
+    // The static shared variables the running block has poisoned (`poison_static_smem`).
+    std::vector<const void*> static_smem_poisoned;
     bool failed = false;
     char error[512] = {};
 };
@@ -224,6 +226,7 @@ bool run_block(Block& b) {
     b.done = 0;
     b.block_arrived = 0;
     if (!b.dynamic_smem.empty()) std::memset(b.dynamic_smem.data(), 0xFF, b.dynamic_smem.size());
+    b.static_smem_poisoned.clear();
 
     while (b.done < b.threads) {
         bool progressed = false;
@@ -312,6 +315,14 @@ unsigned lane_id() { return running_block().current->linear % 32; }
 void* dynamic_smem() {
     Block& b = running_block();
     return b.dynamic_smem.empty() ? nullptr : b.dynamic_smem.data();
+}
+
+void poison_static_smem(void* variable, size_t bytes) {
+    Block& b = running_block();
+    for (const void* p : b.static_smem_poisoned)
+        if (p == variable) return;
+    std::memset(variable, 0xFF, bytes);
+    b.static_smem_poisoned.push_back(variable);
 }
 
 [[noreturn]] void fail(const char* msg) {

@@ -10,7 +10,10 @@
 //   every thread of the block reaches is reported as an error instead of hanging;
 // - warp collectives (`__shfl*_sync`, `__ballot_sync`, `__syncwarp`) go through a per-warp exchange
 //   buffer between warp barriers;
-// - `__shared__` is `static thread_local`: one copy per OS thread, i.e. per block in flight;
+// - static shared memory (`STATIC_SMEM`) is `static thread_local`: one copy per OS thread, i.e. per
+//   block in flight, poisoned with 0xFF by the first thread of each block to reach its declaration
+//   (a read of shared memory nobody wrote shows as NaN / 0xFFFFFFFF, as dynamic shared memory does);
+//   a bare `__shared__` does not compile here, so no declaration escapes the poisoning;
 // - atomics are real atomics (`std::atomic_ref`), so concurrent launches from different host threads
 //   on distinct buffers are fine.
 // Limits: no tensor cores, inline PTX, textures, cooperative groups or clusters; timing means nothing;
@@ -36,7 +39,10 @@ using uint3 = dim3;
 #define __forceinline__ __attribute__((always_inline))
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
-#define __shared__ static thread_local
+#define __shared__ static_assert(false, "declare shared memory with STATIC_SMEM (common.cuh)");
+#define STATIC_SMEM(type, name, ...)   \
+    static thread_local type name __VA_ARGS__; \
+    ::emu::poison_static_smem(&name, sizeof(name))
 #define __constant__ static const
 
 namespace emu {
@@ -56,6 +62,9 @@ unsigned warp_exchange(unsigned mask, uint64_t value, uint64_t* out);
 unsigned lane_id();
 // Dynamic shared memory of the running block (the launch's `shared_mem_bytes`, poisoned with 0xFF).
 void* dynamic_smem();
+// Fills a static shared variable with 0xFF unless the running block already did (its first thread
+// to pass the declaration does, before any thread can use it).
+void poison_static_smem(void* variable, size_t bytes);
 // Aborts the running block with a message; the launch returns it as an error.
 [[noreturn]] void fail(const char* msg);
 

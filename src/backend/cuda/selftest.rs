@@ -101,6 +101,15 @@ pub fn barrier_deadlock(be: &CudaBackend, threads: u32) -> Result<()> {
     kernels::selftest_barrier_deadlock(be.dev(), LaunchConfig::linear(1, threads), &mut out)
 }
 
+/// A kernel whose block 0 alone writes its static shared memory before every block reads it back;
+/// emulator only (the other blocks' values show what unwritten shared memory reads as).
+pub fn unwritten_shared(be: &CudaBackend, blocks: u32, threads: u32) -> Result<Vec<u32>> {
+    emulator_only(be, "unwritten_shared")?;
+    let mut out = be.alloc::<u32>((blocks * threads) as usize)?;
+    kernels::selftest_unwritten_shared(be.dev(), LaunchConfig::linear(blocks, threads), &mut out)?;
+    be.download_typed(&out)
+}
+
 /// Launches a kernel that does nothing with `cfg` (to probe the launch-limit checks).
 pub fn launch_noop(be: &CudaBackend, cfg: LaunchConfig) -> Result<()> {
     let mut out = be.alloc::<f32>(1)?;
