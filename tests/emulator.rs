@@ -65,7 +65,10 @@ fn static_shared_memory_nobody_wrote_reads_as_poison_in_every_block() {
         let (first, rest) = out.split_at(threads as usize);
         // Block 0 wrote its own values; blocks 1 and 2 wrote nothing, and must not see block 0's
         // (on the emulator they share one copy of the variable), nor the previous launch's.
-        assert!(first.iter().enumerate().all(|(i, &v)| v == i as u32), "{first:?}");
+        assert!(
+            first.iter().enumerate().all(|(i, &v)| v == i as u32),
+            "{first:?}"
+        );
         assert!(rest.iter().all(|&v| v == u32::MAX), "{rest:?}");
     }
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use ltrain::backend::cpu::CpuBackend;
-use ltrain::backend::cuda::{CudaBackend, CudaOptions};
+use ltrain::backend::cuda::{installation, CudaBackend, CudaOptions};
 use ltrain::backend::Backend;
 use ltrain::config::DeviceKind;
 
@@ -36,4 +36,22 @@ pub fn dispatch<J: OnBackend>(
             }
         },
     }
+}
+
+/// `ltrain device`: one line per part of the CUDA installation, found or not.
+pub fn report() -> Result<()> {
+    let parts = installation();
+    let width = parts.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    for (name, found) in &parts {
+        match found {
+            Ok(what) => println!("{name:<width$}  {what}"),
+            Err(why) => println!("{name:<width$}  missing: {why}"),
+        }
+    }
+    if let Err(why) = ltrain::backend::cuda::cuda_available() {
+        println!(
+            "--device cuda is not available here ({why}); the CPU and --device cuda-emulated are"
+        );
+    }
+    Ok(())
 }

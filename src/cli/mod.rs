@@ -39,6 +39,9 @@ pub enum Command {
     Presets,
     /// Measure training throughput (samples/s) of a model on a device.
     Bench(bench::BenchCmd),
+    /// Show what ltrain finds of CUDA here: its kernels, the driver, cuBLAS and NCCL (version and
+    /// file) and the GPUs, or why each is missing and how to get it.
+    Device,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -49,5 +52,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(cmd) => data::run(cmd),
         Command::Presets => presets::run(),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Device => device::report(),
     }
 }

@@ -6,7 +6,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use ltrain::backend::cpu::CpuBackend;
-use ltrain::backend::cuda::nccl::{nccl_available, nccl_unique_id, NcclCollective};
+use ltrain::backend::cuda::nccl::{nccl_library, nccl_unique_id, NcclCollective};
 use ltrain::backend::cuda::{CudaBackend, CudaOptions};
 use ltrain::backend::Backend;
 use ltrain::config::{DeviceKind, TrainConfig};
@@ -159,7 +159,7 @@ pub fn run_parallel<J: RankJob>(
                     env.world.size
                 );
             }
-            nccl_available().map_err(anyhow::Error::msg)?;
+            load_nccl()?;
             let be = CudaBackend::new_gpu_with(env.local_rank, options).with_context(|| {
                 format!(
                     "rank {}: GPU {} (LOCAL_RANK / --local-rank) is not usable",
@@ -177,6 +177,13 @@ pub fn run_parallel<J: RankJob>(
     }
 }
 
+/// Loads NCCL and says which file, of which version (once per process).
+fn load_nccl() -> Result<()> {
+    let lib = nccl_library().map_err(|e| anyhow::anyhow!("NCCL: {e}"))?;
+    eprintln!("ltrain: NCCL {lib}");
+    Ok(())
+}
+
 /// `n` GPUs of this node, one thread each (started and joined by [`run_ranks`], which reports the
 /// first failure), NCCL between them.
 fn gpu_threads<J: RankJob>(
@@ -185,7 +192,7 @@ fn gpu_threads<J: RankJob>(
     timeout: Duration,
     job: &J,
 ) -> Result<()> {
-    nccl_available().map_err(anyhow::Error::msg)?;
+    load_nccl()?;
     let id = nccl_unique_id()?;
     run_ranks(n, timeout, |member| {
         let rank = member.rank();

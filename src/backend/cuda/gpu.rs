@@ -4,13 +4,19 @@
 //! `cuLaunchKernel` with the argument array the generated launchers build (the same one the emulator
 //! gets). Nothing here is visible outside `backend::cuda`.
 //!
-//! cudarc panics when a library is missing, so [`probe`] checks `libcuda` and `libcublas` with
-//! `is_culib_present()` before anything else touches them.
+//! cudarc panics when a library is missing, so [`probe`] checks `libcuda` and `libcublas` (opened
+//! by [`super::libs`] where cudarc would not look) before anything else touches them.
+//!
+//! Errors name their operation: each call says what it was doing, a kernel fault found at a
+//! synchronisation names the kernels launched since the previous one, and a release that failed
+//! (cudarc keeps such errors in the context for whichever call comes next, on any thread) is taken
+//! where it happens and reported, named, by the runtime's next call ([`LateErrors`]).
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::mem::ManuallyDrop;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::cublas::{self, CudaBlas};
@@ -25,24 +31,143 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::kernels;
+use super::libs;
 use super::runtime::{
     pack_args, DeviceLimits, DeviceRuntime, Gemm, GraphExec, KernelArg, KernelRef, LaunchConfig,
     Mem, StagingMem,
 };
 
+/// cuBLAS's workspace: the size its documentation recommends for Hopper (32 MiB; 4 MiB before).
+/// Set once on the handle, so that a GEMM inside a captured graph uses it instead of allocating its
+/// own stream-ordered (and possibly choosing another algorithm than the eager warm-up did).
+const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
+
+/// Kernel names kept for a synchronisation's error (the last ones launched before it).
+const NAMED_LAUNCHES: usize = 8;
+
+/// Errors the driver reports late, kept with what caused them.
+#[derive(Default)]
+pub(crate) struct LateErrors(Mutex<LateState>);
+
+#[derive(Default)]
+struct LateState {
+    /// The first release that failed since the runtime's last call.
+    release: Option<String>,
+    /// The last kernels launched since the last synchronisation, and how many in all.
+    launched: Vec<&'static str>,
+    launches: u64,
+}
+
+impl LateErrors {
+    fn lock(&self) -> MutexGuard<'_, LateState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps the error of a failed release (the first one until it is reported).
+    fn released_with_error(&self, what: &str, error: impl std::fmt::Display) {
+        self.lock()
+            .release
+            .get_or_insert_with(|| format!("{what} failed: {error}"));
+    }
+
+    /// Reports a kept release error as an error of `op` (once).
+    fn check(&self, op: &str) -> Result<()> {
+        match self.lock().release.take() {
+            Some(release) => bail!(
+                "{op}: not started, an earlier asynchronous CUDA release failed ({release}); the \
+                 device may be in an error state"
+            ),
+            None => Ok(()),
+        }
+    }
+
+    fn launched(&self, name: &'static str) {
+        let mut state = self.lock();
+        if state.launched.len() == NAMED_LAUNCHES {
+            state.launched.remove(0);
+        }
+        state.launched.push(name);
+        state.launches += 1;
+    }
+
+    fn synchronised(&self) {
+        let mut state = self.lock();
+        state.launched.clear();
+        state.launches = 0;
+    }
+
+    /// What the work checked by a synchronisation launched, for its error.
+    fn since_synchronisation(&self) -> String {
+        let state = self.lock();
+        if state.launches == 0 {
+            return "no kernel was launched since the previous synchronisation".into();
+        }
+        let earlier = state.launches - state.launched.len() as u64;
+        format!(
+            "{} kernel launches since the previous synchronisation, the fault is in one of them \
+             (the last: {}{}); CUDA_LAUNCH_BLOCKING=1 makes each launch report its own",
+            state.launches,
+            state.launched.join(", "),
+            if earlier > 0 {
+                format!(", after {earlier} more")
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
+/// A CUDA resource whose release is checked where it happens: cudarc records a failed free or
+/// destruction in the context, for the next call on any thread to trip over; this takes it at once
+/// and keeps it, named, in [`LateErrors`].
+pub(crate) struct Checked<T> {
+    value: ManuallyDrop<T>,
+    ctx: Arc<CudaContext>,
+    late: Arc<LateErrors>,
+    what: &'static str,
+}
+
+impl<T> Checked<T> {
+    fn new(value: T, rt: &GpuRuntime, what: &'static str) -> Self {
+        Self {
+            value: ManuallyDrop::new(value),
+            ctx: rt.ctx.clone(),
+            late: rt.late.clone(),
+            what,
+        }
+    }
+}
+
+impl<T> Deref for Checked<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> Drop for Checked<T> {
+    fn drop(&mut self) {
+        // SAFETY: taken once, here; never used again.
+        drop(unsafe { ManuallyDrop::take(&mut self.value) });
+        if let Err(e) = self.ctx.check_err() {
+            self.late.released_with_error(self.what, e);
+        }
+    }
+}
+
 /// One device allocation (bytes).
-pub(crate) struct GpuMem(CudaSlice<u8>);
+pub(crate) struct GpuMem(Checked<CudaSlice<u8>>);
 
 /// An instantiated CUDA graph of the stream's work.
-pub(crate) struct GpuGraph(CudaGraph);
+pub(crate) struct GpuGraph(Checked<CudaGraph>);
 
 /// Page-locked host memory for batches built on the host. Its copies to the device are asynchronous,
 /// so the host must not write it again before the last one has completed: `copied` is recorded after
 /// each copy and waited on before the memory is lent out for writing. (cudarc's own tracking of
 /// pinned memory is off with event tracking disabled, see [`GpuRuntime::new`].)
 pub(crate) struct GpuStaging {
-    pinned: PinnedHostSlice<f32>,
-    copied: CudaEvent,
+    pinned: Checked<PinnedHostSlice<f32>>,
+    copied: Checked<CudaEvent>,
 }
 
 impl GpuStaging {
@@ -52,9 +177,13 @@ impl GpuStaging {
 
     pub(crate) fn as_mut_slice(&mut self) -> Result<&mut [f32]> {
         self.copied
+            .late
+            .check("waiting for an upload out of staging memory")?;
+        self.copied
             .synchronize()
             .context("waiting for an upload out of staging memory")?;
         self.pinned
+            .value
             .as_mut_slice()
             .context("page-locked staging memory")
     }
@@ -85,14 +214,7 @@ pub(crate) fn probe() -> std::result::Result<(), String> {
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Err("the NVIDIA driver library (libcuda.so.1) was not found".into());
     }
-    // SAFETY: as above.
-    if !unsafe { cublas::sys::is_culib_present() } {
-        return Err(
-            "cuBLAS (libcublas.so.13, or .12) was not found; install CUDA 13's cuBLAS (e.g. `pip \
-             install nvidia-cublas`) and add its lib directory to LD_LIBRARY_PATH"
-                .into(),
-        );
-    }
+    cublas_library().map_err(|e| format!("cuBLAS: {e}"))?;
     match CudaContext::device_count() {
         Ok(0) => Err("the CUDA driver reports no device".into()),
         Ok(_) => Ok(()),
@@ -100,45 +222,95 @@ pub(crate) fn probe() -> std::result::Result<(), String> {
     }
 }
 
+/// cuBLAS, `13.0.2 (/path/to/libcublas.so.13)`: opened by its full path first, so that cudarc's
+/// open by bare name finds this same library (a loaded library answers to its soname).
+pub(crate) fn cublas_library() -> std::result::Result<String, String> {
+    let lib = libs::cublas()?;
+    // SAFETY: only tries to dlopen the library.
+    if !unsafe { cublas::sys::is_culib_present() } {
+        return Err(format!(
+            "{} was loaded but cudarc cannot open it by name (its soname is not one of \
+             libcublas.so, .so.13, .so.12)",
+            lib.path.display()
+        ));
+    }
+    Ok(format!(
+        "{} ({})",
+        libs::cublas_version(lib),
+        lib.path.display()
+    ))
+}
+
+/// The driver (version and file) and each GPU it reports (name, architecture, SMs, memory), for
+/// [`super::installation`].
+pub(crate) fn driver_and_devices() -> Vec<(String, std::result::Result<String, String>)> {
+    use cudarc::driver::result::{device, init};
+    // SAFETY: only tries to dlopen the library.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        let why = "no libcuda.so.1: no NVIDIA driver on this machine (or a container started \
+                   without the GPU's driver mounted)";
+        return vec![("driver".into(), Err(why.into()))];
+    }
+    if let Err(e) = init() {
+        return vec![("driver".into(), Err(format!("cuInit failed: {e}")))];
+    }
+    let path = libs::loaded_path("libcuda.so")
+        .map_or_else(|| "path unknown".into(), |p| p.display().to_string());
+    let mut parts = vec![(
+        "driver".to_string(),
+        Ok(format!("{} ({path})", driver_version())),
+    )];
+    let count = match device::get_count() {
+        Ok(n) => n,
+        Err(e) => return [parts, vec![("GPUs".into(), Err(format!("{e}")))]].concat(),
+    };
+    if count == 0 {
+        parts.push(("GPUs".into(), Err("the driver reports no device".into())));
+    }
+    for ordinal in 0..count {
+        let describe = || -> std::result::Result<String, cudarc::driver::DriverError> {
+            use CUdevice_attribute::*;
+            let dev = device::get(ordinal)?;
+            // SAFETY: a valid device handle; each call writes one value.
+            let attr = |a| unsafe { device::get_attribute(dev, a) };
+            let memory = unsafe { device::total_mem(dev) }?;
+            Ok(format!(
+                "{} (sm_{}{}, {} SMs, {:.1} GiB)",
+                device::get_name(dev)?,
+                attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+                attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+                attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+                memory as f64 / (1u64 << 30) as f64
+            ))
+        };
+        parts.push((
+            format!("GPU {ordinal}"),
+            describe().map_err(|e| e.to_string()),
+        ));
+    }
+    parts
+}
+
+/// The driver's version (`13.0`), once it is loaded.
+pub(crate) fn driver_version() -> String {
+    let mut driver = 0;
+    // SAFETY: writes one int.
+    match unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) }.result() {
+        Ok(()) => format!("{}.{}", driver / 1000, driver % 1000 / 10),
+        Err(_) => "unknown".into(),
+    }
+}
+
 /// The driver and cuBLAS this process loaded, with their versions and paths, e.g. `driver 13.0
 /// (/usr/lib/x86_64-linux-gnu/libcuda.so.580.65.06), cuBLAS 13.0.2 (/…/libcublas.so.13)`: which
 /// library a run used, for its report.
-fn loaded_libraries(blas: &CudaBlas) -> String {
-    let mut driver = 0;
-    // SAFETY: writes one int.
-    let driver = match unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) }.result() {
-        Ok(()) => format!("{}.{}", driver / 1000, driver % 1000 / 10),
-        Err(_) => "unknown".into(),
-    };
-    let mut version = 0;
-    // SAFETY: a valid handle; writes one int.
-    let cublas =
-        match unsafe { cublas::sys::cublasGetVersion_v2(*blas.handle(), &mut version) }.result() {
-            Ok(()) => format!(
-                "{}.{}.{}",
-                version / 10000,
-                version % 10000 / 100,
-                version % 100
-            ),
-            Err(_) => "unknown".into(),
-        };
-    // Mapped files of this process: where the dynamic loader found each library.
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let path = |name: &str| -> String {
-        maps.lines()
-            .filter_map(|l| l.split_whitespace().nth(5))
-            .find(|p| {
-                Path::new(p)
-                    .file_name()
-                    .is_some_and(|f| f.to_string_lossy().starts_with(name))
-            })
-            .unwrap_or("path unknown")
-            .to_string()
-    };
+fn loaded_libraries() -> String {
+    let driver_path = libs::loaded_path("libcuda.so")
+        .map_or_else(|| "path unknown".into(), |p| p.display().to_string());
+    let cublas = cublas_library().unwrap_or_else(|e| format!("not loaded ({e})"));
     format!(
-        "driver {driver} ({}), cuBLAS {cublas} ({})",
-        path("libcuda.so"),
-        path("libcublas.so")
+        "driver {} ({driver_path}), cuBLAS {cublas}",
+        driver_version()
     )
 }
 
@@ -177,7 +349,10 @@ struct LoadedKernel {
 pub(crate) struct GpuRuntime {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    late: Arc<LateErrors>,
     blas: CudaBlas,
+    /// Lent to cuBLAS for the handle's life (declared after it, so dropped after it).
+    _blas_workspace: CudaSlice<u8>,
     /// cuBLAS handles must not be used by two host threads at once.
     blas_lock: Mutex<()>,
     functions: HashMap<&'static str, LoadedKernel>,
@@ -261,17 +436,34 @@ impl GpuRuntime {
         unsafe { cublas::sys::cublasSetMathMode(*blas.handle(), math) }
             .result()
             .context("cublasSetMathMode")?;
+        // SAFETY: only cuBLAS uses it, on this stream.
+        let workspace = unsafe { stream.alloc::<u8>(CUBLAS_WORKSPACE_BYTES) }
+            .context("cannot allocate cuBLAS's workspace")?;
+        // Event tracking is off, so the guard records nothing.
+        let address = workspace.device_ptr(&stream).0;
+        // SAFETY: a valid handle and a live allocation of that size, kept as long as the handle.
+        unsafe {
+            cublas::sys::cublasSetWorkspace_v2(
+                *blas.handle(),
+                address as *mut c_void,
+                CUBLAS_WORKSPACE_BYTES,
+            )
+        }
+        .result()
+        .context("cublasSetWorkspace")?;
 
         let description = format!(
             "cuda: {} (sm_{major}{minor}, {sm_count} SMs, TF32 {}; {})",
             ctx.name()?,
             if tf32 { "on" } else { "off" },
-            loaded_libraries(&blas)
+            loaded_libraries()
         );
         Ok(Self {
             ctx,
             stream,
+            late: Arc::default(),
             blas,
+            _blas_workspace: workspace,
             blas_lock: Mutex::new(()),
             functions,
             limits,
@@ -299,6 +491,30 @@ impl GpuRuntime {
         let (ptr, _guard) = mem.0.device_ptr(&self.stream);
         ptr
     }
+
+    /// Makes the context current for `op`, first reporting a release that failed since the last
+    /// call (as an error of `op` that says so).
+    fn bind(&self, op: &str) -> Result<()> {
+        self.late.check(op)?;
+        self.ctx
+            .bind_to_thread()
+            .with_context(|| format!("{op}: binding the CUDA context"))
+    }
+
+    /// Waits for the stream; an error there is a fault of the work since the last synchronisation.
+    fn sync_stream(&self, after: &str) -> Result<()> {
+        self.late.check(after)?;
+        match self.stream.synchronize() {
+            Ok(()) => {
+                self.late.synchronised();
+                Ok(())
+            }
+            Err(e) => Err(anyhow!(e)).context(format!(
+                "CUDA stream synchronisation {after}: {}",
+                self.late.since_synchronisation()
+            )),
+        }
+    }
 }
 
 impl DeviceRuntime for GpuRuntime {
@@ -319,14 +535,19 @@ impl DeviceRuntime for GpuRuntime {
         // Stream-ordered (cuMemAllocAsync); a zero-byte request gets a small block so every buffer
         // has a valid address.
         // SAFETY: the memory is uninitialised; the backend writes it before reading (`Device`).
+        self.late.check("a device allocation")?;
         let slice = unsafe { self.stream.alloc::<u8>(bytes.max(4)) }
             .with_context(|| format!("cannot allocate {bytes} bytes on the GPU"))?;
-        Ok(Mem::Gpu(GpuMem(slice)))
+        Ok(Mem::Gpu(GpuMem(Checked::new(
+            slice,
+            self,
+            "freeing a device buffer",
+        ))))
     }
 
     fn write(&self, dst: &Mem, offset: usize, src: &[u8]) -> Result<()> {
         let dst = self.device_address(gpu(dst)?) + offset as u64;
-        self.ctx.bind_to_thread()?;
+        self.bind("host-to-device copy")?;
         // SAFETY: the caller checked that `offset + src.len()` lies inside the allocation.
         unsafe { driver_result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
             .context("host-to-device copy")
@@ -347,7 +568,10 @@ impl DeviceRuntime for GpuRuntime {
             .ctx
             .new_event(Some(CUevent_flags::CU_EVENT_BLOCKING_SYNC))
             .context("cannot create a CUDA event")?;
-        Ok(StagingMem::Gpu(GpuStaging { pinned, copied }))
+        Ok(StagingMem::Gpu(GpuStaging {
+            pinned: Checked::new(pinned, self, "freeing page-locked host memory"),
+            copied: Checked::new(copied, self, "destroying a staging event"),
+        }))
     }
 
     fn write_staged(
@@ -373,15 +597,13 @@ impl DeviceRuntime for GpuRuntime {
     fn read(&self, src: &Mem, offset: usize, dst: &mut [u8]) -> Result<()> {
         let src = self.device_address(gpu(src)?) + offset as u64;
         if !dst.is_empty() {
-            self.ctx.bind_to_thread()?;
+            self.bind("device-to-host copy")?;
             // SAFETY: the caller checked that `offset + dst.len()` lies inside the allocation; the
             // synchronisation below completes the copy before `dst` is used.
             unsafe { driver_result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
                 .context("device-to-host copy")?;
         }
-        self.stream
-            .synchronize()
-            .context("CUDA stream synchronisation after a device-to-host copy")
+        self.sync_stream("after a device-to-host copy")
     }
 
     fn copy(
@@ -397,7 +619,7 @@ impl DeviceRuntime for GpuRuntime {
         }
         let src = self.device_address(gpu(src)?) + src_offset as u64;
         let dst = self.device_address(gpu(dst)?) + dst_offset as u64;
-        self.ctx.bind_to_thread()?;
+        self.bind("device-to-device copy")?;
         // SAFETY: both ranges lie inside their allocations and do not overlap (the caller).
         unsafe { driver_result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
             .context("device-to-device copy")
@@ -408,7 +630,7 @@ impl DeviceRuntime for GpuRuntime {
             return Ok(());
         }
         let dst = self.device_address(gpu(dst)?) + offset as u64;
-        self.ctx.bind_to_thread()?;
+        self.bind("device memset")?;
         // SAFETY: the range lies inside the allocation (the caller).
         unsafe { driver_result::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }
             .context("device memset")
@@ -448,7 +670,10 @@ impl DeviceRuntime for GpuRuntime {
             .iter_mut()
             .map(|slot| (slot as *mut u64).cast::<c_void>())
             .collect();
-        self.ctx.bind_to_thread()?;
+        self.bind(&format!(
+            "launching kernel `{}` (kernels/{}.cu)",
+            kernel.name, kernel.module
+        ))?;
         // SAFETY: `params[i]` points at the i-th argument as the kernel's signature declares it (the
         // launcher was generated from that signature); buffers stay alive until the stream is
         // synchronised because their frees are stream-ordered after this launch.
@@ -467,7 +692,9 @@ impl DeviceRuntime for GpuRuntime {
                 "launching kernel `{}` (kernels/{}.cu) with {cfg:?}",
                 kernel.name, kernel.module
             )
-        })
+        })?;
+        self.late.launched(kernel.name);
+        Ok(())
     }
 
     fn gemm(&self, g: &Gemm, a: &Mem, b: &Mem, c: &Mem) -> Result<()> {
@@ -488,7 +715,7 @@ impl DeviceRuntime for GpuRuntime {
             .blas_lock
             .lock()
             .map_err(|_| anyhow!("cuBLAS lock poisoned"))?;
-        self.ctx.bind_to_thread()?;
+        self.bind("cuBLAS sgemm_strided_batched")?;
         // SAFETY: the caller validated the descriptor against the buffer lengths; the pointers are
         // device addresses of live allocations on the handle's stream.
         unsafe {
@@ -513,13 +740,13 @@ impl DeviceRuntime for GpuRuntime {
                 g.batch as i32,
             )
         }
-        .map_err(|e| anyhow!("cuBLAS sgemm_strided_batched {g:?}: {e:?}"))
+        .map_err(|e| anyhow!("cuBLAS sgemm_strided_batched {g:?}: {e:?}"))?;
+        self.late.launched("cuBLAS sgemm_strided_batched");
+        Ok(())
     }
 
     fn synchronize(&self) -> Result<()> {
-        self.stream
-            .synchronize()
-            .context("CUDA stream synchronisation")
+        self.sync_stream("(Backend::synchronize)")
     }
 
     // NVTX 3 (the `nvtx` crate bundles its headers; cudarc's own feature needs libnvToolsExt, which
@@ -532,6 +759,7 @@ impl DeviceRuntime for GpuRuntime {
     }
 
     fn begin_capture(&self) -> Result<()> {
+        self.late.check("cuStreamBeginCapture")?;
         // Thread-local: the loader threads' own CUDA calls (staging events) stay legal meanwhile.
         self.stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
@@ -546,13 +774,70 @@ impl DeviceRuntime for GpuRuntime {
             .ok_or_else(|| anyhow!("CUDA graph capture recorded nothing"))?;
         // Uploaded now, so that the first replay does not pay for it.
         graph.upload().context("cuGraphUpload")?;
-        Ok(GraphExec::Gpu(GpuGraph(graph)))
+        Ok(GraphExec::Gpu(GpuGraph(Checked::new(
+            graph,
+            self,
+            "destroying a CUDA graph",
+        ))))
     }
 
     fn launch_graph(&self, graph: &GraphExec) -> Result<()> {
         match graph {
-            GraphExec::Gpu(g) => g.0.launch().context("cuGraphLaunch"),
+            GraphExec::Gpu(g) => {
+                self.late.check("cuGraphLaunch")?;
+                g.0.launch().context("cuGraphLaunch")?;
+                self.late.launched("a CUDA graph replay");
+                Ok(())
+            }
             GraphExec::Emulated(_) => bail!("an emulated graph was passed to the GPU runtime"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LateErrors;
+
+    #[test]
+    fn a_failed_release_is_reported_once_by_the_next_call_naming_both() {
+        let late = LateErrors::default();
+        assert!(late.check("a device allocation").is_ok());
+        late.released_with_error("freeing a device buffer", "CUDA_ERROR_ILLEGAL_ADDRESS");
+        late.released_with_error("destroying a CUDA graph", "CUDA_ERROR_LAUNCH_FAILED");
+        let err = late
+            .check("launching kernel `sgd_step` (kernels/optim.cu)")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("launching kernel `sgd_step`"), "{err}");
+        // The first failure is the one that matters; it is reported where it happened.
+        assert!(
+            err.contains("freeing a device buffer failed: CUDA_ERROR_ILLEGAL_ADDRESS"),
+            "{err}"
+        );
+        assert!(!err.contains("graph"), "{err}");
+        assert!(late.check("device-to-host copy").is_ok());
+    }
+
+    #[test]
+    fn a_synchronisation_names_the_kernels_launched_since_the_previous_one() {
+        let late = LateErrors::default();
+        assert!(late.since_synchronisation().starts_with("no kernel"));
+        let names = ["a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9"];
+        for name in names {
+            late.launched(name);
+        }
+        let text = late.since_synchronisation();
+        assert!(text.starts_with("10 kernel launches"), "{text}");
+        assert!(
+            text.contains("the last: a2, a3, a4, a5, a6, a7, a8, a9, after 2 more"),
+            "{text}"
+        );
+        late.synchronised();
+        late.launched("conv_forward_m32");
+        let text = late.since_synchronisation();
+        assert!(
+            text.contains("1 kernel launches") && text.contains("the last: conv_forward_m32)"),
+            "{text}"
+        );
     }
 }

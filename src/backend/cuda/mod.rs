@@ -24,6 +24,7 @@ mod eltwise;
 mod emulator;
 mod gpu;
 mod kernels;
+pub mod libs;
 mod linear;
 mod loss;
 pub mod nccl;
@@ -73,6 +74,21 @@ impl Default for CudaOptions {
 /// panics. `--device auto` uses it to fall back to the CPU.
 pub fn cuda_available() -> std::result::Result<(), String> {
     gpu::probe()
+}
+
+/// What this process finds of CUDA, for `ltrain device`: the build's kernels, the driver, cuBLAS and
+/// NCCL (version and file), then each GPU; `Err` says why a part is missing. Never panics.
+pub fn installation() -> Vec<(String, std::result::Result<String, String>)> {
+    let mut parts = vec![(
+        "kernels".to_string(),
+        kernels::FATBINS
+            .map(|f| format!("{} fatbins (sm_90 code, compute_90 PTX)", f.len()))
+            .map_err(str::to_string),
+    )];
+    parts.push(("cuBLAS".into(), gpu::cublas_library()));
+    parts.push(("NCCL".into(), nccl::nccl_library()));
+    parts.extend(gpu::driver_and_devices());
+    parts
 }
 
 /// Host staging memory of the CUDA backend (page-locked on a GPU). Opaque outside the backend.

@@ -1,5 +1,5 @@
-//! [`Collective`] on NCCL (cudarc's `nccl` feature, `libnccl` loaded at run time): one process per
-//! GPU, ranks joined by a 128-byte id that rank 0 makes ([`nccl_unique_id`]) and ships to the others.
+//! [`Collective`] on NCCL (`libnccl` loaded at run time): one process per GPU, ranks joined by a
+//! 128-byte id that rank 0 makes ([`nccl_unique_id`]) and ships to the others.
 //!
 //! Streams: the collectives run on a communication stream of their own, which first waits (an event)
 //! for everything issued so far on the backend's stream. An all-reduce is left running there, so a
@@ -11,26 +11,24 @@
 //! buffer still being reduced on the other stream must not go back to the cache: each collective
 //! keeps its buffer's allocation alive until the backend's stream waits for it.
 //!
-//! The communicator is made with `ncclCommInitRank` through cudarc's `result` layer, not its `Comm`:
-//! `Comm` hides the handle that the raw-pointer collectives need (the backend's buffers are views into
-//! allocations, not `CudaSlice`s), and its drop panics on an error.
+//! The library: NCCL's own names (`libnccl.so.2`, from system packages or the PyPI wheel) in the
+//! folders [`super::libs`] searches, bound here function by function. cudarc's bindings open only
+//! `libnccl.so` and a few versioned names, never `.so.2`; its types are used, not its functions.
 //!
 //! CUDA graphs: a collective issued (or waited for) during a capture is an error; the trainer
 //! captures only with one rank.
-//!
-//! cudarc panics when `libnccl` is missing, so [`nccl_available`] probes it before any NCCL call.
 
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::mem::MaybeUninit;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::{CudaEvent, CudaStream};
-use cudarc::nccl::result::{self as nccl, NcclError, NcclStatus};
-use cudarc::nccl::sys;
+use cudarc::nccl::sys::{self, ncclComm_t, ncclDataType_t, ncclRedOp_t, ncclUniqueId};
 
 use super::device::DeviceMem;
 use super::gpu::GpuRuntime;
+use super::libs::{self, Loaded, SearchPath};
 use super::{CudaBackend, CudaBuf};
 use crate::dist::{Collective, World};
 
@@ -38,54 +36,147 @@ const EMULATED: &str =
     "NCCL needs a GPU; the emulator runs ranks with the in-process thread collective \
      (dist::thread_group, `--ranks N`)";
 
-/// Whether `libnccl` can be loaded; `Err` says how to get it. Never panics.
-pub fn nccl_available() -> std::result::Result<(), String> {
-    // SAFETY: only tries to dlopen the library.
-    if unsafe { sys::is_culib_present() } {
-        return Ok(());
+/// `ncclResult_t`: 0 is success.
+type Status = c_int;
+type Stream = sys::cudaStream_t;
+
+/// The NCCL functions ltrain calls, from the library [`libs`] found.
+struct Nccl {
+    lib: Loaded,
+    version: String,
+    get_unique_id: unsafe extern "C" fn(*mut ncclUniqueId) -> Status,
+    comm_init_rank: unsafe extern "C" fn(*mut ncclComm_t, c_int, ncclUniqueId, c_int) -> Status,
+    comm_destroy: unsafe extern "C" fn(ncclComm_t) -> Status,
+    all_reduce: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        ncclDataType_t,
+        ncclRedOp_t,
+        ncclComm_t,
+        Stream,
+    ) -> Status,
+    all_gather: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        ncclDataType_t,
+        ncclComm_t,
+        Stream,
+    ) -> Status,
+    broadcast: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        ncclDataType_t,
+        c_int,
+        ncclComm_t,
+        Stream,
+    ) -> Status,
+    get_error_string: unsafe extern "C" fn(Status) -> *const c_char,
+    get_last_error: unsafe extern "C" fn(ncclComm_t) -> *const c_char,
+}
+
+impl Nccl {
+    fn load(lib: Loaded) -> Result<Self, String> {
+        let path = lib.path.display().to_string();
+        macro_rules! function {
+            ($name:literal) => {
+                // SAFETY: the field's type is the function's signature in nccl.h (2.x).
+                *unsafe { lib.library.get(concat!($name, "\0").as_bytes()) }
+                    .map_err(|e| format!("{path} has no {}: {e}", $name))?
+            };
+        }
+        let get_version: unsafe extern "C" fn(*mut c_int) -> Status = function!("ncclGetVersion");
+        let mut code = 0;
+        // SAFETY: writes one int.
+        let version = match unsafe { get_version(&mut code) } {
+            0 => libs::nccl_version_text(code),
+            _ => "unknown".into(),
+        };
+        Ok(Self {
+            version,
+            get_unique_id: function!("ncclGetUniqueId"),
+            comm_init_rank: function!("ncclCommInitRank"),
+            comm_destroy: function!("ncclCommDestroy"),
+            all_reduce: function!("ncclAllReduce"),
+            all_gather: function!("ncclAllGather"),
+            broadcast: function!("ncclBroadcast"),
+            get_error_string: function!("ncclGetErrorString"),
+            get_last_error: function!("ncclGetLastError"),
+            lib,
+        })
     }
-    Err(
-        "NCCL was not found: cudarc opens `libnccl.so` (or `libnccl.so.13`, `.12`, `.11`, `.10`, \
-         `.9`, `.1`), not `libnccl.so.2`, the name the PyPI wheel nvidia-nccl-cu13 ships; install \
-         nvidia-nccl-cu13 and put a `libnccl.so` link to its `libnccl.so.2` in a folder on \
-         LD_LIBRARY_PATH"
-            .into(),
-    )
+
+    /// `Err` for a failed call, with NCCL's own description of it.
+    fn check(&self, what: &str, status: Status) -> Result<()> {
+        if status == 0 {
+            return Ok(());
+        }
+        let describe = |text: *const c_char| {
+            if text.is_null() {
+                String::new()
+            } else {
+                // SAFETY: NCCL returns a NUL-terminated string it owns.
+                unsafe { CStr::from_ptr(text) }
+                    .to_string_lossy()
+                    .into_owned()
+            }
+        };
+        // SAFETY: both only read NCCL's static or thread-local strings; the last-error query ignores
+        // its communicator argument.
+        let (kind, last) = unsafe {
+            (
+                describe((self.get_error_string)(status)),
+                describe((self.get_last_error)(std::ptr::null_mut())),
+            )
+        };
+        bail!("{what} failed: error {status} ({kind}) {last}")
+    }
+}
+
+/// NCCL, loaded once per process; the error says where it was looked for and how to get it.
+fn nccl() -> Result<&'static Nccl, String> {
+    static NCCL: OnceLock<Result<Nccl, String>> = OnceLock::new();
+    NCCL.get_or_init(|| {
+        let lib = libs::open(libs::NCCL_NAMES, &SearchPath::from_env()).map_err(|e| {
+            format!(
+                "{e}; install it (`pip install nvidia-nccl-cu13` in the active environment, or \
+                 the system package libnccl2), or add its lib folder to LD_LIBRARY_PATH"
+            )
+        })?;
+        Nccl::load(lib)
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// Whether NCCL can be loaded; `Err` says where it was looked for and how to get it.
+pub fn nccl_available() -> std::result::Result<(), String> {
+    nccl().map(|_| ()).map_err(|e| format!("NCCL: {e}"))
+}
+
+/// The NCCL library in use, `2.27.3 (/path/to/libnccl.so.2)`, or why there is none.
+pub fn nccl_library() -> std::result::Result<String, String> {
+    nccl().map(|n| format!("{} ({})", n.version, n.lib.path.display()))
 }
 
 /// A new NCCL unique id (128 bytes): rank 0 makes it, every rank passes it to
 /// [`NcclCollective::new`].
 pub fn nccl_unique_id() -> Result<Vec<u8>> {
-    nccl_available().map_err(|reason| anyhow!("{reason}"))?;
-    let id = nccl::get_uniqueid().map_err(|e| nccl_error("ncclGetUniqueId", e))?;
+    let n = nccl().map_err(|reason| anyhow!("NCCL: {reason}"))?;
+    let mut id = MaybeUninit::<ncclUniqueId>::uninit();
+    // SAFETY: NCCL fills the id.
+    n.check("ncclGetUniqueId", unsafe {
+        (n.get_unique_id)(id.as_mut_ptr())
+    })?;
+    // SAFETY: initialised by the successful call above.
+    let id = unsafe { id.assume_init() };
     Ok(id.internal.iter().map(|&c| c as u8).collect())
 }
 
-/// An NCCL failure with NCCL's own description of it.
-fn nccl_error(what: &str, e: NcclError) -> anyhow::Error {
-    let describe = |text: *const c_char| {
-        if text.is_null() {
-            String::new()
-        } else {
-            // SAFETY: NCCL returns a NUL-terminated string it owns.
-            unsafe { CStr::from_ptr(text) }
-                .to_string_lossy()
-                .into_owned()
-        }
-    };
-    // SAFETY: both only read NCCL's static or thread-local strings; the last-error query ignores
-    // its communicator argument.
-    let (kind, last) = unsafe {
-        (
-            describe(sys::ncclGetErrorString(e.0)),
-            describe(sys::ncclGetLastError(std::ptr::null_mut())),
-        )
-    };
-    anyhow!("{what} failed: {:?} ({kind}) {last}", e.0)
-}
-
 /// An NCCL communicator handle, destroyed with the collective.
-struct RawComm(sys::ncclComm_t);
+struct RawComm(ncclComm_t);
 
 // SAFETY: a communicator may be used from any thread, one call at a time (it lives in a `Mutex`).
 unsafe impl Send for RawComm {}
@@ -93,7 +184,9 @@ unsafe impl Send for RawComm {}
 impl Drop for RawComm {
     fn drop(&mut self) {
         // SAFETY: a live communicator, not used again. An error here has nobody to report to.
-        let _ = unsafe { nccl::comm_destroy(self.0) };
+        if let Ok(n) = nccl() {
+            let _ = unsafe { (n.comm_destroy)(self.0) };
+        }
     }
 }
 
@@ -123,9 +216,9 @@ impl NcclCollective {
         let Some(rt) = be.dev().gpu() else {
             bail!("{EMULATED}");
         };
-        nccl_available().map_err(|reason| anyhow!("{reason}"))?;
-        let mut internal: [c_char; std::mem::size_of::<sys::ncclUniqueId>()] =
-            [0; std::mem::size_of::<sys::ncclUniqueId>()];
+        let n = nccl().map_err(|reason| anyhow!("NCCL: {reason}"))?;
+        let mut internal: [c_char; std::mem::size_of::<ncclUniqueId>()] =
+            [0; std::mem::size_of::<ncclUniqueId>()];
         ensure!(
             id.len() == internal.len(),
             "an NCCL unique id has {} bytes, this one {}",
@@ -149,16 +242,15 @@ impl NcclCollective {
         ctx.bind_to_thread()?;
         let mut comm = MaybeUninit::uninit();
         // SAFETY: `comm` receives the handle; the id is the 128 bytes NCCL made.
-        unsafe {
-            nccl::comm_init_rank(
+        let status = unsafe {
+            (n.comm_init_rank)(
                 comm.as_mut_ptr(),
                 world.size as i32,
-                sys::ncclUniqueId { internal },
+                ncclUniqueId { internal },
                 world.rank as i32,
             )
-        }
-        .map_err(|e| nccl_error("ncclCommInitRank", e))
-        .with_context(|| {
+        };
+        n.check("ncclCommInitRank", status).with_context(|| {
             format!(
                 "rank {} of {} joining the NCCL group",
                 world.rank, world.size
@@ -206,19 +298,17 @@ impl NcclCollective {
         &self,
         rt: &GpuRuntime,
         what: &str,
-        call: impl FnOnce(sys::ncclComm_t, sys::cudaStream_t) -> Result<NcclStatus, NcclError>,
+        call: impl FnOnce(&Nccl, ncclComm_t, Stream) -> Status,
     ) -> Result<MutexGuard<'_, State>> {
+        let n = nccl().map_err(|reason| anyhow!("NCCL: {reason}"))?;
         let state = self.lock()?;
         self.issued
             .record(rt.stream())
             .and_then(|()| self.comm_stream.wait(&self.issued))
             .context("ordering an NCCL collective after the backend's work")?;
         rt.context().bind_to_thread()?;
-        call(
-            state.comm.0,
-            self.comm_stream.cu_stream() as sys::cudaStream_t,
-        )
-        .map_err(|e| nccl_error(what, e))?;
+        let stream = self.comm_stream.cu_stream() as Stream;
+        n.check(what, call(n, state.comm.0, stream))?;
         Ok(state)
     }
 
@@ -246,7 +336,7 @@ fn device_ptr(rt: &GpuRuntime, buf: &CudaBuf) -> Result<*mut c_void> {
     Ok((rt.address(&buf.mem)? + buf.byte_offset() as u64) as usize as *mut c_void)
 }
 
-const F32: sys::ncclDataType_t = sys::ncclDataType_t::ncclFloat32;
+const F32: ncclDataType_t = ncclDataType_t::ncclFloat32;
 
 impl Collective<CudaBackend> for NcclCollective {
     fn world(&self) -> World {
@@ -260,19 +350,9 @@ impl Collective<CudaBackend> for NcclCollective {
         }
         let rt = self.runtime(be)?;
         let ptr = device_ptr(rt, buf)?;
-        let mut state = self.issue(rt, "ncclAllReduce", |comm, stream| {
+        let mut state = self.issue(rt, "ncclAllReduce", |n, comm, stream| {
             // SAFETY: `buf.len()` floats at `ptr`, kept alive below until the backend waits.
-            unsafe {
-                nccl::all_reduce(
-                    ptr,
-                    ptr,
-                    buf.len(),
-                    F32,
-                    sys::ncclRedOp_t::ncclSum,
-                    comm,
-                    stream,
-                )
-            }
+            unsafe { (n.all_reduce)(ptr, ptr, buf.len(), F32, ncclRedOp_t::ncclSum, comm, stream) }
         })?;
         state.in_flight.push(buf.mem.clone());
         Ok(())
@@ -290,9 +370,9 @@ impl Collective<CudaBackend> for NcclCollective {
             return Ok(out);
         }
         let (src, dst) = (device_ptr(rt, buf)?, device_ptr(rt, &out)?);
-        let mut state = self.issue(rt, "ncclAllGather", |comm, stream| {
+        let mut state = self.issue(rt, "ncclAllGather", |n, comm, stream| {
             // SAFETY: `len` floats at `src`, `size * len` at `dst` (both alive until the join).
-            unsafe { nccl::all_gather(src, dst, len, F32, comm, stream) }
+            unsafe { (n.all_gather)(src, dst, len, F32, comm, stream) }
         })?;
         self.join(rt, &mut state)?;
         Ok(out)
@@ -310,9 +390,9 @@ impl Collective<CudaBackend> for NcclCollective {
         }
         let rt = self.runtime(be)?;
         let ptr = device_ptr(rt, buf)?;
-        let mut state = self.issue(rt, "ncclBroadcast", |comm, stream| {
+        let mut state = self.issue(rt, "ncclBroadcast", |n, comm, stream| {
             // SAFETY: `buf.len()` floats at `ptr`, alive until the join.
-            unsafe { nccl::broadcast(ptr, ptr, buf.len(), F32, root as i32, comm, stream) }
+            unsafe { (n.broadcast)(ptr, ptr, buf.len(), F32, root as i32, comm, stream) }
         })?;
         self.join(rt, &mut state)
     }
