@@ -71,10 +71,14 @@ for line in open(sys.argv[2]):
         epochs = int(m.group(1))
 last = rows[-1]
 ev = [r for r in rows if r.get("top1") is not None]
-wall = sum(r["seconds"] for r in rows)
+# "seconds" is the run's training time so far (kept across resumes).
+wall = last["seconds"]
+recent = rows[-6:]
+per_epoch = (recent[-1]["seconds"] - recent[0]["seconds"]) / max(len(recent) - 1, 1) if len(recent) > 1 else wall
+left = (epochs - last["epoch"]) * per_epoch if epochs else 0
 print(f"epochs: {last['epoch']} of {epochs} done, stage {last['stage']}, lr {last['lr']:g}, "
-      f"train loss {last['train_loss']:.4f}; {wall / 3600:.2f} h of training so far "
-      f"({wall / len(rows) / 60:.1f} min/epoch)")
+      f"train loss {last['train_loss']:.4f}; {wall / 3600:.2f} h of training so far, "
+      f"{per_epoch / 60:.1f} min/epoch lately, about {left / 3600:.1f} h to go")
 if ev:
     e = ev[-1]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"
