@@ -373,6 +373,31 @@ impl Default for TrainConfig {
     }
 }
 
+/// Images a batch needs on every rank: batch norm normalises over them (a batch of one has no
+/// variance). Smaller batches are refused; an epoch's last batch with fewer is left out.
+pub const MIN_SAMPLES_PER_RANK: usize = 2;
+
+/// How [`TrainConfig::change_length`] changed a resumed run's schedule.
+#[derive(Debug, PartialEq)]
+pub enum LengthChange {
+    /// The length is the run's own.
+    Same,
+    /// The schedule holds for the new length as it is.
+    Kept,
+    /// The schedule could not be kept (`why`); the events still ahead moved (`moved`: `key a -> b`).
+    Rederived { moved: Vec<String>, why: String },
+}
+
+/// Epoch `e` of a schedule for `from` epochs, moved to one for `to` (rounded to the nearest).
+fn rescaled_epoch(e: usize, from: usize, to: usize) -> usize {
+    let from = from.max(1);
+    (e * to + from / 2) / from
+}
+
+fn show_epoch(e: Option<usize>) -> String {
+    e.map_or("none".to_string(), |e| e.to_string())
+}
+
 impl TrainConfig {
     /// Parses a TOML configuration; unknown keys are errors (a typo must not be silently ignored).
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self> {
@@ -442,8 +467,8 @@ impl TrainConfig {
     /// it and is stage 1 only, its reweighting past the end) and the reweighting does not start
     /// before it; no milestone lands on epoch 0 (a decay before the first step). Returns what moved, as `key: from -> to`.
     pub fn rescale_epochs(&mut self, epochs: usize) -> Vec<(&'static str, String, String)> {
-        let old = self.epochs.max(1);
-        let scale = |e: usize| (e * epochs + old / 2) / old;
+        let old = self.epochs;
+        let scale = |e: usize| rescaled_epoch(e, old, epochs);
         let mut moved = Vec::new();
         let mut note = |key, from: String, to: String| {
             if from != to {
@@ -491,6 +516,80 @@ impl TrainConfig {
         moved
     }
 
+    /// Gives a run that has trained `done` epochs a new length, `epochs` (`--resume DIR --epochs N`).
+    /// The schedule is kept when it is still valid: the added epochs continue at the last learning
+    /// rate and stage, as the run left them. Otherwise the events still ahead of the run (the stage
+    /// switch, the reweighting's start, milestones after `done`) are rescaled as `--epochs` rescales a
+    /// new run's, and those passed stay, so the trained epochs keep the schedule they had. One rule
+    /// for the command line and for the resume check.
+    pub fn change_length(&mut self, epochs: usize, done: usize) -> Result<LengthChange> {
+        if epochs == self.epochs {
+            return Ok(LengthChange::Same);
+        }
+        if epochs < done {
+            bail!(
+                "--epochs {epochs}: the run has already trained {done} epochs (a resumed run can be \
+                 extended, not shortened; evaluate an earlier checkpoint instead)"
+            );
+        }
+        let mut kept = self.clone();
+        kept.epochs = epochs;
+        let Err(why) = kept.validate() else {
+            *self = kept;
+            return Ok(LengthChange::Kept);
+        };
+        let mut scaled = self.clone();
+        scaled.rescale_epochs(epochs);
+        let ahead = |old: Option<usize>, new: Option<usize>| match old {
+            Some(e) if e < done => old,
+            _ => new.map(|n| n.max(done)),
+        };
+        let mut next = self.clone();
+        next.epochs = epochs;
+        next.stage2_epoch = ahead(self.stage2_epoch, scaled.stage2_epoch);
+        next.reweight_epoch = ahead(self.reweight_epoch, scaled.reweight_epoch);
+        // Milestone m lowers the rate from epoch m (0-based) on: passed once m < done. Paired by
+        // position with its rescaled self (rescaling keeps the order).
+        next.milestones = self
+            .milestones
+            .iter()
+            .map(|&m| match m < done {
+                true => m,
+                false => rescaled_epoch(m, self.epochs, epochs).max(done),
+            })
+            .collect();
+        next.milestones.dedup();
+        next.validate().with_context(|| {
+            format!("--epochs {epochs}: the schedule cannot be kept ({why:#}) nor re-derived")
+        })?;
+        let moved = [
+            (
+                "stage2_epoch",
+                show_epoch(self.stage2_epoch),
+                show_epoch(next.stage2_epoch),
+            ),
+            (
+                "reweight_epoch",
+                show_epoch(self.reweight_epoch),
+                show_epoch(next.reweight_epoch),
+            ),
+            (
+                "milestones",
+                format!("{:?}", self.milestones),
+                format!("{:?}", next.milestones),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, from, to)| from != to)
+        .map(|(key, from, to)| format!("{key} {from} -> {to}"))
+        .collect();
+        *self = next;
+        Ok(LengthChange::Rederived {
+            moved,
+            why: format!("{why:#}"),
+        })
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.experts == 0 {
             bail!("experts must be at least 1 (--experts)");
@@ -498,8 +597,12 @@ impl TrainConfig {
         if self.epochs == 0 {
             bail!("epochs must be at least 1 (--epochs)");
         }
-        if self.batch_size == 0 {
-            bail!("batch_size must be at least 1 (--batch-size)");
+        if self.batch_size < MIN_SAMPLES_PER_RANK {
+            bail!(
+                "batch_size must be at least {MIN_SAMPLES_PER_RANK} (--batch-size {}): batch norm \
+                 normalises over the batch, and one image has no variance to train with",
+                self.batch_size
+            );
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("lr must be a positive number (--lr), got {}", self.lr);
@@ -726,5 +829,69 @@ mod tests {
             ..TrainConfig::default()
         };
         assert!(early.validate().is_err());
+    }
+
+    fn paper_run() -> TrainConfig {
+        TrainConfig {
+            epochs: 200,
+            stage2_epoch: Some(160),
+            reweight_epoch: None,
+            milestones: vec![160, 180],
+            warmup_epochs: 5,
+            ..TrainConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_finished_run_extended_keeps_its_schedule() {
+        let mut cfg = paper_run();
+        assert_eq!(cfg.change_length(400, 200).unwrap(), LengthChange::Kept);
+        assert_eq!(cfg.epochs, 400);
+        assert_eq!(cfg.stage2_epoch, Some(160));
+        assert_eq!(cfg.milestones, vec![160, 180]);
+        let mut same = paper_run();
+        assert_eq!(same.change_length(200, 120).unwrap(), LengthChange::Same);
+        assert_eq!(same, paper_run());
+    }
+
+    #[test]
+    fn a_schedule_that_cannot_be_kept_moves_only_what_is_still_ahead() {
+        // Single stage, the reweighting put past the end: longer, it would start under mixup.
+        let mut cfg = TrainConfig {
+            epochs: 10,
+            stage2_epoch: None,
+            reweight_epoch: Some(10),
+            milestones: vec![3, 8],
+            warmup_epochs: 1,
+            mixup_alpha: 0.2,
+            loss: LossKind::LaSla,
+            ..TrainConfig::default()
+        };
+        cfg.validate().unwrap();
+        let LengthChange::Rederived { moved, why } = cfg.change_length(20, 5).unwrap() else {
+            panic!("the schedule cannot be kept");
+        };
+        assert!(why.contains("mixup"), "{why}");
+        // Milestone 3 was passed (epochs 3 and 4 trained at its rate); 8 is ahead and moves to 16.
+        assert_eq!(cfg.milestones, vec![3, 16]);
+        assert_eq!(cfg.reweight_epoch, Some(20));
+        assert_eq!(cfg.warmup_epochs, 1);
+        assert_eq!(
+            moved,
+            vec![
+                "reweight_epoch 10 -> 20".to_string(),
+                "milestones [3, 8] -> [3, 16]".to_string()
+            ]
+        );
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn a_resumed_run_is_not_shortened_below_what_it_trained() {
+        let err = paper_run().change_length(100, 150).unwrap_err().to_string();
+        assert!(
+            err.contains("--epochs 100") && err.contains("150 epochs"),
+            "{err}"
+        );
     }
 }

@@ -8,12 +8,13 @@ use super::progress::ProgressView;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use ltrain::backend::Backend;
-use ltrain::config::{CudaGraphs, TrainConfig};
+use ltrain::config::{CudaGraphs, LengthChange, TrainConfig, MIN_SAMPLES_PER_RANK};
 use ltrain::dist::{Dist, World};
 use ltrain::presets::{load_preset, PaperReference};
 use ltrain::report::{write_atomic, write_report, RunSummary};
 use ltrain::train::datasets::{self, Datasets};
-use ltrain::train::run_state::{CHECKPOINT_FILE, CONFIG_FILE};
+use ltrain::train::run_state::{checkpoint_epochs_done, CHECKPOINT_FILE, CONFIG_FILE};
+use ltrain::train::trainer::images_left_out;
 use ltrain::train::{check_parallel, train_rank, RunOptions, Start};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::path::{Path, PathBuf};
@@ -72,6 +73,23 @@ pub fn run(cmd: TrainCmd) -> Result<()> {
     check_parallel(&cfg, world, cmd.cuda_graphs == CudaGraphs::On)?;
     let data = datasets::open(&cfg)?;
     let quiet = cmd.quiet || !world.is_lead();
+    let n = data.train.len();
+    let left_out = images_left_out(n, cfg.batch_size, world.size);
+    if left_out == n {
+        bail!(
+            "the training set has {n} images: too few for one batch of {MIN_SAMPLES_PER_RANK} per \
+             rank ({} ranks); batch norm cannot train on less",
+            world.size
+        );
+    }
+    if left_out > 0 && !quiet {
+        eprintln!(
+            "ltrain: each epoch leaves its last {left_out} image{} out ({n} images in batches of {}: \
+             the last batch would have fewer than the {MIN_SAMPLES_PER_RANK} per rank batch norm needs)",
+            if left_out == 1 { "" } else { "s" },
+            cfg.batch_size * world.size
+        );
+    }
     if !quiet {
         eprintln!(
             "ltrain: {:?} x{} experts on {:?} ({} train / {} test images, {}), {} epochs -> {}",
@@ -129,11 +147,10 @@ fn resolve(cmd: &TrainCmd) -> Result<(TrainConfig, PathBuf, Start, Option<PaperR
             );
         }
         let mut cfg = TrainConfig::load(&path)?;
+        let done = checkpoint_epochs_done(&dir.join(CHECKPOINT_FILE))?;
+        refuse_flags_a_resume_cannot_honour(cmd, &cfg, dir)?;
         // A resumed run keeps its method; only how and how long it runs may change.
         let r = &cmd.run;
-        if let Some(epochs) = r.epochs {
-            cfg.epochs = epochs;
-        }
         if let Some(d) = r.device {
             cfg.device = d;
         }
@@ -143,7 +160,27 @@ fn resolve(cmd: &TrainCmd) -> Result<(TrainConfig, PathBuf, Start, Option<PaperR
         if let Some(k) = r.eval_every {
             cfg.eval_every = k;
         }
-        cfg.validate()?;
+        if let Some(epochs) = r.epochs {
+            let was = cfg.epochs;
+            let line = match cfg.change_length(epochs, done)? {
+                LengthChange::Same => None,
+                LengthChange::Kept => Some(format!(
+                    "--epochs {epochs} (the run had {was}, {done} trained): its schedule is kept \
+                     (it holds as it is), so the added epochs go on at the last learning rate and \
+                     stage; for a schedule rescaled to {epochs} epochs, start a new run with \
+                     --init {} --epochs {epochs}",
+                    dir.join(CHECKPOINT_FILE).display()
+                )),
+                LengthChange::Rederived { moved, why } => Some(format!(
+                    "--epochs {epochs} (the run had {was}, {done} trained): its schedule cannot be \
+                     kept ({why}), so the events still ahead are rescaled to {epochs} epochs: {}",
+                    moved.join(", ")
+                )),
+            };
+            if let (Some(line), false) = (line, cmd.quiet) {
+                eprintln!("ltrain: {line}");
+            }
+        }
         let paper = match &cfg.preset {
             Some(name) => load_preset(name)?.1,
             None => None,
@@ -164,6 +201,60 @@ fn resolve(cmd: &TrainCmd) -> Result<(TrainConfig, PathBuf, Start, Option<PaperR
         None => Start::Fresh,
     };
     Ok((cfg, out, start, paper))
+}
+
+/// Refuses every flag that would change what a resumed run trains (anything but `--epochs`,
+/// `--device`, `--threads`, `--eval-every`), naming each with the run's value and the flag's; a flag
+/// that repeats the run's own value is harmless.
+fn refuse_flags_a_resume_cannot_honour(
+    cmd: &TrainCmd,
+    cfg: &TrainConfig,
+    dir: &Path,
+) -> Result<()> {
+    let mut flagged = cfg.clone();
+    cmd.data.apply(&mut flagged);
+    let run = RunArgs {
+        epochs: None,
+        device: None,
+        threads: None,
+        eval_every: None,
+        ..cmd.run.clone()
+    };
+    run.apply(&mut flagged);
+    let table = |c: &TrainConfig| -> Result<toml::Table> { Ok(toml::from_str(&c.to_toml()?)?) };
+    let (was, now) = (table(cfg)?, table(&flagged)?);
+    let show = |v: Option<&toml::Value>| v.map_or("(unset)".to_string(), |v| v.to_string());
+    let refused: Vec<String> = now
+        .keys()
+        .chain(was.keys().filter(|k| !now.contains_key(*k)))
+        .filter(|k| was.get(*k) != now.get(*k))
+        .map(|key| {
+            let flag = match key.as_str() {
+                "mixup_alpha" => "--mixup-alpha / --no-mixup".to_string(),
+                "augment" => "--no-augment".to_string(),
+                "stage2_epoch" => "--stage2-epoch / --single-stage".to_string(),
+                "tf32" => "--no-tf32".to_string(),
+                k => format!("--{}", k.replace('_', "-")),
+            };
+            format!(
+                "{flag} asks for {key} = {} but the run was trained with {}",
+                show(now.get(key)),
+                show(was.get(key))
+            )
+        })
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "--resume {}: {}. A resumed run keeps its own settings (only --epochs, --device, --threads \
+         and --eval-every apply): drop {}, or start a new run from its weights with \
+         --init {} and the new settings",
+        dir.display(),
+        refused.join("; "),
+        if refused.len() == 1 { "that flag" } else { "those flags" },
+        dir.join(CHECKPOINT_FILE).display()
+    )
 }
 
 /// The configuration of a fresh run: defaults < preset < --config file < flags, validated, with

@@ -246,7 +246,14 @@ fn check_same_run(
             path.display()
         );
     };
-    let saved = TrainConfig::from_toml_str(saved, &origin)?;
+    let mut saved = TrainConfig::from_toml_str(saved, &origin)?;
+    // A run given another length has its schedule changed by the one rule for it.
+    if let Some(done) = meta.get(META_EPOCHS_DONE) {
+        let done: usize = done
+            .parse()
+            .with_context(|| format!("{origin}: malformed {META_EPOCHS_DONE}"))?;
+        saved.change_length(cfg.epochs, done)?;
+    }
     let table = |c: &TrainConfig| -> Result<toml::Table> { Ok(toml::from_str(&c.to_toml()?)?) };
     let (was, now) = (table(&saved)?, table(cfg)?);
     let keys: std::collections::BTreeSet<&String> = was.keys().chain(now.keys()).collect();
@@ -295,6 +302,41 @@ pub fn checkpoint_config(path: &Path) -> Result<TrainConfig> {
         )
     })?;
     TrainConfig::from_toml_str(text, &format!("{} (metadata)", path.display()))
+}
+
+/// The epochs the checkpoint at `path` has trained, read from its header alone (what `--resume`
+/// needs before it loads the run).
+pub fn checkpoint_epochs_done(path: &Path) -> Result<usize> {
+    use std::io::Read;
+    let origin = format!("{} (metadata)", path.display());
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open the checkpoint {}", path.display()))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let len = usize::try_from(u64::from_le_bytes(len)).unwrap_or(usize::MAX);
+    let size = file.metadata()?.len();
+    if len as u64 > size.saturating_sub(8) {
+        bail!(
+            "{}: not a safetensors file (header of {len} bytes)",
+            path.display()
+        );
+    }
+    let mut header = vec![0u8; len];
+    file.read_exact(&mut header)?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .with_context(|| format!("{}: malformed safetensors header", path.display()))?;
+    let meta = |key: &str| -> Result<&str> {
+        header["__metadata__"][key].as_str().with_context(|| {
+            format!(
+                "{}: checkpoint metadata lacks {key}; it was not written by `ltrain train`",
+                path.display()
+            )
+        })
+    };
+    meta(META_EPOCHS_DONE)?
+        .parse()
+        .with_context(|| format!("{origin}: malformed {META_EPOCHS_DONE}"))
 }
 
 /// The training class counts stored in a checkpoint written by `ltrain train` (the many / medium /

@@ -14,7 +14,7 @@ use super::source::ImageSource;
 use super::step::{Mixup, StepBatch, StepContext, StepRunner};
 use crate::augment::Level;
 use crate::backend::{Backend, SgdConfig};
-use crate::config::{SlaTableRule, TrainConfig};
+use crate::config::{SlaTableRule, TrainConfig, MIN_SAMPLES_PER_RANK};
 use crate::dist::{shard, Dist, World};
 use crate::method::{policy, EpochPlan, LossSetup, SlaTable, SlaTableFill};
 use crate::model::MultiExpertNet;
@@ -460,10 +460,9 @@ impl<'a, B: Backend> Run<'a, B> {
         let (labels_all, hw) = (train_set.labels(), train_set.image_hw());
         let order = epoch_order(train_set.len(), cfg.seed, epoch);
         let world = self.dist.world();
-        // Batch norm needs two samples on every rank.
         let global: Vec<&[usize]> = order
             .chunks(cfg.batch_size * world.size)
-            .filter(|b| b.len() >= 2 * world.size)
+            .filter(|b| b.len() >= MIN_SAMPLES_PER_RANK * world.size)
             .collect();
         let batches: Vec<&[usize]> = global.iter().map(|b| &b[shard(b.len(), world)]).collect();
         progress(Progress::EpochStart {
@@ -593,6 +592,17 @@ impl<'a, B: Backend> Run<'a, B> {
         fill.finish(be, &mut self.sla_tables)?;
         self.state.sla_filled = true;
         Ok(())
+    }
+}
+
+/// Images of a training set of `n` left out of every epoch: a last global batch too small to give
+/// every one of `world` ranks [`MIN_SAMPLES_PER_RANK`] images (the epoch's batch filter).
+pub fn images_left_out(n: usize, batch_size: usize, world: usize) -> usize {
+    let last = n % (batch_size * world);
+    if last < MIN_SAMPLES_PER_RANK * world {
+        last
+    } else {
+        0
     }
 }
 
