@@ -15,6 +15,14 @@
 //! A checkpoint may hold other tensors under their own prefixes (the training loop stores the
 //! optimizer's momentum buffers as `optimizer.{param}.momentum_buffer`) and string metadata
 //! (epoch, RNG state, the configuration as TOML); both are carried generically here.
+//!
+//! Every file [`save_checkpoint`] writes also holds, in the metadata key [`CHECKSUMS_KEY`]
+//! (`ltrain.checksums`), a JSON object naming each tensor with the CRC-32 of its data bytes
+//! (`{"shared.conv1.weight": "crc32:1a2b3c4d", ...}`: CRC-32/ISO-HDLC, the checksum of zlib's
+//! `crc32` and gzip, over the tensor's little-endian bytes as stored). [`load_checkpoint`] checks
+//! every tensor against it, so a file damaged on disk or in a copy is an error naming the file and
+//! the tensor, not a model with a few wrong weights. A file without the key (written by an older
+//! ltrain, or by PyTorch) loads unchecked; PyTorch ignores the key.
 
 use crate::backend::Backend;
 use crate::model::{is_model_tensor, MultiExpertNet};
@@ -25,6 +33,27 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+
+/// The metadata key of the per-tensor checksums (see the module documentation). It is reserved:
+/// [`save_checkpoint`] writes it and [`load_checkpoint`] removes it from the metadata it returns.
+pub const CHECKSUMS_KEY: &str = "ltrain.checksums";
+
+/// How a checksum in [`CHECKSUMS_KEY`] starts: it names the algorithm.
+const CRC32_PREFIX: &str = "crc32:";
+
+/// A tensor's checksum as stored in [`CHECKSUMS_KEY`]: `crc32:` and 8 lowercase hex digits.
+fn checksum(data: &[u8]) -> String {
+    format!("{CRC32_PREFIX}{:08x}", crc32fast::hash(data))
+}
+
+/// The CRC-32 of a stored checksum, or `None` where it is not `crc32:` and 8 hex digits.
+fn parse_checksum(text: &str) -> Option<u32> {
+    let hex = text.strip_prefix(CRC32_PREFIX)?;
+    if hex.len() != 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(hex, 16).ok()
+}
 
 /// A borrowed tensor in safetensors' little-endian byte layout.
 struct TensorBytes<'a> {
@@ -61,7 +90,8 @@ impl View for TensorBytes<'_> {
 
 /// Writes `tensors` and `metadata` to `path` atomically: into a temporary file in the same
 /// directory, synced to disk, then renamed over `path` (and the directory synced), so a crash
-/// leaves either the previous checkpoint or the new one, never a partial file.
+/// leaves either the previous checkpoint or the new one, never a partial file. The metadata gains
+/// [`CHECKSUMS_KEY`], the CRC-32 of every tensor's data, which `metadata` must not hold itself.
 pub fn save_checkpoint(
     path: &Path,
     tensors: &[NamedTensor],
@@ -82,6 +112,12 @@ pub fn save_checkpoint(
             );
         }
     }
+    if metadata.contains_key(CHECKSUMS_KEY) {
+        bail!(
+            "{}: metadata key {CHECKSUMS_KEY} is reserved for the checksums ltrain writes",
+            path.display()
+        );
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -97,7 +133,15 @@ pub fn save_checkpoint(
     let views = tensors
         .iter()
         .map(|t| (t.name.as_str(), TensorBytes { tensor: t }));
-    let info: HashMap<String, String> = metadata.clone().into_iter().collect();
+    let checksums: BTreeMap<&str, String> = tensors
+        .iter()
+        .map(|t| (t.name.as_str(), checksum(&TensorBytes { tensor: t }.data())))
+        .collect();
+    let mut info: HashMap<String, String> = metadata.clone().into_iter().collect();
+    info.insert(
+        CHECKSUMS_KEY.to_string(),
+        serde_json::to_string(&checksums)?,
+    );
     let written = safetensors::serialize_to_file(views, Some(info), &tmp)
         .with_context(|| format!("writing checkpoint {}", tmp.display()))
         .and_then(|()| {
@@ -125,6 +169,11 @@ pub fn save_checkpoint(
 
 /// Reads every tensor (in file order of names) and the metadata of the safetensors file `path`.
 /// Accepts `F32` and `I64` tensors; other dtypes are an error naming the tensor.
+///
+/// Where the metadata holds [`CHECKSUMS_KEY`], every tensor's data must have the checksum stored
+/// for it (and every checksum must name a tensor of the file): a mismatch is an error naming the
+/// file, the tensor and both checksums. The metadata returned leaves the key out. A file without
+/// the key (written before ltrain stored checksums, or by other tools) loads unchecked.
 pub fn load_checkpoint(path: &Path) -> Result<(Vec<NamedTensor>, BTreeMap<String, String>)> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
@@ -136,12 +185,24 @@ pub fn load_checkpoint(path: &Path) -> Result<(Vec<NamedTensor>, BTreeMap<String
     })?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
         .with_context(|| format!("{}: unreadable safetensors header", path.display()))?;
-    let metadata: BTreeMap<String, String> = header
+    let mut metadata: BTreeMap<String, String> = header
         .metadata()
         .clone()
         .unwrap_or_default()
         .into_iter()
         .collect();
+    let mut checksums = metadata
+        .remove(CHECKSUMS_KEY)
+        .map(|text| {
+            serde_json::from_str::<BTreeMap<String, String>>(&text).with_context(|| {
+                format!(
+                    "{} is damaged: its metadata {CHECKSUMS_KEY} is not a JSON object of tensor \
+                     checksums; restore the file from an intact copy",
+                    path.display()
+                )
+            })
+        })
+        .transpose()?;
     let mut names: Vec<&str> = file.names();
     names.sort_unstable();
     let mut tensors = Vec::with_capacity(names.len());
@@ -150,6 +211,9 @@ pub fn load_checkpoint(path: &Path) -> Result<(Vec<NamedTensor>, BTreeMap<String
             .tensor(name)
             .with_context(|| format!("{}: tensor `{name}`", path.display()))?;
         let raw = view.data();
+        if let Some(checksums) = checksums.as_mut() {
+            verify(path, name, raw, checksums.remove(name))?;
+        }
         let data = match view.dtype() {
             Dtype::F32 => TensorData::F32(
                 raw.chunks_exact(4)
@@ -173,7 +237,46 @@ pub fn load_checkpoint(path: &Path) -> Result<(Vec<NamedTensor>, BTreeMap<String
             data,
         });
     }
+    if let Some(name) = checksums.as_ref().and_then(|c| c.keys().next()) {
+        bail!(
+            "{} is damaged: its metadata {CHECKSUMS_KEY} has a checksum for tensor `{name}`, which \
+             the file does not hold; restore the file from an intact copy",
+            path.display()
+        );
+    }
     Ok((tensors, metadata))
+}
+
+/// Checks the data `raw` of tensor `name` of the file `path` against its stored checksum.
+fn verify(path: &Path, name: &str, raw: &[u8], stored: Option<String>) -> Result<()> {
+    let Some(stored) = stored else {
+        bail!(
+            "{} is damaged: tensor `{name}` has no checksum in the metadata {CHECKSUMS_KEY}, which \
+             ltrain writes for every tensor; restore the file from an intact copy",
+            path.display()
+        );
+    };
+    let Some(expected) = parse_checksum(&stored) else {
+        bail!(
+            "{}: tensor `{name}` has checksum {stored:?} in the metadata {CHECKSUMS_KEY}; this \
+             ltrain reads `crc32:` and 8 hex digits (the file is damaged, or was written by a newer \
+             ltrain)",
+            path.display()
+        );
+    };
+    let actual = crc32fast::hash(raw);
+    if actual != expected {
+        bail!(
+            "{} is damaged: tensor `{name}` has checksum {CRC32_PREFIX}{actual:08x}, but it was \
+             written with {CRC32_PREFIX}{expected:08x}, so its bytes changed after ltrain saved \
+             them (a disk, copy or transfer error). ltrain does not load a damaged file: restore \
+             it from an intact copy, or retrain the epochs it held (--init from the run's \
+             model.safetensors, if intact, keeps that epoch's weights but not the optimizer \
+             state)",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Loads the model tensors of the checkpoint `path` into `model`, strictly (see
