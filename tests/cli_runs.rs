@@ -164,3 +164,73 @@ fn batch_sizes_that_cannot_train_are_refused_and_a_left_out_batch_is_said() {
     let out = run_ok(&tiny(&other, &["--epochs", "1", "--batch-size", "8"]));
     assert!(!stderr(&out).contains("left out") && !stderr(&out).contains("leaves"));
 }
+
+#[test]
+fn ctrl_c_is_acknowledged_at_once_and_a_second_one_quits_leaving_no_lock() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("run");
+    // Full-width experts on batches of 128: each step takes a good part of a second here, time
+    // enough for the second Ctrl-C to land inside the step the first one waits for.
+    let mut args = tiny(&dir, &["--epochs", "20", "--expert-width", "full", "--batch-size", "128"]);
+    for (flag, value) in [("--synthetic-max-per-class", "100")] {
+        let at = args.iter().position(|a| a == flag).unwrap();
+        args[at + 1] = value.into();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ltrain"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // config.toml is written just before the first epoch: the signals land during training.
+    while !dir.join("config.toml").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(dir.join(".ltrain.lock").exists());
+    let interrupt = |pid: u32| {
+        let status = Command::new("kill").args(["-INT", &pid.to_string()]).status();
+        assert!(status.unwrap().success());
+    };
+    interrupt(child.id());
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.contains("stopping after this step") {
+            break;
+        }
+    }
+    assert!(
+        seen.last().is_some_and(|l| l.contains("Ctrl-C again to quit now")),
+        "the first Ctrl-C was not acknowledged: {seen:?}"
+    );
+    interrupt(child.id());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("quit;") && l.contains("--resume")), "{rest:?}");
+    assert!(!dir.join(".ltrain.lock").exists(), "the lock was left behind");
+    // The directory is usable as it is: the run starts again there (no epoch was saved).
+    assert!(!dir.join("checkpoint.safetensors").exists());
+    let mut again = tiny(&dir, &["--epochs", "1", "--quiet"]);
+    again.retain(|a| a != "--threads" && a != "2");
+    run_ok(&again);
+}
+
+#[test]
+fn the_weights_alone_evaluate_as_the_checkpoint_does() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("run");
+    run_ok(&tiny(&dir, &["--epochs", "1", "--quiet"]));
+    let eval = |file: &str| {
+        let path = dir.join(file).display().to_string();
+        let out = run_ok(&["eval", "--checkpoint", &path, "--threads", "2"]);
+        stdout(&out)
+    };
+    let (weights, checkpoint) = (eval("model.safetensors"), eval("checkpoint.safetensors"));
+    assert!(weights.contains("top-1"), "{weights}");
+    assert_eq!(weights, checkpoint);
+}

@@ -86,7 +86,15 @@ pub fn persist<B: Backend>(
     class_counts: &[usize],
 ) -> Result<()> {
     let mut tensors = model.state_dict(be)?;
-    let weights_meta = BTreeMap::from([(META_CONFIG.to_string(), cfg.to_toml()?)]);
+    // The configuration and class counts let `ltrain eval` evaluate the weights alone (the many /
+    // medium / few split follows from the counts).
+    let weights_meta = BTreeMap::from([
+        (META_CONFIG.to_string(), cfg.to_toml()?),
+        (
+            META_CLASS_COUNTS.to_string(),
+            serde_json::to_string(class_counts)?,
+        ),
+    ]);
     save_checkpoint(&path.with_file_name(MODEL_FILE), &tensors, &weights_meta)?;
     for p in model.params() {
         if let Some(v) = &p.velocity {
@@ -345,7 +353,9 @@ pub fn checkpoint_class_counts(path: &Path) -> Result<Vec<usize>> {
     let (_, meta) = load_checkpoint(path)?;
     let text = meta.get(META_CLASS_COUNTS).with_context(|| {
         format!(
-            "{}: no training class counts in the checkpoint metadata",
+            "{}: no training class counts in the checkpoint metadata (needed for the many / medium / \
+             few split; a model.safetensors written before ltrain stored them): evaluate the run's \
+             checkpoint.safetensors instead",
             path.display()
         )
     })?;
