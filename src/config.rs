@@ -412,11 +412,30 @@ impl TrainConfig {
     pub fn overlay_toml(&self, text: &str, origin: &str) -> Result<Self> {
         let overrides: toml::Table =
             toml::from_str(text).with_context(|| format!("{origin}: not valid TOML"))?;
-        let mut merged = toml::Table::try_from(self).context("serialising the configuration")?;
-        merged.extend(overrides);
+        let base = toml::Table::try_from(self).context("serialising the configuration")?;
+        let mut merged = base.clone();
+        merged.extend(overrides.clone());
         merged.try_into().map_err(|e: toml::de::Error| {
+            // The merged table has no positions: find the key that fails on its own, and its line.
+            let culprit = overrides.keys().find(|key| {
+                let mut one = base.clone();
+                one.insert((*key).clone(), overrides[*key].clone());
+                one.try_into::<TrainConfig>().is_err()
+            });
+            let at = culprit.map_or(String::new(), |key| {
+                let line = text.lines().position(|l| {
+                    l.trim_start()
+                        .strip_prefix(key.as_str())
+                        .is_some_and(|rest| rest.trim_start().starts_with('='))
+                });
+                match line {
+                    Some(i) => format!(":{}: key `{key}`", i + 1),
+                    None => format!(": key `{key}`"),
+                }
+            });
             anyhow::anyhow!(
-                "{origin}: not a valid ltrain configuration: {} (see `ltrain train --help` and the README for the keys)",
+                "{origin}{at}: not a valid ltrain configuration: {} (see `ltrain train --help` and \
+                 the README for the keys)",
                 e.message().trim_end()
             )
         })

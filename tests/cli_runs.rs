@@ -173,11 +173,22 @@ fn ctrl_c_is_acknowledged_at_once_and_a_second_one_quits_leaving_no_lock() {
     let dir = root.path().join("run");
     // Full-width experts on batches of 128: each step takes a good part of a second here, time
     // enough for the second Ctrl-C to land inside the step the first one waits for.
-    let mut args = tiny(&dir, &["--epochs", "20", "--expert-width", "full", "--batch-size", "128"]);
-    for (flag, value) in [("--synthetic-max-per-class", "100")] {
-        let at = args.iter().position(|a| a == flag).unwrap();
-        args[at + 1] = value.into();
-    }
+    let mut args = tiny(
+        &dir,
+        &[
+            "--epochs",
+            "20",
+            "--expert-width",
+            "full",
+            "--batch-size",
+            "128",
+        ],
+    );
+    let at = args
+        .iter()
+        .position(|a| a == "--synthetic-max-per-class")
+        .unwrap();
+    args[at + 1] = "100".into();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ltrain"))
         .args(&args)
         .stdout(Stdio::null())
@@ -190,7 +201,9 @@ fn ctrl_c_is_acknowledged_at_once_and_a_second_one_quits_leaving_no_lock() {
     }
     assert!(dir.join(".ltrain.lock").exists());
     let interrupt = |pid: u32| {
-        let status = Command::new("kill").args(["-INT", &pid.to_string()]).status();
+        let status = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status();
         assert!(status.unwrap().success());
     };
     interrupt(child.id());
@@ -204,15 +217,23 @@ fn ctrl_c_is_acknowledged_at_once_and_a_second_one_quits_leaving_no_lock() {
         }
     }
     assert!(
-        seen.last().is_some_and(|l| l.contains("Ctrl-C again to quit now")),
+        seen.last()
+            .is_some_and(|l| l.contains("Ctrl-C again to quit now")),
         "the first Ctrl-C was not acknowledged: {seen:?}"
     );
     interrupt(child.id());
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{rest:?}");
-    assert!(rest.iter().any(|l| l.contains("quit;") && l.contains("--resume")), "{rest:?}");
-    assert!(!dir.join(".ltrain.lock").exists(), "the lock was left behind");
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("quit;") && l.contains("--resume")),
+        "{rest:?}"
+    );
+    assert!(
+        !dir.join(".ltrain.lock").exists(),
+        "the lock was left behind"
+    );
     // The directory is usable as it is: the run starts again there (no epoch was saved).
     assert!(!dir.join("checkpoint.safetensors").exists());
     let mut again = tiny(&dir, &["--epochs", "1", "--quiet"]);
@@ -233,4 +254,148 @@ fn the_weights_alone_evaluate_as_the_checkpoint_does() {
     let (weights, checkpoint) = (eval("model.safetensors"), eval("checkpoint.safetensors"));
     assert!(weights.contains("top-1"), "{weights}");
     assert_eq!(weights, checkpoint);
+}
+
+#[test]
+fn messages_name_the_flag_the_key_the_epoch_and_the_fix() {
+    let root = tempfile::tempdir().unwrap();
+    let out_dir = root.path().join("never");
+    let out = out_dir.display().to_string();
+    // Negative numbers reach the value checks.
+    let err = run_err(
+        &["train", "--epochs", "-1", "--out", &out],
+        &["--epochs", "'-1'"],
+    );
+    assert!(!err.contains("unexpected argument"), "{err}");
+    run_err(
+        &["train", "--lr", "-0.1", "--out", &out],
+        &["--lr", "-0.1", "positive"],
+    );
+    // A configuration value of the wrong type names the file, its line and the key.
+    let config = root.path().join("c.toml");
+    std::fs::write(&config, "lr = 0.1\n\nbatch_size = \"64\"\n").unwrap();
+    let config = config.display().to_string();
+    run_err(
+        &["train", "--config", &config, "--out", &out],
+        &["c.toml:3", "`batch_size`", "string \"64\""],
+    );
+    assert!(!out_dir.exists());
+    // Every training flag says what it is.
+    let help = stdout(&run_ok(&["train", "--help"]));
+    for flag in [
+        "--batch-size",
+        "--momentum",
+        "--weight-decay",
+        "--seed",
+        "--device",
+    ] {
+        let at = help
+            .find(&format!("      {flag} "))
+            .unwrap_or_else(|| panic!("{flag}:\n{help}"));
+        let described = help[at..].lines().nth(1).unwrap_or("").trim();
+        assert!(!described.is_empty(), "{flag} has no help text:\n{help}");
+    }
+    // The start line in words, not debug names.
+    let dir = root.path().join("run");
+    let started = stderr(&run_ok(&tiny(&dir, &["--epochs", "1"])));
+    assert!(
+        started.contains("ResNet-32 x 3 experts (experts 24/48 wide"),
+        "{started}"
+    );
+    assert!(
+        started.contains("1 epoch ->") && !started.contains("Resnet32"),
+        "{started}"
+    );
+    // A model that diverges within a one-step epoch is caught at its evaluation, with the fix.
+    let wild = root.path().join("wild");
+    let err = run_err(
+        &tiny(
+            &wild,
+            &[
+                "--epochs",
+                "1",
+                "--lr",
+                "1e30",
+                "--warmup-epochs",
+                "0",
+                "--no-mixup",
+            ],
+        ),
+        &["epoch 1", "learning rate", "--lr", "--warmup-epochs"],
+    );
+    assert!(
+        err.contains("no finite probability") || err.contains("diverged"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_run_records_who_ran_it_and_a_dry_run_writes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("run");
+    let dry = run_ok(&tiny(
+        &dir,
+        &["--epochs", "3", "--batch-size", "8", "--dry-run"],
+    ));
+    let printed = stdout(&dry);
+    // The resolved configuration (it parses back), the run's size, and an estimate.
+    let config: String = printed
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let cfg = ltrain::config::TrainConfig::from_toml_str(&config, "dry run").unwrap();
+    assert_eq!((cfg.epochs, cfg.batch_size), (3, 8));
+    // 36 images in batches of 8: 5 steps an epoch.
+    assert!(
+        printed.contains("3 epochs x 5 steps of 8 images = 15 steps, 108 training samples"),
+        "{printed}"
+    );
+    assert!(printed.contains("# estimate: about"), "{printed}");
+    assert!(!dir.exists(), "a dry run writes nothing");
+
+    run_ok(&tiny(&dir, &["--epochs", "1", "--quiet"]));
+    run_ok(&resume(&dir, &["--epochs", "2", "--quiet"]));
+    let sessions: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(sessions.len(), 2, "one session per start and resume");
+    let first = &sessions[0];
+    assert_eq!(first["ltrain"], env!("CARGO_PKG_VERSION"));
+    let command: Vec<&str> = first["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        command.contains(&"--synthetic-classes") && !command.contains(&"--resume"),
+        "{command:?}"
+    );
+    assert!(sessions[1]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a == "--resume"));
+    assert!(
+        first["device"].as_str().unwrap().starts_with("cpu"),
+        "{first}"
+    );
+    assert!(first["started"].as_str().unwrap().ends_with('Z'), "{first}");
+    assert!(
+        !first["host"].as_str().unwrap().is_empty() && !first["cpu"].as_str().unwrap().is_empty()
+    );
+    // Built in this checkout: the commit is the checkout's HEAD.
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if let Some(head) = head {
+        assert_eq!(first["commit"], head.as_str());
+    }
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["sessions"], Value::Array(sessions));
 }

@@ -692,3 +692,24 @@ fn cli_download_failures_are_clear_and_leave_nothing() {
     assert!(stderr.contains("cifar10-lt"), "{stderr}");
     assert_eq!(server.hits(path), 1);
 }
+
+#[test]
+fn a_folder_that_cannot_take_the_file_fails_before_the_network() {
+    // /proc/self exists but takes no new files, even for root; nothing listens at the base URL, so
+    // a download tried first would fail on the connection instead.
+    let base = closed_base();
+    let out = ltrain(
+        &["data", "download", "cifar10", "--to", "/proc/self"],
+        &[(BASE_URL_ENV, base.as_str())],
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("cannot write into the download directory /proc/self"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("cannot download"),
+        "it went to the network first: {err}"
+    );
+}

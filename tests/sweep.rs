@@ -306,8 +306,9 @@ fn two_seeds_summary_rerun_resume_and_plan_refusal() {
 
     // Another plan in the same directory is refused, naming what differs; nothing is written.
     let plan = std::fs::read(dir.join("sweep.toml")).unwrap();
+    // (More seeds are added to a sweep, see tests/cli_sweep_eval.rs; leaving one out is refused.)
     run_err(
-        &sweep_args(&dir, &["--seeds", "0,1,2", "--quiet"]),
+        &sweep_args(&dir, &["--seeds", "1,2", "--quiet"]),
         &["another plan", "seeds", "--resume"],
     );
     run_err(

@@ -72,16 +72,19 @@ pub struct RunArgs {
     /// milestones scale with it (e.g. 160/180 of 200 become 8/9 of 10).
     #[arg(long, value_name = "N")]
     pub epochs: Option<usize>,
+    /// Images per step (per rank with several ranks; at least 2: batch norm normalises over them).
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
     /// Peak learning rate.
     #[arg(long, value_name = "LR")]
     pub lr: Option<f32>,
+    /// SGD momentum, in [0, 1) (PyTorch's SGD semantics).
     #[arg(long, value_name = "M")]
     pub momentum: Option<f32>,
     /// Nesterov momentum.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub nesterov: Option<bool>,
+    /// L2 weight decay on every parameter (as `SGD(model.parameters(), weight_decay=WD)`).
     #[arg(long, value_name = "WD")]
     pub weight_decay: Option<f32>,
     /// Linear warm-up epochs.
@@ -95,6 +98,8 @@ pub struct RunArgs {
     /// Multistep decay factor.
     #[arg(long, value_name = "F")]
     pub lr_decay: Option<f32>,
+    /// Seed of everything random (initialisation, shuffling, augmentation, mixup): the same seed on
+    /// the same machine gives the same run, bit for bit.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
     /// Loss: ce, la, la-rw, la-cb, la-fl or la-sla (the paper's method).
@@ -143,8 +148,12 @@ pub struct RunArgs {
     /// Expert loss weights eps_k of Eq. 18, comma separated.
     #[arg(long, value_delimiter = ',', value_name = "W,W,W")]
     pub expert_loss_weights: Option<Vec<f32>>,
+    /// Where to train: the CPU, a CUDA GPU, or auto (a GPU when one is usable).
     #[arg(long, value_enum)]
     pub device: Option<DeviceKind>,
+    // Not a configuration key: which GPU this process runs on (see `super::device::choose_gpu`).
+    #[arg(long, value_name = "N", help = super::device::GPU_HELP)]
+    pub gpu: Option<usize>,
     /// CPU threads (0 = all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,

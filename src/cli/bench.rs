@@ -30,8 +30,11 @@ pub struct BenchCmd {
     /// Input resolution [default: 32 for resnet32, 224 otherwise].
     #[arg(long)]
     pub image_size: Option<usize>,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub device: DeviceKind,
+    /// [default: auto; cuda with --gpu]
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceKind>,
+    #[arg(long, value_name = "N", help = super::device::GPU_HELP)]
+    pub gpu: Option<usize>,
     /// CPU threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -69,22 +72,24 @@ pub struct BenchCmd {
     pub count_only: bool,
 }
 
-pub fn run(cmd: BenchCmd) -> Result<()> {
-    if cmd.counters && cmd.device == DeviceKind::Cpu {
+pub fn run(mut cmd: BenchCmd) -> Result<()> {
+    super::device::choose_gpu(cmd.gpu, &mut cmd.device, None)?;
+    let device = cmd.device.unwrap_or(DeviceKind::Auto);
+    if cmd.counters && device == DeviceKind::Cpu {
         bail!(
             "--counters counts the device work of the CUDA backend; use --device cuda, or \
              --device cuda-emulated without a GPU"
         );
     }
     if cmd.count_only {
-        if cmd.device != DeviceKind::CudaEmulated {
+        if device != DeviceKind::CudaEmulated {
             bail!("--count-only runs on the emulator: add --device cuda-emulated");
         }
         let be = CudaBackend::new_count_only().context("the count-only CUDA emulator")?;
         return cmd.run(&be);
     }
     let tf32 = !cmd.no_tf32;
-    let (device, threads) = (cmd.device, cmd.threads);
+    let threads = cmd.threads;
     dispatch(device, threads, tf32, cmd)
 }
 

@@ -26,11 +26,16 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a model (with no flags: the built-in synthetic long-tailed set on the CPU, ~5 minutes).
+    // Negative values reach the value checks (`--lr -0.1`: "lr must be positive"), not clap's
+    // "unexpected argument".
+    #[command(allow_negative_numbers = true)]
     Train(Box<train::TrainCmd>),
     /// Train a grid of configurations (--set KEY=V1,V2) over seeds (--seeds 0,1,2), one run after
     /// another; summarise mean ± std per configuration. Re-run to continue after a kill.
+    #[command(allow_negative_numbers = true)]
     Sweep(Box<sweep::SweepCmd>),
     /// Evaluate a checkpoint: top-1, many/medium/few, ECE; optionally per-image predictions.
+    #[command(allow_negative_numbers = true)]
     Eval(Box<eval::EvalCmd>),
     /// Inspect, cut and preview datasets.
     #[command(subcommand)]
@@ -38,6 +43,7 @@ pub enum Command {
     /// List the presets of the paper's settings, with the paper's reported results.
     Presets,
     /// Measure training throughput (samples/s) of a model on a device.
+    #[command(allow_negative_numbers = true)]
     Bench(bench::BenchCmd),
     /// Show what ltrain finds of CUDA here: its kernels, the driver, cuBLAS and NCCL (version and
     /// file) and the GPUs, or why each is missing and how to get it.
@@ -46,7 +52,11 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train(cmd) => train::run(*cmd),
+        Command::Train(mut cmd) => {
+            let parallel = device::data_parallel_flags(&cmd.parallel);
+            device::choose_gpu(cmd.run.gpu, &mut cmd.run.device, parallel)?;
+            train::run(*cmd)
+        }
         Command::Sweep(cmd) => sweep::run(*cmd),
         Command::Eval(cmd) => eval::run(*cmd),
         Command::Data(cmd) => data::run(cmd),

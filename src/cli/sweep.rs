@@ -3,7 +3,7 @@
 //! `DIR/<label>/seed-<s>/` trained by `train`'s own code (`--jobs K` at a time), then `DIR/summary.md`,
 //! `summary.json` and `summary.png` with mean ± std over the seeds. A re-run of the same command
 //! (or `--resume DIR`) skips finished runs, resumes a killed one from its checkpoint and starts the
-//! missing ones.
+//! missing ones; a re-run with more `--seeds` adds their runs (the stored plan's runs kept).
 
 use super::args::{DataArgs, RunArgs};
 use super::train::{resolve_config, train_single, RunLock, TrainCmd};
@@ -34,7 +34,9 @@ pub struct SweepCmd {
     /// TOML configuration (keys as in config.toml of a run); applied over the preset.
     #[arg(long, value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
-    /// Seeds, comma separated: every configuration is trained once per seed.
+    /// Seeds, comma separated: every configuration is trained once per seed. Re-running an existing
+    /// sweep with more seeds (the stored ones and new ones) adds the new seeds' runs; the finished
+    /// runs are kept as they are, and the summary covers all the seeds.
     #[arg(
         long,
         value_delimiter = ',',
@@ -74,13 +76,14 @@ pub struct SweepCmd {
     pub run: RunArgs,
 }
 
-pub fn run(cmd: SweepCmd) -> Result<()> {
+pub fn run(mut cmd: SweepCmd) -> Result<()> {
     if cmd.run.seed.is_some() {
         bail!("--seed: a sweep sets each run's seed from --seeds (e.g. --seeds 0,1,2)");
     }
+    super::device::choose_gpu(cmd.run.gpu, &mut cmd.run.device, None)?;
     let (dir, plan) = plan_of(&cmd)?;
     // Every configuration is checked before anything is written.
-    let runs = plan.runs()?;
+    plan.runs()?;
     let quiet = cmd.quiet;
 
     if dir.exists() && !dir.join(PLAN_FILE).exists() && !is_empty_dir(&dir)? {
@@ -92,22 +95,56 @@ pub fn run(cmd: SweepCmd) -> Result<()> {
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the sweep directory {}", dir.display()))?;
     let _lock = RunLock::acquire(&dir)?;
-    match SweepPlan::load(&dir)? {
+    let plan = match SweepPlan::load(&dir)? {
         Some(stored) => {
             let diffs = stored.differences(&plan)?;
             if !diffs.is_empty() {
                 bail!(
                     "{} holds a sweep of another plan ({}):\n  {}\ncontinue it with the same \
-                     command or `ltrain sweep --resume {}`, or choose another --out",
+                     command (more --seeds may be added) or `ltrain sweep --resume {}`, or choose \
+                     another --out",
                     dir.display(),
                     PLAN_FILE,
                     diffs.join("\n  "),
                     dir.display()
                 );
             }
+            // The stored seeds keep their order (and their runs); added ones follow.
+            let added = stored.added_seeds(&plan);
+            let grown = stored.with_added_seeds(&added)?;
+            if !added.is_empty() {
+                let stored_runs = stored.runs()?;
+                let kept = stored_runs
+                    .iter()
+                    .filter(|r| RunStatus::of(&dir.join(&r.dir)) == RunStatus::Finished)
+                    .count();
+                write_atomic(&dir.join(PLAN_FILE), grown.to_toml()?.as_bytes())?;
+                let shown: Vec<String> = added.iter().map(u64::to_string).collect();
+                let unfinished = stored_runs.len() - kept;
+                eprintln!(
+                    "ltrain sweep: {} seed{} added: {}; {kept} run{} kept{}",
+                    added.len(),
+                    plural(added.len()),
+                    shown.join(", "),
+                    plural(kept),
+                    if unfinished > 0 {
+                        format!(" ({unfinished} unfinished, continued)")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            SweepPlan {
+                seeds: grown.seeds,
+                ..plan
+            }
         }
-        None => write_atomic(&dir.join(PLAN_FILE), plan.to_toml()?.as_bytes())?,
-    }
+        None => {
+            write_atomic(&dir.join(PLAN_FILE), plan.to_toml()?.as_bytes())?;
+            plan
+        }
+    };
+    let runs = plan.runs()?;
     let paper = match &plan.base.preset {
         Some(name) => load_preset(name)?.1,
         None => None,

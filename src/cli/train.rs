@@ -8,18 +8,21 @@ use super::progress::ProgressView;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use ltrain::backend::Backend;
-use ltrain::config::{CudaGraphs, LengthChange, TrainConfig, MIN_SAMPLES_PER_RANK};
+use ltrain::config::{CudaGraphs, LengthChange, ModelKind, TrainConfig, MIN_SAMPLES_PER_RANK};
 use ltrain::dist::{Dist, World};
 use ltrain::presets::{load_preset, PaperReference};
-use ltrain::report::{write_atomic, write_report, RunSummary};
+use ltrain::report::run_record::{self, Session};
+use ltrain::report::{data_label, model_label, write_atomic, write_report, RunSummary};
+use ltrain::train::bench_step::{BenchInput, BenchStep, BenchStepConfig};
 use ltrain::train::datasets::{self, Datasets};
 use ltrain::train::run_state::{checkpoint_epochs_done, CHECKPOINT_FILE, CONFIG_FILE};
 use ltrain::train::trainer::images_left_out;
 use ltrain::train::{check_parallel, train_rank, RunOptions, Start};
 use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 #[derive(Args, Debug, Default)]
 pub struct TrainCmd {
@@ -42,6 +45,11 @@ pub struct TrainCmd {
     /// No progress bar or per-epoch lines.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Print the resolved configuration (preset < config < flags) and the run's size (steps,
+    /// samples, and a duration estimated from a few timed steps on the device), then exit: nothing
+    /// is written.
+    #[arg(long, alias = "print-config")]
+    pub dry_run: bool,
     /// Run each training step as one captured CUDA graph (auto: on a GPU). Same results either way.
     #[arg(long, value_enum, default_value = "auto")]
     pub cuda_graphs: CudaGraphs,
@@ -92,14 +100,14 @@ pub fn run(cmd: TrainCmd) -> Result<()> {
     }
     if !quiet {
         eprintln!(
-            "ltrain: {:?} x{} experts on {:?} ({} train / {} test images, {}), {} epochs -> {}",
-            cfg.model,
-            cfg.experts,
-            cfg.dataset,
+            "ltrain: {} on {} ({} train / {} test images, {}), {} epoch{} -> {}",
+            model_label(&cfg),
+            data_label(&cfg),
             data.train.len(),
             data.test.len(),
             data.long_tail,
             cfg.epochs,
+            if cfg.epochs == 1 { "" } else { "s" },
             out.display()
         );
         if world.size > 1 {
@@ -117,6 +125,9 @@ pub fn run(cmd: TrainCmd) -> Result<()> {
                 }
             );
         }
+    }
+    if cmd.dry_run {
+        return dry_run(&cfg, &data, world, n - left_out);
     }
     let job = TrainJob {
         cfg: &cfg,
@@ -201,6 +212,82 @@ fn resolve(cmd: &TrainCmd) -> Result<(TrainConfig, PathBuf, Start, Option<PaperR
         None => Start::Fresh,
     };
     Ok((cfg, out, start, paper))
+}
+
+/// `--dry-run`: the resolved configuration, the run's size, and its duration estimated from a few
+/// timed steps of the stage-1 step on random data (evaluation and data loading not counted).
+fn dry_run(cfg: &TrainConfig, data: &Datasets, world: World, trained: usize) -> Result<()> {
+    print!("{}", cfg.to_toml()?);
+    let steps = trained.div_ceil(cfg.batch_size * world.size);
+    println!(
+        "# run: {} epochs x {steps} steps of {} images = {} steps, {} training samples ({} training \
+         images, {} test images evaluated every {} epoch{})",
+        cfg.epochs,
+        cfg.batch_size * world.size,
+        steps * cfg.epochs,
+        trained * cfg.epochs,
+        data.train.len(),
+        data.test.len(),
+        cfg.eval_every,
+        if cfg.eval_every == 1 { "" } else { "s" }
+    );
+    let per_step = dispatch(cfg.device, cfg.threads, cfg.tf32, StepTimer { cfg })?;
+    let total = per_step * (steps * cfg.epochs) as f64;
+    let duration = match total {
+        t if t < 120.0 => format!("{t:.0} s"),
+        t if t < 7200.0 => format!("{:.0} min", t / 60.0),
+        t => format!("{:.1} h", t / 3600.0),
+    };
+    println!(
+        "# estimate: about {duration} of training ({:.3} s a step over {} timed steps of random data \
+         on this device; evaluation and data loading not counted)",
+        per_step,
+        StepTimer::TIMED
+    );
+    Ok(())
+}
+
+/// Times a few stage-1 steps of the run's model (the bench step) for `--dry-run`.
+struct StepTimer<'a> {
+    cfg: &'a TrainConfig,
+}
+
+impl StepTimer<'_> {
+    const TIMED: usize = 3;
+}
+
+impl OnBackend for StepTimer<'_> {
+    type Output = f64;
+    fn run<B: Backend>(self, be: &B) -> Result<f64> {
+        let cfg = self.cfg;
+        let mut step = BenchStep::new(
+            be,
+            BenchStepConfig {
+                model: cfg.model,
+                expert_width: cfg.expert_width,
+                experts: cfg.experts,
+                batch_size: cfg.batch_size,
+                classes: 10,
+                image_size: if cfg.model == ModelKind::Resnet32 {
+                    32
+                } else {
+                    cfg.image_size
+                },
+                stage2: false,
+                mixup: cfg.mixup_alpha > 0.0,
+                input: BenchInput::PreAugmented,
+                cuda_graphs: false,
+            },
+        )?;
+        step.run(be)?;
+        be.synchronize()?;
+        let start = std::time::Instant::now();
+        for _ in 0..Self::TIMED {
+            step.run(be)?;
+        }
+        be.synchronize()?;
+        Ok(start.elapsed().as_secs_f64() / Self::TIMED as f64)
+    }
 }
 
 /// Refuses every flag that would change what a resumed run trains (anything but `--epochs`,
@@ -332,17 +419,23 @@ impl RankJob for TrainJob<'_> {
         };
         // Written only once the data and the device are known to work, so that a run which cannot
         // start leaves no half-made run directory behind; by rank 0 alone.
+        let device = match world.size {
+            1 => be.name(),
+            n => format!("{} x {n} ranks", be.name()),
+        };
         let _lock = if world.is_lead() {
             std::fs::create_dir_all(self.out).with_context(|| {
                 format!("cannot create the run directory {}", self.out.display())
             })?;
             let lock = RunLock::acquire(self.out)?;
             write_atomic(&self.out.join(CONFIG_FILE), self.cfg.to_toml()?.as_bytes())?;
+            run_record::record(self.out, Session::now(&device))?;
             Some(lock)
         } else {
             None
         };
-        let mut view = ProgressView::new(self.quiet || !world.is_lead());
+        let mut view = ProgressView::new(self.quiet || !world.is_lead())
+            .tensorboard(world.is_lead().then_some(self.out));
         let result = train_rank(
             be,
             self.cfg,
@@ -362,10 +455,6 @@ impl RankJob for TrainJob<'_> {
         if !world.is_lead() {
             return Ok(());
         }
-        let device = match world.size {
-            1 => be.name(),
-            n => format!("{} x {n} ranks", be.name()),
-        };
         write_report(
             self.out,
             &RunSummary {
@@ -390,8 +479,11 @@ impl RankJob for TrainJob<'_> {
 
 /// Keeps two processes from training into the same run directory: `DIR/.ltrain.lock` holds the pid
 /// of the run using it. A lock left by a killed run (its pid no longer alive) is taken over, so
-/// `--resume` after a crash just works.
+/// `--resume` after a crash just works; a second Ctrl-C removes it before quitting ([`stop_signal`]).
 pub(super) struct RunLock(PathBuf);
+
+/// The lock this process holds, for a quit from the signal thread.
+static HELD_LOCK: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 impl RunLock {
     pub(super) fn acquire(dir: &Path) -> Result<Self> {
@@ -424,71 +516,62 @@ impl RunLock {
                 return Err(e).with_context(|| format!("cannot create {}", path.display()));
             }
         }
+        *HELD_LOCK.lock().unwrap_or_else(|e| e.into_inner()) = Some(path.clone());
         Ok(Self(path))
     }
 }
 
 impl Drop for RunLock {
     fn drop(&mut self) {
+        HELD_LOCK.lock().unwrap_or_else(|e| e.into_inner()).take();
         let _ = std::fs::remove_file(&self.0);
     }
 }
 
 /// The flag SIGINT (Ctrl-C) and SIGTERM set to stop a run at its next step boundary with a
-/// checkpoint; a second one ends the process at once (exit status 130). Registered once a process.
+/// checkpoint, said at once (a CPU step can take seconds). A second one quits at once (exit status
+/// 130), leaving the directory as its last atomic write left it, without the lock. Registered once a
+/// process, on a thread of its own.
 fn stop_signal() -> Result<Arc<AtomicBool>> {
     static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
     if let Some(flag) = FLAG.get() {
         return Ok(flag.clone());
     }
     let flag = Arc::new(AtomicBool::new(false));
-    for signal in [SIGINT, SIGTERM] {
-        // In this order: the second signal finds the flag already set by the first.
-        signal_hook::flag::register_conditional_shutdown(signal, 130, flag.clone())
-            .and_then(|_| signal_hook::flag::register(signal, flag.clone()))
-            .context("cannot install the Ctrl-C handler")?;
-    }
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM]).context("cannot install the Ctrl-C handler")?;
+    let raised = flag.clone();
+    std::thread::Builder::new()
+        .name("ltrain-signals".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                if !raised.swap(true, Ordering::SeqCst) {
+                    eprintln!(
+                        "\nltrain: stopping after this step, with a checkpoint to resume from; \
+                         Ctrl-C again to quit now"
+                    );
+                    continue;
+                }
+                let lock = HELD_LOCK.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(lock) = lock {
+                    let _ = std::fs::remove_file(&lock);
+                    let dir = lock.parent().unwrap_or(Path::new("."));
+                    eprintln!(
+                        "ltrain: quit; {} holds the run as of its last saved checkpoint (the steps \
+                         since are lost): continue it with ltrain train --resume {}",
+                        dir.display(),
+                        dir.display()
+                    );
+                }
+                std::process::exit(130);
+            }
+        })
+        .context("cannot start the signal thread")?;
     Ok(FLAG.get_or_init(|| flag).clone())
 }
 
 /// `runs/YYYYMMDD-HHMMSS` (UTC).
 fn default_run_dir() -> PathBuf {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    PathBuf::from(format!(
-        "runs/{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    ))
-}
-
-/// Days since 1970-01-01 to a (year, month, day) date (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::civil_from_days;
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_785), (2026, 11, 28));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-    }
+    let (y, m, d, h, mi, sec) = run_record::utc_now();
+    PathBuf::from(format!("runs/{y:04}{m:02}{d:02}-{h:02}{mi:02}{sec:02}"))
 }

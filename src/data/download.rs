@@ -261,6 +261,13 @@ pub fn fetch(source: &Source, dest: &Path, opts: &Options) -> Result<Outcome> {
         std::process::id()
     ));
     let guard = PartGuard(Some(part.clone()));
+    // Checked before the network: a folder that cannot take the file fails at once.
+    File::create(&part).with_context(|| {
+        format!(
+            "cannot write into the download directory {} (choose another with --to / --data-dir)",
+            dir.display()
+        )
+    })?;
     let bytes = download_to(source, &expected, &part, dest, opts)?;
     fs::rename(&part, dest)
         .with_context(|| format!("cannot move {} to {}", part.display(), dest.display()))?;

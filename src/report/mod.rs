@@ -3,9 +3,11 @@
 //! [`EpochRecord`] that the training loop appends to `metrics.jsonl`.
 
 mod plots;
+pub mod run_record;
 pub mod sweep;
+pub mod tensorboard;
 
-use crate::config::{DatasetKind, ModelKind, Schedule, TrainConfig};
+use crate::config::{DatasetKind, ExpertWidth, ModelKind, Schedule, TrainConfig};
 use crate::method::policy;
 use crate::metrics::{EvalMetrics, GroupSizes, ReliabilityBin, FEW_SHOT_BELOW, MANY_SHOT_ABOVE};
 use crate::presets::PaperReference;
@@ -175,6 +177,9 @@ struct ReportJson<'a> {
     device: &'a str,
     config: &'a TrainConfig,
     paper: Option<&'a PaperReference>,
+    /// Each start and resume of the run: when, which ltrain and commit, the command, host, CPU and
+    /// device (`run.json`).
+    sessions: Vec<run_record::Session>,
 }
 
 /// Writes `report.json`, `summary.md` and the three plots into `dir`.
@@ -204,6 +209,7 @@ pub fn write_report(dir: &Path, run: &RunSummary) -> Result<()> {
         device: run.device,
         config: run.config,
         paper: run.paper,
+        sessions: run_record::sessions(dir)?,
     };
     let json = serde_json::to_string_pretty(&report).context("serialising report.json")?;
     write_atomic(&dir.join("report.json"), json.as_bytes())?;
@@ -316,9 +322,9 @@ fn summary_markdown(run: &RunSummary) -> String {
     md
 }
 
-/// The setting of a run in one line, e.g. "CIFAR-100-LT (rho = 100), ResNet-32 x 3 experts, ...".
-pub fn setting_line(cfg: &TrainConfig) -> String {
-    let data = match cfg.dataset {
+/// The training data of a run in words, e.g. "CIFAR-100-LT (rho = 100)".
+pub fn data_label(cfg: &TrainConfig) -> String {
+    match cfg.dataset {
         DatasetKind::Synthetic => format!(
             "synthetic ({} classes, rho = {})",
             cfg.synthetic_classes, cfg.imbalance
@@ -335,12 +341,31 @@ pub fn setting_line(cfg: &TrainConfig) -> String {
             }
         }
         DatasetKind::ImagenetLt => "ImageNet-LT".to_string(),
+    }
+}
+
+/// The network of a run in words, e.g. "ResNet-32 x 3 experts (experts 24/48 wide, reduced as in
+/// RIDE, SADE and BalPoE)".
+pub fn model_label(cfg: &TrainConfig) -> String {
+    let experts = match cfg.experts {
+        1 => "1 expert".to_string(),
+        k => format!("{k} experts"),
     };
-    let model = match cfg.model {
-        ModelKind::Resnet32 => "ResNet-32",
-        ModelKind::Resnet50 => "ResNet-50",
-        ModelKind::Resnext50_32x4d => "ResNeXt-50 (32x4d)",
-    };
+    match cfg.model {
+        ModelKind::Resnet32 => match cfg.expert_width {
+            ExpertWidth::Reduced => format!(
+                "ResNet-32 x {experts} (experts 24/48 wide, reduced as in RIDE, SADE and BalPoE)"
+            ),
+            ExpertWidth::Full => format!("ResNet-32 x {experts} (experts 32/64 wide, full)"),
+        },
+        ModelKind::Resnet50 => format!("ResNet-50 x {experts}"),
+        ModelKind::Resnext50_32x4d => format!("ResNeXt-50 (32x4d) x {experts}"),
+    }
+}
+
+/// The setting of a run in one line, e.g. "CIFAR-100-LT (rho = 100), ResNet-32 x 3 experts, ...".
+pub fn setting_line(cfg: &TrainConfig) -> String {
+    let (data, model) = (data_label(cfg), model_label(cfg));
     let schedule = match cfg.schedule {
         Schedule::Multistep => format!("multistep x{} at {:?}", cfg.lr_decay, cfg.milestones),
         Schedule::Cosine => "cosine".to_string(),
@@ -351,9 +376,8 @@ pub fn setting_line(cfg: &TrainConfig) -> String {
         None => "single stage".to_string(),
     };
     format!(
-        "{data}, {model} x {} experts, {} epochs, batch {}, SGD lr {} ({schedule}, {} warm-up), \
+        "{data}, {model}, {} epochs, batch {}, SGD lr {} ({schedule}, {} warm-up), \
          wd {:e}, {loss} (tau {}), mixup alpha {}, {stages}",
-        cfg.experts,
         cfg.epochs,
         cfg.batch_size,
         cfg.lr,

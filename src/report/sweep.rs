@@ -297,14 +297,32 @@ impl SweepPlan {
         }
     }
 
-    /// Where `other` differs from this plan, ignoring [`EXECUTION_KEYS`] of the base; empty when it
-    /// is the same plan.
+    /// Where `other` differs from this plan, ignoring [`EXECUTION_KEYS`] of the base and seeds that
+    /// `other` adds (see [`SweepPlan::added_seeds`]); empty when `other` continues this plan. Leaving
+    /// out a stored seed is a difference: its runs would silently drop out of the summary.
     pub fn differences(&self, other: &SweepPlan) -> Result<Vec<String>> {
         let mut diffs = Vec::new();
-        if self.seeds != other.seeds {
+        let left_out: Vec<u64> = self
+            .seeds
+            .iter()
+            .filter(|s| !other.seeds.contains(s))
+            .copied()
+            .collect();
+        if !left_out.is_empty() {
+            let all: Vec<u64> = self
+                .seeds
+                .iter()
+                .copied()
+                .chain(self.added_seeds(other))
+                .collect();
             diffs.push(format!(
-                "seeds: {:?} (stored) vs {:?} (now)",
-                self.seeds, other.seeds
+                "seeds: {} (stored) vs {} (now) leaves out {} {}; seeds can be added to a sweep, \
+                 not taken away (give the stored ones too: --seeds {})",
+                seed_list(&self.seeds),
+                seed_list(&other.seeds),
+                if left_out.len() == 1 { "seed" } else { "seeds" },
+                seed_list(&left_out),
+                seed_list(&all)
             ));
         }
         if self.grid != other.grid {
@@ -336,6 +354,23 @@ impl SweepPlan {
             EXECUTION_KEYS,
         )?);
         Ok(diffs)
+    }
+
+    /// The seeds of `other` that this plan lacks, in `other`'s order: a re-run with them adds their
+    /// runs to the sweep.
+    pub fn added_seeds(&self, other: &SweepPlan) -> Vec<u64> {
+        other
+            .seeds
+            .iter()
+            .filter(|s| !self.seeds.contains(s))
+            .copied()
+            .collect()
+    }
+
+    /// This plan with `seeds` appended to its own (the stored seeds keep their order and runs).
+    pub fn with_added_seeds(&self, seeds: &[u64]) -> Result<SweepPlan> {
+        let all = self.seeds.iter().chain(seeds).copied().collect();
+        SweepPlan::new(self.base.clone(), all, self.grid.clone())
     }
 
     /// Every grid point, the first `--set` varying slowest; each configuration validated.
@@ -414,6 +449,15 @@ impl SweepPlan {
         }
         Ok(runs)
     }
+}
+
+/// `0,1,2`: seeds as `--seeds` takes them.
+pub fn seed_list(seeds: &[u64]) -> String {
+    seeds
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A value as written in a label or a message: strings bare, everything else as TOML.
@@ -845,5 +889,17 @@ mod tests {
         let diffs = plan.differences(&other).unwrap();
         assert_eq!(diffs.len(), 1, "{diffs:?}");
         assert!(diffs[0].starts_with("lr: 0.05"), "{diffs:?}");
+        // More seeds continue the plan; fewer are a difference.
+        let more = SweepPlan::new(plan.base.clone(), vec![1, 0, 4, 2], plan.grid.clone()).unwrap();
+        assert!(plan.differences(&more).unwrap().is_empty());
+        assert_eq!(plan.added_seeds(&more), [4, 2]);
+        assert_eq!(plan.with_added_seeds(&[4, 2]).unwrap().seeds, [0, 1, 4, 2]);
+        let fewer = SweepPlan::new(plan.base.clone(), vec![1, 2], plan.grid.clone()).unwrap();
+        let diffs = plan.differences(&fewer).unwrap();
+        assert_eq!(diffs.len(), 1, "{diffs:?}");
+        assert!(
+            diffs[0].contains("leaves out seed 0") && diffs[0].contains("--seeds 0,1,2"),
+            "{diffs:?}"
+        );
     }
 }

@@ -20,6 +20,9 @@ pub struct Prediction {
     pub confidence: f32,
     /// Each expert's own argmax.
     pub expert_predictions: Vec<u32>,
+    /// The averaged softmax over the classes (what `prediction` and `confidence` are the argmax
+    /// and max of); empty unless asked for ([`evaluate_with_probabilities`]).
+    pub probabilities: Vec<f32>,
 }
 
 pub struct Evaluation {
@@ -98,6 +101,26 @@ pub fn evaluate<B: Backend>(
     )
 }
 
+/// [`evaluate`], each prediction with its averaged softmax ([`Prediction::probabilities`]): the
+/// whole test set's probabilities are held, samples x classes floats.
+pub fn evaluate_with_probabilities<B: Backend>(
+    be: &B,
+    model: &MultiExpertNet<B>,
+    loader: &mut BatchLoader<'_, B>,
+    train_class_counts: &[usize],
+    cuda_graphs: bool,
+) -> Result<Evaluation> {
+    evaluate_on_ranks(
+        be,
+        model,
+        loader,
+        train_class_counts,
+        cuda_graphs,
+        &Dist::single(),
+        true,
+    )
+}
+
 /// [`evaluate`] on the ranks of `dist`: rank `r` evaluates batches `r, r + size, ...` of the
 /// single-process batching, and every rank merges all batches' outcomes in batch order, so the
 /// metrics and predictions are those of one process evaluating the whole set.
@@ -108,6 +131,27 @@ pub fn evaluate_sharded<B: Backend>(
     train_class_counts: &[usize],
     cuda_graphs: bool,
     dist: &Dist<B>,
+) -> Result<Evaluation> {
+    evaluate_on_ranks(
+        be,
+        model,
+        loader,
+        train_class_counts,
+        cuda_graphs,
+        dist,
+        false,
+    )
+}
+
+/// [`evaluate_sharded`], the probabilities kept in the predictions if `keep_probabilities`.
+fn evaluate_on_ranks<B: Backend>(
+    be: &B,
+    model: &MultiExpertNet<B>,
+    loader: &mut BatchLoader<'_, B>,
+    train_class_counts: &[usize],
+    cuda_graphs: bool,
+    dist: &Dist<B>,
+    keep_probabilities: bool,
 ) -> Result<Evaluation> {
     let test_set = loader.source();
     let classes = test_set.num_classes();
@@ -151,6 +195,11 @@ pub fn evaluate_sharded<B: Backend>(
                     prediction: at(1, i).to_bits(),
                     confidence: at(0, i),
                     expert_predictions: (0..experts).map(|e| at(2 + e, i).to_bits()).collect(),
+                    probabilities: if keep_probabilities {
+                        probs[i * classes..(i + 1) * classes].to_vec()
+                    } else {
+                        Vec::new()
+                    },
                 });
             }
         }

@@ -36,6 +36,8 @@ pub enum Progress<'a> {
         steps: usize,
         plan: &'a EpochPlan,
         lr: f32,
+        /// An [`Progress::Evaluated`] follows the epoch's last step.
+        evaluated: bool,
     },
     Step {
         step: usize,
@@ -249,8 +251,18 @@ pub fn train_rank<B: Backend>(
         (run.state.steps_done, run.state.epoch_loss_sum) = (0, 0.0);
 
         run.share_running_statistics(be)?;
-        if (epoch + 1) % cfg.eval_every == 0 || epoch + 1 == cfg.epochs {
-            let eval = run.evaluate(be, &mut test_loader, &class_counts, cuda_graphs)?;
+        if evaluates(cfg, epoch) {
+            let eval = run
+                .evaluate(be, &mut test_loader, &class_counts, cuda_graphs)
+                .with_context(|| {
+                    format!(
+                        "epoch {} (learning rate {}, training loss {train_loss}): the evaluation \
+                         after it failed. {}",
+                        epoch + 1,
+                        rate(lr),
+                        divergence_fix(cfg)
+                    )
+                })?;
             let record = EpochRecord {
                 data_wait_seconds: run.state.data_wait_seconds,
                 ..EpochRecord::new(
@@ -297,19 +309,29 @@ pub fn train_rank<B: Backend>(
     })
 }
 
-/// What a failed write of epoch `epoch`'s files leaves: the checkpoint of the epochs before.
+/// Whether the test set is evaluated after epoch `epoch` (0-based): every `eval_every`, and the last.
+fn evaluates(cfg: &TrainConfig, epoch: usize) -> bool {
+    (epoch + 1).is_multiple_of(cfg.eval_every) || epoch + 1 == cfg.epochs
+}
+
+/// What a failed write of epoch `epoch`'s files leaves: the checkpoint of the epochs before (a
+/// resume redoes the epoch and replaces whatever of it was written).
 fn resume_hint(checkpoint: &Path, epoch: usize) -> String {
     let dir = checkpoint.parent().unwrap_or(Path::new("."));
-    let kept = match epoch {
-        0 => "no epoch was saved yet (start the run again)".to_string(),
+    match epoch {
+        0 => "epoch 1 has no checkpoint: once the disk has room (or the directory is writable), \
+              start the run again (what was written of epoch 1 is replaced)"
+            .to_string(),
         e => format!(
-            "{} still holds epoch {e}: once the disk has room (or the directory is writable) \
-             continue with `ltrain train --resume {}`",
+            "epoch {} was not checkpointed, {} still holds epoch {e}: once the disk has room (or \
+             the directory is writable) continue with `ltrain train --resume {}`, which redoes \
+             epoch {} (what was written of it is replaced)",
+            e + 1,
             checkpoint.display(),
-            dir.display()
+            dir.display(),
+            e + 1
         ),
-    };
-    format!("nothing of epoch {} was saved; {kept}", epoch + 1)
+    }
 }
 
 impl<'a, B: Backend> Run<'a, B> {
@@ -471,6 +493,7 @@ impl<'a, B: Backend> Run<'a, B> {
             steps: batches.len(),
             plan,
             lr,
+            evaluated: evaluates(cfg, epoch),
         });
         let runner = &mut self.runner;
         let done = self.state.steps_done.min(batches.len());
@@ -624,16 +647,41 @@ fn diverged(
         good => format!("finite after step {good}"),
     };
     format!(
-        "epoch {} step {} of {steps} (learning rate {lr}): the training loss is {mean} ({checked}; \
-         it is checked every {LOSS_EVERY} steps): the model has diverged. Nothing of this epoch \
-         was saved, the checkpoint of the epochs before is as it was. Start again with a lower \
-         --lr (now {}) or a longer --warmup-epochs (now {}); --init with that checkpoint keeps \
-         its weights",
+        "epoch {} step {} of {steps} (learning rate {}): the training loss is {mean} ({checked}; \
+         it is checked every {LOSS_EVERY} steps): the model has diverged. {}",
         epoch + 1,
         step + 1,
-        cfg.lr,
+        rate(lr),
+        divergence_fix(cfg)
+    )
+}
+
+/// What a diverged run keeps and how to start it again.
+fn divergence_fix(cfg: &TrainConfig) -> String {
+    format!(
+        "Nothing of this epoch was saved, the checkpoint of the epochs before is as it was. Start \
+         again with a lower --lr (now {}) or a longer --warmup-epochs (now {}); --init with that \
+         checkpoint keeps its weights",
+        rate(cfg.lr),
         cfg.warmup_epochs
     )
+}
+
+/// A learning rate as a person writes it: 6 significant digits without float noise (0.005, not
+/// 0.0050000004), an exponent outside [1e-4, 1e4).
+fn rate(x: f32) -> String {
+    let x = f64::from(x);
+    let trim = |t: &str| match t.contains('.') {
+        true => t.trim_end_matches('0').trim_end_matches('.').to_string(),
+        false => t.to_string(),
+    };
+    if x != 0.0 && !(1e-4..1e4).contains(&x.abs()) {
+        let text = format!("{x:.5e}");
+        let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
+        return format!("{}e{exponent}", trim(mantissa));
+    }
+    let digits = (5 - x.abs().log10().floor() as i32).max(0) as usize;
+    trim(&format!("{x:.digits$}"))
 }
 
 /// The mean loss of the global batches since the runner's reset, read back (waits for the device).
@@ -684,4 +732,20 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
         rand::rngs::StdRng::seed_from_u64(seed ^ 0x005e_ed0f_ba7c ^ ((epoch as u64) << 32));
     order.shuffle(&mut rng);
     order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rate;
+
+    #[test]
+    fn learning_rates_read_as_written() {
+        assert_eq!(rate(0.05 * 0.1), "0.005");
+        assert_eq!(rate(0.1), "0.1");
+        assert_eq!(rate(0.025), "0.025");
+        assert_eq!(rate(2.0), "2");
+        assert_eq!(rate(1e30), "1e30");
+        assert_eq!(rate(1e-6), "1e-6");
+        assert_eq!(rate(0.0), "0");
+    }
 }
