@@ -333,6 +333,12 @@ fn a_failed_write_keeps_the_previous_checkpoint_and_the_run_resumable() {
         let message = format!("{err:#}");
         assert!(message.contains("still holds epoch 1"), "{full}: {message}");
         assert!(message.contains("--resume"), "{full}: {message}");
+        // The cause once, not repeated by each layer that reports it.
+        assert_eq!(
+            message.matches("No space left on device").count(),
+            1,
+            "{full}: {message}"
+        );
         assert_eq!(
             std::fs::read(&checkpoint).unwrap(),
             saved.unwrap(),

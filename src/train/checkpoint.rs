@@ -143,6 +143,11 @@ pub fn save_checkpoint(
         serde_json::to_string(&checksums)?,
     );
     let written = safetensors::serialize_to_file(views, Some(info), &tmp)
+        .map_err(|e| match e {
+            // Its text already ends with the I/O error's, which is also its source: keep one.
+            safetensors::SafeTensorError::IoError(io) => anyhow::Error::new(io),
+            e => anyhow::Error::new(e),
+        })
         .with_context(|| format!("writing checkpoint {}", tmp.display()))
         .and_then(|()| {
             File::open(&tmp)
