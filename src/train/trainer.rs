@@ -680,6 +680,9 @@ fn rate(x: f32) -> String {
         let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
         return format!("{}e{exponent}", trim(mantissa));
     }
+    if x == 0.0 {
+        return "0".into();
+    }
     let digits = (5 - x.abs().log10().floor() as i32).max(0) as usize;
     trim(&format!("{x:.digits$}"))
 }
