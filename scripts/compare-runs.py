@@ -76,7 +76,8 @@ def main():
     tb, mb = safetensors(b / "checkpoint.safetensors")
     rb_full = json.loads((b / "report.json").read_text())
     drop_added(mb, rb_full, added)
-    ma["ltrain.config"] = "\n".join(ma.get("ltrain.config", "").splitlines())
+    for meta in (ma, mb):
+        meta["ltrain.config"] = "\n".join(meta.get("ltrain.config", "").splitlines())
     if ta.keys() != tb.keys():
         fail(f"checkpoint tensor names: {sorted(ta.keys() ^ tb.keys())[:5]}")
     for name in ta:

@@ -411,3 +411,28 @@ fn atomic_write_leaves_no_temporary_or_partial_file() {
     // A missing directory is an error, not a panic.
     assert!(save_checkpoint(&dir.path().join("no/such/dir/c.safetensors"), &first, &meta).is_err());
 }
+
+#[test]
+fn the_same_checkpoint_is_the_same_bytes() {
+    // safetensors keeps metadata in a HashMap, whose order differs from map to map.
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = vec![
+        NamedTensor::f32("b", vec![2], vec![1.0, 2.0]),
+        NamedTensor::f32("a", vec![3], vec![3.0, 4.0, 5.0]),
+    ];
+    let meta: BTreeMap<String, String> = (0..16)
+        .map(|i| (format!("ltrain.key{i}"), format!("value {i}")))
+        .collect();
+    let written: Vec<Vec<u8>> = (0..4)
+        .map(|i| {
+            let path = dir.path().join(format!("c{i}.safetensors"));
+            save_checkpoint(&path, &tensors, &meta).unwrap();
+            std::fs::read(&path).unwrap()
+        })
+        .collect();
+    assert!(written.windows(2).all(|w| w[0] == w[1]));
+    // Still a file safetensors (and ltrain) reads.
+    let (read, read_meta) = load_checkpoint(&dir.path().join("c0.safetensors")).unwrap();
+    assert_eq!(read.len(), 2);
+    assert_eq!(read_meta, meta);
+}

@@ -27,7 +27,7 @@
 use crate::backend::Backend;
 use crate::model::{is_model_tensor, MultiExpertNet};
 use crate::nn::{NamedTensor, TensorData};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, View};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -150,6 +150,9 @@ pub fn save_checkpoint(
         })
         .with_context(|| format!("writing checkpoint {}", tmp.display()))
         .and_then(|()| {
+            sort_header(&tmp).with_context(|| format!("writing checkpoint {}", tmp.display()))
+        })
+        .and_then(|()| {
             File::open(&tmp)
                 .and_then(|f| f.sync_all())
                 .with_context(|| format!("syncing {}", tmp.display()))
@@ -169,6 +172,38 @@ pub fn save_checkpoint(
         d.sync_all()
             .with_context(|| format!("syncing directory {}", dir.display()))?;
     }
+    Ok(())
+}
+
+/// safetensors writes the metadata from a `HashMap`, in an order that changes from process to
+/// process; the same run must give the same bytes (a resumed run is compared with an uninterrupted
+/// one byte for byte), so the header is rewritten in place with its keys sorted (the same keys and
+/// values: the same length, the same padding).
+fn sort_header(path: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)?;
+    let len = usize::try_from(u64::from_le_bytes(len))?;
+    let mut header = vec![0u8; len];
+    file.read_exact(&mut header)?;
+    let mut parsed: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header)?;
+    if let Some(meta) = parsed.get_mut("__metadata__") {
+        let sorted: BTreeMap<String, String> = serde_json::from_value(meta.take())?;
+        *meta = serde_json::to_value(sorted)?;
+    }
+    let mut sorted = serde_json::to_vec(&parsed)?;
+    ensure!(
+        sorted.len() <= len,
+        "the sorted header is longer than safetensors' ({} > {len} bytes)",
+        sorted.len()
+    );
+    sorted.resize(len, b' ');
+    file.seek(SeekFrom::Start(8))?;
+    file.write_all(&sorted)?;
     Ok(())
 }
 
