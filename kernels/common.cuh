@@ -17,7 +17,8 @@
 // - static shared memory is declared with STATIC_SMEM(type, name, [dims]), dynamic with DYNAMIC_SMEM,
 //   never with a bare `__shared__` (the emulator poisons both at each block start);
 // - no early `return` before a `__syncthreads()` (the emulator reports it as a deadlock);
-// - no tensor-core, inline-PTX, texture or cooperative-groups features.
+// - tensor-core, cp.async and any other inline PTX only through the wrappers of mma.cuh (which the
+//   emulator implements); no texture or cooperative-groups features.
 #pragma once
 
 #if defined(LTRAIN_SIGNATURES)

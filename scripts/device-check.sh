@@ -95,6 +95,7 @@ smoke_tests=(
 # its --list) run after them; tests/device_check.rs checks that this plan names every #[ignore]d test.
 full_tests=(
     "cuda_gpu gpu_backend_passes_the_conformance_suite 30"
+    "cuda_gpu tensor_core_fragments_follow_the_ptx_layouts 10"
     "cuda_gpu elementwise_ops_match_the_cpu 10"
     "cuda_gpu convolutions_over_many_tiles_and_splits_match_the_cpu 30"
     "cuda_gpu pooling_and_shortcut_match_the_cpu 10"

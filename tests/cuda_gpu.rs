@@ -6,6 +6,7 @@
 
 mod conformance;
 mod cuda_checks;
+mod mma_checks;
 
 use ltrain::backend::cpu::CpuBackend;
 use ltrain::backend::cuda::{cuda_available, selftest, CudaBackend, CudaOptions, LaunchConfig};
@@ -60,6 +61,22 @@ fn atomic_histogram_from_many_blocks() {
 #[ignore = "needs a CUDA GPU"]
 fn launches_outside_the_h200_limits_are_errors() {
     cuda_checks::launches_outside_the_h200_limits_are_errors(&gpu());
+}
+
+/// The tensor-core and cp.async wrappers of kernels/mma.cuh against the PTX ISA's fragment tables, as
+/// the emulator is checked (tests/emulator_mma.rs): every lane's mma (tf32, bf16) and ldmatrix
+/// registers, cvt.rna.tf32 rounding, cp.async with its wait, and what the tensor cores make of a tf32
+/// operand that was not rounded (the emulator truncates it; this pins that on hardware).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn tensor_core_fragments_follow_the_ptx_layouts() {
+    let be = gpu();
+    mma_checks::mma_tf32_follows_the_ptx_layout(&be);
+    mma_checks::mma_bf16_follows_the_ptx_layout(&be);
+    mma_checks::ldmatrix_follows_the_ptx_layout(&be);
+    mma_checks::to_tf32_rounds_to_nearest_ties_away_from_zero(&be);
+    mma_checks::cp_async_copies_after_its_wait(&be);
+    mma_checks::unrounded_tf32_operands_are_truncated(&be);
 }
 
 #[test]

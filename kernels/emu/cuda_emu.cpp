@@ -142,11 +142,21 @@ thread_local StackPool t_stacks;
 // ---- blocks --------------------------------------------------------------------------------------
 enum class State : uint8_t { Runnable, WaitingBlock, WaitingWarp, Done };
 
+// A cp.async issued and not yet performed.
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    unsigned bytes;
+    unsigned group;  // the thread's commit count when it was issued
+};
+
 struct Fiber {
     Context ctx;
     State state = State::Runnable;
     dim3 tid;
     unsigned linear = 0;  // x + y * bx + z * bx * by, as CUDA orders threads into warps
+    std::vector<AsyncCopy> async_copies;  // in issue order
+    unsigned async_commits = 0;
 };
 
 struct Warp {
@@ -192,16 +202,6 @@ void park(Block& b, State why) {
     context_switch(f->ctx, b.scheduler);
 }
 
-[[noreturn]] void fiber_entry() {
-    Block& b = *t_block;
-    b.thunk(b.args);
-    Fiber* f = b.current;
-    f->state = State::Done;
-    ++b.done;
-    context_switch(f->ctx, b.scheduler);
-    std::abort();  // a finished fiber is never resumed
-}
-
 void set_error(Block& b, const char* fmt, ...) {
     if (b.failed) return;
     b.failed = true;
@@ -209,6 +209,21 @@ void set_error(Block& b, const char* fmt, ...) {
     va_start(ap, fmt);
     std::vsnprintf(b.error, sizeof b.error, fmt, ap);
     va_end(ap);
+}
+
+[[noreturn]] void fiber_entry() {
+    Block& b = *t_block;
+    b.thunk(b.args);
+    Fiber* f = b.current;
+    if (!f->async_copies.empty())
+        set_error(b,
+                  "thread %u ended before waiting for %zu of its cp.async copies (cp_async_wait): "
+                  "their data never reached shared memory",
+                  f->linear, f->async_copies.size());
+    f->state = State::Done;
+    ++b.done;
+    context_switch(f->ctx, b.scheduler);
+    std::abort();  // a finished fiber is never resumed
 }
 
 // Runs one block to completion; false (with b.error set) on failure.
@@ -221,6 +236,8 @@ bool run_block(Block& b) {
     for (unsigned i = 0; i < b.threads; ++i) {
         Fiber& f = b.fibers[i];
         f.state = State::Runnable;
+        f.async_copies.clear();
+        f.async_commits = 0;
         context_init(f.ctx, t_stacks.stack(i), kStackBytes, fiber_entry);
     }
     b.done = 0;
@@ -331,6 +348,169 @@ void poison_static_smem(void* variable, size_t bytes) {
     Fiber* f = b.current;
     context_switch(f->ctx, b.scheduler);
     std::abort();  // a failed block is never resumed
+}
+
+// ---- tensor-core and asynchronous-copy instructions ----------------------------------------------
+namespace {
+
+[[noreturn]] void fail_with(const char* fmt, ...) {
+    char message[512];
+    va_list ap;
+    va_start(ap, fmt);
+    std::vsnprintf(message, sizeof message, fmt, ap);
+    va_end(ap);
+    fail(message);
+}
+
+// Which `.sync.aligned` instruction (and qualifiers) a lane is at: every lane of the warp must
+// agree.
+enum Instruction : uint64_t { kMmaTf32 = 1, kMmaBf16 = 2, kLdmatrix = 3 };
+constexpr unsigned kTagShift = 56;  // user-space addresses stay below 2^56
+
+// Copies `bytes` at `mine` from every lane of the running warp to `all` (lane l's at l * bytes).
+// One exchange publishes each lane's address (tagged with its instruction), a second keeps every
+// lane in here, so that its operands stay alive on its stack, until all lanes have read them.
+void warp_gather(const char* what, uint64_t instruction, const void* mine, size_t bytes,
+                 void* all) {
+    const auto address = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(mine));
+    if ((address >> kTagShift) != 0)
+        fail_with("%s: operand address %p too high to tag", what, mine);
+    uint64_t posted[32];
+    const unsigned lanes = warp_exchange(0xffffffffu, address | (instruction << kTagShift), posted);
+    if (lanes != 0xffffffffu)
+        fail_with("%s needs all 32 lanes of a warp; this warp has lanes 0x%08x (a block of a "
+                  "multiple of 32 threads)",
+                  what, lanes);
+    for (unsigned l = 0; l < 32; ++l)
+        if ((posted[l] >> kTagShift) != instruction)
+            fail_with("%s: lane %u of the warp is at another warp instruction or shape (all 32 "
+                      "lanes must execute the same one)",
+                      what, l);
+    const uint64_t address_mask = (uint64_t(1) << kTagShift) - 1;
+    for (unsigned l = 0; l < 32; ++l)
+        std::memcpy(static_cast<char*>(all) + l * bytes,
+                    reinterpret_cast<const void*>(static_cast<uintptr_t>(posted[l] & address_mask)),
+                    bytes);
+    uint64_t ignored[32];
+    warp_exchange(0xffffffffu, 0, ignored);  // every lane has read: the operands may go
+}
+
+struct MmaOperands {
+    unsigned a[4];
+    unsigned b[2];
+};
+
+// d = c + A B for this lane's four accumulator elements (C and D share a layout, so c is this
+// lane's own). Products and sum in double, rounded once: exact where the data make every partial
+// sum exact; otherwise the hardware (its summation order and internal rounding unspecified) can
+// differ in the last bits.
+template <int K>
+void accumulate(float* d, const float (&a)[16][K], const float (&b)[K][8], const float* c) {
+    const unsigned lane = lane_id(), g = lane >> 2, t = lane & 3u;
+    for (unsigned i = 0; i < 4; ++i) {
+        const unsigned row = g + 8 * (i >> 1), col = 2 * t + (i & 1u);
+        double sum = c[i];
+        for (int k = 0; k < K; ++k) sum += double(a[row][k]) * double(b[k][col]);
+        d[i] = static_cast<float>(sum);
+    }
+}
+
+// A .tf32 operand counts with 10 mantissa bits: the 13 low bits of one that cvt.rna.tf32.f32 did
+// not round are dropped (truncation). The PTX ISA leaves the tf32 layout implementation-defined;
+// truncation is what the tensor cores are taken to do, and tests/cuda_gpu.rs checks it on hardware.
+float tf32_operand(unsigned bits) { return __uint_as_float(bits & ~0x1fffu); }
+float bf16_low(unsigned pair) { return __uint_as_float(pair << 16); }
+float bf16_high(unsigned pair) { return __uint_as_float(pair & 0xffff0000u); }
+
+}  // namespace
+
+void mma_m16n8k8_tf32(float* d, const unsigned* a, const unsigned* b, const float* c) {
+    MmaOperands mine, all[32];
+    std::memcpy(mine.a, a, sizeof mine.a);
+    std::memcpy(mine.b, b, sizeof mine.b);
+    warp_gather("mma.m16n8k8.tf32", kMmaTf32, &mine, sizeof mine, all);
+    float am[16][8], bm[8][8];
+    for (unsigned lane = 0; lane < 32; ++lane) {
+        const unsigned g = lane >> 2, t = lane & 3u;
+        const MmaOperands& o = all[lane];
+        am[g][t] = tf32_operand(o.a[0]);
+        am[g + 8][t] = tf32_operand(o.a[1]);
+        am[g][t + 4] = tf32_operand(o.a[2]);
+        am[g + 8][t + 4] = tf32_operand(o.a[3]);
+        bm[t][g] = tf32_operand(o.b[0]);
+        bm[t + 4][g] = tf32_operand(o.b[1]);
+    }
+    accumulate(d, am, bm, c);
+}
+
+void mma_m16n8k16_bf16(float* d, const unsigned* a, const unsigned* b, const float* c) {
+    MmaOperands mine, all[32];
+    std::memcpy(mine.a, a, sizeof mine.a);
+    std::memcpy(mine.b, b, sizeof mine.b);
+    warp_gather("mma.m16n8k16.bf16", kMmaBf16, &mine, sizeof mine, all);
+    float am[16][16], bm[16][8];
+    for (unsigned lane = 0; lane < 32; ++lane) {
+        const unsigned g = lane >> 2, t = lane & 3u;
+        const MmaOperands& o = all[lane];
+        for (unsigned r = 0; r < 4; ++r) {
+            const unsigned row = g + 8 * (r & 1u), col = 2 * t + 8 * (r >> 1);
+            am[row][col] = bf16_low(o.a[r]);
+            am[row][col + 1] = bf16_high(o.a[r]);
+        }
+        for (unsigned r = 0; r < 2; ++r) {
+            const unsigned k = 2 * t + 8 * r;
+            bm[k][g] = bf16_low(o.b[r]);
+            bm[k + 1][g] = bf16_high(o.b[r]);
+        }
+    }
+    accumulate(d, am, bm, c);
+}
+
+void ldmatrix(unsigned* r, unsigned count, bool trans, const void* row) {
+    uintptr_t rows[32];
+    // The qualifiers are part of the instruction every lane must agree on.
+    const uint64_t instruction = kLdmatrix | uint64_t(count) << 2 | uint64_t(trans) << 5;
+    warp_gather("ldmatrix", instruction, &row, sizeof row, rows);
+    for (unsigned l = 0; l < 8 * count; ++l)
+        if (rows[l] % 16 != 0)
+            fail_with("ldmatrix: lane %u's row address %p is not 16-byte aligned", l,
+                      reinterpret_cast<void*>(rows[l]));
+    auto element = [&](unsigned matrix, unsigned i, unsigned j) {
+        uint16_t v;
+        std::memcpy(&v, reinterpret_cast<const char*>(rows[8 * matrix + i]) + 2 * j, sizeof v);
+        return unsigned(v);
+    };
+    const unsigned lane = lane_id(), g = lane >> 2, t = lane & 3u;
+    for (unsigned m = 0; m < count; ++m)
+        r[m] = trans ? element(m, 2 * t, g) | element(m, 2 * t + 1, g) << 16
+                     : element(m, g, 2 * t) | element(m, g, 2 * t + 1) << 16;
+}
+
+void cp_async(void* dst, const void* src, unsigned bytes) {
+    Fiber& f = *running_block().current;
+    if (bytes != 4 && bytes != 8 && bytes != 16)
+        fail_with("cp.async copies 4, 8 or 16 bytes, not %u", bytes);
+    if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 ||
+        reinterpret_cast<uintptr_t>(src) % bytes != 0)
+        fail_with("cp.async of %u bytes needs %u-byte aligned addresses (shared %p, global %p)",
+                  bytes, bytes, dst, src);
+    std::memset(dst, 0xFF, bytes);
+    f.async_copies.push_back({dst, src, bytes, f.async_commits});
+}
+
+void cp_async_commit() { ++running_block().current->async_commits; }
+
+void cp_async_wait(unsigned pending) {
+    Fiber& f = *running_block().current;
+    // Groups numbered below `complete` must have landed; copies not yet committed are not waited
+    // for.
+    const unsigned complete = f.async_commits > pending ? f.async_commits - pending : 0;
+    auto& copies = f.async_copies;
+    for (const AsyncCopy& c : copies)
+        if (c.group < complete) std::memcpy(c.dst, c.src, c.bytes);
+    copies.erase(std::remove_if(copies.begin(), copies.end(),
+                                [&](const AsyncCopy& c) { return c.group < complete; }),
+                 copies.end());
 }
 
 int run_grid(const Launch* launch, Thunk thunk, void** args, const char* kernel_name, char* err,

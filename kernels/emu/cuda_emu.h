@@ -16,8 +16,11 @@
 //   a bare `__shared__` does not compile here, so no declaration escapes the poisoning;
 // - atomics are real atomics (`std::atomic_ref`), so concurrent launches from different host threads
 //   on distinct buffers are fine.
-// Limits: no tensor cores, inline PTX, textures, cooperative groups or clusters; timing means nothing;
-// races that only show under real warp scheduling can hide (compute-sanitizer on a GPU is the judge).
+// - the tensor-core and cp.async instructions of kernels/mma.cuh are warp collectives and per-thread
+//   copy queues here (`mma_*`, `ldmatrix`, `cp_async*` below) with the PTX ISA's fragment layouts.
+// Limits: no other inline PTX, no wgmma/TMA, textures, cooperative groups or clusters; timing
+// means nothing; races that only show under real warp scheduling can hide (compute-sanitizer on a
+// GPU is the judge).
 #pragma once
 
 #include <atomic>
@@ -194,6 +197,32 @@ inline int __all_sync(unsigned mask, int predicate) {
     const auto [ballot, participants] = emu::warp_vote(mask, predicate);
     return ballot == participants;
 }
+
+// ---- tensor-core and asynchronous-copy instructions (wrapped by kernels/mma.cuh) ----
+namespace emu {
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 and m16n8k16 .bf16: collectives of all 32
+// lanes of the warp, in the PTX ISA's fragment layouts (kernels/mma.cuh); each lane gets its own 4
+// d registers.
+void mma_m16n8k8_tf32(float* d, const unsigned* a, const unsigned* b, const float* c);
+void mma_m16n8k16_bf16(float* d, const unsigned* a, const unsigned* b, const float* c);
+// ldmatrix.sync.aligned.m8n8.x{count}{.trans}.shared.b16 into r[0..count).
+void ldmatrix(unsigned* r, unsigned count, bool trans, const void* row);
+// cp.async of `bytes` (4, 8 or 16): fills `dst` with 0xFF now and copies when a cp_async_wait
+// covers its group, so a read before the wait sees the poison.
+void cp_async(void* dst, const void* src, unsigned bytes);
+void cp_async_commit();
+// Performs the calling thread's committed groups but the newest `pending`.
+void cp_async_wait(unsigned pending);
+
+// cvt.rna.tf32.f32: half an ulp of the 10-bit mantissa added to the magnitude, then the 13 low bits
+// cleared (ties away from zero; a carry reaches the exponent, the largest values become infinity).
+inline unsigned cvt_rna_tf32(float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, sizeof u);
+    if ((u & 0x7f800000u) == 0x7f800000u) return (u & 0x007fffffu) != 0 ? 0x7fffffffu : u;
+    return (u + 0x1000u) & ~0x1fffu;
+}
+}  // namespace emu
 
 // ---- atomics (return the old value, like CUDA's) ----
 template <typename T>

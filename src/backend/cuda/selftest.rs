@@ -1,5 +1,6 @@
 //! Entry points that exercise the device runtime itself rather than a `Backend` op: the emulator's
-//! barriers, warp collectives, atomics and launch-limit checks, and the raw cuBLAS-convention GEMM.
+//! barriers, warp collectives, atomics and launch-limit checks, the tensor-core and cp.async wrappers
+//! of kernels/mma.cuh, and the raw cuBLAS-convention GEMM.
 //! Used by `tests/emulator.rs` and, on a real GPU, `tests/cuda_gpu.rs` (the same calls run on both
 //! runtimes; the deliberately broken kernels only on the emulator).
 
@@ -125,4 +126,170 @@ pub fn gemm(be: &CudaBackend, g: &Gemm, a: &[f32], b: &[f32], c: &[f32]) -> Resu
     let mut c = be.upload_typed(c)?;
     be.gemm(g, &a, &b, &mut c)?;
     be.download_typed(&c)
+}
+
+// ---- tensor cores and cp.async (kernels/mma.cuh) ----
+
+/// Registers of one warp for one `mma.sync`, lane-major in register order: lane `l` holds `a[4l..4l+4]`,
+/// `b[2l..2l+2]` and `c[4l..4l+4]`.
+pub struct MmaRegisters<'a> {
+    pub a: &'a [u32],
+    pub b: &'a [u32],
+    pub c: &'a [f32],
+}
+
+impl MmaRegisters<'_> {
+    fn check(&self, what: &str) -> Result<()> {
+        if self.a.len() != 128 || self.b.len() != 64 || self.c.len() != 128 {
+            bail!(
+                "{what}: one warp's registers are 128 a, 64 b and 128 c values, not {}, {} and {}",
+                self.a.len(),
+                self.b.len(),
+                self.c.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One `mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32` by one warp (operand bits as given, not
+/// rounded); returns every lane's `d`, lane-major (`d[4l..4l+4]` is lane `l`'s).
+pub fn mma_tf32(be: &CudaBackend, regs: &MmaRegisters) -> Result<Vec<f32>> {
+    regs.check("mma_tf32")?;
+    let (a, b, c) = (
+        be.upload_typed(regs.a)?,
+        be.upload_typed(regs.b)?,
+        be.upload_typed(regs.c)?,
+    );
+    let mut d = be.alloc::<f32>(128)?;
+    kernels::selftest_mma_tf32(be.dev(), LaunchConfig::linear(1, 32), &a, &b, &c, &mut d)?;
+    be.download_typed(&d)
+}
+
+/// One `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32` by one warp (two bf16 per `a` and `b`
+/// register, the even-indexed element in the low half); returns every lane's `d` as [`mma_tf32`] does.
+pub fn mma_bf16(be: &CudaBackend, regs: &MmaRegisters) -> Result<Vec<f32>> {
+    regs.check("mma_bf16")?;
+    let (a, b, c) = (
+        be.upload_typed(regs.a)?,
+        be.upload_typed(regs.b)?,
+        be.upload_typed(regs.c)?,
+    );
+    let mut d = be.alloc::<f32>(128)?;
+    kernels::selftest_mma_bf16(be.dev(), LaunchConfig::linear(1, 32), &a, &b, &c, &mut d)?;
+    be.download_typed(&d)
+}
+
+/// The tf32 mma launched with `threads` threads (not a multiple of 32: a partial warp); emulator only
+/// (it must refuse a warp instruction some lanes of the warp cannot take part in).
+pub fn mma_tf32_on_a_partial_warp(be: &CudaBackend, threads: u32) -> Result<()> {
+    emulator_only(be, "mma_tf32_on_a_partial_warp")?;
+    let a = be.upload_typed(&[0u32; 128])?;
+    let b = be.upload_typed(&[0u32; 64])?;
+    let c = be.upload_typed(&[0f32; 128])?;
+    let mut d = be.alloc::<f32>(128)?;
+    kernels::selftest_mma_tf32(
+        be.dev(),
+        LaunchConfig::linear(1, threads),
+        &a,
+        &b,
+        &c,
+        &mut d,
+    )
+}
+
+/// `cvt.rna.tf32.f32` of every value: the tf32 bits (in a 32-bit word).
+pub fn to_tf32(be: &CudaBackend, x: &[f32]) -> Result<Vec<u32>> {
+    let input = be.upload_typed(x)?;
+    let mut out = be.alloc::<u32>(x.len())?;
+    let n = to_u32("to_tf32", "length", x.len())?;
+    let blocks = x.len().div_ceil(256).max(1) as u32;
+    kernels::selftest_to_tf32(
+        be.dev(),
+        LaunchConfig::linear(blocks, 256),
+        &input,
+        &mut out,
+        n,
+    )?;
+    be.download_typed(&out)
+}
+
+/// `ldmatrix.sync.aligned.m8n8.x{matrices}[.trans].shared.b16` by one warp from a shared copy of
+/// `tile` (32 rows of 8 b16 values, 4 words a row), lane `l` passing the address of row
+/// `row_of_lane[l]`; returns `matrices` registers a lane, lane-major.
+pub fn ldmatrix(
+    be: &CudaBackend,
+    tile: &[u32],
+    row_of_lane: &[u32],
+    matrices: u32,
+    trans: bool,
+) -> Result<Vec<u32>> {
+    if tile.len() != 128 || row_of_lane.len() != 32 || row_of_lane.iter().any(|&r| r >= 32) {
+        bail!("ldmatrix: a tile of 32 rows of 4 words, and a row below 32 for each of 32 lanes");
+    }
+    if ![1, 2, 4].contains(&matrices) {
+        bail!("ldmatrix loads 1, 2 or 4 matrices, not {matrices}");
+    }
+    let tile = be.upload_typed(tile)?;
+    let rows = be.upload_typed(row_of_lane)?;
+    let mut out = be.alloc::<u32>(128)?;
+    let cfg = LaunchConfig {
+        shared_mem_bytes: 512,
+        ..LaunchConfig::linear(1, 32)
+    };
+    kernels::selftest_ldmatrix(
+        be.dev(),
+        cfg,
+        &tile,
+        &rows,
+        &mut out,
+        matrices,
+        u32::from(trans),
+    )?;
+    let out = be.download_typed(&out)?;
+    Ok(out
+        .chunks(4)
+        .flat_map(|lane| lane[..matrices as usize].iter().copied())
+        .collect())
+}
+
+fn cp_async_source(be: &CudaBackend, what: &str, src: &[f32]) -> Result<super::DeviceBuffer<f32>> {
+    if src.len() != 256 {
+        bail!("{what}: 256 values, not {}", src.len());
+    }
+    be.upload_typed(src)
+}
+
+/// `src` (256 values) copied to shared memory by one warp's `cp.async` in two commit groups, each read
+/// back after `cp.async.wait_group` and a barrier.
+pub fn cp_async(be: &CudaBackend, src: &[f32]) -> Result<Vec<f32>> {
+    let input = cp_async_source(be, "cp_async", src)?;
+    let mut out = be.alloc::<f32>(256)?;
+    let cfg = LaunchConfig {
+        shared_mem_bytes: 1024,
+        ..LaunchConfig::linear(1, 32)
+    };
+    kernels::selftest_cp_async(be.dev(), cfg, &input, &mut out)?;
+    be.download_typed(&out)
+}
+
+/// The same two groups with both read after waiting for the first only; `wait_at_exit` waits for the
+/// second before the threads end. Emulator only: the second half reads as poison, and without the final
+/// wait the launch fails (copies pending at thread exit).
+pub fn cp_async_read_early(be: &CudaBackend, src: &[f32], wait_at_exit: bool) -> Result<Vec<f32>> {
+    emulator_only(be, "cp_async_read_early")?;
+    let input = cp_async_source(be, "cp_async_read_early", src)?;
+    let mut out = be.alloc::<f32>(256)?;
+    let cfg = LaunchConfig {
+        shared_mem_bytes: 1024,
+        ..LaunchConfig::linear(1, 32)
+    };
+    kernels::selftest_cp_async_early_read(
+        be.dev(),
+        cfg,
+        &input,
+        &mut out,
+        u32::from(wait_at_exit),
+    )?;
+    be.download_typed(&out)
 }
