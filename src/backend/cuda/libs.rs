@@ -30,8 +30,14 @@ pub struct SearchPath {
 
 impl SearchPath {
     /// `LD_LIBRARY_PATH`'s folders, then the `nvidia/*/lib` folders of the Python environments'
-    /// site-packages: `VIRTUAL_ENV`, `CONDA_PREFIX`, then those `python3` reports.
-    pub fn from_env() -> Self {
+    /// site-packages: `VIRTUAL_ENV`, `CONDA_PREFIX`, then those `python3` reports. Read once a
+    /// process (asking `python3` starts a process).
+    pub fn from_env() -> &'static Self {
+        static SEARCH: OnceLock<SearchPath> = OnceLock::new();
+        SEARCH.get_or_init(Self::read_env)
+    }
+
+    fn read_env() -> Self {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         let mut site_packages = Vec::new();
         for prefix in [var("VIRTUAL_ENV"), var("CONDA_PREFIX")]
@@ -167,7 +173,7 @@ pub(crate) fn loaded_path(name: &str) -> Option<PathBuf> {
 pub(crate) fn cublas() -> Result<&'static Loaded, String> {
     static CUBLAS: OnceLock<Result<Loaded, String>> = OnceLock::new();
     CUBLAS
-        .get_or_init(|| open(CUBLAS_NAMES, &SearchPath::from_env()))
+        .get_or_init(|| open(CUBLAS_NAMES, SearchPath::from_env()))
         .as_ref()
         .map_err(|e| {
             format!(

@@ -139,7 +139,7 @@ impl Nccl {
 fn nccl() -> Result<&'static Nccl, String> {
     static NCCL: OnceLock<Result<Nccl, String>> = OnceLock::new();
     NCCL.get_or_init(|| {
-        let lib = libs::open(libs::NCCL_NAMES, &SearchPath::from_env()).map_err(|e| {
+        let lib = libs::open(libs::NCCL_NAMES, SearchPath::from_env()).map_err(|e| {
             format!(
                 "{e}; install it (`pip install nvidia-nccl-cu13` in the active environment, or \
                  the system package libnccl2), or add its lib folder to LD_LIBRARY_PATH"
