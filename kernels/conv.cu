@@ -19,37 +19,10 @@
 // (sum and sum of squares in double, unshifted: the values are fp32, so the one-pass variance only
 // cancels when mean^2 / var nears 1e10), and the last tile of each block of rows adds the tiles up in
 // tile order.
-#include "common.cuh"
-#include "batch_stats.cuh"
+#include "conv_common.cuh"
 
 #define CONV_THREADS 256
 #define CONV_BK 16
-
-struct ConvGeom {
-    int c_in, h, w, c_out, k, stride, pad, h_out, w_out;
-    int c_in_g, c_out_g, kk, P, HW;
-};
-
-__device__ ConvGeom conv_geom(unsigned c_in, unsigned h, unsigned w, unsigned c_out, unsigned k,
-                              unsigned stride, unsigned pad, unsigned h_out, unsigned w_out,
-                              unsigned groups) {
-    ConvGeom g;
-    g.c_in = int(c_in);
-    g.h = int(h);
-    g.w = int(w);
-    g.c_out = int(c_out);
-    g.k = int(k);
-    g.stride = int(stride);
-    g.pad = int(pad);
-    g.h_out = int(h_out);
-    g.w_out = int(w_out);
-    g.c_in_g = int(c_in / groups);
-    g.c_out_g = int(c_out / groups);
-    g.kk = int(k * k);
-    g.P = int(h_out * w_out);
-    g.HW = int(h * w);
-    return g;
-}
 
 // X[(ci, kh, kw), (s, oh, ow)] of group `group`.
 __device__ __forceinline__ float im2col_at(const float* x, const ConvGeom& g, int group, int r,
@@ -164,18 +137,6 @@ __device__ __forceinline__ TileIndex tile_index(int t, int tiles_m, int tiles_n,
     return ti;
 }
 
-// Where the forward writes its output's batch statistics. `partial` [groups * tiles_m, tiles_n, BM, 2]
-// holds each tile's row sums; `counters` [groups * tiles_m] zero on entry and on exit.
-struct StatsOut {
-    double* partial;
-    unsigned* counters;
-    float* saved_mean;
-    float* saved_inv_std;
-    float* running_mean;
-    float* running_var;
-    float eps, momentum;
-};
-
 // Adds this tile's rows to the statistics (every thread of the block calls it); the tile's last block
 // of its rows writes them.
 template <int BM, int BN, int TM, int TN>
@@ -209,25 +170,8 @@ __device__ void add_tile_stats(const StatsOut& st, const float (&acc)[TM][TN], c
         out[1] = s2;
     }
     if (took_last_ticket(&st.counters[row_block], unsigned(tiles_n))) {
-        // A warp per row, its lanes over the tiles: fixed order, no block barrier.
-        const int lane = tid & 31, warp = tid >> 5;
-        for (int r = warp; r < BM && ti.m0 + r < M; r += CONV_THREADS / 32) {
-            double s1 = 0.0, s2 = 0.0;
-            for (int t = lane; t < tiles_n; t += 32) {
-                const volatile double* p =
-                    st.partial + ((size_t(row_block) * tiles_n + t) * BM + r) * 2;
-                s1 += p[0];
-                s2 += p[1];
-            }
-            s1 = warp_sum(s1);
-            s2 = warp_sum(s2);
-            if (lane == 0) {
-                const double mean = s1 / N, var = fmax(s2 / N - mean * mean, 0.0);
-                write_batch_stats(unsigned(ti.group * g.c_out_g + ti.m0 + r), mean, var,
-                                  unsigned(N), st.eps, st.momentum, st.saved_mean,
-                                  st.saved_inv_std, st.running_mean, st.running_var);
-            }
-        }
+        fold_channel_stats(st, st.partial + size_t(row_block) * tiles_n * BM * 2, tiles_n, BM,
+                           unsigned(ti.group * g.c_out_g + ti.m0), min(BM, M - ti.m0), unsigned(N));
         if (tid == 0) st.counters[row_block] = 0u;
     }
     __syncthreads();  // `rows` is rewritten by the next tile

@@ -4,7 +4,8 @@
 mod conformance;
 mod cuda_checks;
 
-use ltrain::backend::cuda::CudaBackend;
+use conformance::Products;
+use ltrain::backend::cuda::{CudaBackend, CudaOptions};
 
 fn emulated() -> CudaBackend {
     CudaBackend::new_emulated().expect("the emulator needs no device")
@@ -13,6 +14,13 @@ fn emulated() -> CudaBackend {
 #[test]
 fn emulated_cuda_backend_passes_the_conformance_suite() {
     conformance::run_all(&emulated());
+}
+
+/// TF32 on: the convolutions on the tensor-core kernels (kernels/conv_mma.cu), the GEMMs rounded as
+/// the emulator stands in for cuBLAS's TF32.
+#[test]
+fn emulated_tf32_backend_passes_the_conformance_suite() {
+    conformance::run_all_with(&emulated_tf32(), Products::Tf32);
 }
 
 #[test]
@@ -28,6 +36,20 @@ fn convolutions_match_the_cpu() {
 #[test]
 fn convolutions_over_many_tiles_and_splits_match_the_cpu() {
     cuda_checks::convolutions_over_many_tiles_and_splits_match_the_cpu(&emulated());
+}
+
+fn emulated_tf32() -> CudaBackend {
+    CudaBackend::new_emulated_with(CudaOptions { tf32: true }).unwrap()
+}
+
+#[test]
+fn tensor_core_convolutions_match_the_cpu() {
+    cuda_checks::convolutions_match_the_cpu(&emulated_tf32());
+}
+
+#[test]
+fn tensor_core_convolutions_over_many_tiles_and_splits_match_the_cpu() {
+    cuda_checks::convolutions_over_many_tiles_and_splits_match_the_cpu(&emulated_tf32());
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! shapes too large to run) must count exactly what the executing one does.
 
 use ltrain::backend::counters::DeviceCounters;
-use ltrain::backend::cuda::CudaBackend;
+use ltrain::backend::cuda::{CudaBackend, CudaOptions};
 use ltrain::backend::Backend;
 use ltrain::config::{ExpertWidth, ModelKind};
 use ltrain::train::bench_step::{BenchInput, BenchStep, BenchStepConfig};
@@ -51,13 +51,28 @@ fn launches(c: &DeviceCounters, kernel: &str) -> u64 {
     c.kernels.get(kernel).map_or(0, |k| k.launches)
 }
 
+/// Launches of a convolution pass, in either family: `conv2d_{pass}_*` (FMA) or
+/// `conv2d_mma_{pass}_*` (tensor cores).
+fn conv_launches(c: &DeviceCounters, pass: &str) -> u64 {
+    let (fma, mma) = (format!("conv2d_{pass}_"), format!("conv2d_mma_{pass}_"));
+    c.kernels
+        .iter()
+        .filter(|(name, _)| {
+            // `forward_` would also match `forward_stats_`: the tile suffix has no underscore.
+            let tile = |prefix: &str| {
+                name.strip_prefix(prefix)
+                    .is_some_and(|rest| !rest.contains("stats"))
+            };
+            tile(&fma) || tile(&mma)
+        })
+        .map(|(_, k)| k.launches)
+        .sum()
+}
+
 /// Launches of the layers every step runs, whatever the stage.
 fn layer_launches(c: &DeviceCounters) -> u64 {
     // Forward: the convolution with its batch statistics, then the normalisation.
-    let conv_bn = ["m16", "m32", "m64", "m128"]
-        .iter()
-        .map(|m| launches(c, &format!("conv2d_forward_stats_{m}")))
-        .sum::<u64>();
+    let conv_bn = conv_launches(c, "forward_stats");
     assert_eq!(
         conv_bn, CONVS,
         "one statistics-computing convolution per conv"
@@ -72,11 +87,17 @@ fn layer_launches(c: &DeviceCounters) -> u64 {
     // the batch norm's two passes.
     assert_eq!(launches(c, "batch_norm_backward_reduce"), CONVS);
     assert_eq!(launches(c, "batch_norm_backward_apply"), CONVS);
-    let data = ["m16", "m32", "m64", "m128"]
-        .iter()
-        .map(|m| launches(c, &format!("conv2d_backward_data_{m}")))
-        .sum::<u64>();
-    assert_eq!(data, CONVS - 1, "no data gradient for the image");
+    assert_eq!(
+        conv_launches(c, "backward_data"),
+        CONVS - 1,
+        "no data gradient for the image"
+    );
+    assert_eq!(conv_launches(c, "backward_weight"), CONVS);
+    assert_eq!(
+        conv_launches(c, "forward"),
+        0,
+        "every forward computes statistics"
+    );
     assert_eq!(launches(c, "shortcut_a_forward"), SHORTCUTS);
     assert_eq!(launches(c, "shortcut_a_backward"), SHORTCUTS);
     // Per expert: pooling forward and backward, the classifier's bias broadcast and bias gradient,
@@ -119,13 +140,37 @@ fn assert_steady(c: &DeviceCounters) {
 
 #[test]
 fn a_stage_1_step_does_exactly_the_work_its_layers_need() {
-    let be = CudaBackend::new_emulated().unwrap();
-    let c = one_step(&be, config(false, BenchInput::PreAugmented));
-    assert_steady(&c);
+    for tf32 in [false, true] {
+        let be = CudaBackend::new_emulated_with(CudaOptions { tf32 }).unwrap();
+        let c = one_step(&be, config(false, BenchInput::PreAugmented));
+        stage_1_work(&c);
+        // The convolutions of one family only: the tensor cores with TF32, else the FMA units.
+        let mma = c
+            .kernels
+            .keys()
+            .filter(|k| k.starts_with("conv2d_mma_"))
+            .count();
+        let fma = c
+            .kernels
+            .keys()
+            .filter(|k| k.starts_with("conv2d_"))
+            .count()
+            - mma;
+        assert_eq!(
+            (mma > 0, fma > 0),
+            (tf32, !tf32),
+            "tf32 {tf32}: {:?}",
+            c.kernels.keys()
+        );
+    }
+}
+
+fn stage_1_work(c: &DeviceCounters) {
+    assert_steady(c);
     // One mixup launch for every view; the loss total's add per expert.
-    assert_eq!(launches(&c, "mixup"), 1);
-    assert_eq!(launches(&c, "add_assign"), EXPERTS);
-    assert_eq!(c.kernel_launches, layer_launches(&c) + 1 + EXPERTS);
+    assert_eq!(launches(c, "mixup"), 1);
+    assert_eq!(launches(c, "add_assign"), EXPERTS);
+    assert_eq!(c.kernel_launches, layer_launches(c) + 1 + EXPERTS);
     assert_eq!(
         c.kernel_launches, 463,
         "the total (printed by `ltrain bench --counters`)"
@@ -195,14 +240,20 @@ fn device_augmentation_is_one_launch_for_every_view() {
 
 #[test]
 fn the_count_only_emulator_counts_what_the_executing_one_does() {
-    for stage2 in [false, true] {
-        for input in [BenchInput::PreAugmented, BenchInput::DeviceAugment] {
-            let run = one_step(&CudaBackend::new_emulated().unwrap(), config(stage2, input));
-            let counted = one_step(
-                &CudaBackend::new_count_only().unwrap(),
-                config(stage2, input),
-            );
-            assert_eq!(run, counted, "stage 2: {stage2}, {input:?}");
+    for tf32 in [false, true] {
+        let options = CudaOptions { tf32 };
+        for stage2 in [false, true] {
+            for input in [BenchInput::PreAugmented, BenchInput::DeviceAugment] {
+                let run = one_step(
+                    &CudaBackend::new_emulated_with(options).unwrap(),
+                    config(stage2, input),
+                );
+                let counted = one_step(
+                    &CudaBackend::new_count_only_with(options).unwrap(),
+                    config(stage2, input),
+                );
+                assert_eq!(run, counted, "{options:?}, stage 2: {stage2}, {input:?}");
+            }
         }
     }
 }

@@ -33,6 +33,14 @@ shared_constants! {
     /// its registers within what that many threads can have.
     DEFAULT_MAX_THREADS: u32 = 256;
 
+    // ---- the tensor-core convolutions (kernels/conv_mma.cu) ----
+    /// Threads of a tensor-core convolution block: 4 warps of two m16 fragments, so a tile has as
+    /// many rows as the block has threads (each thread gathers one row).
+    CONV_MMA_THREADS: usize = 128;
+    /// Threads of the 3x3 weight gradient: 9 warps of one m16 fragment, 144 rows (16 input channels
+    /// x 9 taps, so that 9 c_in rows fill whole tiles), two threads a row.
+    CONV_MMA_THREADS_K3_WEIGHT: usize = 288;
+
     // ---- the packed augmentation parameters (layout: src/backend/augment_params.rs) ----
     /// `f32` words of one sample's packed row.
     PARAM_WORDS: usize = 34;

@@ -7,6 +7,10 @@
 //!
 //! Tolerances are stated per check as `|got - want| <= atol + rtol * |want|`; they budget f32 rounding
 //! of the backend against an f64 reference on O(1) data, with headroom for a different summation order.
+//! A backend whose products take TF32 operands ([`Products::Tf32`], [`run_all_with`]) is held to the
+//! same tolerances: the references then take the operands as the tensor cores do, rounded to TF32's
+//! 10 mantissa bits (convolutions to nearest with ties away from zero, as `cvt.rna.tf32.f32`; the
+//! emulated cuBLAS GEMMs to nearest even), so that only the f32 accumulation differs.
 
 #![allow(dead_code)]
 
@@ -14,6 +18,8 @@ mod errors;
 mod loss;
 mod ops;
 pub mod reference;
+
+use std::cell::Cell;
 
 use anyhow::{ensure, Result};
 use ltrain::backend::UnfusedLoss;
@@ -59,9 +65,31 @@ pub fn checks<B: UnfusedLoss>() -> Vec<Check<B>> {
     ]
 }
 
+/// How a backend's matrix products take their operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Products {
+    Fp32,
+    Tf32,
+}
+
+thread_local! {
+    /// The products of the backend under test ([`run_all_with`]).
+    static PRODUCTS: Cell<Products> = const { Cell::new(Products::Fp32) };
+}
+
 /// Runs every check and panics with the list of failures (all checks run even when one fails).
 pub fn run_all<B: UnfusedLoss>(be: &B) {
-    let all = checks::<B>();
+    run_all_with(be, Products::Fp32);
+}
+
+/// [`run_all`] for a backend whose products take `products` operands.
+pub fn run_all_with<B: UnfusedLoss>(be: &B, products: Products) {
+    run_checks_with(be, products, checks::<B>());
+}
+
+/// The checks in `all` (a subset of [`checks`]), as [`run_all_with`] runs them.
+pub fn run_checks_with<B: UnfusedLoss>(be: &B, products: Products, all: Vec<Check<B>>) {
+    PRODUCTS.with(|p| p.set(products));
     let mut failures = Vec::new();
     for (name, check) in &all {
         match check(be) {
@@ -100,6 +128,35 @@ pub fn labels(rng: &mut StdRng, len: usize, classes: usize) -> Vec<u32> {
 
 pub fn f64s(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| v as f64).collect()
+}
+
+/// A convolution operand as the backend's products see it: with TF32, rounded to 10 mantissa bits,
+/// to nearest with ties away from zero (`cvt.rna.tf32.f32`: add half of the dropped 13 bits' range to
+/// the magnitude, then drop them).
+pub fn conv_operand(x: &[f32]) -> Vec<f64> {
+    match PRODUCTS.with(Cell::get) {
+        Products::Fp32 => f64s(x),
+        Products::Tf32 => x
+            .iter()
+            .map(|&v| f32::from_bits(v.to_bits().wrapping_add(0x1000) & !0x1fff) as f64)
+            .collect(),
+    }
+}
+
+/// A GEMM operand as the backend's products see it: with TF32, rounded to 10 mantissa bits to nearest
+/// even (how the emulator stands in for cuBLAS).
+pub fn gemm_operand(x: &[f32]) -> Vec<f64> {
+    match PRODUCTS.with(Cell::get) {
+        Products::Fp32 => f64s(x),
+        Products::Tf32 => x
+            .iter()
+            .map(|&v| {
+                let bits = v.to_bits();
+                let round = 0x0fff + ((bits >> 13) & 1);
+                f32::from_bits(bits.wrapping_add(round) & !0x1fff) as f64
+            })
+            .collect(),
+    }
 }
 
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {

@@ -12,8 +12,8 @@ use rand::seq::SliceRandom;
 
 use super::reference as r;
 use super::{
-    assert_close, assert_exact, dot, down, expect_err, f64s, fd_check, labels, nan_filled, rng,
-    uniform, up,
+    assert_close, assert_exact, conv_operand, dot, down, expect_err, f64s, fd_check, gemm_operand,
+    labels, nan_filled, rng, uniform, up,
 };
 
 pub fn memory<B: UnfusedLoss>(be: &B) -> Result<()> {
@@ -327,7 +327,7 @@ pub fn conv_forward<B: UnfusedLoss>(be: &B) -> Result<()> {
         assert_close(
             &format!("conv2d_forward {d:?}"),
             &y,
-            &r::conv2d(&f64s(&x), &f64s(&w), d),
+            &r::conv2d(&conv_operand(&x), &conv_operand(&w), d),
             1e-5,
             1e-4,
         )?;
@@ -349,7 +349,7 @@ pub fn conv_backward<B: UnfusedLoss>(be: &B) -> Result<()> {
         let mut dwb = nan_filled(be, d.weight_len())?;
         be.conv2d_backward_weight(&xb, &dyb, d, &mut dwb)?;
         let dw = down(be, &dwb)?;
-        let (x64, w64, dy64) = (f64s(&x), f64s(&w), f64s(&dy));
+        let (x64, w64, dy64) = (conv_operand(&x), conv_operand(&w), conv_operand(&dy));
         let (dx_ref, dw_ref) = r::conv2d_backward(&x64, &w64, &dy64, d);
         assert_close(
             &format!("conv2d_backward_data {d:?}"),
@@ -508,7 +508,7 @@ pub fn conv_batch_norm_train<B: UnfusedLoss>(be: &B) -> Result<()> {
         assert_close(
             &format!("{what} z"),
             &z,
-            &r::conv2d(&f64s(&x), &f64s(&w), d),
+            &r::conv2d(&conv_operand(&x), &conv_operand(&w), d),
             1e-5,
             1e-4,
         )?;
@@ -1205,7 +1205,7 @@ pub fn linear<B: UnfusedLoss>(be: &B) -> Result<()> {
             be,
             &be.linear_forward(&xb, &wb, &up(be, &b)?, LinearDims { n, d_in, d_out })?,
         )?;
-        let (x64, w64, b64) = (f64s(&x), f64s(&w), f64s(&b));
+        let (x64, w64, b64) = (gemm_operand(&x), gemm_operand(&w), f64s(&b));
         let what = format!("linear n {n} in {d_in} out {d_out}");
         assert_close(
             &format!("{what} forward"),
@@ -1215,7 +1215,7 @@ pub fn linear<B: UnfusedLoss>(be: &B) -> Result<()> {
             1e-4,
         )?;
         let dy = uniform(&mut g, n * d_out, -1.0, 1.0);
-        let dy64 = f64s(&dy);
+        let dy64 = gemm_operand(&dy);
         let (mut dwb, mut dbb) = (nan_filled(be, d_out * d_in)?, nan_filled(be, d_out)?);
         let grads = ParamGrads {
             weight: &mut dwb,
@@ -1231,7 +1231,9 @@ pub fn linear<B: UnfusedLoss>(be: &B) -> Result<()> {
         let (dx, dw, db) = (down(be, &dx)?, down(be, &dwb)?, down(be, &dbb)?);
         let fx = |x: &[f64]| dot(&dy64, &r::linear(x, &w64, &b64, n, d_in, d_out));
         let fw = |w: &[f64]| dot(&dy64, &r::linear(&x64, w, &b64, n, d_in, d_out));
-        let fb = |b: &[f64]| dot(&dy64, &r::linear(&x64, &w64, b, n, d_in, d_out));
+        // The bias gradient is a plain sum of dy, no product.
+        let dy_sum = f64s(&dy);
+        let fb = |b: &[f64]| dot(&dy_sum, &r::linear(&x64, &w64, b, n, d_in, d_out));
         fd_check(
             &format!("{what} dx"),
             &dx,

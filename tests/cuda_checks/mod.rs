@@ -17,7 +17,7 @@ use ltrain::backend::{
     ChannelDims, Conv2dDims, LossArgs, LossReduction, LossTargets, LossWeighting, ParamGrads,
     Pool2dDims, SgdConfig, ShortcutDims, UnfusedLoss,
 };
-use ltrain::backend::{BatchNormAffine, CosineDims, LinearDims, RowDims, SampleDims};
+use ltrain::backend::{BatchNormAffine, CosineDims, LinearDims, RowDims, SampleDims, WriteMode};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -113,33 +113,50 @@ fn conv_cases() -> Vec<Conv2dDims> {
     ]
 }
 
+/// Multiples of 1/256 in [-1, 1): 9 significant bits, exact in TF32, so a TF32 backend's products
+/// are exact too and only its summation order differs from the CPU's.
+fn random_tf32_exact(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| rng.random_range(-256i32..256) as f32 / 256.0)
+        .collect()
+}
+
 fn conv_outputs<B: Backend>(be: &B, d: Conv2dDims, seed: u64) -> Vec<Vec<f32>> {
     let mut g = StdRng::seed_from_u64(seed);
     let x = be
-        .upload(&random(&mut g, d.input_len(), -1.0, 1.0))
+        .upload(&random_tf32_exact(&mut g, d.input_len()))
         .unwrap();
     let w = be
-        .upload(&random(&mut g, d.weight_len(), -1.0, 1.0))
+        .upload(&random_tf32_exact(&mut g, d.weight_len()))
         .unwrap();
     let dy = be
-        .upload(&random(&mut g, d.output_len(), -1.0, 1.0))
+        .upload(&random_tf32_exact(&mut g, d.output_len()))
         .unwrap();
     let mut dw = be.upload(&vec![f32::NAN; d.weight_len()]).unwrap();
     be.conv2d_backward_weight(&x, &dy, d, &mut dw).unwrap();
+    // Added to what dx holds, as a residual block's shortcut gradient is.
+    let mut dx_added = be.upload(&vec![0.5; d.input_len()]).unwrap();
+    be.conv2d_backward_data_into(&dy, &w, d, &mut dx_added, WriteMode::Add)
+        .unwrap();
     vec![
         down(be, &be.conv2d_forward(&x, &w, d).unwrap()),
         down(be, &be.conv2d_backward_data(&dy, &w, d).unwrap()),
         down(be, &dw),
+        down(be, &dx_added),
     ]
 }
+
+const CONV_OUTPUTS: [&str; 4] = [
+    "forward",
+    "backward_data",
+    "backward_weight",
+    "backward_data added",
+];
 
 pub fn convolutions_match_the_cpu(cuda: &CudaBackend) {
     for (i, d) in conv_cases().into_iter().enumerate() {
         let (cuda, cpu) = on!(cuda, |be| conv_outputs(be, d, i as u64));
-        for (j, name) in ["forward", "backward_data", "backward_weight"]
-            .iter()
-            .enumerate()
-        {
+        for (j, name) in CONV_OUTPUTS.iter().enumerate() {
             assert_near(&format!("conv {name} {d:?}"), &cuda[j], &cpu[j], 1e-4, 1e-5);
         }
     }
@@ -159,19 +176,24 @@ pub fn convolutions_over_many_tiles_and_splits_match_the_cpu(cuda: &CudaBackend)
         pad,
         groups,
     };
+    // The FMA tiles (up to 128 channels), and the tensor-core ones: ResNet-32's 3x3 layers (16, 32,
+    // 64 channels; stride 2 in phases), grouped, 1x1 of stride 2 (phases without a tap), two
+    // channel tiles, and weight gradients split across blocks.
     for (i, d) in [
         d(16, 4, 16, 16, 20, 3, 1, 1, 1),
         d(8, 8, 12, 12, 40, 3, 2, 1, 2),
         d(4, 96, 6, 6, 144, 1, 1, 0, 1),
+        d(16, 16, 16, 16, 16, 3, 1, 1, 1),
+        d(8, 16, 16, 16, 32, 3, 2, 1, 1),
+        d(4, 48, 8, 8, 96, 3, 2, 1, 3),
+        d(4, 16, 8, 8, 32, 1, 2, 0, 1),
+        d(2, 8, 10, 10, 70, 3, 1, 1, 1),
     ]
     .into_iter()
     .enumerate()
     {
         let (cuda, cpu) = on!(cuda, |be| conv_outputs(be, d, 40 + i as u64));
-        for (j, name) in ["forward", "backward_data", "backward_weight"]
-            .iter()
-            .enumerate()
-        {
+        for (j, name) in CONV_OUTPUTS.iter().enumerate() {
             assert_near(&format!("conv {name} {d:?}"), &cuda[j], &cpu[j], 1e-4, 1e-5);
         }
     }

@@ -1,19 +1,26 @@
-//! 2-D convolution as implicit GEMM (kernels/conv.cu): the forward, data-gradient and
-//! weight-gradient products gather their operand tiles from the NCHW tensors in shared memory, one
-//! launch per pass and no column matrix in global memory. Per group, with `kk = k * k` and
-//! `P = h_out * w_out`, the products are `[c_out_g, c_in_g kk] x [c_in_g kk, n P]` (forward),
-//! `[c_in_g, c_out_g kk] x [c_out_g kk, n h w]` (data) and `[c_out_g, n P] x [n P, c_in_g kk]`
-//! (weight, its long sum split across blocks and added up in split order by the last block of each
-//! tile).
+//! 2-D convolution as implicit GEMM, in two kernel families with the same signatures:
+//! - on the tensor cores (kernels/conv_mma.cu, with TF32 on: [`super::CudaOptions::tf32`]), tiles of
+//!   positions x channels, tf32 MMAs in a cp.async pipeline; 3x3 filters of stride 1 and 2 compiled
+//!   for their size, others read it from the arguments;
+//! - on the fp32 FMA units (kernels/conv.cu, with TF32 off), tiles of channels x positions.
+//!
+//! Either way the forward, data-gradient and weight-gradient products gather their operand tiles from
+//! the NCHW tensors in shared memory, one launch per pass and no column matrix in global memory. Per
+//! group, with `kk = k * k` and `P = h_out * w_out`, the products are `[c_out_g, c_in_g kk] x
+//! [c_in_g kk, n P]` (forward), `[c_in_g, c_out_g kk] x [c_out_g kk, n h w]` (data; the tensor-core
+//! kernels take each stride phase's taps only) and `[c_out_g, n P] x [n P, c_in_g kk]` (weight, its
+//! long sum split across blocks and added up in split order by the last block of each tile).
 
 use anyhow::Result;
 
+use super::device::Device;
 use super::{kernels, to_u32, CudaBackend, CudaBuf, LaunchConfig};
+use crate::backend::abi::{CONV_MMA_THREADS, CONV_MMA_THREADS_K3_WEIGHT};
 use crate::backend::{
     BatchNormAct, BatchNormStats, BatchNormTrain, Conv2dDims, ConvBatchNormOut, ConvOps, WriteMode,
 };
 
-/// The tile shape of a product with `m` rows (kernels/conv.cu `conv2d_*_m{16,32,64,128}`).
+/// The tile shape of an FMA product with `m` rows (kernels/conv.cu `conv2d_*_m{16,32,64,128}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tiles {
     M16,
@@ -40,14 +47,244 @@ impl Tiles {
             Tiles::M128 => (128, 64),
         }
     }
-    /// Tiles of an `m x n` product per group.
-    fn count(self, m: usize, n: usize) -> usize {
-        let (bm, bn) = self.shape();
-        m.div_ceil(bm) * n.div_ceil(bn)
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
-/// Threads of a convolution block (kernels/conv.cu `CONV_THREADS`).
+/// The filters the tensor-core kernels are compiled for (kernels/conv_mma.cu `conv2d_mma_*_{k3s1,
+/// k3s2,any}_*`): a 3x3 filter of stride 1 or 2, or any other, read from the arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MmaFilter {
+    K3S1,
+    K3S2,
+    Any,
+}
+
+impl MmaFilter {
+    fn of(d: Conv2dDims) -> Self {
+        match (d.k, d.stride) {
+            (3, 1) => MmaFilter::K3S1,
+            (3, 2) => MmaFilter::K3S2,
+            _ => MmaFilter::Any,
+        }
+    }
+    /// Threads and rows of a weight-gradient block.
+    fn weight_block(self) -> (u32, usize) {
+        let threads = match self {
+            MmaFilter::K3S1 | MmaFilter::K3S2 => CONV_MMA_THREADS_K3_WEIGHT,
+            MmaFilter::Any => CONV_MMA_THREADS,
+        };
+        (threads as u32, threads / 2)
+    }
+}
+
+/// The channel width of a tensor-core tile (`*_n{16,32,64}`), for `channels` columns.
+fn mma_width(channels: usize) -> (usize, usize) {
+    match channels {
+        0..=16 => (0, 16),
+        17..=32 => (1, 32),
+        _ => (2, 64),
+    }
+}
+
+/// Rows of a tensor-core forward or data-gradient tile: one a thread.
+const MMA_ROWS: usize = CONV_MMA_THREADS;
+
+type ForwardFn = fn(
+    &Device,
+    LaunchConfig,
+    &CudaBuf,
+    &CudaBuf,
+    &mut CudaBuf,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+) -> Result<()>;
+type ForwardStatsFn = fn(
+    &Device,
+    LaunchConfig,
+    &CudaBuf,
+    &CudaBuf,
+    &mut CudaBuf,
+    &mut super::DeviceBuffer<f64>,
+    &mut super::DeviceBuffer<u32>,
+    &mut CudaBuf,
+    &mut CudaBuf,
+    &mut CudaBuf,
+    &mut CudaBuf,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    f32,
+    f32,
+) -> Result<()>;
+type DataFn = fn(
+    &Device,
+    LaunchConfig,
+    &CudaBuf,
+    &CudaBuf,
+    &mut CudaBuf,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    i32,
+) -> Result<()>;
+type WeightFn = fn(
+    &Device,
+    LaunchConfig,
+    &CudaBuf,
+    &CudaBuf,
+    &mut CudaBuf,
+    &mut CudaBuf,
+    &mut super::DeviceBuffer<u32>,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+) -> Result<()>;
+
+/// The kernels of one pass: the FMA family by [`Tiles`], the tensor-core family by [`MmaFilter`]
+/// and channel width.
+struct PassKernels<F> {
+    fma: [F; 4],
+    mma: [[F; 3]; 3],
+}
+
+const FORWARD: PassKernels<ForwardFn> = PassKernels {
+    fma: [
+        kernels::conv2d_forward_m16,
+        kernels::conv2d_forward_m32,
+        kernels::conv2d_forward_m64,
+        kernels::conv2d_forward_m128,
+    ],
+    mma: [
+        [
+            kernels::conv2d_mma_forward_k3s1_n16,
+            kernels::conv2d_mma_forward_k3s1_n32,
+            kernels::conv2d_mma_forward_k3s1_n64,
+        ],
+        [
+            kernels::conv2d_mma_forward_k3s2_n16,
+            kernels::conv2d_mma_forward_k3s2_n32,
+            kernels::conv2d_mma_forward_k3s2_n64,
+        ],
+        [
+            kernels::conv2d_mma_forward_any_n16,
+            kernels::conv2d_mma_forward_any_n32,
+            kernels::conv2d_mma_forward_any_n64,
+        ],
+    ],
+};
+const FORWARD_STATS: PassKernels<ForwardStatsFn> = PassKernels {
+    fma: [
+        kernels::conv2d_forward_stats_m16,
+        kernels::conv2d_forward_stats_m32,
+        kernels::conv2d_forward_stats_m64,
+        kernels::conv2d_forward_stats_m128,
+    ],
+    mma: [
+        [
+            kernels::conv2d_mma_forward_stats_k3s1_n16,
+            kernels::conv2d_mma_forward_stats_k3s1_n32,
+            kernels::conv2d_mma_forward_stats_k3s1_n64,
+        ],
+        [
+            kernels::conv2d_mma_forward_stats_k3s2_n16,
+            kernels::conv2d_mma_forward_stats_k3s2_n32,
+            kernels::conv2d_mma_forward_stats_k3s2_n64,
+        ],
+        [
+            kernels::conv2d_mma_forward_stats_any_n16,
+            kernels::conv2d_mma_forward_stats_any_n32,
+            kernels::conv2d_mma_forward_stats_any_n64,
+        ],
+    ],
+};
+const DATA: PassKernels<DataFn> = PassKernels {
+    fma: [
+        kernels::conv2d_backward_data_m16,
+        kernels::conv2d_backward_data_m32,
+        kernels::conv2d_backward_data_m64,
+        kernels::conv2d_backward_data_m128,
+    ],
+    mma: [
+        [
+            kernels::conv2d_mma_backward_data_k3s1_n16,
+            kernels::conv2d_mma_backward_data_k3s1_n32,
+            kernels::conv2d_mma_backward_data_k3s1_n64,
+        ],
+        [
+            kernels::conv2d_mma_backward_data_k3s2_n16,
+            kernels::conv2d_mma_backward_data_k3s2_n32,
+            kernels::conv2d_mma_backward_data_k3s2_n64,
+        ],
+        [
+            kernels::conv2d_mma_backward_data_any_n16,
+            kernels::conv2d_mma_backward_data_any_n32,
+            kernels::conv2d_mma_backward_data_any_n64,
+        ],
+    ],
+};
+const WEIGHT: PassKernels<WeightFn> = PassKernels {
+    fma: [
+        kernels::conv2d_backward_weight_m16,
+        kernels::conv2d_backward_weight_m32,
+        kernels::conv2d_backward_weight_m64,
+        kernels::conv2d_backward_weight_m128,
+    ],
+    mma: [
+        [
+            kernels::conv2d_mma_backward_weight_k3s1_n16,
+            kernels::conv2d_mma_backward_weight_k3s1_n32,
+            kernels::conv2d_mma_backward_weight_k3s1_n64,
+        ],
+        [
+            kernels::conv2d_mma_backward_weight_k3s2_n16,
+            kernels::conv2d_mma_backward_weight_k3s2_n32,
+            kernels::conv2d_mma_backward_weight_k3s2_n64,
+        ],
+        [
+            kernels::conv2d_mma_backward_weight_any_n16,
+            kernels::conv2d_mma_backward_weight_any_n32,
+            kernels::conv2d_mma_backward_weight_any_n64,
+        ],
+    ],
+};
+
+/// Threads of an FMA convolution block (kernels/conv.cu `CONV_THREADS`).
 const CONV_THREADS: u32 = 256;
 /// A weight-gradient split sums at least this many products per output before handing over.
 const MIN_SPLIT: usize = 1024;
@@ -90,53 +327,172 @@ impl ConvArgs {
     }
 }
 
-/// The product sizes `(m, n, k)` per group of each pass.
-fn forward_product(d: Conv2dDims) -> (usize, usize, usize) {
-    let kk = d.k * d.k;
+/// How one pass runs: its kernel, the work items of its grid, the block, and the FLOPs its products
+/// do (a stride-2 tensor-core data gradient skips the structural zeros the FMA one multiplies).
+struct Plan<F> {
+    launch: F,
+    /// Output tiles, over every group (and stride phase).
+    tiles: usize,
+    threads: u32,
+    /// `(rows, columns)` of a tile.
+    tile: (usize, usize),
+    /// Tiles along the side of the product that is not the channels (the statistics' blocks fold
+    /// this many partial sums each), and the channel blocks (one statistics counter each).
+    position_tiles: usize,
+    channel_blocks: usize,
+    /// Channels a tile covers.
+    channel_width: usize,
+    flops: u64,
+}
+
+/// Per group: output channels `c_out_g`, positions `n h_out w_out`, sum length `c_in_g kk`.
+fn forward_sizes(d: Conv2dDims) -> (usize, usize, usize) {
     (
         d.c_out / d.groups,
         d.n * d.h_out() * d.w_out(),
-        (d.c_in / d.groups) * kk,
-    )
-}
-fn data_product(d: Conv2dDims) -> (usize, usize, usize) {
-    let kk = d.k * d.k;
-    (
-        d.c_in / d.groups,
-        d.n * d.h * d.w,
-        (d.c_out / d.groups) * kk,
-    )
-}
-fn weight_product(d: Conv2dDims) -> (usize, usize, usize) {
-    let kk = d.k * d.k;
-    (
-        d.c_out / d.groups,
-        (d.c_in / d.groups) * kk,
-        d.n * d.h_out() * d.w_out(),
+        (d.c_in / d.groups) * d.k * d.k,
     )
 }
 
+fn ceil(a: usize, b: usize) -> usize {
+    a.div_ceil(b)
+}
+
 impl CudaBackend {
-    /// A grid-stride launch over `items` blocks of work, counting the product's FLOPs.
-    fn conv_launch(
-        &self,
-        items: usize,
-        (m, n, k): (usize, usize, usize),
-        groups: usize,
-    ) -> Option<LaunchConfig> {
-        if items == 0 || m == 0 || n == 0 {
+    fn forward_plan<F: Copy>(&self, d: Conv2dDims, kernels: &PassKernels<F>) -> Plan<F> {
+        let (channels, positions, sum) = forward_sizes(d);
+        let flops = 2 * (channels * positions * sum * d.groups) as u64;
+        if self.options.tf32 {
+            let (w, bn) = mma_width(channels);
+            let (tm, tn) = (ceil(positions, MMA_ROWS), ceil(channels, bn));
+            Plan {
+                launch: kernels.mma[MmaFilter::of(d) as usize][w],
+                tiles: tm * tn * d.groups,
+                threads: CONV_MMA_THREADS as u32,
+                tile: (MMA_ROWS, bn),
+                position_tiles: tm,
+                channel_blocks: tn * d.groups,
+                channel_width: bn,
+                flops,
+            }
+        } else {
+            let tiles = Tiles::for_rows(channels);
+            let (bm, bn) = tiles.shape();
+            let (tm, tn) = (ceil(channels, bm), ceil(positions, bn));
+            Plan {
+                launch: kernels.fma[tiles.index()],
+                tiles: tm * tn * d.groups,
+                threads: CONV_THREADS,
+                tile: (bm, bn),
+                position_tiles: tn,
+                channel_blocks: tm * d.groups,
+                channel_width: bm,
+                flops,
+            }
+        }
+    }
+
+    fn data_plan(&self, d: Conv2dDims) -> Plan<DataFn> {
+        let (c_in_g, c_out_g) = (d.c_in / d.groups, d.c_out / d.groups);
+        let kk = d.k * d.k;
+        if self.options.tf32 {
+            // One tile row per input position of a stride phase; each phase takes its own taps.
+            let s = d.stride;
+            let (w, bn) = mma_width(c_in_g);
+            let most = d.n * ceil(d.h, s) * ceil(d.w, s);
+            let (tm, tn) = (ceil(most, MMA_ROWS), ceil(c_in_g, bn));
+            // Along one axis, phase `p` has ceil((size - p) / s) positions and the taps
+            // kh = (p + pad) % s, + s, ... below k (kernels/conv_mma.cu).
+            let positions = |p: usize, size: usize| size.saturating_sub(p).div_ceil(s);
+            let taps = |p: usize| d.k.saturating_sub((p + d.pad) % s).div_ceil(s);
+            let mut flops = 0u64;
+            for ph in 0..s {
+                for pw in 0..s {
+                    let rows = d.n * positions(ph, d.h) * positions(pw, d.w);
+                    let sum = c_out_g * taps(ph) * taps(pw);
+                    flops += 2 * (rows * sum * c_in_g * d.groups) as u64;
+                }
+            }
+            Plan {
+                launch: DATA.mma[MmaFilter::of(d) as usize][w],
+                tiles: tm * tn * s * s * d.groups,
+                threads: CONV_MMA_THREADS as u32,
+                tile: (MMA_ROWS, bn),
+                position_tiles: tm,
+                channel_blocks: tn * d.groups,
+                channel_width: bn,
+                flops,
+            }
+        } else {
+            let positions = d.n * d.h * d.w;
+            let tiles = Tiles::for_rows(c_in_g);
+            let (bm, bn) = tiles.shape();
+            let (tm, tn) = (ceil(c_in_g, bm), ceil(positions, bn));
+            Plan {
+                launch: DATA.fma[tiles.index()],
+                tiles: tm * tn * d.groups,
+                threads: CONV_THREADS,
+                tile: (bm, bn),
+                position_tiles: tn,
+                channel_blocks: tm * d.groups,
+                channel_width: bm,
+                flops: 2 * (c_in_g * positions * c_out_g * kk * d.groups) as u64,
+            }
+        }
+    }
+
+    fn weight_plan(&self, d: Conv2dDims) -> Plan<WeightFn> {
+        let (c_out_g, positions, sum) = forward_sizes(d);
+        let flops = 2 * (c_out_g * positions * sum * d.groups) as u64;
+        if self.options.tf32 {
+            // Rows (ci, kh, kw), columns the output channels.
+            let filter = MmaFilter::of(d);
+            let (threads, bm) = filter.weight_block();
+            let (w, bn) = mma_width(c_out_g);
+            let (tm, tn) = (ceil(sum, bm), ceil(c_out_g, bn));
+            Plan {
+                launch: WEIGHT.mma[filter as usize][w],
+                tiles: tm * tn * d.groups,
+                threads,
+                tile: (bm, bn),
+                position_tiles: tm,
+                channel_blocks: tn * d.groups,
+                channel_width: bn,
+                flops,
+            }
+        } else {
+            let tiles = Tiles::for_rows(c_out_g);
+            let (bm, bn) = tiles.shape();
+            let (tm, tn) = (ceil(c_out_g, bm), ceil(sum, bn));
+            Plan {
+                launch: WEIGHT.fma[tiles.index()],
+                tiles: tm * tn * d.groups,
+                threads: CONV_THREADS,
+                tile: (bm, bn),
+                position_tiles: tn,
+                channel_blocks: tm * d.groups,
+                channel_width: bm,
+                flops,
+            }
+        }
+    }
+
+    /// A grid-stride launch over `items` blocks of work, counting the plan's FLOPs; `None` when there
+    /// is nothing to compute.
+    fn conv_launch<F>(&self, plan: &Plan<F>, items: usize) -> Option<LaunchConfig> {
+        if items == 0 {
             return None;
         }
-        self.dev()
-            .count_kernel_flops(2 * (m * n * k * groups) as u64);
+        self.dev().count_kernel_flops(plan.flops);
         let blocks = items.min(self.dev().max_grid_blocks() as usize);
-        Some(LaunchConfig::linear(blocks as u32, CONV_THREADS))
+        Some(LaunchConfig::linear(blocks as u32, plan.threads))
     }
 }
 
 impl ConvOps for CudaBackend {
     /// Two launches: the convolution with the batch statistics in its epilogue
-    /// (`conv2d_forward_stats_*`), then the normalisation with the fused activation.
+    /// (`conv2d_forward_stats_*`, `conv2d_mma_forward_stats_*`), then the normalisation with the
+    /// fused activation.
     fn conv2d_batch_norm_train_unchecked(
         &self,
         x: &CudaBuf,
@@ -151,21 +507,12 @@ impl ConvOps for CudaBackend {
         let mut y = self.alloc(d.output_len())?;
         let mut saved_mean = self.alloc(d.c_out)?;
         let mut saved_inv_std = self.alloc(d.c_out)?;
-        let product = forward_product(d);
-        let tiles = Tiles::for_rows(product.0);
-        let (bm, bn_cols) = tiles.shape();
-        let (tiles_m, tiles_n) = (product.0.div_ceil(bm), product.1.div_ceil(bn_cols));
-        if let Some(cfg) = self.conv_launch(tiles_m * tiles_n * d.groups, product, d.groups) {
-            let row_blocks = d.groups * tiles_m;
-            let mut partial = self.alloc::<f64>(row_blocks * tiles_n * bm * 2)?;
-            let mut counters = self.block_counters(row_blocks)?;
-            let launch = match tiles {
-                Tiles::M16 => kernels::conv2d_forward_stats_m16,
-                Tiles::M32 => kernels::conv2d_forward_stats_m32,
-                Tiles::M64 => kernels::conv2d_forward_stats_m64,
-                Tiles::M128 => kernels::conv2d_forward_stats_m128,
-            };
-            launch(
+        let plan = self.forward_plan(d, &FORWARD_STATS);
+        if let Some(cfg) = self.conv_launch(&plan, plan.tiles) {
+            let mut partial = self
+                .alloc::<f64>(plan.channel_blocks * plan.position_tiles * plan.channel_width * 2)?;
+            let mut counters = self.block_counters(plan.channel_blocks)?;
+            (plan.launch)(
                 self.dev(),
                 cfg,
                 x,
@@ -208,22 +555,11 @@ impl ConvOps for CudaBackend {
     fn conv2d_forward_unchecked(&self, x: &CudaBuf, w: &CudaBuf, d: Conv2dDims) -> Result<CudaBuf> {
         let a = ConvArgs::new("conv2d_forward", d)?;
         let mut y = self.alloc(d.output_len())?;
-        let product = forward_product(d);
-        let tiles = Tiles::for_rows(product.0);
-        let Some(cfg) = self.conv_launch(
-            tiles.count(product.0, product.1) * d.groups,
-            product,
-            d.groups,
-        ) else {
+        let plan = self.forward_plan(d, &FORWARD);
+        let Some(cfg) = self.conv_launch(&plan, plan.tiles) else {
             return Ok(y);
         };
-        let launch = match tiles {
-            Tiles::M16 => kernels::conv2d_forward_m16,
-            Tiles::M32 => kernels::conv2d_forward_m32,
-            Tiles::M64 => kernels::conv2d_forward_m64,
-            Tiles::M128 => kernels::conv2d_forward_m128,
-        };
-        launch(
+        (plan.launch)(
             self.dev(),
             cfg,
             x,
@@ -253,26 +589,15 @@ impl ConvOps for CudaBackend {
         mode: WriteMode,
     ) -> Result<()> {
         let a = ConvArgs::new("conv2d_backward_data", d)?;
-        let product = data_product(d);
-        let tiles = Tiles::for_rows(product.0);
-        let Some(cfg) = self.conv_launch(
-            tiles.count(product.0, product.1) * d.groups,
-            product,
-            d.groups,
-        ) else {
+        let plan = self.data_plan(d);
+        let Some(cfg) = self.conv_launch(&plan, plan.tiles) else {
             // Nothing flows back (no output positions): a zero gradient, or nothing to add.
             return match mode {
                 WriteMode::Overwrite => self.fill_zero(dx),
                 WriteMode::Add => Ok(()),
             };
         };
-        let launch = match tiles {
-            Tiles::M16 => kernels::conv2d_backward_data_m16,
-            Tiles::M32 => kernels::conv2d_backward_data_m32,
-            Tiles::M64 => kernels::conv2d_backward_data_m64,
-            Tiles::M128 => kernels::conv2d_backward_data_m128,
-        };
-        launch(
+        (plan.launch)(
             self.dev(),
             cfg,
             dy,
@@ -301,29 +626,20 @@ impl ConvOps for CudaBackend {
         dw: &mut CudaBuf,
     ) -> Result<()> {
         let a = ConvArgs::new("conv2d_backward_weight", d)?;
-        let product = weight_product(d);
-        let tiles_shape = Tiles::for_rows(product.0);
-        let (bm, bn) = tiles_shape.shape();
-        let tiles = tiles_shape.count(product.0, product.1) * d.groups;
+        let plan = self.weight_plan(d);
         // Enough splits for SPLIT_BLOCKS_PER_SM blocks on every SM, each at least MIN_SPLIT long:
         // more would only add partial tiles to write and read back.
-        let sum_len = product.2;
+        let sum_len = d.n * d.h_out() * d.w_out();
         let max_splits = sum_len.div_ceil(MIN_SPLIT).max(1);
         let blocks = SPLIT_BLOCKS_PER_SM * self.limits().sm_count as usize;
-        let wanted = blocks.div_ceil(tiles.max(1));
+        let wanted = blocks.div_ceil(plan.tiles.max(1));
         let splits = wanted.clamp(1, max_splits);
-        let Some(cfg) = self.conv_launch(tiles * splits, product, d.groups) else {
+        let Some(cfg) = self.conv_launch(&plan, plan.tiles * splits) else {
             return self.fill_zero(dw);
         };
-        let mut partial = self.alloc::<f32>(splits * tiles * bm * bn)?;
-        let mut counters = self.block_counters(tiles)?;
-        let launch = match tiles_shape {
-            Tiles::M16 => kernels::conv2d_backward_weight_m16,
-            Tiles::M32 => kernels::conv2d_backward_weight_m32,
-            Tiles::M64 => kernels::conv2d_backward_weight_m64,
-            Tiles::M128 => kernels::conv2d_backward_weight_m128,
-        };
-        launch(
+        let mut partial = self.alloc::<f32>(splits * plan.tiles * plan.tile.0 * plan.tile.1)?;
+        let mut counters = self.block_counters(plan.tiles)?;
+        (plan.launch)(
             self.dev(),
             cfg,
             x,

@@ -58,8 +58,9 @@ pub type CudaIndex = DeviceBuffer<u32>;
 /// Options of the CUDA backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CudaOptions {
-    /// Let cuBLAS use TF32 tensor cores for fp32 GEMMs (about 10 mantissa bits in the products). The
-    /// emulator rounds GEMM inputs to TF32 to mimic it.
+    /// TF32 tensor cores for the products (about 10 mantissa bits in each operand): cuBLAS's fp32
+    /// GEMMs (the emulator rounds their inputs to TF32 to mimic it) and the convolutions, which run
+    /// the tensor-core kernels (kernels/conv_mma.cu) instead of the fp32 FMA ones (kernels/conv.cu).
     pub tf32: bool,
 }
 
@@ -117,6 +118,7 @@ pub struct CudaBackend {
     block_counters: Mutex<DeviceBuffer<u32>>,
     /// Outgrown block counters, kept: a captured graph may still use them.
     retired_counters: Mutex<Vec<DeviceBuffer<u32>>>,
+    options: CudaOptions,
 }
 
 impl CudaBackend {
@@ -127,7 +129,7 @@ impl CudaBackend {
 
     pub fn new_gpu_with(ordinal: usize, options: CudaOptions) -> Result<Self> {
         let rt = gpu::GpuRuntime::new(ordinal, options.tf32)?;
-        Self::with_runtime(Box::new(rt))
+        Self::with_runtime(Box::new(rt), options)
     }
 
     /// The CPU emulator with strict fp32 GEMMs (no TF32 rounding), for close comparisons with the CPU
@@ -138,17 +140,22 @@ impl CudaBackend {
 
     pub fn new_emulated_with(options: CudaOptions) -> Result<Self> {
         let rt = emulator::EmulatorRuntime::new(options.tf32, true);
-        Self::with_runtime(Box::new(rt))
+        Self::with_runtime(Box::new(rt), options)
     }
 
     /// An emulator that runs no kernel and holds no memory: it only counts the device work
-    /// ([`Backend::device_counters`]) of shapes too large to emulate. Results are meaningless.
+    /// ([`Backend::device_counters`]) of shapes too large to emulate, with a GPU's default options
+    /// (TF32 on). Results are meaningless.
     pub fn new_count_only() -> Result<Self> {
-        let rt = emulator::EmulatorRuntime::new(true, false);
-        Self::with_runtime(Box::new(rt))
+        Self::new_count_only_with(CudaOptions::default())
     }
 
-    fn with_runtime(rt: Box<dyn DeviceRuntime>) -> Result<Self> {
+    pub fn new_count_only_with(options: CudaOptions) -> Result<Self> {
+        let rt = emulator::EmulatorRuntime::new(options.tf32, false);
+        Self::with_runtime(Box::new(rt), options)
+    }
+
+    fn with_runtime(rt: Box<dyn DeviceRuntime>, options: CudaOptions) -> Result<Self> {
         let dev = Device::new(rt);
         let record = DeviceBuffer::from_mem(
             dev.alloc_zeroed(4 * ERROR_RECORD_WORDS)?,
@@ -160,6 +167,7 @@ impl CudaBackend {
             error_record: Mutex::new(record),
             block_counters: Mutex::new(DeviceBuffer::from_mem(dev_counters, 0)),
             retired_counters: Mutex::new(Vec::new()),
+            options,
         })
     }
 

@@ -1,0 +1,539 @@
+// 2-D convolution on the tensor cores (mma.sync m16n8k8, tf32 operands rounded to nearest, f32
+// accumulate): the three products of conv.cu as implicit GEMMs whose rows are the long dimension and
+// whose columns are channels, so the 16-64 channels of a CIFAR ResNet fill the MMA's n8 side. Per
+// group (P = h_out w_out, kk = k k):
+// - forward:         Y[(s, p), co]        = sum over (ci, kh, kw) of X[(s, p), (ci, kh, kw)] W[co, (ci, kh, kw)]
+// - backward data:   dX[(s, ih, iw), ci]  = sum over (co, kh, kw) of D[(s, ih, iw), (co, kh, kw)] W[co, ci, kh, kw],
+//                    one phase (ih mod stride, iw mod stride) per tile: a phase's positions take only
+//                    the taps whose window lands on them, so a stride-2 pass skips its structural zeros
+//                    (a 3x3 tap lands on a stride-2 input position in 1, 2 or 4 of 9 cases);
+// - backward weight: dW[(ci, kh, kw), co] = sum over (s, p) of X[(s, p), (ci, kh, kw)] dy[(s, p), co],
+//                    the long sum split across blocks and added up in split order by the last block of
+//                    each tile, as in conv.cu.
+// X is the im2col view of x and D the transposed-convolution view of dy (conv.cu); nothing of either
+// is stored. The activations stay NCHW, so a row's K walk reads one position of many channels: each
+// thread owns one row of the A tile for a whole tile (its position decomposed once, its K walked by
+// additions), neighbouring threads hold neighbouring positions, so every load is coalesced across the
+// warp. 4-byte cp.async copies fill MMA_STAGES shared-memory stages ahead of the MMAs; padding, not
+// swizzling, makes the fragment reads conflict-free: A is stored [BK][BM + 8] (a fragment reads rows
+// t and t + 4 at columns g: bank 8 t + g, all 32 distinct) and B [BN][BK + 4] (row g, column t:
+// bank 20 g + t mod 32, all distinct). ldmatrix moves 16-bit pairs: the tf32 fragments are loaded
+// one word a register.
+// The element type is float in this file (tf32 MMAs); the bf16 family will instantiate the same
+// tiling with m16n8k16.
+// Determinism: every sum runs in a fixed order (K ascending through the MMAs, split order, tile
+// order, fixed butterflies), so a run repeats bit for bit on the same GPU.
+#include "conv_common.cuh"
+#include "mma.cuh"
+
+#define MMA_BK 16
+#define MMA_STAGES 3
+// Threads of a block: CONV_MMA_THREADS and CONV_MMA_THREADS_K3_WEIGHT (src/backend/abi.rs).
+#define MMA_THREADS CONV_MMA_THREADS
+
+template <int BM, int BN>
+struct MmaStage {
+    float a[MMA_BK][BM + 8];
+    float b[BN][MMA_BK + 4];
+};
+
+// acc[mf][nf] += A[rows of warp, mf] B[BK, nf] over k in [k0, k1), the operand tiles filled by
+// `load_stage(ld, stage, kb, k1)` for kb = k0, k0 + BK, ... in that order. Every thread of the block calls it.
+// Accumulator fragment (mf, nf) of warp w holds rows w MF 16 + mf 16 + {g, g + 8}, columns
+// nf 8 + 2t + {0, 1} (mma.cuh).
+template <int WARPS, int MF, int BN, class Loader>
+__device__ void mma_mainloop(Loader& ld, int k0, int k1, float (&acc)[MF][BN / 8][4]) {
+    constexpr int BM = WARPS * MF * 16, NF = BN / 8;
+    using Stage = MmaStage<BM, BN>;
+    STATIC_SMEM(Stage, stages, [MMA_STAGES]);
+    const int steps = k1 > k0 ? (k1 - k0 + MMA_BK - 1) / MMA_BK : 0;
+    for (int s = 0; s < MMA_STAGES - 1; ++s) {
+        if (s < steps) load_stage(ld, stages[s], k0 + s * MMA_BK, k1);
+        cp_async_commit();
+    }
+    const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5;
+    const int g = lane >> 2, t = lane & 3, row0 = warp * MF * 16 + g;
+    for (int s = 0; s < steps; ++s) {
+        // Step s's copies are in; the barrier also tells every thread that step s - 1, whose stage
+        // the next load overwrites, is done.
+        cp_async_wait<MMA_STAGES - 2>();
+        __syncthreads();
+        const int next = s + MMA_STAGES - 1;
+        if (next < steps) load_stage(ld, stages[next % MMA_STAGES], k0 + next * MMA_BK, k1);
+        cp_async_commit();
+        const Stage& st = stages[s % MMA_STAGES];
+UNROLL
+        for (int kq = 0; kq < MMA_BK; kq += 8) {
+            unsigned a[MF][4], b[NF][2];
+UNROLL
+            for (int mf = 0; mf < MF; ++mf) {
+                const int r = row0 + mf * 16;
+                a[mf][0] = to_tf32(st.a[kq + t][r]);
+                a[mf][1] = to_tf32(st.a[kq + t][r + 8]);
+                a[mf][2] = to_tf32(st.a[kq + t + 4][r]);
+                a[mf][3] = to_tf32(st.a[kq + t + 4][r + 8]);
+            }
+UNROLL
+            for (int nf = 0; nf < NF; ++nf) {
+                b[nf][0] = to_tf32(st.b[nf * 8 + g][kq + t]);
+                b[nf][1] = to_tf32(st.b[nf * 8 + g][kq + t + 4]);
+            }
+UNROLL
+            for (int mf = 0; mf < MF; ++mf)
+UNROLL
+                for (int nf = 0; nf < NF; ++nf) mma_m16n8k8_tf32(acc[mf][nf], a[mf], b[nf], acc[mf][nf]);
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // the stages are refilled by the next tile
+}
+
+// One element of a stage: copied when `ok`, else zero (padding, or outside the product).
+__device__ __forceinline__ void fill(float* dst, bool ok, const float* src) {
+    if (ok)
+        cp_async_4(dst, src);
+    else
+        *dst = 0.0f;
+}
+
+// A K index walked c-major over an nh x nw window by additions, with `offset` kept at
+// c c_step + h h_step + w w_step.
+struct KWalk {
+    int c, h, w, nh, nw, offset, c_step, h_step, w_step;
+};
+
+__device__ __forceinline__ void step(KWalk& k) {
+    ++k.w;
+    k.offset += k.w_step;
+    if (k.w == k.nw) {
+        k.w = 0;
+        ++k.h;
+        k.offset += k.h_step - k.nw * k.w_step;
+        if (k.h == k.nh) {
+            k.h = 0;
+            ++k.c;
+            k.offset += k.c_step - k.nh * k.h_step;
+        }
+    }
+}
+
+__device__ __forceinline__ KWalk k_walk(int nh, int nw, int c_step, int h_step, int w_step) {
+    return KWalk{0, 0, 0, nh, nw, 0, c_step, h_step, w_step};
+}
+
+// Filter size and stride: compile-time constants, or 0 for "as the geometry says".
+template <int KS>
+__device__ __forceinline__ int filter_size(const ConvGeom& g) {
+    return KS ? KS : g.k;
+}
+template <int S>
+__device__ __forceinline__ int filter_stride(const ConvGeom& g) {
+    return S ? S : g.stride;
+}
+
+// ---- forward ----
+
+template <int KS, int S, int BM, int BN>
+struct ForwardLoader {
+    const float* x_at;  // x at this thread's output position's window origin, this group's channels
+    const float* w;     // the first weight row of the tile's channels
+    ConvGeom g;
+    int ih0, iw0, channels, K;
+    bool row_ok;
+    KWalk walk;  // (ci, kh, kw), offset ci HW + kh w + kw
+};
+
+template <int KS, int S, int BM, int BN>
+__device__ void load_stage(ForwardLoader<KS, S, BM, BN>& ld, MmaStage<BM, BN>& st, int kb, int k1) {
+    const int m = int(threadIdx.x);
+    for (int j = 0; j < MMA_BK; ++j) {
+        const bool ok = ld.row_ok && kb + j < k1 && unsigned(ld.ih0 + ld.walk.h) < unsigned(ld.g.h) &&
+                        unsigned(ld.iw0 + ld.walk.w) < unsigned(ld.g.w);
+        fill(&st.a[j][m], ok, ld.x_at + ld.walk.offset);
+        step(ld.walk);
+    }
+    for (int e = int(threadIdx.x); e < BN * MMA_BK; e += MMA_THREADS) {
+        const int n = e / MMA_BK, k = kb + e % MMA_BK;
+        fill(&st.b[n][e % MMA_BK], n < ld.channels && k < k1, ld.w + size_t(n) * ld.K + k);
+    }
+}
+
+// (group, row tile, column tile) of tile index `t`, column tiles fastest (they share the A tile).
+struct MmaTile {
+    int group, m0, n0;
+};
+__device__ __forceinline__ MmaTile mma_tile(int t, int tiles_m, int tiles_n, int BM, int BN) {
+    const int per_group = tiles_m * tiles_n, rest = t % per_group;
+    return MmaTile{t / per_group, (rest / tiles_n) * BM, (rest % tiles_n) * BN};
+}
+
+// This tile's per-channel sums into the statistics; the last tile of its block of channels folds
+// them (conv_common.cuh). Rows outside the product hold zeros (their A rows were zero), so they add
+// nothing. Every thread of the block calls it.
+template <int WARPS, int MF, int BN>
+__device__ void add_mma_tile_stats(const StatsOut& st, const float (&acc)[MF][BN / 8][4],
+                                   const MmaTile& tile, int tile_m, int tiles_m, int col_block,
+                                   int channels, unsigned first, unsigned count) {
+    constexpr int NF = BN / 8;
+    STATIC_SMEM(double, cols, [WARPS][BN][2]);
+    const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5, t = lane & 3;
+UNROLL
+    for (int nf = 0; nf < NF; ++nf)
+UNROLL
+        for (int c = 0; c < 2; ++c) {
+            double s1 = 0.0, s2 = 0.0;
+UNROLL
+            for (int mf = 0; mf < MF; ++mf)
+UNROLL
+                for (int half = 0; half < 2; ++half) {
+                    const double v = acc[mf][nf][2 * half + c];
+                    s1 += v;
+                    s2 += v * v;
+                }
+            // Over the 8 row groups g (lane bits 2-4), a fixed butterfly.
+            for (int o = 4; o < 32; o <<= 1) {
+                s1 += __shfl_xor_sync(FULL_MASK, s1, o);
+                s2 += __shfl_xor_sync(FULL_MASK, s2, o);
+            }
+            if (lane < 4) {
+                cols[warp][nf * 8 + 2 * t + c][0] = s1;
+                cols[warp][nf * 8 + 2 * t + c][1] = s2;
+            }
+        }
+    __syncthreads();
+    double* mine = st.partial + (size_t(col_block) * tiles_m + tile_m) * BN * 2;
+    for (int c = int(threadIdx.x); c < BN; c += int(blockDim.x)) {
+        double s1 = 0.0, s2 = 0.0;
+        for (int w = 0; w < WARPS; ++w) {
+            s1 += cols[w][c][0];
+            s2 += cols[w][c][1];
+        }
+        mine[2 * c] = s1;
+        mine[2 * c + 1] = s2;
+    }
+    if (took_last_ticket(&st.counters[col_block], unsigned(tiles_m))) {
+        fold_channel_stats(st, st.partial + size_t(col_block) * tiles_m * BN * 2, tiles_m, BN,
+                           first, min(BN, channels - tile.n0), count);
+        if (threadIdx.x == 0) st.counters[col_block] = 0u;
+    }
+    __syncthreads();  // `cols` is rewritten by the next tile
+}
+
+template <int KS, int S, int BN, bool STATS>
+__device__ void conv_mma_forward(const float* x, const float* w, float* y, int n_img, ConvGeom g,
+                                 int groups, const StatsOut& st) {
+    constexpr int WARPS = MMA_THREADS / 32, MF = 2, BM = WARPS * MF * 16, NF = BN / 8;
+    static_assert(BM == MMA_THREADS, "each thread gathers one row of the A tile");
+    const int ks = filter_size<KS>(g), stride = filter_stride<S>(g);
+    const int M = n_img * g.P, N = g.c_out_g, K = g.c_in_g * ks * ks;
+    const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
+    const int tiles = tiles_m * tiles_n * groups;
+    const FastDiv per_image = fast_div(unsigned(g.P)), per_row = fast_div(unsigned(g.w_out));
+    const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5;
+    const int gq = lane >> 2, t = lane & 3;
+    for (int ti = int(blockIdx.x); ti < tiles; ti += int(gridDim.x)) {
+        const MmaTile tile = mma_tile(ti, tiles_m, tiles_n, BM, BN);
+        ForwardLoader<KS, S, BM, BN> ld;
+        {
+            const int q = tile.m0 + int(threadIdx.x);
+            const unsigned s = divide(unsigned(q), per_image), p = unsigned(q) - s * unsigned(g.P);
+            const unsigned oh = divide(p, per_row), ow = p - oh * unsigned(g.w_out);
+            ld.g = g;
+            ld.row_ok = q < M;
+            ld.ih0 = int(oh) * stride - g.pad;
+            ld.iw0 = int(ow) * stride - g.pad;
+            ld.x_at = x + (size_t(s) * g.c_in + size_t(tile.group) * g.c_in_g) * g.HW +
+                      (long long)(ld.ih0) * g.w + ld.iw0;
+            ld.w = w + (size_t(tile.group) * g.c_out_g + tile.n0) * K;
+            ld.channels = N - tile.n0;
+            ld.K = K;
+            ld.walk = k_walk(ks, ks, g.HW, g.w, 1);
+        }
+        float acc[MF][NF][4] = {};
+        mma_mainloop<WARPS, MF, BN>(ld, 0, K, acc);
+UNROLL
+        for (int mf = 0; mf < MF; ++mf)
+UNROLL
+            for (int half = 0; half < 2; ++half) {
+                const int q = tile.m0 + warp * MF * 16 + mf * 16 + gq + 8 * half;
+                if (q >= M) continue;
+                const unsigned s = divide(unsigned(q), per_image);
+                const unsigned p = unsigned(q) - s * unsigned(g.P);
+                float* out = y + (size_t(s) * g.c_out + size_t(tile.group) * g.c_out_g) * g.P + p;
+UNROLL
+                for (int nf = 0; nf < NF; ++nf)
+UNROLL
+                    for (int c = 0; c < 2; ++c) {
+                        const int co = tile.n0 + nf * 8 + 2 * t + c;
+                        if (co < N) out[size_t(co) * g.P] = acc[mf][nf][2 * half + c];
+                    }
+            }
+        if (STATS) {
+            const int tile_m = tile.m0 / BM, col_block = tile.group * tiles_n + tile.n0 / BN;
+            add_mma_tile_stats<WARPS, MF, BN>(st, acc, tile, tile_m, tiles_m, col_block, N,
+                                              unsigned(tile.group * g.c_out_g + tile.n0),
+                                              unsigned(M));
+        }
+    }
+}
+
+// ---- backward data ----
+
+template <int KS, int S, int BM, int BN>
+struct DataLoader {
+    const float* dy_at;  // dy at (s, oh_top, ow_left) of this thread's position, this group's channels
+    const float* w;      // the weights of this group's output channels, at the tile's input channel
+    ConvGeom g;
+    int oh_top, ow_left, channels, kh0, kw0, stride;
+    bool row_ok;
+    FastDiv taps, cols;
+    KWalk walk;  // (co, jh, jw), offset co P - jh w_out - jw
+};
+
+template <int KS, int S, int BM, int BN>
+__device__ void load_stage(DataLoader<KS, S, BM, BN>& ld, MmaStage<BM, BN>& st, int kb, int k1) {
+    const int m = int(threadIdx.x);
+    for (int j = 0; j < MMA_BK; ++j) {
+        const bool ok = ld.row_ok && kb + j < k1 &&
+                        unsigned(ld.oh_top - ld.walk.h) < unsigned(ld.g.h_out) &&
+                        unsigned(ld.ow_left - ld.walk.w) < unsigned(ld.g.w_out);
+        fill(&st.a[j][m], ok, ld.dy_at + ld.walk.offset);
+        step(ld.walk);
+    }
+    // B[(co, jh, jw), ci] = w[co, ci, kh0 + stride jh, kw0 + stride jw]: this thread's k is fixed
+    // within the step, its columns vary.
+    const int kq = int(threadIdx.x) % MMA_BK, k = kb + kq;
+    const unsigned co = divide(unsigned(k), ld.taps), tap = unsigned(k) - co * ld.taps.d;
+    const unsigned jh = divide(tap, ld.cols), jw = tap - jh * ld.cols.d;
+    const int ks = filter_size<KS>(ld.g);
+    const float* src = ld.w + size_t(co) * ld.g.c_in_g * ld.g.kk +
+                       (ld.kh0 + ld.stride * int(jh)) * ks + ld.kw0 + ld.stride * int(jw);
+    for (int n = int(threadIdx.x) / MMA_BK; n < BN; n += MMA_THREADS / MMA_BK)
+        fill(&st.b[n][kq], n < ld.channels && k < k1, src + size_t(n) * ld.g.kk);
+}
+
+template <int KS, int S, int BN>
+__device__ void conv_mma_backward_data(const float* dy, const float* w, float* dx, int n_img,
+                                       ConvGeom g, int groups, bool accumulate) {
+    constexpr int WARPS = MMA_THREADS / 32, MF = 2, BM = WARPS * MF * 16, NF = BN / 8;
+    const int ks = filter_size<KS>(g), stride = filter_stride<S>(g);
+    // Phase (0, 0) has the most positions: ceil(h / stride) x ceil(w / stride) per image.
+    const int rows_max = (g.h + stride - 1) / stride, cols_max = (g.w + stride - 1) / stride;
+    const int M_max = n_img * rows_max * cols_max, N = g.c_in_g;
+    const int tiles_m = (M_max + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
+    const int phases = stride * stride, tiles = tiles_m * tiles_n * phases * groups;
+    const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5;
+    const int gq = lane >> 2, t = lane & 3;
+    for (int ti = int(blockIdx.x); ti < tiles; ti += int(gridDim.x)) {
+        // (group and phase, row tile, column tile), columns fastest.
+        const MmaTile tile = mma_tile(ti, tiles_m, tiles_n, BM, BN);
+        const int group = tile.group / phases, phase = tile.group % phases;
+        const int ph = phase / stride, pw = phase % stride;
+        // This phase's positions (ph + stride a, pw + stride b), and the taps that land on them:
+        // kh = kh0 + stride jh for jh < nh, with oh = a + dh - jh.
+        const int rows = (g.h - ph + stride - 1) / stride, cols = (g.w - pw + stride - 1) / stride;
+        const int M = n_img * rows * cols;
+        const int kh0 = (ph + g.pad) % stride, kw0 = (pw + g.pad) % stride;
+        const int nh = kh0 < ks ? (ks - kh0 + stride - 1) / stride : 0;
+        const int nw = kw0 < ks ? (ks - kw0 + stride - 1) / stride : 0;
+        const int dh = (ph + g.pad - kh0) / stride, dw = (pw + g.pad - kw0) / stride;
+        const int K = g.c_out_g * nh * nw;
+        const FastDiv per_image = fast_div(unsigned(max(rows * cols, 1)));
+        const FastDiv per_row = fast_div(unsigned(max(cols, 1)));
+        DataLoader<KS, S, BM, BN> ld;
+        {
+            const int q = tile.m0 + int(threadIdx.x);
+            const unsigned s = divide(unsigned(q), per_image);
+            const unsigned r = unsigned(q) - s * per_image.d;
+            const unsigned a = divide(r, per_row), b = r - a * per_row.d;
+            ld.g = g;
+            ld.row_ok = q < M;
+            ld.oh_top = int(a) + dh;
+            ld.ow_left = int(b) + dw;
+            ld.dy_at = dy + (size_t(s) * g.c_out + size_t(group) * g.c_out_g) * g.P +
+                       (long long)(ld.oh_top) * g.w_out + ld.ow_left;
+            ld.w = w + (size_t(group) * g.c_out_g * g.c_in_g + tile.n0) * g.kk;
+            ld.channels = N - tile.n0;
+            ld.kh0 = kh0;
+            ld.kw0 = kw0;
+            ld.stride = stride;
+            ld.taps = fast_div(unsigned(max(nh * nw, 1)));
+            ld.cols = fast_div(unsigned(max(nw, 1)));
+            ld.walk = k_walk(nh, nw, g.P, -g.w_out, -1);
+        }
+        float acc[MF][NF][4] = {};
+        mma_mainloop<WARPS, MF, BN>(ld, 0, K, acc);
+UNROLL
+        for (int mf = 0; mf < MF; ++mf)
+UNROLL
+            for (int half = 0; half < 2; ++half) {
+                const int q = tile.m0 + warp * MF * 16 + mf * 16 + gq + 8 * half;
+                if (q >= M) continue;
+                const unsigned s = divide(unsigned(q), per_image);
+                const unsigned r = unsigned(q) - s * per_image.d;
+                const unsigned a = divide(r, per_row), b = r - a * per_row.d;
+                const int ih = ph + stride * int(a), iw = pw + stride * int(b);
+                float* out = dx + (size_t(s) * g.c_in + size_t(group) * g.c_in_g) * g.HW +
+                             size_t(ih) * g.w + iw;
+UNROLL
+                for (int nf = 0; nf < NF; ++nf)
+UNROLL
+                    for (int c = 0; c < 2; ++c) {
+                        const int ci = tile.n0 + nf * 8 + 2 * t + c;
+                        if (ci >= N) continue;
+                        float* o = out + size_t(ci) * g.HW;
+                        const float v = acc[mf][nf][2 * half + c];
+                        *o = accumulate ? *o + v : v;
+                    }
+            }
+    }
+}
+
+// ---- backward weight ----
+
+template <int KS, int S, int BM, int BN, int THREADS>
+struct WeightLoader {
+    const float* x_row;  // x at (image 0, this thread's input channel, its tap's origin)
+    const float* dy;     // dy at (image 0, the tile's first output channel)
+    ConvGeom g;
+    int kh, kw, stride, channels;
+    bool row_ok;
+    FastDiv per_image, per_row;
+};
+
+template <int KS, int S, int BM, int BN, int THREADS>
+__device__ void load_stage(WeightLoader<KS, S, BM, BN, THREADS>& ld, MmaStage<BM, BN>& st, int kb, int k1) {
+    // A[(s, p), (ci, kh, kw)] stored [k][row]: this thread's row is fixed, its positions are
+    // kb + tid / BM + (THREADS / BM) j.
+    constexpr int R = THREADS / BM;
+    const int m = int(threadIdx.x) % BM;
+    for (int kq = int(threadIdx.x) / BM; kq < MMA_BK; kq += R) {
+        const int q = kb + kq;
+        const unsigned s = divide(unsigned(q), ld.per_image), p = unsigned(q) - s * ld.per_image.d;
+        const unsigned oh = divide(p, ld.per_row), ow = p - oh * ld.per_row.d;
+        const int ih = int(oh) * ld.stride + ld.kh, iw = int(ow) * ld.stride + ld.kw;
+        const bool ok = ld.row_ok && q < k1 && unsigned(ih) < unsigned(ld.g.h) &&
+                        unsigned(iw) < unsigned(ld.g.w);
+        fill(&st.a[kq][m], ok, ld.x_row + size_t(s) * ld.g.c_in * ld.g.HW + (long long)(ih) * ld.g.w + iw);
+    }
+    // B[(s, p), co] stored [co][k]: this thread's position is fixed within the step.
+    const int kq = int(threadIdx.x) % MMA_BK, q = kb + kq;
+    const unsigned s = divide(unsigned(q), ld.per_image), p = unsigned(q) - s * ld.per_image.d;
+    const float* src = ld.dy + size_t(s) * ld.g.c_out * ld.g.P + p;
+    for (int n = int(threadIdx.x) / MMA_BK; n < BN; n += THREADS / MMA_BK)
+        fill(&st.b[n][kq], n < ld.channels && q < k1, src + size_t(n) * ld.g.P);
+}
+
+// `partial` [splits, tiles, BM * BN]; `counters` [tiles] zero on entry and on exit.
+template <int KS, int S, int BN, int THREADS>
+__device__ void conv_mma_backward_weight(const float* x, const float* dy, float* partial, float* dw,
+                                         unsigned* counters, int n_img, ConvGeom g, int groups,
+                                         int splits) {
+    constexpr int WARPS = THREADS / 32, MF = 1, BM = WARPS * MF * 16, NF = BN / 8;
+    static_assert(THREADS % BM == 0, "each thread owns one row of the A tile");
+    const int ks = filter_size<KS>(g), stride = filter_stride<S>(g);
+    const int M = g.c_in_g * ks * ks, N = g.c_out_g, K = n_img * g.P;
+    const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
+    const int tiles = tiles_m * tiles_n * groups;
+    const int per_split = ((K + splits - 1) / splits + MMA_BK - 1) / MMA_BK * MMA_BK;
+    const FastDiv per_image = fast_div(unsigned(g.P)), per_row = fast_div(unsigned(g.w_out));
+    const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5;
+    const int gq = lane >> 2, t = lane & 3;
+    for (int item = int(blockIdx.x); item < tiles * splits; item += int(gridDim.x)) {
+        // Split-major: blocks running at the same time work on different splits of one tile.
+        const int ti = item % tiles, split = item / tiles;
+        const MmaTile tile = mma_tile(ti, tiles_m, tiles_n, BM, BN);
+        WeightLoader<KS, S, BM, BN, THREADS> ld;
+        {
+            const int m = tile.m0 + int(threadIdx.x) % BM;
+            const int ci = m / (ks * ks), tap = m % (ks * ks);
+            ld.g = g;
+            ld.row_ok = m < M;
+            ld.kh = tap / ks - g.pad;
+            ld.kw = tap % ks - g.pad;
+            ld.stride = stride;
+            ld.x_row = x + (size_t(tile.group) * g.c_in_g + ci) * g.HW;
+            ld.dy = dy + (size_t(tile.group) * g.c_out_g + tile.n0) * g.P;
+            ld.channels = N - tile.n0;
+            ld.per_image = per_image;
+            ld.per_row = per_row;
+        }
+        float acc[MF][NF][4] = {};
+        const int k0 = split * per_split, k1 = min(K, k0 + per_split);
+        mma_mainloop<WARPS, MF, BN>(ld, k0, k1, acc);
+        // The tile's (row, column) -> this thread's accumulator slot, the same in every split.
+        float* mine = partial + (size_t(split) * tiles + ti) * (BM * BN);
+        const int row = warp * 16 + gq;
+UNROLL
+        for (int nf = 0; nf < NF; ++nf)
+UNROLL
+            for (int i = 0; i < 4; ++i)
+                mine[(row + 8 * (i >> 1)) * BN + nf * 8 + 2 * t + (i & 1)] = acc[0][nf][i];
+        if (took_last_ticket(&counters[ti], unsigned(splits))) {
+UNROLL
+            for (int nf = 0; nf < NF; ++nf)
+UNROLL
+                for (int i = 0; i < 4; ++i) {
+                    const int r = row + 8 * (i >> 1), c = nf * 8 + 2 * t + (i & 1);
+                    float sum = 0.0f;
+                    for (int sp = 0; sp < splits; ++sp) {
+                        const volatile float* theirs =
+                            partial + (size_t(sp) * tiles + ti) * (BM * BN);
+                        sum += theirs[r * BN + c];
+                    }
+                    const int m = tile.m0 + r, co = tile.n0 + c;
+                    if (m < M && co < N) dw[(size_t(tile.group) * g.c_out_g + co) * M + m] = sum;
+                }
+            if (threadIdx.x == 0) counters[ti] = 0u;
+        }
+    }
+}
+
+// The kernels, one per pass, filter (KS x KS, stride S; 0 0 = any, read from the arguments) and
+// channel tile BN; shapes and buffers as in conv.cu's kernels (src/backend/cuda/conv.rs picks them).
+#define CONV_SHAPE_ARGS                                                                          \
+    unsigned n, unsigned c_in, unsigned h, unsigned w_in, unsigned c_out, unsigned k,            \
+        unsigned stride, unsigned pad, unsigned h_out, unsigned w_out, unsigned groups
+#define CONV_GEOM conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups)
+#define CONV_MMA_KERNELS(NAME, KS, S, BN, WEIGHT_THREADS)                                        \
+    KERNEL void conv2d_mma_forward_##NAME(const float* __restrict__ x,                           \
+                                          const float* __restrict__ w, float* __restrict__ y,    \
+                                          CONV_SHAPE_ARGS) {                                     \
+        conv_mma_forward<KS, S, BN, false>(x, w, y, int(n), CONV_GEOM, int(groups), StatsOut{}); \
+    }                                                                                            \
+    KERNEL void conv2d_mma_forward_stats_##NAME(                                                 \
+        const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,         \
+        double* __restrict__ partial, unsigned* __restrict__ counters,                           \
+        float* __restrict__ saved_mean, float* __restrict__ saved_inv_std,                       \
+        float* __restrict__ running_mean, float* __restrict__ running_var, CONV_SHAPE_ARGS,      \
+        float eps, float momentum) {                                                             \
+        const StatsOut st = {partial,      counters,    saved_mean, saved_inv_std,              \
+                             running_mean, running_var, eps,        momentum};                   \
+        conv_mma_forward<KS, S, BN, true>(x, w, y, int(n), CONV_GEOM, int(groups), st);          \
+    }                                                                                            \
+    KERNEL void conv2d_mma_backward_data_##NAME(const float* __restrict__ dy,                    \
+                                                const float* __restrict__ w,                     \
+                                                float* __restrict__ dx, CONV_SHAPE_ARGS,         \
+                                                int accumulate) {                                \
+        conv_mma_backward_data<KS, S, BN>(dy, w, dx, int(n), CONV_GEOM, int(groups),             \
+                                          accumulate != 0);                                      \
+    }                                                                                            \
+    KERNEL void __launch_bounds__(WEIGHT_THREADS) conv2d_mma_backward_weight_##NAME(             \
+        const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ partial,  \
+        float* __restrict__ dw, unsigned* __restrict__ counters, CONV_SHAPE_ARGS,                \
+        unsigned splits) {                                                                       \
+        conv_mma_backward_weight<KS, S, BN, WEIGHT_THREADS>(x, dy, partial, dw, counters, int(n), \
+                                                            CONV_GEOM, int(groups),              \
+                                                            int(splits));                        \
+    }
+
+// NAME, KS, S, BN, weight-gradient threads (src/backend/cuda/conv.rs `MmaFilter`, `MmaWidth`).
+CONV_MMA_KERNELS(k3s1_n16, 3, 1, 16, CONV_MMA_THREADS_K3_WEIGHT)
+CONV_MMA_KERNELS(k3s1_n32, 3, 1, 32, CONV_MMA_THREADS_K3_WEIGHT)
+CONV_MMA_KERNELS(k3s1_n64, 3, 1, 64, CONV_MMA_THREADS_K3_WEIGHT)
+CONV_MMA_KERNELS(k3s2_n16, 3, 2, 16, CONV_MMA_THREADS_K3_WEIGHT)
+CONV_MMA_KERNELS(k3s2_n32, 3, 2, 32, CONV_MMA_THREADS_K3_WEIGHT)
+CONV_MMA_KERNELS(k3s2_n64, 3, 2, 64, CONV_MMA_THREADS_K3_WEIGHT)
+CONV_MMA_KERNELS(any_n16, 0, 0, 16, MMA_THREADS)
+CONV_MMA_KERNELS(any_n32, 0, 0, 32, MMA_THREADS)
+CONV_MMA_KERNELS(any_n64, 0, 0, 64, MMA_THREADS)
