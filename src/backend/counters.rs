@@ -1,8 +1,7 @@
 //! Counted device work: what a backend asked a device to do (kernel launches, library calls, memsets,
-//! allocations, copies, synchronisations), with the bytes and FLOPs involved, and a small model of an
-//! H200 that turns the counts into a step time. The CUDA backend counts every operation in one place
-//! (`cuda/device.rs`), identically on a GPU and on the emulator; counts are exact, the model is a
-//! model.
+//! allocations, copies, synchronisations), with the bytes and FLOPs involved. The CUDA backend counts
+//! every operation in one place (`cuda/device.rs`), identically on a GPU and on the emulator; counts
+//! are exact. `super::cost` turns them into a modelled step time.
 //!
 //! Bytes moved (an estimate of device-memory traffic, documented rule):
 //! - a kernel launch: the size of every buffer argument, once per launch (read or written; a kernel
@@ -14,11 +13,29 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-/// Launches of one kernel and the bytes they moved.
+/// Launches of one kernel, the bytes they moved and the FLOPs of its matrix products, and their grids
+/// summed over the launches (the cost model works with the mean grid of a kernel's launches).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelCount {
     pub launches: u64,
     pub bytes: u64,
+    pub flops: u64,
+    /// Blocks, summed over the launches.
+    pub blocks: u64,
+    /// Threads per block, summed over the launches.
+    pub threads: u64,
+}
+
+/// Applies `f` to each count of a [`KernelCount`] pair, so that the arithmetic over them cannot miss
+/// one.
+fn each_count(a: KernelCount, b: KernelCount, f: impl Fn(u64, u64) -> u64) -> KernelCount {
+    KernelCount {
+        launches: f(a.launches, b.launches),
+        bytes: f(a.bytes, b.bytes),
+        flops: f(a.flops, b.flops),
+        blocks: f(a.blocks, b.blocks),
+        threads: f(a.threads, b.threads),
+    }
 }
 
 /// Declares [`DeviceCounters`] with its plain counts listed once, so that the arithmetic over them
@@ -42,13 +59,7 @@ macro_rules! device_counters {
                 for (name, now) in &self.kernels {
                     let before = earlier.kernels.get(name).copied().unwrap_or_default();
                     if now.launches > before.launches {
-                        kernels.insert(
-                            name.clone(),
-                            KernelCount {
-                                launches: now.launches - before.launches,
-                                bytes: now.bytes - before.bytes,
-                            },
-                        );
+                        kernels.insert(name.clone(), each_count(*now, before, |a, b| a - b));
                     }
                 }
                 DeviceCounters {
@@ -62,8 +73,7 @@ macro_rules! device_counters {
                 $(self.$field += other.$field;)*
                 for (name, k) in &other.kernels {
                     let mine = self.kernels.entry(name.clone()).or_default();
-                    mine.launches += k.launches;
-                    mine.bytes += k.bytes;
+                    *mine = each_count(*mine, *k, |a, b| a + b);
                 }
             }
 
@@ -76,13 +86,7 @@ macro_rules! device_counters {
                     kernels: self
                         .kernels
                         .iter()
-                        .map(|(name, k)| {
-                            let k = KernelCount {
-                                launches: d(k.launches),
-                                bytes: d(k.bytes),
-                            };
-                            (name.clone(), k)
-                        })
+                        .map(|(name, k)| (name.clone(), each_count(*k, *k, |a, _| d(a))))
                         .collect(),
                 }
             }
@@ -111,7 +115,8 @@ device_counters! {
     synchronizations,
     /// FLOPs of cuBLAS GEMMs (`2 m n k` per product; TF32 tensor cores when TF32 is on).
     blas_flops,
-    /// FLOPs of the backend's own matrix-product kernels (implicit-GEMM convolution; fp32 SIMT).
+    /// FLOPs of the backend's own matrix-product kernels (implicit-GEMM convolution), also per
+    /// kernel in `kernels`.
     kernel_flops,
     /// Estimated device-memory traffic (rule in the module docs).
     bytes_moved,
@@ -190,83 +195,6 @@ impl DeviceCounters {
         }
         s
     }
-
-    /// The kernels by launches, most first.
-    pub fn kernel_table(&self) -> String {
-        let mut rows: Vec<(&String, &KernelCount)> = self.kernels.iter().collect();
-        rows.sort_by(|a, b| b.1.launches.cmp(&a.1.launches).then(a.0.cmp(b.0)));
-        let mut s = String::new();
-        for (name, k) in rows {
-            writeln!(
-                s,
-                "  {name:<36} {:>7} launches {:>10.1} MB",
-                k.launches,
-                k.bytes as f64 / 1e6
-            )
-            .unwrap();
-        }
-        s
-    }
-}
-
-/// A device's throughput figures for [`DeviceModel::step`]: the model is `max(host, device)` (the host
-/// issues asynchronously while the device works), with
-/// - host = (host operations: stream operations outside graphs, graph launches) x
-///   `host_seconds_per_op` + synchronisations x `sync_seconds`;
-/// - device = launches and library calls x `device_seconds_per_launch` (the floor of a small kernel),
-///   plus bytes moved / `bytes_per_second`, cuBLAS FLOPs / `blas_flops_per_second` and own-kernel
-///   FLOPs / `kernel_flops_per_second`.
-///
-/// It ignores overlap of memory and compute, caches and occupancy: a planning figure, not a
-/// measurement.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct DeviceModel {
-    pub name: &'static str,
-    pub host_seconds_per_op: f64,
-    pub sync_seconds: f64,
-    pub device_seconds_per_launch: f64,
-    pub bytes_per_second: f64,
-    pub blas_flops_per_second: f64,
-    pub kernel_flops_per_second: f64,
-}
-
-/// NVIDIA H200 SXM: ~4.3 TB/s measured copy bandwidth, ~67 TFLOP/s fp32 SIMT (the GPU machine's
-/// documentation), TF32 tensor-core GEMMs at half of the 495 TFLOP/s dense peak, 4 µs of host time per
-/// stream operation and 10 µs per synchronisation (typical driver overheads), 2 µs per launch on the
-/// device.
-pub const H200_MODEL: DeviceModel = DeviceModel {
-    name: "H200 model",
-    host_seconds_per_op: 4e-6,
-    sync_seconds: 10e-6,
-    device_seconds_per_launch: 2e-6,
-    bytes_per_second: 4.3e12,
-    blas_flops_per_second: 247e12,
-    kernel_flops_per_second: 67e12 * 0.5,
-};
-
-/// A modelled step time and its parts, in seconds.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ModelledStep {
-    pub host: f64,
-    pub device: f64,
-    pub step: f64,
-}
-
-impl DeviceModel {
-    /// The modelled time of the work in `c`.
-    pub fn step(&self, c: &DeviceCounters) -> ModelledStep {
-        let host = c.host_operations() as f64 * self.host_seconds_per_op
-            + c.synchronizations as f64 * self.sync_seconds;
-        let device = (c.kernel_launches + c.blas_calls) as f64 * self.device_seconds_per_launch
-            + c.bytes_moved as f64 / self.bytes_per_second
-            + c.blas_flops as f64 / self.blas_flops_per_second
-            + c.kernel_flops as f64 / self.kernel_flops_per_second;
-        ModelledStep {
-            host,
-            device,
-            step: host.max(device),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -285,6 +213,7 @@ mod tests {
             KernelCount {
                 launches: 3,
                 bytes: 100,
+                ..Default::default()
             },
         );
         let mut after = before.clone();
@@ -295,24 +224,12 @@ mod tests {
             KernelCount {
                 launches: 2,
                 bytes: 80,
+                ..Default::default()
             },
         );
         let d = after.since(&before);
         assert_eq!((d.kernel_launches, d.bytes_moved), (2, 80));
         assert_eq!(d.kernels.len(), 1);
         assert_eq!(d.kernels["b"].launches, 2);
-    }
-
-    #[test]
-    fn the_model_takes_the_slower_of_host_and_device() {
-        let c = DeviceCounters {
-            kernel_launches: 1000,
-            bytes_moved: 43_000_000_000, // 10 ms at 4.3 TB/s
-            ..Default::default()
-        };
-        let m = H200_MODEL.step(&c);
-        assert!((m.host - 4e-3).abs() < 1e-12, "{m:?}");
-        assert!((m.device - (2e-3 + 10e-3)).abs() < 1e-9, "{m:?}");
-        assert_eq!(m.step, m.device);
     }
 }

@@ -26,6 +26,7 @@
 pub mod abi;
 mod args;
 pub mod augment_params;
+pub mod cost;
 pub mod counters;
 pub mod cpu;
 pub mod cuda;

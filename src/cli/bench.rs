@@ -2,12 +2,12 @@
 //! full stage-1 step (three augmented views, mixup unless `--no-mixup`, fused loss, backward, SGD)
 //! or the stage-2 step, fed pre-augmented views, views augmented on the device, or views uploaded
 //! from the host; with `--counters`, the device work of a step as counted by the CUDA backend and
-//! the time an H200 model makes of it.
+//! the time the cost model (`ltrain::backend::cost`) makes of it on an H100 SXM and an H200.
 
 use super::device::{dispatch, OnBackend};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ltrain::backend::counters::H200_MODEL;
+use ltrain::backend::cost;
 use ltrain::backend::cuda::CudaBackend;
 use ltrain::backend::Backend;
 use ltrain::config::{CudaGraphs, DeviceKind, ExpertWidth, ModelKind};
@@ -62,8 +62,8 @@ pub struct BenchCmd {
     #[arg(long, value_enum, default_value = "auto")]
     pub cuda_graphs: CudaGraphs,
     /// Print the device work of a step (kernel launches, cuBLAS calls, memsets, allocations, copies,
-    /// synchronisations, FLOPs, bytes moved) and the step time an H200 model makes of it. Needs a
-    /// CUDA backend: `--device cuda`, or `--device cuda-emulated` without a GPU.
+    /// synchronisations, FLOPs, bytes moved) and the step time and per-kernel bounds the cost model
+    /// makes of it on an H100 SXM and an H200 (a model, not a measurement). Needs a CUDA backend: `--device cuda`, or `--device cuda-emulated` without a GPU.
     #[arg(long)]
     pub counters: bool,
     /// With `--counters --device cuda-emulated`: run no kernel and hold no memory, only count (exact
@@ -178,16 +178,21 @@ impl OnBackend for BenchCmd {
                 "device work per step (counted over {steps} steps after {warmup} warm-up steps):"
             );
             print!("{}", per.table());
-            let m = H200_MODEL.step(&per);
+            for gpu in cost::GPUS {
+                let m = gpu.step(&per);
+                println!(
+                    "model (not measured), {}: host {:.2} ms, device {:.2} ms -> {:.2} ms/step",
+                    gpu.name,
+                    m.host * 1e3,
+                    m.device * 1e3,
+                    m.step * 1e3
+                );
+            }
             println!(
-                "{} (modelled, not measured): host {:.2} ms, device {:.2} ms -> {:.2} ms/step",
-                H200_MODEL.name,
-                m.host * 1e3,
-                m.device * 1e3,
-                m.step * 1e3
+                "kernels per step (model, not measured; {}):",
+                cost::TABLE_FILE
             );
-            println!("kernels per step:");
-            print!("{}", per.kernel_table());
+            print!("{}", cost::kernel_table(&per, &cost::GPUS));
         }
         Ok(())
     }

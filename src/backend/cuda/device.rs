@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -60,6 +60,8 @@ struct Capture {
 /// What the memory handles share with the device: the counters, the free lists and the capture.
 struct Shared {
     counters: Mutex<DeviceCounters>,
+    /// FLOPs announced by [`Device::count_kernel_flops`] for the next launch.
+    pending_flops: AtomicU64,
     /// Freed allocations by size in bytes.
     cache: Mutex<FreeLists>,
     capture: Mutex<Option<Capture>>,
@@ -151,6 +153,7 @@ impl Device {
             rt,
             shared: Arc::new(Shared {
                 counters: Mutex::new(DeviceCounters::default()),
+                pending_flops: AtomicU64::new(0),
                 cache: Mutex::new(HashMap::new()),
                 capture: Mutex::new(None),
             }),
@@ -161,9 +164,12 @@ impl Device {
         self.shared.counters().clone()
     }
 
-    /// Counts `flops` of the backend's own matrix-product kernels (a launch does not know them).
+    /// Counts `flops` of the backend's own matrix-product kernels (a launch does not know them),
+    /// for the kernel launched next: call it just before that launch.
     pub(crate) fn count_kernel_flops(&self, flops: u64) {
-        self.shared.counters().kernel_flops += flops;
+        self.shared
+            .pending_flops
+            .fetch_add(flops, Ordering::Relaxed);
     }
 
     pub(crate) fn describe(&self) -> String {
@@ -372,12 +378,17 @@ impl Device {
             kernel.name
         );
         self.rt.launch(kernel, cfg, args)?;
+        let flops = self.shared.pending_flops.swap(0, Ordering::Relaxed);
         let mut c = self.shared.counters();
         c.kernel_launches += 1;
         c.bytes_moved += bytes;
+        c.kernel_flops += flops;
         let k = c.kernels.entry(kernel.name.to_string()).or_default();
         k.launches += 1;
         k.bytes += bytes;
+        k.flops += flops;
+        k.blocks += u64::from(cfg.grid.0) * u64::from(cfg.grid.1) * u64::from(cfg.grid.2);
+        k.threads += threads;
         Ok(())
     }
 
@@ -476,4 +487,25 @@ pub(crate) fn byte_size<T>(len: usize) -> Result<usize> {
     len.checked_mul(std::mem::size_of::<T>())
         .ok_or_else(|| anyhow!("a buffer of {len} elements is too large"))
         .context("device allocation")
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::backend::cost;
+
+    #[test]
+    fn every_kernel_has_a_row_in_the_cost_table() {
+        let code = cost::kernel_code();
+        let missing: Vec<&str> = super::super::kernels::KERNELS
+            .iter()
+            .map(|&(_, name)| name)
+            .filter(|name| !code.contains_key(*name))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{} has no row for {missing:?}: run `python3 scripts/sass-costs.py --write` (after \
+             scripts/install-nvcc.sh and scripts/install-sass-tools.sh) and commit the table",
+            cost::TABLE_FILE
+        );
+    }
 }
