@@ -88,6 +88,7 @@ self_tests=(
 # One convolution, one batch norm and one whole training step against the CPU backend.
 smoke_tests=(
     "convolutions_match_the_cpu 15"
+    "tensor_core_convolutions_match_the_cpu 12"
     "batch_norm_matches_the_cpu 12"
     "training_steps_match_the_cpu 20"
 )
@@ -96,6 +97,10 @@ smoke_tests=(
 full_tests=(
     "cuda_gpu gpu_backend_passes_the_conformance_suite 30"
     "cuda_gpu tensor_core_fragments_follow_the_ptx_layouts 10"
+    "cuda_gpu tensor_core_convolutions_pass_the_conformance_checks 20"
+    "cuda_gpu tensor_core_convolutions_over_many_tiles_and_splits_match_the_cpu 20"
+    "cuda_gpu replayed_tensor_core_bench_steps_equal_eager_steps 20"
+    "cuda_gpu a_tensor_core_run_learns_the_synthetic_set 40"
     "cuda_gpu elementwise_ops_match_the_cpu 10"
     "cuda_gpu convolutions_over_many_tiles_and_splits_match_the_cpu 30"
     "cuda_gpu pooling_and_shortcut_match_the_cpu 10"
@@ -133,6 +138,8 @@ sanitizer_runs=(
     "synccheck cuda_gpu ballot_collects_every_lane kne=selftest_ballot 2 20"
     "memcheck cuda_gpu atomic_histogram_from_many_blocks kne=selftest_histogram 2 20"
     "memcheck cuda_gpu convolutions_match_the_cpu kns=conv2d_backward_weight_m 2 20"
+    "memcheck cuda_gpu tensor_core_convolutions_match_the_cpu kns=conv2d_mma_backward_data 2 20"
+    "racecheck cuda_gpu tensor_core_convolutions_match_the_cpu kns=conv2d_mma_forward 2 30"
     "memcheck cuda_gpu batch_norm_matches_the_cpu kne=batch_norm_stats 2 20"
     "memcheck cuda_gpu pooling_and_shortcut_match_the_cpu kne=global_avg_pool_forward 2 20"
     "memcheck cuda_gpu fused_loss_matches_the_cpu kne=fused_loss_rows 2 20"

@@ -2,7 +2,8 @@
 //! shared conformance suite, every op and whole training steps against the CPU backend), plus TF32.
 //! Every test needs a CUDA GPU and is ignored by default; run them with
 //! `cargo test --release --test cuda_gpu -- --ignored` (scripts/device-check.sh does, from a pack).
-//! The checks compare with strict-fp32 GEMMs (TF32 off); one test covers the TF32 default.
+//! The checks compare with strict-fp32 GEMMs (TF32 off); the TF32 default (the tensor-core
+//! convolutions and cuBLAS's TF32 GEMMs) has its own tests below.
 
 mod conformance;
 mod cuda_checks;
@@ -14,10 +15,19 @@ use ltrain::backend::{Backend, Conv2dDims};
 
 /// GPU 0 with strict fp32 GEMMs; a failure names why CUDA is unavailable.
 fn gpu() -> CudaBackend {
+    gpu_with(CudaOptions { tf32: false })
+}
+
+/// GPU 0 with its defaults: TF32 on, the tensor-core convolutions.
+fn gpu_tf32() -> CudaBackend {
+    gpu_with(CudaOptions { tf32: true })
+}
+
+fn gpu_with(options: CudaOptions) -> CudaBackend {
     if let Err(reason) = cuda_available() {
         panic!("CUDA is not available: {reason}");
     }
-    CudaBackend::new_gpu_with(0, CudaOptions { tf32: false }).expect("CUDA backend on GPU 0")
+    CudaBackend::new_gpu_with(0, options).expect("CUDA backend on GPU 0")
 }
 
 #[test]
@@ -178,6 +188,45 @@ fn training_steps_match_the_cpu() {
 #[ignore = "needs a CUDA GPU"]
 fn batch_loader_views_match_the_source() {
     cuda_checks::batch_loader_views_match_the_source(&gpu(), 1 << 24);
+}
+
+/// The tensor-core convolutions against references that take TF32-rounded operands, at the fp32
+/// tolerances (the conformance suite's convolution checks; cuBLAS's own TF32 GEMMs round in a way
+/// the emulator only stands in for, so the linear check stays with the strict suite above).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn tensor_core_convolutions_pass_the_conformance_checks() {
+    let convs = conformance::checks::<CudaBackend>()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("conv2d"))
+        .collect();
+    conformance::run_checks_with(&gpu_tf32(), conformance::Products::Tf32, convs);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn tensor_core_convolutions_match_the_cpu() {
+    cuda_checks::convolutions_match_the_cpu(&gpu_tf32());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn tensor_core_convolutions_over_many_tiles_and_splits_match_the_cpu() {
+    cuda_checks::convolutions_over_many_tiles_and_splits_match_the_cpu(&gpu_tf32());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn replayed_tensor_core_bench_steps_equal_eager_steps() {
+    cuda_checks::replayed_bench_steps_equal_eager_steps(&gpu_tf32());
+}
+
+/// A short run with the GPU's defaults learns (on the emulator the tensor-core path costs about 5 s
+/// a step at this size, so this one runs here only).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_tensor_core_run_learns_the_synthetic_set() {
+    cuda_checks::a_run_learns_the_synthetic_set(&gpu_tf32());
 }
 
 /// With the TF32 default, a ResNet-sized convolution stays within TF32's precision of the CPU.

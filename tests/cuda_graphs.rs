@@ -3,11 +3,16 @@
 
 mod cuda_checks;
 
-use ltrain::backend::cuda::CudaBackend;
+use ltrain::backend::cuda::{CudaBackend, CudaOptions};
 use ltrain::backend::Backend;
 
 fn emulator() -> CudaBackend {
     CudaBackend::new_emulated().expect("the emulator needs no device")
+}
+
+/// TF32 on, as on a GPU by default: the tensor-core convolutions.
+fn emulator_tf32() -> CudaBackend {
+    CudaBackend::new_emulated_with(CudaOptions { tf32: true }).unwrap()
 }
 
 #[test]
@@ -25,7 +30,7 @@ fn capture_rule_violations_are_errors() {
 /// short batches, so several step shapes) trained with every step captured and replayed equals the
 /// eager run bit for bit: weights, batch-norm statistics and counters, SLA tables (the checkpoint),
 /// the per-epoch losses and metrics, and the last evaluation's per-sample predictions (its
-/// batches replayed too).
+/// batches replayed too). (The tensor-core convolutions' replays: the bench step below.)
 #[test]
 fn a_run_with_replayed_steps_equals_the_eager_run() {
     use ltrain::config::{ExpertWidth, Imbalance, LossKind, TrainConfig};
@@ -100,4 +105,9 @@ fn a_run_with_replayed_steps_equals_the_eager_run() {
 #[test]
 fn replayed_bench_steps_equal_eager_steps() {
     cuda_checks::replayed_bench_steps_equal_eager_steps(&emulator());
+}
+
+#[test]
+fn replayed_tensor_core_bench_steps_equal_eager_steps() {
+    cuda_checks::replayed_bench_steps_equal_eager_steps(&emulator_tf32());
 }

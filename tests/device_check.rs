@@ -283,6 +283,7 @@ fn the_runtime_self_tests_come_before_anything_else_then_ops_then_the_bench_and_
     }
     for (i, name) in [
         "convolutions_match_the_cpu",
+        "tensor_core_convolutions_match_the_cpu",
         "batch_norm_matches_the_cpu",
         "training_steps_match_the_cpu",
     ]
@@ -292,7 +293,7 @@ fn the_runtime_self_tests_come_before_anything_else_then_ops_then_the_bench_and_
         assert_eq!(s[5 + i].arg_after("--exact"), Some(*name), "{:?}", s[5 + i]);
     }
     let smoke = plan.tier("smoke");
-    let rest: Vec<&&Step> = smoke.iter().skip(8).collect();
+    let rest: Vec<&&Step> = smoke.iter().skip(9).collect();
     assert_eq!(
         rest.len(),
         4,

@@ -159,12 +159,21 @@ struct Fiber {
     unsigned async_commits = 0;
 };
 
+// Bytes a lane publishes with a warp instruction's operands (an mma's ten registers, an ldmatrix
+// row address).
+constexpr size_t kPayloadBytes = 48;
+
 struct Warp {
     unsigned lanes_present = 0;  // lanes that exist (the block's last warp may be partial)
     unsigned arrived = 0;        // lanes waiting at the current exchange
     unsigned participants = 0;   // lanes of the current exchange
     unsigned generation = 0;     // exchanges completed; selects the value buffer
     uint64_t values[2][32] = {};
+    unsigned char payload[2][32][kPayloadBytes] = {};  // buffered as `values`
+    // An mma's results for every lane, worked out by the first lane to read the exchange (`claimed`
+    // holds the generation it completed), buffered as `values`.
+    float results[2][32][4] = {};
+    unsigned claimed[2] = {};
 };
 
 struct Block {
@@ -232,6 +241,7 @@ bool run_block(Block& b) {
         w.arrived = 0;
         w.participants = 0;
         w.generation = 0;
+        w.claimed[0] = w.claimed[1] = 0;
     }
     for (unsigned i = 0; i < b.threads; ++i) {
         Fiber& f = b.fibers[i];
@@ -365,54 +375,81 @@ namespace {
 // Which `.sync.aligned` instruction (and qualifiers) a lane is at: every lane of the warp must
 // agree.
 enum Instruction : uint64_t { kMmaTf32 = 1, kMmaBf16 = 2, kLdmatrix = 3 };
-constexpr unsigned kTagShift = 56;  // user-space addresses stay below 2^56
 
-// Copies `bytes` at `mine` from every lane of the running warp to `all` (lane l's at l * bytes).
-// One exchange publishes each lane's address (tagged with its instruction), a second keeps every
-// lane in here, so that its operands stay alive on its stack, until all lanes have read them.
-void warp_gather(const char* what, uint64_t instruction, const void* mine, size_t bytes,
-                 void* all) {
-    const auto address = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(mine));
-    if ((address >> kTagShift) != 0)
-        fail_with("%s: operand address %p too high to tag", what, mine);
+// What a warp instruction's lanes published: lane l's bytes at `all + l * kPayloadBytes`; `first`
+// for the one lane that reads them first (it may work out every lane's results into `results`
+// before any other lane resumes: fibers run one at a time). Valid until the warp's next exchange but
+// one (the double buffering of warp_exchange), so the caller reads it at once.
+struct Gathered {
+    const unsigned char* all;
+    float (*results)[4];
+    bool first;
+};
+
+// Publishes `bytes` at `mine` (at most kPayloadBytes) to every lane of the running warp, with one
+// exchange that also checks that every lane is at the same instruction.
+Gathered warp_gather(const char* what, uint64_t instruction, const void* mine, size_t bytes) {
+    Block& b = running_block();
+    const unsigned lane = b.current->linear % 32;
+    Warp& w = b.warps[b.current->linear / 32];
+    // Every lane of this exchange sees the same generation: it advances once all have arrived.
+    const unsigned done = w.generation + 1, buffer = w.generation & 1u;
+    std::memcpy(w.payload[buffer][lane], mine, bytes);
     uint64_t posted[32];
-    const unsigned lanes = warp_exchange(0xffffffffu, address | (instruction << kTagShift), posted);
+    const unsigned lanes = warp_exchange(0xffffffffu, instruction, posted);
     if (lanes != 0xffffffffu)
         fail_with("%s needs all 32 lanes of a warp; this warp has lanes 0x%08x (a block of a "
                   "multiple of 32 threads)",
                   what, lanes);
     for (unsigned l = 0; l < 32; ++l)
-        if ((posted[l] >> kTagShift) != instruction)
+        if (posted[l] != instruction)
             fail_with("%s: lane %u of the warp is at another warp instruction or shape (all 32 "
                       "lanes must execute the same one)",
                       what, l);
-    const uint64_t address_mask = (uint64_t(1) << kTagShift) - 1;
-    for (unsigned l = 0; l < 32; ++l)
-        std::memcpy(static_cast<char*>(all) + l * bytes,
-                    reinterpret_cast<const void*>(static_cast<uintptr_t>(posted[l] & address_mask)),
-                    bytes);
-    uint64_t ignored[32];
-    warp_exchange(0xffffffffu, 0, ignored);  // every lane has read: the operands may go
+    const bool first = w.claimed[buffer] != done;
+    w.claimed[buffer] = done;
+    return Gathered{&w.payload[buffer][0][0], w.results[buffer], first};
 }
 
 struct MmaOperands {
     unsigned a[4];
     unsigned b[2];
+    float c[4];
 };
+static_assert(sizeof(MmaOperands) <= kPayloadBytes, "an mma's registers fit a lane's payload");
 
-// d = c + A B for this lane's four accumulator elements (C and D share a layout, so c is this
-// lane's own). Products and sum in double, rounded once: exact where the data make every partial
-// sum exact; otherwise the hardware (its summation order and internal rounding unspecified) can
-// differ in the last bits.
+const MmaOperands& lane_operands(const unsigned char* all, unsigned lane) {
+    return *reinterpret_cast<const MmaOperands*>(all + lane * kPayloadBytes);
+}
+
+// d = c + A B for every lane's four accumulator elements (C and D share a layout: c[0] (g, 2t),
+// c[1] (g, 2t + 1), c[2] (g + 8, 2t), c[3] (g + 8, 2t + 1)), A 16xK and B Kx8 rebuilt from the lanes.
+// Products and sum in double, k ascending, rounded once: exact where the data make every partial sum
+// exact; otherwise the hardware (its summation order and internal rounding unspecified) can differ
+// in the last bits.
 template <int K>
-void accumulate(float* d, const float (&a)[16][K], const float (&b)[K][8], const float* c) {
-    const unsigned lane = lane_id(), g = lane >> 2, t = lane & 3u;
-    for (unsigned i = 0; i < 4; ++i) {
-        const unsigned row = g + 8 * (i >> 1), col = 2 * t + (i & 1u);
-        double sum = c[i];
-        for (int k = 0; k < K; ++k) sum += double(a[row][k]) * double(b[k][col]);
-        d[i] = static_cast<float>(sum);
+void mma_all_lanes(const float (&a)[16][K], const float (&b)[K][8], const unsigned char* all,
+                   float (*results)[4]) {
+    for (unsigned lane = 0; lane < 32; ++lane) {
+        const unsigned g = lane >> 2, t = lane & 3u;
+        const float* c = lane_operands(all, lane).c;
+        for (unsigned i = 0; i < 4; ++i) {
+            const unsigned row = g + 8 * (i >> 1), col = 2 * t + (i & 1u);
+            double sum = c[i];
+            for (int k = 0; k < K; ++k) sum += double(a[row][k]) * double(b[k][col]);
+            results[lane][i] = static_cast<float>(sum);
+        }
     }
+}
+
+// One mma's operands from this lane, the results to it.
+Gathered publish_mma(const char* what, Instruction instruction, const unsigned* a,
+                     const unsigned* b, const float* c) {
+    MmaOperands mine;
+    std::memcpy(mine.a, a, sizeof mine.a);
+    std::memcpy(mine.b, b, sizeof mine.b);
+    std::memcpy(mine.c, c, sizeof mine.c);
+    return warp_gather(what, instruction, &mine, sizeof mine);
 }
 
 // A .tf32 operand counts with 10 mantissa bits: the 13 low bits of one that cvt.rna.tf32.f32 did
@@ -425,52 +462,53 @@ float bf16_high(unsigned pair) { return __uint_as_float(pair & 0xffff0000u); }
 }  // namespace
 
 void mma_m16n8k8_tf32(float* d, const unsigned* a, const unsigned* b, const float* c) {
-    MmaOperands mine, all[32];
-    std::memcpy(mine.a, a, sizeof mine.a);
-    std::memcpy(mine.b, b, sizeof mine.b);
-    warp_gather("mma.m16n8k8.tf32", kMmaTf32, &mine, sizeof mine, all);
-    float am[16][8], bm[8][8];
-    for (unsigned lane = 0; lane < 32; ++lane) {
-        const unsigned g = lane >> 2, t = lane & 3u;
-        const MmaOperands& o = all[lane];
-        am[g][t] = tf32_operand(o.a[0]);
-        am[g + 8][t] = tf32_operand(o.a[1]);
-        am[g][t + 4] = tf32_operand(o.a[2]);
-        am[g + 8][t + 4] = tf32_operand(o.a[3]);
-        bm[t][g] = tf32_operand(o.b[0]);
-        bm[t + 4][g] = tf32_operand(o.b[1]);
+    const Gathered got = publish_mma("mma.m16n8k8.tf32", kMmaTf32, a, b, c);
+    if (got.first) {
+        float am[16][8], bm[8][8];
+        for (unsigned lane = 0; lane < 32; ++lane) {
+            const unsigned g = lane >> 2, t = lane & 3u;
+            const MmaOperands& o = lane_operands(got.all, lane);
+            am[g][t] = tf32_operand(o.a[0]);
+            am[g + 8][t] = tf32_operand(o.a[1]);
+            am[g][t + 4] = tf32_operand(o.a[2]);
+            am[g + 8][t + 4] = tf32_operand(o.a[3]);
+            bm[t][g] = tf32_operand(o.b[0]);
+            bm[t + 4][g] = tf32_operand(o.b[1]);
+        }
+        mma_all_lanes(am, bm, got.all, got.results);
     }
-    accumulate(d, am, bm, c);
+    std::memcpy(d, got.results[lane_id()], 4 * sizeof(float));
 }
 
 void mma_m16n8k16_bf16(float* d, const unsigned* a, const unsigned* b, const float* c) {
-    MmaOperands mine, all[32];
-    std::memcpy(mine.a, a, sizeof mine.a);
-    std::memcpy(mine.b, b, sizeof mine.b);
-    warp_gather("mma.m16n8k16.bf16", kMmaBf16, &mine, sizeof mine, all);
-    float am[16][16], bm[16][8];
-    for (unsigned lane = 0; lane < 32; ++lane) {
-        const unsigned g = lane >> 2, t = lane & 3u;
-        const MmaOperands& o = all[lane];
-        for (unsigned r = 0; r < 4; ++r) {
-            const unsigned row = g + 8 * (r & 1u), col = 2 * t + 8 * (r >> 1);
-            am[row][col] = bf16_low(o.a[r]);
-            am[row][col + 1] = bf16_high(o.a[r]);
+    const Gathered got = publish_mma("mma.m16n8k16.bf16", kMmaBf16, a, b, c);
+    if (got.first) {
+        float am[16][16], bm[16][8];
+        for (unsigned lane = 0; lane < 32; ++lane) {
+            const unsigned g = lane >> 2, t = lane & 3u;
+            const MmaOperands& o = lane_operands(got.all, lane);
+            for (unsigned r = 0; r < 4; ++r) {
+                const unsigned row = g + 8 * (r & 1u), col = 2 * t + 8 * (r >> 1);
+                am[row][col] = bf16_low(o.a[r]);
+                am[row][col + 1] = bf16_high(o.a[r]);
+            }
+            for (unsigned r = 0; r < 2; ++r) {
+                const unsigned k = 2 * t + 8 * r;
+                bm[k][g] = bf16_low(o.b[r]);
+                bm[k + 1][g] = bf16_high(o.b[r]);
+            }
         }
-        for (unsigned r = 0; r < 2; ++r) {
-            const unsigned k = 2 * t + 8 * r;
-            bm[k][g] = bf16_low(o.b[r]);
-            bm[k + 1][g] = bf16_high(o.b[r]);
-        }
+        mma_all_lanes(am, bm, got.all, got.results);
     }
-    accumulate(d, am, bm, c);
+    std::memcpy(d, got.results[lane_id()], 4 * sizeof(float));
 }
 
 void ldmatrix(unsigned* r, unsigned count, bool trans, const void* row) {
-    uintptr_t rows[32];
     // The qualifiers are part of the instruction every lane must agree on.
     const uint64_t instruction = kLdmatrix | uint64_t(count) << 2 | uint64_t(trans) << 5;
-    warp_gather("ldmatrix", instruction, &row, sizeof row, rows);
+    const unsigned char* all = warp_gather("ldmatrix", instruction, &row, sizeof row).all;
+    uintptr_t rows[32];
+    for (unsigned l = 0; l < 32; ++l) std::memcpy(&rows[l], all + l * kPayloadBytes, sizeof rows[l]);
     for (unsigned l = 0; l < 8 * count; ++l)
         if (rows[l] % 16 != 0)
             fail_with("ldmatrix: lane %u's row address %p is not 16-byte aligned", l,
