@@ -14,7 +14,9 @@
 // is stored. The activations stay NCHW, so a row's K walk reads one position of many channels: each
 // thread owns one row of the A tile for a whole tile (its position decomposed once, its K walked by
 // additions), neighbouring threads hold neighbouring positions, so every load is coalesced across the
-// warp. 4-byte cp.async copies fill MMA_STAGES shared-memory stages ahead of the MMAs; padding, not
+// warp. K runs tap-major with the channels fastest, so a 16-deep step of a layer with a multiple of
+// 16 channels stays on one tap and checks the image bounds once; the weight gradient's threads walk
+// their positions by additions too. 4-byte cp.async copies fill MMA_STAGES shared-memory stages ahead of the MMAs; padding, not
 // swizzling, makes the fragment reads conflict-free: A is stored [BK][BM + 8] (a fragment reads rows
 // t and t + 4 at columns g: bank 8 t + g, all 32 distinct) and B [BN][BK + 4] (row g, column t:
 // bank 20 g + t mod 32, all distinct). ldmatrix moves 16-bit pairs: the tf32 fragments are loaded
@@ -68,15 +70,15 @@ UNROLL
 UNROLL
             for (int mf = 0; mf < MF; ++mf) {
                 const int r = row0 + mf * 16;
-                a[mf][0] = to_tf32(st.a[kq + t][r]);
-                a[mf][1] = to_tf32(st.a[kq + t][r + 8]);
-                a[mf][2] = to_tf32(st.a[kq + t + 4][r]);
-                a[mf][3] = to_tf32(st.a[kq + t + 4][r + 8]);
+                a[mf][0] = tf32_round_bits(st.a[kq + t][r]);
+                a[mf][1] = tf32_round_bits(st.a[kq + t][r + 8]);
+                a[mf][2] = tf32_round_bits(st.a[kq + t + 4][r]);
+                a[mf][3] = tf32_round_bits(st.a[kq + t + 4][r + 8]);
             }
 UNROLL
             for (int nf = 0; nf < NF; ++nf) {
-                b[nf][0] = to_tf32(st.b[nf * 8 + g][kq + t]);
-                b[nf][1] = to_tf32(st.b[nf * 8 + g][kq + t + 4]);
+                b[nf][0] = tf32_round_bits(st.b[nf * 8 + g][kq + t]);
+                b[nf][1] = tf32_round_bits(st.b[nf * 8 + g][kq + t + 4]);
             }
 UNROLL
             for (int mf = 0; mf < MF; ++mf)
@@ -88,37 +90,55 @@ UNROLL
     __syncthreads();  // the stages are refilled by the next tile
 }
 
-// One element of a stage: copied when `ok`, else zero (padding, or outside the product).
-__device__ __forceinline__ void fill(float* dst, bool ok, const float* src) {
-    if (ok)
-        cp_async_4(dst, src);
-    else
-        *dst = 0.0f;
+// Rows of the B tile ([BN][BK]) a thread fills, each thread at a fixed column: a compile-time trip
+// count, so the loop unrolls.
+template <int BN, int THREADS>
+__device__ constexpr int b_rows_per_thread() {
+    static_assert(THREADS % MMA_BK == 0, "a thread keeps its column of the B tile");
+    return (BN * MMA_BK + THREADS - 1) / THREADS;
 }
 
-// A K index walked c-major over an nh x nw window by additions, with `offset` kept at
-// c c_step + h h_step + w w_step.
-struct KWalk {
-    int c, h, w, nh, nw, offset, c_step, h_step, w_step;
+// One element of a stage: copied from `src` when `ok`, else zero (padding, or outside the product),
+// without a branch; `anywhere` is an address inside the tensor, named instead of an `src` that may
+// lie outside it.
+__device__ __forceinline__ void fill(float* dst, bool ok, const float* src, const float* anywhere) {
+    cp_async_4_zfill(dst, ok ? src : anywhere, ok);
+}
+
+// A K index walked tap-major, channels fastest: k = (h nw + w) nc + c, by additions, with `offset`
+// kept at c c_step + h h_step + w w_step. Channels fastest, so a 16-deep K step of a layer with a
+// multiple of 16 channels stays on one tap: its bounds check is done once a tap, not once an element.
+struct TapWalk {
+    int c, h, w, nc, nh, nw, offset, c_step, h_step, w_step;
 };
 
-__device__ __forceinline__ void step(KWalk& k) {
+// Advances one k; true when the tap changed (the caller checks the new tap's bounds).
+__device__ __forceinline__ bool step(TapWalk& k) {
+    ++k.c;
+    k.offset += k.c_step;
+    if (k.c < k.nc) return false;
+    k.c = 0;
     ++k.w;
-    k.offset += k.w_step;
+    k.offset += k.w_step - k.nc * k.c_step;
     if (k.w == k.nw) {
         k.w = 0;
         ++k.h;
         k.offset += k.h_step - k.nw * k.w_step;
-        if (k.h == k.nh) {
-            k.h = 0;
-            ++k.c;
-            k.offset += k.c_step - k.nh * k.h_step;
-        }
     }
+    return true;
 }
 
-__device__ __forceinline__ KWalk k_walk(int nh, int nw, int c_step, int h_step, int w_step) {
-    return KWalk{0, 0, 0, nh, nw, 0, c_step, h_step, w_step};
+// Advances `n` channels, which end exactly at the tap's last (nc a multiple of n); true when the
+// tap changed.
+__device__ __forceinline__ bool step_channels(TapWalk& k, int n) {
+    k.c += n - 1;
+    k.offset += (n - 1) * k.c_step;
+    return step(k);
+}
+
+__device__ __forceinline__ TapWalk tap_walk(int nc, int nh, int nw, int c_step, int h_step,
+                                            int w_step) {
+    return TapWalk{0, 0, 0, nc, nh, nw, 0, c_step, h_step, w_step};
 }
 
 // Filter size and stride: compile-time constants, or 0 for "as the geometry says".
@@ -139,22 +159,44 @@ struct ForwardLoader {
     const float* w;     // the first weight row of the tile's channels
     ConvGeom g;
     int ih0, iw0, channels, K;
-    bool row_ok;
-    KWalk walk;  // (ci, kh, kw), offset ci HW + kh w + kw
+    const float* anywhere;  // x itself (fill)
+    bool row_ok, tap_ok;    // this row is a position; the walk's tap lands inside the image
+    bool whole_steps;       // c_in_g is a multiple of MMA_BK: every K step stays on one tap
+    FastDiv per_tap;        // K index -> (tap, ci): c_in_g channels a tap
+    TapWalk walk;         // (kh, kw, ci), offset ci HW + kh w + kw
 };
+
+template <int KS, int S, int BM, int BN>
+__device__ bool forward_tap_ok(const ForwardLoader<KS, S, BM, BN>& ld) {
+    return ld.row_ok && unsigned(ld.ih0 + ld.walk.h) < unsigned(ld.g.h) &&
+           unsigned(ld.iw0 + ld.walk.w) < unsigned(ld.g.w);
+}
 
 template <int KS, int S, int BM, int BN>
 __device__ void load_stage(ForwardLoader<KS, S, BM, BN>& ld, MmaStage<BM, BN>& st, int kb, int k1) {
     const int m = int(threadIdx.x);
-    for (int j = 0; j < MMA_BK; ++j) {
-        const bool ok = ld.row_ok && kb + j < k1 && unsigned(ld.ih0 + ld.walk.h) < unsigned(ld.g.h) &&
-                        unsigned(ld.iw0 + ld.walk.w) < unsigned(ld.g.w);
-        fill(&st.a[j][m], ok, ld.x_at + ld.walk.offset);
-        step(ld.walk);
+    if (ld.whole_steps) {
+        // The step's 16 channels share a tap: one bounds check, then addresses by additions.
+        const float* src = ld.x_at + ld.walk.offset;
+        UNROLL
+        for (int j = 0; j < MMA_BK; ++j)
+            fill(&st.a[j][m], ld.tap_ok, src + j * ld.g.HW, ld.anywhere);
+        if (step_channels(ld.walk, MMA_BK)) ld.tap_ok = forward_tap_ok(ld);
+    } else {
+        for (int j = 0; j < MMA_BK; ++j) {
+            fill(&st.a[j][m], ld.tap_ok && kb + j < k1, ld.x_at + ld.walk.offset, ld.anywhere);
+            if (step(ld.walk)) ld.tap_ok = forward_tap_ok(ld);
+        }
     }
-    for (int e = int(threadIdx.x); e < BN * MMA_BK; e += MMA_THREADS) {
-        const int n = e / MMA_BK, k = kb + e % MMA_BK;
-        fill(&st.b[n][e % MMA_BK], n < ld.channels && k < k1, ld.w + size_t(n) * ld.K + k);
+    // B[(kh, kw, ci), co] = w[co, ci, kh, kw]: this thread's k is fixed within the step.
+    const int kq = int(threadIdx.x) % MMA_BK, k = kb + kq;
+    const unsigned tap = divide(unsigned(k), ld.per_tap), ci = unsigned(k) - tap * ld.per_tap.d;
+    const float* src = ld.w + size_t(ci) * ld.g.kk + tap;
+    UNROLL
+    for (int j = 0; j < b_rows_per_thread<BN, MMA_THREADS>(); ++j) {
+        const int n = int(threadIdx.x) / MMA_BK + j * (MMA_THREADS / MMA_BK);
+        if (n < BN)
+            fill(&st.b[n][kq], n < ld.channels && k < k1, src + size_t(n) * ld.K, ld.w);
     }
 }
 
@@ -247,7 +289,11 @@ __device__ void conv_mma_forward(const float* x, const float* w, float* y, int n
             ld.w = w + (size_t(tile.group) * g.c_out_g + tile.n0) * K;
             ld.channels = N - tile.n0;
             ld.K = K;
-            ld.walk = k_walk(ks, ks, g.HW, g.w, 1);
+            ld.anywhere = x;
+            ld.whole_steps = g.c_in_g % MMA_BK == 0;
+            ld.per_tap = fast_div(unsigned(g.c_in_g));
+            ld.walk = tap_walk(g.c_in_g, ks, ks, g.HW, g.w, 1);
+            ld.tap_ok = forward_tap_ok(ld);
         }
         float acc[MF][NF][4] = {};
         mma_mainloop<WARPS, MF, BN>(ld, 0, K, acc);
@@ -285,31 +331,48 @@ struct DataLoader {
     const float* w;      // the weights of this group's output channels, at the tile's input channel
     ConvGeom g;
     int oh_top, ow_left, channels, kh0, kw0, stride;
-    bool row_ok;
-    FastDiv taps, cols;
-    KWalk walk;  // (co, jh, jw), offset co P - jh w_out - jw
+    const float* anywhere;  // dy itself (fill)
+    bool row_ok, tap_ok;
+    bool whole_steps;       // c_out_g is a multiple of MMA_BK: every K step stays on one tap
+    FastDiv per_tap, cols;  // K index -> (tap, co): c_out_g channels a tap; tap -> (jh, jw)
+    TapWalk walk;           // (jh, jw, co), offset co P - jh w_out - jw
 };
+
+template <int KS, int S, int BM, int BN>
+__device__ bool data_tap_ok(const DataLoader<KS, S, BM, BN>& ld) {
+    return ld.row_ok && unsigned(ld.oh_top - ld.walk.h) < unsigned(ld.g.h_out) &&
+           unsigned(ld.ow_left - ld.walk.w) < unsigned(ld.g.w_out);
+}
 
 template <int KS, int S, int BM, int BN>
 __device__ void load_stage(DataLoader<KS, S, BM, BN>& ld, MmaStage<BM, BN>& st, int kb, int k1) {
     const int m = int(threadIdx.x);
-    for (int j = 0; j < MMA_BK; ++j) {
-        const bool ok = ld.row_ok && kb + j < k1 &&
-                        unsigned(ld.oh_top - ld.walk.h) < unsigned(ld.g.h_out) &&
-                        unsigned(ld.ow_left - ld.walk.w) < unsigned(ld.g.w_out);
-        fill(&st.a[j][m], ok, ld.dy_at + ld.walk.offset);
-        step(ld.walk);
+    if (ld.whole_steps) {
+        const float* src = ld.dy_at + ld.walk.offset;
+        UNROLL
+        for (int j = 0; j < MMA_BK; ++j)
+            fill(&st.a[j][m], ld.tap_ok, src + j * ld.g.P, ld.anywhere);
+        if (step_channels(ld.walk, MMA_BK)) ld.tap_ok = data_tap_ok(ld);
+    } else {
+        for (int j = 0; j < MMA_BK; ++j) {
+            fill(&st.a[j][m], ld.tap_ok && kb + j < k1, ld.dy_at + ld.walk.offset, ld.anywhere);
+            if (step(ld.walk)) ld.tap_ok = data_tap_ok(ld);
+        }
     }
-    // B[(co, jh, jw), ci] = w[co, ci, kh0 + stride jh, kw0 + stride jw]: this thread's k is fixed
+    // B[(jh, jw, co), ci] = w[co, ci, kh0 + stride jh, kw0 + stride jw]: this thread's k is fixed
     // within the step, its columns vary.
     const int kq = int(threadIdx.x) % MMA_BK, k = kb + kq;
-    const unsigned co = divide(unsigned(k), ld.taps), tap = unsigned(k) - co * ld.taps.d;
+    const unsigned tap = divide(unsigned(k), ld.per_tap), co = unsigned(k) - tap * ld.per_tap.d;
     const unsigned jh = divide(tap, ld.cols), jw = tap - jh * ld.cols.d;
     const int ks = filter_size<KS>(ld.g);
     const float* src = ld.w + size_t(co) * ld.g.c_in_g * ld.g.kk +
                        (ld.kh0 + ld.stride * int(jh)) * ks + ld.kw0 + ld.stride * int(jw);
-    for (int n = int(threadIdx.x) / MMA_BK; n < BN; n += MMA_THREADS / MMA_BK)
-        fill(&st.b[n][kq], n < ld.channels && k < k1, src + size_t(n) * ld.g.kk);
+    UNROLL
+    for (int j = 0; j < b_rows_per_thread<BN, MMA_THREADS>(); ++j) {
+        const int n = int(threadIdx.x) / MMA_BK + j * (MMA_THREADS / MMA_BK);
+        if (n < BN)
+            fill(&st.b[n][kq], n < ld.channels && k < k1, src + size_t(n) * ld.g.kk, ld.w);
+    }
 }
 
 template <int KS, int S, int BN>
@@ -357,9 +420,12 @@ __device__ void conv_mma_backward_data(const float* dy, const float* w, float* d
             ld.kh0 = kh0;
             ld.kw0 = kw0;
             ld.stride = stride;
-            ld.taps = fast_div(unsigned(max(nh * nw, 1)));
+            ld.anywhere = dy;
+            ld.whole_steps = g.c_out_g % MMA_BK == 0;
+            ld.per_tap = fast_div(unsigned(g.c_out_g));
             ld.cols = fast_div(unsigned(max(nw, 1)));
-            ld.walk = k_walk(nh, nw, g.P, -g.w_out, -1);
+            ld.walk = tap_walk(g.c_out_g, nh, nw, g.P, -g.w_out, -1);
+            ld.tap_ok = data_tap_ok(ld);
         }
         float acc[MF][NF][4] = {};
         mma_mainloop<WARPS, MF, BN>(ld, 0, K, acc);
@@ -393,35 +459,61 @@ UNROLL
 
 template <int KS, int S, int BM, int BN, int THREADS>
 struct WeightLoader {
-    const float* x_row;  // x at (image 0, this thread's input channel, its tap's origin)
+    const float* x_row;  // x at (image 0, this thread's input channel)
     const float* dy;     // dy at (image 0, the tile's first output channel)
     ConvGeom g;
-    int kh, kw, stride, channels;
+    int kh, kw, stride, channels;  // kh and kw less the padding
     bool row_ok;
-    FastDiv per_image, per_row;
+    FastDiv per_image;
+    // The next position this thread copies into the A tile (image, output row and column) and
+    // into the B tile (image, index in the image): each walks by additions.
+    int a_s, a_oh, a_ow, b_s, b_p;
 };
 
 template <int KS, int S, int BM, int BN, int THREADS>
-__device__ void load_stage(WeightLoader<KS, S, BM, BN, THREADS>& ld, MmaStage<BM, BN>& st, int kb, int k1) {
+__device__ void load_stage(WeightLoader<KS, S, BM, BN, THREADS>& ld, MmaStage<BM, BN>& st, int kb,
+                           int k1) {
     // A[(s, p), (ci, kh, kw)] stored [k][row]: this thread's row is fixed, its positions are
     // kb + tid / BM + (THREADS / BM) j.
     constexpr int R = THREADS / BM;
+    static_assert(R <= 2, "a thread's positions advance at most two a time");
+    const ConvGeom& g = ld.g;
     const int m = int(threadIdx.x) % BM;
     for (int kq = int(threadIdx.x) / BM; kq < MMA_BK; kq += R) {
-        const int q = kb + kq;
-        const unsigned s = divide(unsigned(q), ld.per_image), p = unsigned(q) - s * ld.per_image.d;
-        const unsigned oh = divide(p, ld.per_row), ow = p - oh * ld.per_row.d;
-        const int ih = int(oh) * ld.stride + ld.kh, iw = int(ow) * ld.stride + ld.kw;
-        const bool ok = ld.row_ok && q < k1 && unsigned(ih) < unsigned(ld.g.h) &&
-                        unsigned(iw) < unsigned(ld.g.w);
-        fill(&st.a[kq][m], ok, ld.x_row + size_t(s) * ld.g.c_in * ld.g.HW + (long long)(ih) * ld.g.w + iw);
+        const int ih = ld.a_oh * ld.stride + ld.kh, iw = ld.a_ow * ld.stride + ld.kw;
+        const bool ok = ld.row_ok && kb + kq < k1 && unsigned(ih) < unsigned(g.h) &&
+                        unsigned(iw) < unsigned(g.w);
+        fill(&st.a[kq][m], ok,
+             ld.x_row + size_t(ld.a_s) * g.c_in * g.HW + (long long)(ih) * g.w + iw, ld.x_row);
+        // R positions on: into the next row, or (an output one column wide) the one after.
+        const auto next_row = [&]() {
+            ld.a_ow -= g.w_out;
+            if (++ld.a_oh == g.h_out) {
+                ld.a_oh = 0;
+                ++ld.a_s;
+            }
+        };
+        ld.a_ow += R;
+        if (ld.a_ow >= g.w_out) {
+            next_row();
+            if (R == 2 && ld.a_ow >= g.w_out) next_row();
+        }
     }
     // B[(s, p), co] stored [co][k]: this thread's position is fixed within the step.
-    const int kq = int(threadIdx.x) % MMA_BK, q = kb + kq;
-    const unsigned s = divide(unsigned(q), ld.per_image), p = unsigned(q) - s * ld.per_image.d;
-    const float* src = ld.dy + size_t(s) * ld.g.c_out * ld.g.P + p;
-    for (int n = int(threadIdx.x) / MMA_BK; n < BN; n += THREADS / MMA_BK)
-        fill(&st.b[n][kq], n < ld.channels && q < k1, src + size_t(n) * ld.g.P);
+    const int kq = int(threadIdx.x) % MMA_BK;
+    const float* src = ld.dy + size_t(ld.b_s) * g.c_out * g.P + ld.b_p;
+    UNROLL
+    for (int j = 0; j < b_rows_per_thread<BN, THREADS>(); ++j) {
+        const int n = int(threadIdx.x) / MMA_BK + j * (THREADS / MMA_BK);
+        if (n < BN)
+            fill(&st.b[n][kq], n < ld.channels && kb + kq < k1, src + size_t(n) * g.P, ld.dy);
+    }
+    ld.b_p += MMA_BK;
+    if (ld.b_p >= g.P) {
+        const unsigned images = divide(unsigned(ld.b_p), ld.per_image);
+        ld.b_s += int(images);
+        ld.b_p -= int(images) * g.P;
+    }
 }
 
 // `partial` [splits, tiles, BM * BN]; `counters` [tiles] zero on entry and on exit.
@@ -443,6 +535,7 @@ __device__ void conv_mma_backward_weight(const float* x, const float* dy, float*
         // Split-major: blocks running at the same time work on different splits of one tile.
         const int ti = item % tiles, split = item / tiles;
         const MmaTile tile = mma_tile(ti, tiles_m, tiles_n, BM, BN);
+        const int k0 = split * per_split, k1 = min(K, k0 + per_split);
         WeightLoader<KS, S, BM, BN, THREADS> ld;
         {
             const int m = tile.m0 + int(threadIdx.x) % BM;
@@ -456,10 +549,19 @@ __device__ void conv_mma_backward_weight(const float* x, const float* dy, float*
             ld.dy = dy + (size_t(tile.group) * g.c_out_g + tile.n0) * g.P;
             ld.channels = N - tile.n0;
             ld.per_image = per_image;
-            ld.per_row = per_row;
+            // The split's first positions, decomposed once.
+            const unsigned qa = unsigned(k0 + int(threadIdx.x) / BM);
+            const unsigned sa = divide(qa, per_image), pa = qa - sa * per_image.d;
+            const unsigned oh = divide(pa, per_row);
+            ld.a_s = int(sa);
+            ld.a_oh = int(oh);
+            ld.a_ow = int(pa - oh * per_row.d);
+            const unsigned qb = unsigned(k0 + int(threadIdx.x) % MMA_BK);
+            const unsigned sb = divide(qb, per_image);
+            ld.b_s = int(sb);
+            ld.b_p = int(qb - sb * per_image.d);
         }
         float acc[MF][NF][4] = {};
-        const int k0 = split * per_split, k1 = min(K, k0 + per_split);
         mma_mainloop<WARPS, MF, BN>(ld, k0, k1, acc);
         // The tile's (row, column) -> this thread's accumulator slot, the same in every split.
         float* mine = partial + (size_t(split) * tiles + ti) * (BM * BN);
@@ -496,12 +598,12 @@ UNROLL
         unsigned stride, unsigned pad, unsigned h_out, unsigned w_out, unsigned groups
 #define CONV_GEOM conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups)
 #define CONV_MMA_KERNELS(NAME, KS, S, BN, WEIGHT_THREADS)                                        \
-    KERNEL void conv2d_mma_forward_##NAME(const float* __restrict__ x,                           \
-                                          const float* __restrict__ w, float* __restrict__ y,    \
-                                          CONV_SHAPE_ARGS) {                                     \
+    KERNEL void __launch_bounds__(MMA_THREADS) conv2d_mma_forward_##NAME(                        \
+        const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,         \
+        CONV_SHAPE_ARGS) {                                                                       \
         conv_mma_forward<KS, S, BN, false>(x, w, y, int(n), CONV_GEOM, int(groups), StatsOut{}); \
     }                                                                                            \
-    KERNEL void conv2d_mma_forward_stats_##NAME(                                                 \
+    KERNEL void __launch_bounds__(MMA_THREADS) conv2d_mma_forward_stats_##NAME(                  \
         const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,         \
         double* __restrict__ partial, unsigned* __restrict__ counters,                           \
         float* __restrict__ saved_mean, float* __restrict__ saved_inv_std,                       \
@@ -511,7 +613,8 @@ UNROLL
                              running_mean, running_var, eps,        momentum};                   \
         conv_mma_forward<KS, S, BN, true>(x, w, y, int(n), CONV_GEOM, int(groups), st);          \
     }                                                                                            \
-    KERNEL void conv2d_mma_backward_data_##NAME(const float* __restrict__ dy,                    \
+    KERNEL void __launch_bounds__(MMA_THREADS) conv2d_mma_backward_data_##NAME(                  \
+        const float* __restrict__ dy,                                                            \
                                                 const float* __restrict__ w,                     \
                                                 float* __restrict__ dx, CONV_SHAPE_ARGS,         \
                                                 int accumulate) {                                \

@@ -123,6 +123,13 @@ __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src
                  "l"(__cvta_generic_to_global(gmem_src))
                  : "memory");
 }
+// A 4-byte cp.async that copies when `copy` and otherwise writes zeros (its src-size operand 0: no
+// byte of `gmem_src` is read, though it must still be a global address): padding without a branch.
+__device__ __forceinline__ void cp_async_4_zfill(void* smem_dst, const void* gmem_src, bool copy) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(shared_address(smem_dst)),
+                 "l"(__cvta_generic_to_global(gmem_src)), "r"(copy ? 4u : 0u)
+                 : "memory");
+}
 // Closes the calling thread's group of copies issued since the last commit.
 __device__ __forceinline__ void cp_async_commit() {
     asm volatile("cp.async.commit_group;\n" ::: "memory");
@@ -174,6 +181,9 @@ __device__ __forceinline__ void cp_async_8(void* smem_dst, const void* gmem_src)
 __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src) {
     ::emu::cp_async(smem_dst, gmem_src, 16);
 }
+__device__ __forceinline__ void cp_async_4_zfill(void* smem_dst, const void* gmem_src, bool copy) {
+    ::emu::cp_async_zfill(smem_dst, gmem_src, 4, copy ? 4 : 0);
+}
 __device__ __forceinline__ void cp_async_commit() { ::emu::cp_async_commit(); }
 template <int Pending>
 __device__ __forceinline__ void cp_async_wait() {
@@ -182,3 +192,11 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 #endif
+
+// An f32 as a tf32 operand, rounded to nearest with ties away from zero (as cvt.rna.tf32.f32: half of
+// the dropped 13 bits' range added to the magnitude, then dropped), in two integer instructions where
+// cvt.rna takes about five on sm_90. The same for every finite value and the infinities; a NaN whose
+// payload lies only in the 13 low bits becomes an infinity (the result is not finite either way).
+__device__ __forceinline__ unsigned tf32_round_bits(float x) {
+    return (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
+}

@@ -41,11 +41,23 @@ ARCH = "90"
 # nests loops: useful FMAs, and the elements the nested gather loops store to shared memory (A tile
 # first, then B), from kernels/conv.cu: BM x BN tiles over CONV_THREADS = 256 threads, so
 # FMAs = BM * BN * 16 / 256, A = BM * 16 / 256, B = 16 * BN / 256.
+# kernels/conv_mma.cu: BM x BN tiles, one tf32 m16n8k8 = 1024 FMAs a warp (32 a thread); the A tile
+# is a loop (16 elements a step for the forward and data passes' one row a thread, 8 for the weight
+# gradient's two threads a row); the B tile's loop is unrolled (counted in the body).
 TRIPS = {
     r"conv2d_\w+_m16": {"fma": 128, "stored": [1, 8]},
     r"conv2d_\w+_m32": {"fma": 256, "stored": [2, 8]},
     r"conv2d_\w+_m64": {"fma": 256, "stored": [4, 4]},
     r"conv2d_\w+_m128": {"fma": 512, "stored": [8, 4]},
+    r"conv2d_mma_(forward|forward_stats|backward_data)_\w+_n16": {"fma": 256, "stored": [16]},
+    r"conv2d_mma_(forward|forward_stats|backward_data)_\w+_n32": {"fma": 512, "stored": [16]},
+    r"conv2d_mma_(forward|forward_stats|backward_data)_\w+_n64": {"fma": 1024, "stored": [16]},
+    r"conv2d_mma_backward_weight_k3s\d_n16": {"fma": 128, "stored": [8]},
+    r"conv2d_mma_backward_weight_k3s\d_n32": {"fma": 256, "stored": [8]},
+    r"conv2d_mma_backward_weight_k3s\d_n64": {"fma": 512, "stored": [8]},
+    r"conv2d_mma_backward_weight_any_n16": {"fma": 128, "stored": [8]},
+    r"conv2d_mma_backward_weight_any_n32": {"fma": 256, "stored": [8]},
+    r"conv2d_mma_backward_weight_any_n64": {"fma": 512, "stored": [8]},
 }
 
 CLASSES = ["ffma", "hmma", "lds", "ldsm", "ldg", "ldgsts", "sts", "int", "other"]
@@ -206,8 +218,9 @@ def hot_loop(name, instrs):
                 trips = fma_left / f
                 fma_left = 0
                 units |= u
-            elif c["sts"] and stored:
-                trips = stored.pop(0) / c["sts"]
+            elif c["sts"] + c["ldgsts"] and stored:
+                # Shared-memory stores: plain ones, or cp.async copies (LDGSTS).
+                trips = stored.pop(0) / (c["sts"] + c["ldgsts"])
             else:
                 fail(f"kernel {name}: nested loop at {instrs[lp[0]][0]:#x} neither multiplies nor "
                      "stores to shared memory; extend TRIPS in scripts/sass-costs.py")

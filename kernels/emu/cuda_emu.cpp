@@ -147,7 +147,8 @@ struct AsyncCopy {
     void* dst;
     const void* src;
     unsigned bytes;
-    unsigned group;  // the thread's commit count when it was issued
+    unsigned src_bytes;  // copied of `bytes`; the rest is zero-filled
+    unsigned group;      // the thread's commit count when it was issued
 };
 
 struct Fiber {
@@ -524,17 +525,21 @@ void ldmatrix(unsigned* r, unsigned count, bool trans, const void* row) {
                      : element(m, g, 2 * t) | element(m, g, 2 * t + 1) << 16;
 }
 
-void cp_async(void* dst, const void* src, unsigned bytes) {
+void cp_async_zfill(void* dst, const void* src, unsigned bytes, unsigned src_bytes) {
     Fiber& f = *running_block().current;
     if (bytes != 4 && bytes != 8 && bytes != 16)
         fail_with("cp.async copies 4, 8 or 16 bytes, not %u", bytes);
+    if (src_bytes > bytes)
+        fail_with("cp.async's src-size %u exceeds its copy size %u", src_bytes, bytes);
     if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 ||
         reinterpret_cast<uintptr_t>(src) % bytes != 0)
         fail_with("cp.async of %u bytes needs %u-byte aligned addresses (shared %p, global %p)",
                   bytes, bytes, dst, src);
     std::memset(dst, 0xFF, bytes);
-    f.async_copies.push_back({dst, src, bytes, f.async_commits});
+    f.async_copies.push_back({dst, src, bytes, src_bytes, f.async_commits});
 }
+
+void cp_async(void* dst, const void* src, unsigned bytes) { cp_async_zfill(dst, src, bytes, bytes); }
 
 void cp_async_commit() { ++running_block().current->async_commits; }
 
@@ -545,7 +550,10 @@ void cp_async_wait(unsigned pending) {
     const unsigned complete = f.async_commits > pending ? f.async_commits - pending : 0;
     auto& copies = f.async_copies;
     for (const AsyncCopy& c : copies)
-        if (c.group < complete) std::memcpy(c.dst, c.src, c.bytes);
+        if (c.group < complete) {
+            std::memcpy(c.dst, c.src, c.src_bytes);
+            std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
+        }
     copies.erase(std::remove_if(copies.begin(), copies.end(),
                                 [&](const AsyncCopy& c) { return c.group < complete; }),
                  copies.end());

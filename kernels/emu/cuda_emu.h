@@ -210,6 +210,8 @@ void ldmatrix(unsigned* r, unsigned count, bool trans, const void* row);
 // cp.async of `bytes` (4, 8 or 16): fills `dst` with 0xFF now and copies when a cp_async_wait
 // covers its group, so a read before the wait sees the poison.
 void cp_async(void* dst, const void* src, unsigned bytes);
+// cp.async with a src-size: copies `src_bytes` (0 or `bytes`) of `src` and zero-fills the rest.
+void cp_async_zfill(void* dst, const void* src, unsigned bytes, unsigned src_bytes);
 void cp_async_commit();
 // Performs the calling thread's committed groups but the newest `pending`.
 void cp_async_wait(unsigned pending);

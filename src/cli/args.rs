@@ -160,7 +160,8 @@ pub struct RunArgs {
     /// Evaluate every k epochs (the last epoch always).
     #[arg(long, value_name = "K")]
     pub eval_every: Option<usize>,
-    /// Strict fp32 GEMMs on the GPU (no TF32).
+    /// Strict fp32 products on a CUDA device: cuBLAS without TF32, the convolutions on the fp32 FMA
+    /// kernels instead of the TF32 tensor cores.
     #[arg(long)]
     pub no_tf32: bool,
 }

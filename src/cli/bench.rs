@@ -8,7 +8,7 @@ use super::device::{dispatch, OnBackend};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use ltrain::backend::cost;
-use ltrain::backend::cuda::CudaBackend;
+use ltrain::backend::cuda::{CudaBackend, CudaOptions};
 use ltrain::backend::Backend;
 use ltrain::config::{CudaGraphs, DeviceKind, ExpertWidth, ModelKind};
 use ltrain::train::bench_step::{BenchInput, BenchStep, BenchStepConfig};
@@ -55,7 +55,8 @@ pub struct BenchCmd {
     /// ImageNet-LT path).
     #[arg(long, value_enum, default_value = "pre-augmented")]
     pub input: BenchInput,
-    /// Strict fp32 GEMMs on the GPU (no TF32).
+    /// Strict fp32 products on a CUDA device: cuBLAS without TF32, the convolutions on the fp32 FMA
+    /// kernels instead of the TF32 tensor cores.
     #[arg(long)]
     pub no_tf32: bool,
     /// Run each step as one captured CUDA graph (auto: on a GPU).
@@ -85,7 +86,9 @@ pub fn run(mut cmd: BenchCmd) -> Result<()> {
         if device != DeviceKind::CudaEmulated {
             bail!("--count-only runs on the emulator: add --device cuda-emulated");
         }
-        let be = CudaBackend::new_count_only().context("the count-only CUDA emulator")?;
+        let options = CudaOptions { tf32: !cmd.no_tf32 };
+        let be =
+            CudaBackend::new_count_only_with(options).context("the count-only CUDA emulator")?;
         return cmd.run(&be);
     }
     let tf32 = !cmd.no_tf32;

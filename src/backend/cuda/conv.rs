@@ -286,8 +286,11 @@ const WEIGHT: PassKernels<WeightFn> = PassKernels {
 
 /// Threads of an FMA convolution block (kernels/conv.cu `CONV_THREADS`).
 const CONV_THREADS: u32 = 256;
-/// A weight-gradient split sums at least this many products per output before handing over.
+/// A weight-gradient split sums at least this many products per output before handing over: the
+/// FMA tiles, and the tensor-core ones (16 of their 16-deep steps; their blocks finish a step about
+/// ten times sooner, so shorter splits fill the GPU for the same cost in partial tiles).
 const MIN_SPLIT: usize = 1024;
+const MIN_SPLIT_MMA: usize = 256;
 /// Blocks per SM the weight gradient's splits aim at (each writes a partial tile).
 const SPLIT_BLOCKS_PER_SM: usize = 4;
 
@@ -630,7 +633,12 @@ impl ConvOps for CudaBackend {
         // Enough splits for SPLIT_BLOCKS_PER_SM blocks on every SM, each at least MIN_SPLIT long:
         // more would only add partial tiles to write and read back.
         let sum_len = d.n * d.h_out() * d.w_out();
-        let max_splits = sum_len.div_ceil(MIN_SPLIT).max(1);
+        let min_split = if self.options.tf32 {
+            MIN_SPLIT_MMA
+        } else {
+            MIN_SPLIT
+        };
+        let max_splits = sum_len.div_ceil(min_split).max(1);
         let blocks = SPLIT_BLOCKS_PER_SM * self.limits().sm_count as usize;
         let wanted = blocks.div_ceil(plan.tiles.max(1));
         let splits = wanted.clamp(1, max_splits);
