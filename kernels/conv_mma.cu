@@ -459,15 +459,16 @@ UNROLL
 
 template <int KS, int S, int BM, int BN, int THREADS>
 struct WeightLoader {
-    const float* x_row;  // x at (image 0, this thread's input channel)
-    const float* dy;     // dy at (image 0, the tile's first output channel)
+    const float* dy;  // dy at (image 0, the tile's first output channel)
     ConvGeom g;
-    int kh, kw, stride, channels;  // kh and kw less the padding
+    int stride, channels;
     bool row_ok;
     FastDiv per_image;
-    // The next position this thread copies into the A tile (image, output row and column) and
-    // into the B tile (image, index in the image): each walks by additions.
-    int a_s, a_oh, a_ow, b_s, b_p;
+    // The next position this thread copies into the A tile: x at (its image, its input channel),
+    // the input row and column its tap reads there (ih = oh stride + kh - pad, and iw) and the
+    // output column; into the B tile: image and index in the image. Each walks by additions.
+    const float* a_img;
+    int a_ih, a_iw, a_ow, a_ih_top, b_s, b_p;
 };
 
 template <int KS, int S, int BM, int BN, int THREADS>
@@ -480,20 +481,22 @@ __device__ void load_stage(WeightLoader<KS, S, BM, BN, THREADS>& ld, MmaStage<BM
     const ConvGeom& g = ld.g;
     const int m = int(threadIdx.x) % BM;
     for (int kq = int(threadIdx.x) / BM; kq < MMA_BK; kq += R) {
-        const int ih = ld.a_oh * ld.stride + ld.kh, iw = ld.a_ow * ld.stride + ld.kw;
-        const bool ok = ld.row_ok && kb + kq < k1 && unsigned(ih) < unsigned(g.h) &&
-                        unsigned(iw) < unsigned(g.w);
-        fill(&st.a[kq][m], ok,
-             ld.x_row + size_t(ld.a_s) * g.c_in * g.HW + (long long)(ih) * g.w + iw, ld.x_row);
-        // R positions on: into the next row, or (an output one column wide) the one after.
+        const bool ok = ld.row_ok && kb + kq < k1 && unsigned(ld.a_ih) < unsigned(g.h) &&
+                        unsigned(ld.a_iw) < unsigned(g.w);
+        fill(&st.a[kq][m], ok, ld.a_img + ld.a_ih * g.w + ld.a_iw, ld.dy);
+        // R positions on: into the next row, or (an output one column wide) the one after; past
+        // the last row, into the next image.
         const auto next_row = [&]() {
             ld.a_ow -= g.w_out;
-            if (++ld.a_oh == g.h_out) {
-                ld.a_oh = 0;
-                ++ld.a_s;
+            ld.a_iw -= g.w_out * ld.stride;
+            ld.a_ih += ld.stride;
+            if (ld.a_ih == ld.a_ih_top + g.h_out * ld.stride) {
+                ld.a_ih = ld.a_ih_top;
+                ld.a_img += size_t(g.c_in) * g.HW;
             }
         };
         ld.a_ow += R;
+        ld.a_iw += R * ld.stride;
         if (ld.a_ow >= g.w_out) {
             next_row();
             if (R == 2 && ld.a_ow >= g.w_out) next_row();
@@ -542,20 +545,19 @@ __device__ void conv_mma_backward_weight(const float* x, const float* dy, float*
             const int ci = m / (ks * ks), tap = m % (ks * ks);
             ld.g = g;
             ld.row_ok = m < M;
-            ld.kh = tap / ks - g.pad;
-            ld.kw = tap % ks - g.pad;
             ld.stride = stride;
-            ld.x_row = x + (size_t(tile.group) * g.c_in_g + ci) * g.HW;
             ld.dy = dy + (size_t(tile.group) * g.c_out_g + tile.n0) * g.P;
             ld.channels = N - tile.n0;
             ld.per_image = per_image;
             // The split's first positions, decomposed once.
             const unsigned qa = unsigned(k0 + int(threadIdx.x) / BM);
             const unsigned sa = divide(qa, per_image), pa = qa - sa * per_image.d;
-            const unsigned oh = divide(pa, per_row);
-            ld.a_s = int(sa);
-            ld.a_oh = int(oh);
-            ld.a_ow = int(pa - oh * per_row.d);
+            const unsigned oh = divide(pa, per_row), ow = pa - oh * per_row.d;
+            ld.a_img = x + (size_t(sa) * g.c_in + size_t(tile.group) * g.c_in_g + ci) * g.HW;
+            ld.a_ih_top = tap / ks - g.pad;
+            ld.a_ih = int(oh) * stride + ld.a_ih_top;
+            ld.a_iw = int(ow) * stride + tap % ks - g.pad;
+            ld.a_ow = int(ow);
             const unsigned qb = unsigned(k0 + int(threadIdx.x) % MMA_BK);
             const unsigned sb = divide(qb, per_image);
             ld.b_s = int(sb);
