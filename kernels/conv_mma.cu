@@ -28,7 +28,7 @@
 #include "conv_common.cuh"
 #include "mma.cuh"
 
-#define MMA_BK 16
+#define MMA_BK CONV_MMA_BK
 #define MMA_STAGES 3
 // Threads of a block: CONV_MMA_THREADS and CONV_MMA_THREADS_K3_WEIGHT (src/backend/abi.rs).
 #define MMA_THREADS CONV_MMA_THREADS
@@ -161,7 +161,8 @@ struct ForwardLoader {
     int ih0, iw0, channels, K;
     const float* anywhere;  // x itself (fill)
     bool row_ok, tap_ok;    // this row is a position; the walk's tap lands inside the image
-    bool whole_steps;       // c_in_g is a multiple of MMA_BK: every K step stays on one tap
+    bool whole_steps;       // c_in_g is a multiple of MMA_BK: every K step stays on one tap (so for
+                            // every layer a compiled-filter kernel runs: its K loop has no other path)
     FastDiv per_tap;        // K index -> (tap, ci): c_in_g channels a tap
     TapWalk walk;         // (kh, kw, ci), offset ci HW + kh w + kw
 };
@@ -175,7 +176,7 @@ __device__ bool forward_tap_ok(const ForwardLoader<KS, S, BM, BN>& ld) {
 template <int KS, int S, int BM, int BN>
 __device__ void load_stage(ForwardLoader<KS, S, BM, BN>& ld, MmaStage<BM, BN>& st, int kb, int k1) {
     const int m = int(threadIdx.x);
-    if (ld.whole_steps) {
+    if (KS != 0 || ld.whole_steps) {
         // The step's 16 channels share a tap: one bounds check, then addresses by additions.
         const float* src = ld.x_at + ld.walk.offset;
         UNROLL
@@ -333,7 +334,8 @@ struct DataLoader {
     int oh_top, ow_left, channels, kh0, kw0, stride;
     const float* anywhere;  // dy itself (fill)
     bool row_ok, tap_ok;
-    bool whole_steps;       // c_out_g is a multiple of MMA_BK: every K step stays on one tap
+    bool whole_steps;       // c_out_g is a multiple of MMA_BK: every K step stays on one tap (so for
+                            // every layer a compiled-filter kernel runs)
     FastDiv per_tap, cols;  // K index -> (tap, co): c_out_g channels a tap; tap -> (jh, jw)
     TapWalk walk;           // (jh, jw, co), offset co P - jh w_out - jw
 };
@@ -347,7 +349,7 @@ __device__ bool data_tap_ok(const DataLoader<KS, S, BM, BN>& ld) {
 template <int KS, int S, int BM, int BN>
 __device__ void load_stage(DataLoader<KS, S, BM, BN>& ld, MmaStage<BM, BN>& st, int kb, int k1) {
     const int m = int(threadIdx.x);
-    if (ld.whole_steps) {
+    if (KS != 0 || ld.whole_steps) {
         const float* src = ld.dy_at + ld.walk.offset;
         UNROLL
         for (int j = 0; j < MMA_BK; ++j)
@@ -595,6 +597,9 @@ UNROLL
 
 // The kernels, one per pass, filter (KS x KS, stride S; 0 0 = any, read from the arguments) and
 // channel tile BN; shapes and buffers as in conv.cu's kernels (src/backend/cuda/conv.rs picks them).
+// A compiled-filter forward (data gradient) also takes its input (output) channels per group to be a
+// multiple of MMA_BK, so that its K loop holds only the one-tap-a-step gather; conv.rs sends other
+// layers (a 3-channel stem) to the `any` kernels, which check at run time.
 #define CONV_SHAPE_ARGS                                                                          \
     unsigned n, unsigned c_in, unsigned h, unsigned w_in, unsigned c_out, unsigned k,            \
         unsigned stride, unsigned pad, unsigned h_out, unsigned w_out, unsigned groups

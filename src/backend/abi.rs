@@ -34,6 +34,9 @@ shared_constants! {
     DEFAULT_MAX_THREADS: u32 = 256;
 
     // ---- the tensor-core convolutions (kernels/conv_mma.cu) ----
+    /// Depth of a pipeline stage's K step; the compiled-filter kernels need the channels their K
+    /// runs over to be a multiple of it.
+    CONV_MMA_BK: usize = 16;
     /// Threads of a tensor-core convolution block: 4 warps of two m16 fragments, so a tile has as
     /// many rows as the block has threads (each thread gathers one row).
     CONV_MMA_THREADS: usize = 128;

@@ -15,7 +15,7 @@ use anyhow::Result;
 
 use super::device::Device;
 use super::{kernels, to_u32, CudaBackend, CudaBuf, LaunchConfig};
-use crate::backend::abi::{CONV_MMA_THREADS, CONV_MMA_THREADS_K3_WEIGHT};
+use crate::backend::abi::{CONV_MMA_BK, CONV_MMA_THREADS, CONV_MMA_THREADS_K3_WEIGHT};
 use crate::backend::{
     BatchNormAct, BatchNormStats, BatchNormTrain, Conv2dDims, ConvBatchNormOut, ConvOps, WriteMode,
 };
@@ -62,10 +62,14 @@ enum MmaFilter {
 }
 
 impl MmaFilter {
-    fn of(d: Conv2dDims) -> Self {
-        match (d.k, d.stride) {
-            (3, 1) => MmaFilter::K3S1,
-            (3, 2) => MmaFilter::K3S2,
+    /// The kernels for `d`'s filter; `k_channels`, the channels per group a forward or data-gradient
+    /// product's K runs over, must be a multiple of the K step for the compiled ones (their K loop
+    /// assumes every step stays on one tap).
+    fn of(d: Conv2dDims, k_channels: Option<usize>) -> Self {
+        let whole_steps = k_channels.is_none_or(|c| c % CONV_MMA_BK == 0);
+        match (d.k, d.stride, whole_steps) {
+            (3, 1, true) => MmaFilter::K3S1,
+            (3, 2, true) => MmaFilter::K3S2,
             _ => MmaFilter::Any,
         }
     }
@@ -369,7 +373,7 @@ impl CudaBackend {
             let (w, bn) = mma_width(channels);
             let (tm, tn) = (ceil(positions, MMA_ROWS), ceil(channels, bn));
             Plan {
-                launch: kernels.mma[MmaFilter::of(d) as usize][w],
+                launch: kernels.mma[MmaFilter::of(d, Some(d.c_in / d.groups)) as usize][w],
                 tiles: tm * tn * d.groups,
                 threads: CONV_MMA_THREADS as u32,
                 tile: (MMA_ROWS, bn),
@@ -417,7 +421,7 @@ impl CudaBackend {
                 }
             }
             Plan {
-                launch: DATA.mma[MmaFilter::of(d) as usize][w],
+                launch: DATA.mma[MmaFilter::of(d, Some(c_out_g)) as usize][w],
                 tiles: tm * tn * s * s * d.groups,
                 threads: CONV_MMA_THREADS as u32,
                 tile: (MMA_ROWS, bn),
@@ -449,7 +453,8 @@ impl CudaBackend {
         let flops = 2 * (c_out_g * positions * sum * d.groups) as u64;
         if self.options.tf32 {
             // Rows (ci, kh, kw), columns the output channels.
-            let filter = MmaFilter::of(d);
+            // Its K runs over positions: any channel count suits the compiled filters.
+            let filter = MmaFilter::of(d, None);
             let (threads, bm) = filter.weight_block();
             let (w, bn) = mma_width(c_out_g);
             let (tm, tn) = (ceil(sum, bm), ceil(c_out_g, bn));
