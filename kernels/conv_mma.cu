@@ -461,47 +461,45 @@ UNROLL
 
 template <int KS, int S, int BM, int BN, int THREADS>
 struct WeightLoader {
-    const float* dy;  // dy at (image 0, the tile's first output channel)
+    const float* x_row;  // x at (image 0, this thread's input channel)
+    const float* dy;     // dy at (image 0, the tile's first output channel)
     ConvGeom g;
-    int stride, channels;
+    int kh, kw, stride, channels;  // kh and kw less the padding
     bool row_ok;
-    FastDiv per_image;
-    // The next position this thread copies into the A tile: x at (its image, its input channel),
-    // the input row and column its tap reads there (ih = oh stride + kh - pad, and iw) and the
-    // output column; into the B tile: image and index in the image. Each walks by additions.
-    const float* a_img;
-    int a_ih, a_iw, a_ow, a_ih_top, b_s, b_p;
+    FastDiv per_image, per_row;
+    int b_s, b_p;  // the next position this thread copies into the B tile: image, index in it
 };
 
 template <int KS, int S, int BM, int BN, int THREADS>
 __device__ void load_stage(WeightLoader<KS, S, BM, BN, THREADS>& ld, MmaStage<BM, BN>& st, int kb,
                            int k1) {
-    // A[(s, p), (ci, kh, kw)] stored [k][row]: this thread's row is fixed, its positions are
-    // kb + tid / BM + (THREADS / BM) j.
-    constexpr int R = THREADS / BM;
-    static_assert(R <= 2, "a thread's positions advance at most two a time");
+    // A[(s, p), (ci, kh, kw)] stored [k][row]: this thread's row is fixed; its positions are the
+    // step's RUN consecutive ones from kb + (tid / BM) RUN, decomposed once and then walked along
+    // the output row by additions.
+    constexpr int RUN = MMA_BK / (THREADS / BM);
     const ConvGeom& g = ld.g;
-    const int m = int(threadIdx.x) % BM;
-    for (int kq = int(threadIdx.x) / BM; kq < MMA_BK; kq += R) {
-        const bool ok = ld.row_ok && kb + kq < k1 && unsigned(ld.a_ih) < unsigned(g.h) &&
-                        unsigned(ld.a_iw) < unsigned(g.w);
-        fill(&st.a[kq][m], ok, ld.a_img + ld.a_ih * g.w + ld.a_iw, ld.dy);
-        // R positions on: into the next row, or (an output one column wide) the one after; past
-        // the last row, into the next image.
-        const auto next_row = [&]() {
-            ld.a_ow -= g.w_out;
-            ld.a_iw -= g.w_out * ld.stride;
-            ld.a_ih += ld.stride;
-            if (ld.a_ih == ld.a_ih_top + g.h_out * ld.stride) {
-                ld.a_ih = ld.a_ih_top;
-                ld.a_img += size_t(g.c_in) * g.HW;
+    const int m = int(threadIdx.x) % BM, kq0 = int(threadIdx.x) / BM * RUN;
+    const unsigned q = unsigned(kb + kq0);
+    const unsigned s = divide(q, ld.per_image), p = q - s * ld.per_image.d;
+    const unsigned oh = divide(p, ld.per_row);
+    int ow = int(p - oh * ld.per_row.d), ih = int(oh) * ld.stride + ld.kh;
+    int iw = ow * ld.stride + ld.kw, oh_left = g.h_out - 1 - int(oh);
+    const float* img = ld.x_row + size_t(s) * g.c_in * g.HW;
+    UNROLL
+    for (int j = 0; j < RUN; ++j) {
+        const bool ok = ld.row_ok && kb + kq0 + j < k1 && unsigned(ih) < unsigned(g.h) &&
+                        unsigned(iw) < unsigned(g.w);
+        fill(&st.a[kq0 + j][m], ok, img + ih * g.w + iw, ld.dy);
+        iw += ld.stride;
+        if (++ow == g.w_out) {  // the next output row, or the next image
+            ow = 0;
+            iw = ld.kw;
+            ih += ld.stride;
+            if (oh_left-- == 0) {
+                oh_left = g.h_out - 1;
+                ih = ld.kh;
+                img += size_t(g.c_in) * g.HW;
             }
-        };
-        ld.a_ow += R;
-        ld.a_iw += R * ld.stride;
-        if (ld.a_ow >= g.w_out) {
-            next_row();
-            if (R == 2 && ld.a_ow >= g.w_out) next_row();
         }
     }
     // B[(s, p), co] stored [co][k]: this thread's position is fixed within the step.
@@ -547,19 +545,14 @@ __device__ void conv_mma_backward_weight(const float* x, const float* dy, float*
             const int ci = m / (ks * ks), tap = m % (ks * ks);
             ld.g = g;
             ld.row_ok = m < M;
+            ld.kh = tap / ks - g.pad;
+            ld.kw = tap % ks - g.pad;
             ld.stride = stride;
+            ld.x_row = x + (size_t(tile.group) * g.c_in_g + ci) * g.HW;
             ld.dy = dy + (size_t(tile.group) * g.c_out_g + tile.n0) * g.P;
             ld.channels = N - tile.n0;
             ld.per_image = per_image;
-            // The split's first positions, decomposed once.
-            const unsigned qa = unsigned(k0 + int(threadIdx.x) / BM);
-            const unsigned sa = divide(qa, per_image), pa = qa - sa * per_image.d;
-            const unsigned oh = divide(pa, per_row), ow = pa - oh * per_row.d;
-            ld.a_img = x + (size_t(sa) * g.c_in + size_t(tile.group) * g.c_in_g + ci) * g.HW;
-            ld.a_ih_top = tap / ks - g.pad;
-            ld.a_ih = int(oh) * stride + ld.a_ih_top;
-            ld.a_iw = int(ow) * stride + tap % ks - g.pad;
-            ld.a_ow = int(ow);
+            ld.per_row = per_row;
             const unsigned qb = unsigned(k0 + int(threadIdx.x) % MMA_BK);
             const unsigned sb = divide(qb, per_image);
             ld.b_s = int(sb);

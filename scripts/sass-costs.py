@@ -42,8 +42,8 @@ ARCH = "90"
 # first, then B), from kernels/conv.cu: BM x BN tiles over CONV_THREADS = 256 threads, so
 # FMAs = BM * BN * 16 / 256, A = BM * 16 / 256, B = 16 * BN / 256.
 # kernels/conv_mma.cu: BM x BN tiles, one tf32 m16n8k8 = 1024 FMAs a warp (32 a thread); the A tile
-# is a loop (16 elements a step for the forward and data passes' one row a thread, 8 for the weight
-# gradient's two threads a row); the B tile's loop is unrolled (counted in the body).
+# of the `any` forward and data kernels is a loop (16 elements a step, one row a thread); their other
+# gathers, and every gather of the compiled-filter and weight-gradient kernels, are unrolled.
 TRIPS = {
     r"conv2d_\w+_m16": {"fma": 128, "stored": [1, 8]},
     r"conv2d_\w+_m32": {"fma": 256, "stored": [2, 8]},
@@ -52,12 +52,6 @@ TRIPS = {
     r"conv2d_mma_(forward|forward_stats|backward_data)_\w+_n16": {"fma": 256, "stored": [16]},
     r"conv2d_mma_(forward|forward_stats|backward_data)_\w+_n32": {"fma": 512, "stored": [16]},
     r"conv2d_mma_(forward|forward_stats|backward_data)_\w+_n64": {"fma": 1024, "stored": [16]},
-    r"conv2d_mma_backward_weight_k3s\d_n16": {"fma": 128, "stored": [8]},
-    r"conv2d_mma_backward_weight_k3s\d_n32": {"fma": 256, "stored": [8]},
-    r"conv2d_mma_backward_weight_k3s\d_n64": {"fma": 512, "stored": [8]},
-    r"conv2d_mma_backward_weight_any_n16": {"fma": 128, "stored": [8]},
-    r"conv2d_mma_backward_weight_any_n32": {"fma": 256, "stored": [8]},
-    r"conv2d_mma_backward_weight_any_n64": {"fma": 512, "stored": [8]},
 }
 
 CLASSES = ["ffma", "hmma", "lds", "ldsm", "ldg", "ldgsts", "sts", "int", "other"]
