@@ -423,6 +423,9 @@ impl RankJob for TrainJob<'_> {
             1 => be.name(),
             n => format!("{} x {n} ranks", be.name()),
         };
+        // Ranks would have to agree on the step: several stop as any process is stopped. Installed
+        // before the run directory exists, so that no Ctrl-C finds the lock taken and no handler.
+        let interrupt = (world.size == 1).then(stop_signal).transpose()?;
         let _lock = if world.is_lead() {
             std::fs::create_dir_all(self.out).with_context(|| {
                 format!("cannot create the run directory {}", self.out.display())
@@ -445,8 +448,7 @@ impl RankJob for TrainJob<'_> {
             RunOptions {
                 start: self.start.clone(),
                 cuda_graphs,
-                // Ranks would have to agree on the step: several stop as any process is stopped.
-                interrupt: (world.size == 1).then(stop_signal).transpose()?,
+                interrupt,
             },
             dist,
             &mut |p| view.update(p),
