@@ -53,11 +53,13 @@ impl Tiles {
 }
 
 /// The filters the tensor-core kernels are compiled for (kernels/conv_mma.cu `conv2d_mma_*_{k3s1,
-/// k3s2,any}_*`): a 3x3 filter of stride 1 or 2, or any other, read from the arguments.
+/// k3s2,k1s1,any}_*`): a 3x3 filter of stride 1 or 2, a 1x1 of stride 1, or any other, read from the
+/// arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum MmaFilter {
     K3S1,
     K3S2,
+    K1S1,
     Any,
 }
 
@@ -70,6 +72,7 @@ impl MmaFilter {
         match (d.k, d.stride, whole_steps) {
             (3, 1, true) => MmaFilter::K3S1,
             (3, 2, true) => MmaFilter::K3S2,
+            (1, 1, true) => MmaFilter::K1S1,
             _ => MmaFilter::Any,
         }
     }
@@ -77,7 +80,7 @@ impl MmaFilter {
     fn weight_block(self) -> (u32, usize) {
         let threads = match self {
             MmaFilter::K3S1 | MmaFilter::K3S2 => CONV_MMA_THREADS_K3_WEIGHT,
-            MmaFilter::Any => CONV_MMA_THREADS,
+            MmaFilter::K1S1 | MmaFilter::Any => CONV_MMA_THREADS,
         };
         (threads as u32, threads / 2)
     }
@@ -184,7 +187,7 @@ type WeightFn = fn(
 /// and channel width.
 struct PassKernels<F> {
     fma: [F; 4],
-    mma: [[F; 3]; 3],
+    mma: [[F; 3]; 4],
 }
 
 const FORWARD: PassKernels<ForwardFn> = PassKernels {
@@ -204,6 +207,11 @@ const FORWARD: PassKernels<ForwardFn> = PassKernels {
             kernels::conv2d_mma_forward_k3s2_n16,
             kernels::conv2d_mma_forward_k3s2_n32,
             kernels::conv2d_mma_forward_k3s2_n64,
+        ],
+        [
+            kernels::conv2d_mma_forward_k1s1_n16,
+            kernels::conv2d_mma_forward_k1s1_n32,
+            kernels::conv2d_mma_forward_k1s1_n64,
         ],
         [
             kernels::conv2d_mma_forward_any_n16,
@@ -231,6 +239,11 @@ const FORWARD_STATS: PassKernels<ForwardStatsFn> = PassKernels {
             kernels::conv2d_mma_forward_stats_k3s2_n64,
         ],
         [
+            kernels::conv2d_mma_forward_stats_k1s1_n16,
+            kernels::conv2d_mma_forward_stats_k1s1_n32,
+            kernels::conv2d_mma_forward_stats_k1s1_n64,
+        ],
+        [
             kernels::conv2d_mma_forward_stats_any_n16,
             kernels::conv2d_mma_forward_stats_any_n32,
             kernels::conv2d_mma_forward_stats_any_n64,
@@ -256,6 +269,11 @@ const DATA: PassKernels<DataFn> = PassKernels {
             kernels::conv2d_mma_backward_data_k3s2_n64,
         ],
         [
+            kernels::conv2d_mma_backward_data_k1s1_n16,
+            kernels::conv2d_mma_backward_data_k1s1_n32,
+            kernels::conv2d_mma_backward_data_k1s1_n64,
+        ],
+        [
             kernels::conv2d_mma_backward_data_any_n16,
             kernels::conv2d_mma_backward_data_any_n32,
             kernels::conv2d_mma_backward_data_any_n64,
@@ -279,6 +297,11 @@ const WEIGHT: PassKernels<WeightFn> = PassKernels {
             kernels::conv2d_mma_backward_weight_k3s2_n16,
             kernels::conv2d_mma_backward_weight_k3s2_n32,
             kernels::conv2d_mma_backward_weight_k3s2_n64,
+        ],
+        [
+            kernels::conv2d_mma_backward_weight_k1s1_n16,
+            kernels::conv2d_mma_backward_weight_k1s1_n32,
+            kernels::conv2d_mma_backward_weight_k1s1_n64,
         ],
         [
             kernels::conv2d_mma_backward_weight_any_n16,
