@@ -279,10 +279,6 @@ __device__ void conv_backward_weight(const float* x, const float* dy, float* par
 // w [c_out, c_in / groups, k, k], y [n, c_out, h_out, w_out]; the weight gradient's `partial`
 // [splits, tiles, BM * BN]; the forward statistics' as in StatsOut, the statistics `[c_out]` each.
 // Written once here and instantiated per tile shape below (build.rs reads the preprocessed source).
-#define CONV_SHAPE_ARGS                                                                          \
-    unsigned n, unsigned c_in, unsigned h, unsigned w_in, unsigned c_out, unsigned k,            \
-        unsigned stride, unsigned pad, unsigned h_out, unsigned w_out, unsigned groups
-#define CONV_GEOM conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups)
 #define CONV_KERNELS(TILE, BM, BN, TM, TN)                                                       \
     KERNEL void conv2d_forward_##TILE(const float* __restrict__ x, const float* __restrict__ w,  \
                                       float* __restrict__ y, CONV_SHAPE_ARGS) {                  \

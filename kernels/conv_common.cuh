@@ -32,6 +32,13 @@ __device__ ConvGeom conv_geom(unsigned c_in, unsigned h, unsigned w, unsigned c_
     return g;
 }
 
+// Every convolution kernel's shape parameters (x [n, c_in, h, w_in], w [c_out, c_in / groups, k, k],
+// y [n, c_out, h_out, w_out]), written once for both families, and their geometry.
+#define CONV_SHAPE_ARGS                                                                          \
+    unsigned n, unsigned c_in, unsigned h, unsigned w_in, unsigned c_out, unsigned k,            \
+        unsigned stride, unsigned pad, unsigned h_out, unsigned w_out, unsigned groups
+#define CONV_GEOM conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups)
+
 // Division by a divisor fixed for a launch, as a multiply and a shift (Granlund and Montgomery,
 // "Division by invariant integers using multiplication", 1994, figure 4.1: l = ceil(log2 d),
 // m = floor(2^32 (2^l - d) / d) + 1, n / d = (mulhi(m, n) + n) >> l, exact for every 32-bit n when

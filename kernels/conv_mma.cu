@@ -593,10 +593,6 @@ UNROLL
 // A compiled-filter forward (data gradient) also takes its input (output) channels per group to be a
 // multiple of MMA_BK, so that its K loop holds only the one-tap-a-step gather; conv.rs sends other
 // layers (a 3-channel stem) to the `any` kernels, which check at run time.
-#define CONV_SHAPE_ARGS                                                                          \
-    unsigned n, unsigned c_in, unsigned h, unsigned w_in, unsigned c_out, unsigned k,            \
-        unsigned stride, unsigned pad, unsigned h_out, unsigned w_out, unsigned groups
-#define CONV_GEOM conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups)
 #define CONV_MMA_KERNELS(NAME, KS, S, BN, WEIGHT_THREADS)                                        \
     KERNEL void __launch_bounds__(MMA_THREADS) conv2d_mma_forward_##NAME(                        \
         const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,         \
