@@ -39,6 +39,14 @@ struct MmaStage {
     float b[BN][MMA_BK + 4];
 };
 
+// Rows of the B tile ([BN][BK]) a thread fills, each thread at a fixed column: a compile-time trip
+// count, so the loop unrolls.
+template <int BN, int THREADS>
+__device__ constexpr int b_rows_per_thread() {
+    static_assert(THREADS % MMA_BK == 0, "a thread keeps its column of the B tile");
+    return (BN * MMA_BK + THREADS - 1) / THREADS;
+}
+
 // acc[mf][nf] += A[rows of warp, mf] B[BK, nf] over k in [k0, k1), the operand tiles filled by
 // `load_stage(ld, stage, kb, k1)` for kb = k0, k0 + BK, ... in that order. Every thread of the block calls it.
 // Accumulator fragment (mf, nf) of warp w holds rows w MF 16 + mf 16 + {g, g + 8}, columns
@@ -88,14 +96,6 @@ UNROLL
     }
     cp_async_wait<0>();
     __syncthreads();  // the stages are refilled by the next tile
-}
-
-// Rows of the B tile ([BN][BK]) a thread fills, each thread at a fixed column: a compile-time trip
-// count, so the loop unrolls.
-template <int BN, int THREADS>
-__device__ constexpr int b_rows_per_thread() {
-    static_assert(THREADS % MMA_BK == 0, "a thread keeps its column of the B tile");
-    return (BN * MMA_BK + THREADS - 1) / THREADS;
 }
 
 // One element of a stage: copied from `src` when `ok`, else zero (padding, or outside the product),
@@ -177,11 +177,11 @@ template <int KS, int S, int BM, int BN>
 __device__ void load_stage(ForwardLoader<KS, S, BM, BN>& ld, MmaStage<BM, BN>& st, int kb, int k1) {
     const int m = int(threadIdx.x);
     if (KS != 0 || ld.whole_steps) {
-        // The step's 16 channels share a tap: one bounds check, then addresses by additions.
-        const float* src = ld.x_at + ld.walk.offset;
+        // The step's 16 channels share a tap: one bounds check, then addresses by additions. Off
+        // the image they start at x itself, whose first 16 channels any such layer has.
+        const float* src = ld.tap_ok ? ld.x_at + ld.walk.offset : ld.anywhere;
         UNROLL
-        for (int j = 0; j < MMA_BK; ++j)
-            fill(&st.a[j][m], ld.tap_ok, src + j * ld.g.HW, ld.anywhere);
+        for (int j = 0; j < MMA_BK; ++j) cp_async_4_zfill(&st.a[j][m], src + j * ld.g.HW, ld.tap_ok);
         if (step_channels(ld.walk, MMA_BK)) ld.tap_ok = forward_tap_ok(ld);
     } else {
         for (int j = 0; j < MMA_BK; ++j) {
@@ -350,10 +350,10 @@ template <int KS, int S, int BM, int BN>
 __device__ void load_stage(DataLoader<KS, S, BM, BN>& ld, MmaStage<BM, BN>& st, int kb, int k1) {
     const int m = int(threadIdx.x);
     if (KS != 0 || ld.whole_steps) {
-        const float* src = ld.dy_at + ld.walk.offset;
+        // Off the image from dy itself, whose first 16 channels any such layer has.
+        const float* src = ld.tap_ok ? ld.dy_at + ld.walk.offset : ld.anywhere;
         UNROLL
-        for (int j = 0; j < MMA_BK; ++j)
-            fill(&st.a[j][m], ld.tap_ok, src + j * ld.g.P, ld.anywhere);
+        for (int j = 0; j < MMA_BK; ++j) cp_async_4_zfill(&st.a[j][m], src + j * ld.g.P, ld.tap_ok);
         if (step_channels(ld.walk, MMA_BK)) ld.tap_ok = data_tap_ok(ld);
     } else {
         for (int j = 0; j < MMA_BK; ++j) {
@@ -459,6 +459,42 @@ UNROLL
 
 // ---- backward weight ----
 
+// A weight-gradient tile's split done (`acc`: one 16-row fragment a warp, rows (ci, kh, kw) of the
+// tile's, columns its output channels): written to its slot of `partial` [splits, tiles, BM * BN];
+// the last split of the tile to finish adds all of them up in split order into dw and re-arms the
+// tile's counter (zero on entry and exit). Every thread of the block calls it.
+template <int BM, int BN>
+__device__ void finish_weight_tile(const float (&acc)[BN / 8][4], float* partial, float* dw,
+                                   unsigned* counters, const MmaTile& tile, int ti, int split,
+                                   int tiles, int splits, int M, int N, int c_out_g) {
+    constexpr int NF = BN / 8;
+    const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5;
+    const int gq = lane >> 2, t = lane & 3, row = warp * 16 + gq;
+    // The tile's (row, column) -> this thread's accumulator slot, the same in every split.
+    float* mine = partial + (size_t(split) * tiles + ti) * (BM * BN);
+UNROLL
+    for (int nf = 0; nf < NF; ++nf)
+UNROLL
+        for (int i = 0; i < 4; ++i)
+            mine[(row + 8 * (i >> 1)) * BN + nf * 8 + 2 * t + (i & 1)] = acc[nf][i];
+    if (took_last_ticket(&counters[ti], unsigned(splits))) {
+UNROLL
+        for (int nf = 0; nf < NF; ++nf)
+UNROLL
+            for (int i = 0; i < 4; ++i) {
+                const int r = row + 8 * (i >> 1), c = nf * 8 + 2 * t + (i & 1);
+                float sum = 0.0f;
+                for (int sp = 0; sp < splits; ++sp) {
+                    const volatile float* theirs = partial + (size_t(sp) * tiles + ti) * (BM * BN);
+                    sum += theirs[r * BN + c];
+                }
+                const int m = tile.m0 + r, co = tile.n0 + c;
+                if (m < M && co < N) dw[(size_t(tile.group) * c_out_g + co) * M + m] = sum;
+            }
+        if (threadIdx.x == 0) counters[ti] = 0u;
+    }
+}
+
 template <int KS, int S, int BM, int BN, int THREADS>
 struct WeightLoader {
     const float* x_row;  // x at (image 0, this thread's input channel)
@@ -532,8 +568,6 @@ __device__ void conv_mma_backward_weight(const float* x, const float* dy, float*
     const int tiles = tiles_m * tiles_n * groups;
     const int per_split = ((K + splits - 1) / splits + MMA_BK - 1) / MMA_BK * MMA_BK;
     const FastDiv per_image = fast_div(unsigned(g.P)), per_row = fast_div(unsigned(g.w_out));
-    const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5;
-    const int gq = lane >> 2, t = lane & 3;
     for (int item = int(blockIdx.x); item < tiles * splits; item += int(gridDim.x)) {
         // Split-major: blocks running at the same time work on different splits of one tile.
         const int ti = item % tiles, split = item / tiles;
@@ -560,31 +594,212 @@ __device__ void conv_mma_backward_weight(const float* x, const float* dy, float*
         }
         float acc[MF][NF][4] = {};
         mma_mainloop<WARPS, MF, BN>(ld, k0, k1, acc);
-        // The tile's (row, column) -> this thread's accumulator slot, the same in every split.
-        float* mine = partial + (size_t(split) * tiles + ti) * (BM * BN);
-        const int row = warp * 16 + gq;
+        finish_weight_tile<BM, BN>(acc[0], partial, dw, counters, tile, ti, split, tiles, splits, M, N,
+                                   g.c_out_g);
+    }
+}
+
+// ---- backward weight of a 3x3 filter, its K steps along output rows ----
+//
+// The gather above copies every input element into the A tile once per tap and walks every
+// element's position. When each 16-deep K step is R whole output rows of C positions or part of one
+// (R C = 16: w_out a multiple of 16, or 8 or 4, with P a multiple of 16; src/backend/cuda/conv.rs
+// `weight_steps_along_rows` decides), a step needs only the input under its positions: per channel
+// (R - 1) S + 3 rows of (C - 1) S + 3 columns, the halo. The block copies that once a step and every
+// tap reads its shifted view: a 144-row tile is 16 input channels x 9 taps. Each thread copies the
+// same halo elements every step, so it can round them to tf32 in place once they are in (before the
+// barrier that shows them to the others), and the fragments are read as they are.
+
+constexpr int HALO_CHANNELS = 16;  // 144 rows / 9 taps
+constexpr int HALO_PLANE = 128;    // floats a channel's plane takes at most (plane pitch below)
+
+// A step's halo: rows and columns a channel, and their pitches in shared memory, by stride S and
+// positions a row C (16, 8, 4). The pitches were found by trying every pair: with them no fragment
+// read of any warp has a bank conflict (two lanes reading different words of one bank).
+struct HaloShape {
+    int rows, cols, row_pitch, plane_pitch;
+};
+template <int S>
+__device__ __forceinline__ HaloShape halo_shape(int C) {
+    const int rows = (MMA_BK / C - 1) * S + 3, cols = (C - 1) * S + 3;
+    if (S == 1) return {rows, cols, C == 16 ? 19 : C == 8 ? 12 : 6, C == 16 ? 57 : 50};
+    return {rows, cols, C == 16 ? 41 : C == 8 ? 21 : 9, C == 16 ? 123 : C == 8 ? 127 : 91};
+}
+
+template <int BN>
+struct alignas(16) HaloStage {
+    float a[HALO_CHANNELS * HALO_PLANE];
+    float b[BN][MMA_BK + 4];  // dy [co][position], 16-byte rows
+};
+
+// The halo elements a thread copies each step: at most 16 x 3 x 18 / 288 (S = 1) or 16 x 3 x 33 /
+// 288 (S = 2).
+template <int S>
+__device__ constexpr int halo_copies() {
+    return S == 1 ? 3 : 6;
+}
+
+template <int S, int BN>
+struct HaloLoader {
+    const float* x;   // x at (image 0, the tile's first input channel)
+    const float* dy;  // dy at (image 0, the tile's first output channel)
+    ConvGeom g;
+    int C, R;
+    int s, oh0, ow0;  // the next step's first position
+    // This thread's halo elements: shared-memory offset in a stage, offset from the halo's origin in
+    // x, row and column in the halo. Every slot is filled, so the copies need no branch: a slot past
+    // the halo (or in a channel past the tile's) copies zeros into the stage's scratch word, its row
+    // lying outside every image.
+    int soff[halo_copies<S>()], goff[halo_copies<S>()], row[halo_copies<S>()],
+        col[halo_copies<S>()];
+    // This thread's 16-byte piece of the dy tile, if it has one: its offset in a stage's `b`, from the
+    // step's first position in dy, and whether its channel is inside the product.
+    bool b_has, b_ok;
+    int b_soff, b_goff;
+};
+
+// A stage's last word of `a`, past every plane pitch's 16 planes: where empty slots copy zeros.
+constexpr int HALO_SCRATCH = HALO_CHANNELS * HALO_PLANE - 1;
+
+template <int S, int BN>
+__device__ __forceinline__ void load_stage(HaloLoader<S, BN>& ld, HaloStage<BN>& st) {
+    const ConvGeom& g = ld.g;
+    const int ih0 = ld.oh0 * S - g.pad, iw0 = ld.ow0 * S - g.pad;
+    // Offsets from ld.x in 32 bits (the input's size is checked to fit; one that is copied is not
+    // negative), one address a copy.
+    const int origin = ld.s * g.c_in * g.HW + ih0 * g.w + iw0;
 UNROLL
-        for (int nf = 0; nf < NF; ++nf)
-UNROLL
-            for (int i = 0; i < 4; ++i)
-                mine[(row + 8 * (i >> 1)) * BN + nf * 8 + 2 * t + (i & 1)] = acc[0][nf][i];
-        if (took_last_ticket(&counters[ti], unsigned(splits))) {
-UNROLL
-            for (int nf = 0; nf < NF; ++nf)
-UNROLL
-                for (int i = 0; i < 4; ++i) {
-                    const int r = row + 8 * (i >> 1), c = nf * 8 + 2 * t + (i & 1);
-                    float sum = 0.0f;
-                    for (int sp = 0; sp < splits; ++sp) {
-                        const volatile float* theirs =
-                            partial + (size_t(sp) * tiles + ti) * (BM * BN);
-                        sum += theirs[r * BN + c];
-                    }
-                    const int m = tile.m0 + r, co = tile.n0 + c;
-                    if (m < M && co < N) dw[(size_t(tile.group) * g.c_out_g + co) * M + m] = sum;
-                }
-            if (threadIdx.x == 0) counters[ti] = 0u;
+    for (int i = 0; i < halo_copies<S>(); ++i) {
+        const bool ok = unsigned(ih0 + ld.row[i]) < unsigned(g.h) &&
+                        unsigned(iw0 + ld.col[i]) < unsigned(g.w);
+        cp_async_4_zfill(&st.a[ld.soff[i]], ld.x + unsigned(ok ? origin + ld.goff[i] : 0), ok);
+    }
+    if (ld.b_has) {
+        const int at = ld.s * g.c_out * g.P + ld.oh0 * g.w_out + ld.ow0 + ld.b_goff;
+        cp_async_16_zfill(&st.b[0][0] + ld.b_soff, ld.dy + unsigned(ld.b_ok ? at : 0), ld.b_ok);
+    }
+    ld.ow0 += ld.C;
+    if (ld.ow0 == g.w_out) {
+        ld.ow0 = 0;
+        ld.oh0 += ld.R;
+        if (ld.oh0 == g.h_out) {
+            ld.oh0 = 0;
+            ++ld.s;
         }
+    }
+}
+
+// This thread's copies in `st`, in (after its wait), rounded to tf32 in place.
+template <int S, int BN>
+__device__ __forceinline__ void round_own(const HaloLoader<S, BN>& ld, HaloStage<BN>& st) {
+UNROLL
+    for (int i = 0; i < halo_copies<S>(); ++i)
+        st.a[ld.soff[i]] = __uint_as_float(tf32_round_bits(st.a[ld.soff[i]]));
+    if (ld.b_has) {
+        float* b = &st.b[0][0] + ld.b_soff;
+UNROLL
+        for (int i = 0; i < 4; ++i) b[i] = __uint_as_float(tf32_round_bits(b[i]));
+    }
+}
+
+template <int S, int BN>
+__device__ void conv_mma_backward_weight_halo(const float* x, const float* dy, float* partial,
+                                              float* dw, unsigned* counters, int n_img, ConvGeom g,
+                                              int groups, int splits) {
+    constexpr int THREADS = CONV_MMA_THREADS_K3_WEIGHT, BM = HALO_CHANNELS * 9, NF = BN / 8;
+    static_assert(THREADS == BM * 2, "a warp a 16-row fragment");
+    const int M = g.c_in_g * 9, N = g.c_out_g, K = n_img * g.P;
+    const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
+    const int tiles = tiles_m * tiles_n * groups;
+    const int per_split = ((K + splits - 1) / splits + MMA_BK - 1) / MMA_BK * MMA_BK;
+    const int C = min(MMA_BK, g.w_out), R = MMA_BK / C;
+    const HaloShape hs = halo_shape<S>(C);
+    const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5, gq = lane >> 2, t = lane & 3;
+    STATIC_SMEM(HaloStage<BN>, stages, [MMA_STAGES]);
+    // This thread's fragment elements' offsets in a stage's halo: rows (ci, kh, kw) warp 16 + gq and
+    // + 8, columns (positions) t, t + 4, t + 8 and t + 12 of the step.
+    int a_off[4][2];
+UNROLL
+    for (int c = 0; c < 4; ++c)
+UNROLL
+        for (int h = 0; h < 2; ++h) {
+            const int m = warp * 16 + gq + 8 * h, tap = m % 9, j = t + 4 * c;
+            a_off[c][h] = (m / 9) * hs.plane_pitch + (tap / 3 + j / C * S) * hs.row_pitch +
+                          tap % 3 + j % C * S;
+            keep_in_register(a_off[c][h]);
+        }
+    for (int item = int(blockIdx.x); item < tiles * splits; item += int(gridDim.x)) {
+        // Split-major: blocks running at the same time work on different splits of one tile.
+        const int ti = item % tiles, split = item / tiles;
+        const MmaTile tile = mma_tile(ti, tiles_m, tiles_n, BM, BN);
+        const int k0 = split * per_split, k1 = min(K, k0 + per_split);
+        const int ci0 = tile.m0 / 9, channels = min(HALO_CHANNELS, g.c_in_g - ci0);
+        HaloLoader<S, BN> ld;
+        ld.x = x + (size_t(tile.group) * g.c_in_g + ci0) * g.HW;
+        ld.dy = dy + (size_t(tile.group) * g.c_out_g + tile.n0) * g.P;
+        ld.g = g;
+        ld.C = C;
+        ld.R = R;
+        ld.s = k0 / g.P;
+        ld.oh0 = (k0 - ld.s * g.P) / g.w_out;
+        ld.ow0 = k0 - ld.s * g.P - ld.oh0 * g.w_out;
+        const int plane = hs.rows * hs.cols;
+UNROLL
+        for (int i = 0; i < halo_copies<S>(); ++i) {
+            const int e = tid + i * THREADS, ci = e / plane, r = (e % plane) / hs.cols,
+                      c = e % hs.cols;
+            const bool used = ci < channels;
+            ld.soff[i] = used ? ci * hs.plane_pitch + r * hs.row_pitch + c : HALO_SCRATCH;
+            ld.goff[i] = used ? ci * g.HW + r * g.w + c : 0;
+            ld.row[i] = used ? r : -(1 << 30);
+            ld.col[i] = c;
+            keep_in_register(ld.soff[i]);
+            keep_in_register(ld.goff[i]);
+            keep_in_register(ld.row[i]);
+            keep_in_register(ld.col[i]);
+        }
+        ld.b_has = tid < BN * 4;
+        ld.b_ok = tid / 4 < N - tile.n0;
+        ld.b_soff = tid / 4 * (MMA_BK + 4) + tid % 4 * 4;
+        ld.b_goff = tid / 4 * g.P + tid % 4 * 4;
+
+        float acc[NF][4] = {};
+        const int steps = k1 > k0 ? (k1 - k0) / MMA_BK : 0;
+        for (int s = 0; s < MMA_STAGES - 1; ++s) {
+            if (s < steps) load_stage(ld, stages[s]);
+            cp_async_commit();
+        }
+        // The stages of step s and of step s + MMA_STAGES - 1, turned round by one each step.
+        int current = 0, refill = MMA_STAGES - 1;
+        for (int s = 0; s < steps; ++s) {
+            cp_async_wait<MMA_STAGES - 2>();
+            HaloStage<BN>& st = stages[current];
+            round_own(ld, st);
+            // Step s is in and rounded everywhere, and step s - 1, whose stage the next load
+            // overwrites, is done.
+            __syncthreads();
+            if (s + MMA_STAGES - 1 < steps) load_stage(ld, stages[refill]);
+            cp_async_commit();
+            current = current == MMA_STAGES - 1 ? 0 : current + 1;
+            refill = refill == MMA_STAGES - 1 ? 0 : refill + 1;
+UNROLL
+            for (int kq = 0; kq < 2; ++kq) {
+                const unsigned a[4] = {__float_as_uint(st.a[a_off[2 * kq][0]]),
+                                       __float_as_uint(st.a[a_off[2 * kq][1]]),
+                                       __float_as_uint(st.a[a_off[2 * kq + 1][0]]),
+                                       __float_as_uint(st.a[a_off[2 * kq + 1][1]])};
+UNROLL
+                for (int nf = 0; nf < NF; ++nf) {
+                    const unsigned b[2] = {__float_as_uint(st.b[nf * 8 + gq][8 * kq + t]),
+                                           __float_as_uint(st.b[nf * 8 + gq][8 * kq + t + 4])};
+                    mma_m16n8k8_tf32(acc[nf], a, b, acc[nf]);
+                }
+            }
+        }
+        cp_async_wait<0>();
+        __syncthreads();  // the stages are refilled by the next item
+        finish_weight_tile<BM, BN>(acc, partial, dw, counters, tile, ti, split, tiles, splits, M, N,
+                                   g.c_out_g);
     }
 }
 
@@ -626,6 +841,17 @@ UNROLL
                                                             int(splits));                        \
     }
 
+#define CONV_MMA_HALO_KERNEL(NAME, S, BN)                                                       \
+    KERNEL void __launch_bounds__(CONV_MMA_THREADS_K3_WEIGHT)                                    \
+        conv2d_mma_backward_weight_##NAME(const float* __restrict__ x,                           \
+                                          const float* __restrict__ dy,                          \
+                                          float* __restrict__ partial, float* __restrict__ dw,   \
+                                          unsigned* __restrict__ counters, CONV_SHAPE_ARGS,      \
+                                          unsigned splits) {                                     \
+        conv_mma_backward_weight_halo<S, BN>(x, dy, partial, dw, counters, int(n), CONV_GEOM,    \
+                                             int(groups), int(splits));                          \
+    }
+
 // NAME, KS, S, BN, weight-gradient threads (src/backend/cuda/conv.rs `MmaFilter`, `MmaWidth`).
 CONV_MMA_KERNELS(k3s1_n16, 3, 1, 16, CONV_MMA_THREADS_K3_WEIGHT)
 CONV_MMA_KERNELS(k3s1_n32, 3, 1, 32, CONV_MMA_THREADS_K3_WEIGHT)
@@ -639,3 +865,10 @@ CONV_MMA_KERNELS(k1s1_n64, 1, 1, 64, MMA_THREADS)
 CONV_MMA_KERNELS(any_n16, 0, 0, 16, MMA_THREADS)
 CONV_MMA_KERNELS(any_n32, 0, 0, 32, MMA_THREADS)
 CONV_MMA_KERNELS(any_n64, 0, 0, 64, MMA_THREADS)
+// NAME, S, BN (src/backend/cuda/conv.rs `WEIGHT_HALO`).
+CONV_MMA_HALO_KERNEL(k3s1_halo_n16, 1, 16)
+CONV_MMA_HALO_KERNEL(k3s1_halo_n32, 1, 32)
+CONV_MMA_HALO_KERNEL(k3s1_halo_n64, 1, 64)
+CONV_MMA_HALO_KERNEL(k3s2_halo_n16, 2, 16)
+CONV_MMA_HALO_KERNEL(k3s2_halo_n32, 2, 32)
+CONV_MMA_HALO_KERNEL(k3s2_halo_n64, 2, 64)

@@ -130,6 +130,12 @@ __device__ __forceinline__ void cp_async_4_zfill(void* smem_dst, const void* gme
                  "l"(__cvta_generic_to_global(gmem_src)), "r"(copy ? 4u : 0u)
                  : "memory");
 }
+// The same for 16 bytes (through L2, as cp_async_16).
+__device__ __forceinline__ void cp_async_16_zfill(void* smem_dst, const void* gmem_src, bool copy) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(smem_dst)),
+                 "l"(__cvta_generic_to_global(gmem_src)), "r"(copy ? 16u : 0u)
+                 : "memory");
+}
 // Closes the calling thread's group of copies issued since the last commit.
 __device__ __forceinline__ void cp_async_commit() {
     asm volatile("cp.async.commit_group;\n" ::: "memory");
@@ -140,7 +146,13 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
 }
 
+// Hands `v` to the hot loop as computed: without it nvcc may recompute a value from its inputs in
+// every iteration to save a register (an empty asm it cannot see through).
+__device__ __forceinline__ void keep_in_register(int& v) { asm volatile("" : "+r"(v)); }
+
 #else  // the emulator (emu/cuda_emu.h, emu/cuda_emu.cpp)
+
+__device__ __forceinline__ void keep_in_register(int&) {}
 
 __device__ __forceinline__ unsigned to_tf32(float x) { return ::emu::cvt_rna_tf32(x); }
 
@@ -184,6 +196,9 @@ __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src
 __device__ __forceinline__ void cp_async_4_zfill(void* smem_dst, const void* gmem_src, bool copy) {
     ::emu::cp_async_zfill(smem_dst, gmem_src, 4, copy ? 4 : 0);
 }
+__device__ __forceinline__ void cp_async_16_zfill(void* smem_dst, const void* gmem_src, bool copy) {
+    ::emu::cp_async_zfill(smem_dst, gmem_src, 16, copy ? 16 : 0);
+}
 __device__ __forceinline__ void cp_async_commit() { ::emu::cp_async_commit(); }
 template <int Pending>
 __device__ __forceinline__ void cp_async_wait() {
@@ -193,10 +208,13 @@ __device__ __forceinline__ void cp_async_wait() {
 
 #endif
 
-// An f32 as a tf32 operand, rounded to nearest with ties away from zero (as cvt.rna.tf32.f32: half of
-// the dropped 13 bits' range added to the magnitude, then dropped), in two integer instructions where
-// cvt.rna takes about five on sm_90. The same for every finite value and the infinities; a NaN whose
-// payload lies only in the 13 low bits becomes an infinity (the result is not finite either way).
+// An f32 as a tf32 operand, rounded to nearest with ties away from zero (as cvt.rna.tf32.f32): half
+// of the dropped 13 bits' range added to the magnitude of a finite value; the tensor cores then drop
+// those bits (they truncate an unrounded operand: tests/mma_checks
+// `unrounded_tf32_operands_are_truncated`, on the emulator and the GPU). Infinities and NaNs pass as
+// they are, so a NaN stays a NaN (adding to CUDA's canonical 0x7fffffff would carry into the sign).
+// Two instructions (a compare and a predicated add) where cvt.rna takes three.
 __device__ __forceinline__ unsigned tf32_round_bits(float x) {
-    return (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
+    const unsigned bits = __float_as_uint(x);
+    return fabsf(x) < INFINITY ? bits + 0x1000u : bits;
 }

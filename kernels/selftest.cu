@@ -153,13 +153,14 @@ KERNEL void selftest_ldmatrix(const unsigned* __restrict__ tile,
 }
 
 // out [256] = src [256] staged through shared memory (dynamic, 1024 bytes) by one warp's cp.async
-// in two groups: group 0 the first 128 floats in 16-byte copies, group 1 the rest in 8- and 4-byte
-// copies, the last 4-byte one zero-filling instead on odd lanes (out[128 + 4 lane + 3] = 0). Each stage is read after the wait that covers it and a barrier, by another lane than the
-// one that copied it.
+// in two groups: group 0 the first 128 floats in 16-byte copies, zero-filling instead on lanes 3, 7,
+// .. (out[4 lane + 0..3] = 0), group 1 the rest in 8- and 4-byte copies, the last 4-byte one
+// zero-filling instead on odd lanes (out[128 + 4 lane + 3] = 0). Each stage is read after the wait
+// that covers it and a barrier, by another lane than the one that copied it.
 KERNEL void selftest_cp_async(const float* __restrict__ src, float* __restrict__ out) {
     DYNAMIC_SMEM(float, stage);
     const unsigned lane = threadIdx.x & 31u, other = (lane + 1) & 31u;
-    cp_async_16(&stage[lane * 4], &src[lane * 4]);
+    cp_async_16_zfill(&stage[lane * 4], &src[lane * 4], lane % 4 != 3);
     cp_async_commit();
     cp_async_8(&stage[128 + lane * 4], &src[128 + lane * 4]);
     cp_async_4(&stage[128 + lane * 4 + 2], &src[128 + lane * 4 + 2]);

@@ -53,6 +53,11 @@ fn tensor_core_convolutions_over_many_tiles_and_splits_match_the_cpu() {
 }
 
 #[test]
+fn tensor_core_convolutions_keep_nans() {
+    cuda_checks::nan_inputs_stay_nan_like_on_the_cpu(&emulated_tf32());
+}
+
+#[test]
 fn batch_norm_matches_the_cpu() {
     cuda_checks::batch_norm_matches_the_cpu(&emulated());
 }

@@ -205,6 +205,12 @@ fn tensor_core_convolutions_pass_the_conformance_checks() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
+fn tensor_core_convolutions_keep_nans() {
+    cuda_checks::nan_inputs_stay_nan_like_on_the_cpu(&gpu_tf32());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
 fn tensor_core_convolutions_match_the_cpu() {
     cuda_checks::convolutions_match_the_cpu(&gpu_tf32());
 }

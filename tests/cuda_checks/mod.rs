@@ -178,9 +178,14 @@ pub fn convolutions_over_many_tiles_and_splits_match_the_cpu(cuda: &CudaBackend)
     };
     // The FMA tiles (up to 128 channels), and the tensor-core ones: ResNet-32's 3x3 layers (16, 32,
     // 64 channels; stride 2 in phases), grouped, 1x1 of stride 2 (phases without a tap), two
-    // channel tiles, and weight gradients split across blocks.
+    // channel tiles, and weight gradients split across blocks; 3x3 weight gradients whose steps run
+    // along output rows of 16, 8 and 4 positions (the halo kernels), over several tiles of input
+    // channels, the last one partial.
     for (i, d) in [
         d(16, 4, 16, 16, 20, 3, 1, 1, 1),
+        d(2, 8, 32, 32, 16, 3, 2, 1, 1),
+        d(2, 40, 8, 8, 16, 3, 1, 1, 1),
+        d(4, 16, 4, 4, 8, 3, 1, 1, 1),
         d(8, 8, 12, 12, 40, 3, 2, 1, 2),
         d(4, 96, 6, 6, 144, 1, 1, 0, 1),
         d(16, 16, 16, 16, 16, 3, 1, 1, 1),
@@ -195,6 +200,56 @@ pub fn convolutions_over_many_tiles_and_splits_match_the_cpu(cuda: &CudaBackend)
         let (cuda, cpu) = on!(cuda, |be| conv_outputs(be, d, 40 + i as u64));
         for (j, name) in CONV_OUTPUTS.iter().enumerate() {
             assert_near(&format!("conv {name} {d:?}"), &cuda[j], &cpu[j], 1e-4, 1e-5);
+        }
+    }
+}
+
+/// NaNs in x and dy (CUDA's canonical 0x7fffffff, and a negative one) make NaN every output they
+/// reach, as on the CPU: the tensor-core kernels' tf32 rounding must not turn them into numbers.
+/// One 3x3 layer of 16 channels (the compiled-filter kernels, the weight gradient on its halo path)
+/// and one of 10 x 10 (the gathered weight gradient).
+pub fn nan_inputs_stay_nan_like_on_the_cpu(cuda: &CudaBackend) {
+    let d = |h, w| Conv2dDims {
+        n: 2,
+        c_in: 16,
+        h,
+        w,
+        c_out: 16,
+        k: 3,
+        stride: 1,
+        pad: 1,
+        groups: 1,
+    };
+    for (i, d) in [d(8, 8), d(10, 10)].into_iter().enumerate() {
+        let mut g = StdRng::seed_from_u64(70 + i as u64);
+        let mut x = random_tf32_exact(&mut g, d.input_len());
+        let w = random_tf32_exact(&mut g, d.weight_len());
+        let mut dy = random_tf32_exact(&mut g, d.output_len());
+        x[d.h * d.w + 3] = f32::from_bits(0x7fff_ffff);
+        x[d.input_len() - 7] = f32::from_bits(0xffff_ffff);
+        dy[5 * d.h * d.w + 2 * d.w + 4] = f32::from_bits(0x7fff_ffff);
+        let (cuda, cpu) = on!(cuda, |be| {
+            let (xb, wb, dyb) = (
+                be.upload(&x).unwrap(),
+                be.upload(&w).unwrap(),
+                be.upload(&dy).unwrap(),
+            );
+            let mut dw = be.upload(&vec![0.0; d.weight_len()]).unwrap();
+            be.conv2d_backward_weight(&xb, &dyb, d, &mut dw).unwrap();
+            vec![
+                down(be, &be.conv2d_forward(&xb, &wb, d).unwrap()),
+                down(be, &be.conv2d_backward_data(&dyb, &wb, d).unwrap()),
+                down(be, &dw),
+            ]
+        });
+        for (j, name) in CONV_OUTPUTS.iter().take(3).enumerate() {
+            let nan = |v: &[f32]| v.iter().map(|x| x.is_nan()).collect::<Vec<_>>();
+            assert!(nan(&cpu[j]).contains(&true), "{name}: the case has NaNs");
+            assert_eq!(
+                nan(&cuda[j]),
+                nan(&cpu[j]),
+                "conv {name} {d:?}: NaN positions"
+            );
         }
     }
 }

@@ -363,11 +363,15 @@ fn cp_async_source() -> Vec<f32> {
 }
 
 /// cp.async in two commit groups of 16-, 8- and 4-byte copies, each read after its wait and a barrier
-/// by another lane: the data arrive.
+/// by another lane: the data arrive, and zero-filling copies write zeros.
 pub fn cp_async_copies_after_its_wait(be: &CudaBackend) {
     let src = cp_async_source();
-    // The odd lanes' last 4-byte copy has src-size 0: zeros.
+    // Lanes 3, 7, .. copy their 16 bytes with src-size 0, and the odd lanes their last 4-byte copy:
+    // zeros.
     let mut want = src.clone();
+    for lane in (3..32).step_by(4) {
+        want[4 * lane..4 * lane + 4].fill(0.0);
+    }
     for lane in (1..32).step_by(2) {
         want[128 + 4 * lane + 3] = 0.0;
     }

@@ -311,6 +311,31 @@ const WEIGHT: PassKernels<WeightFn> = PassKernels {
     ],
 };
 
+/// The 3x3 weight-gradient kernels whose K steps run along output rows, reading each step's input
+/// once as a halo (kernels/conv_mma.cu `conv2d_mma_backward_weight_k3s{1,2}_halo_*`), by stride and
+/// channel width: for the layers [`weight_steps_along_rows`] accepts.
+const WEIGHT_HALO: [[WeightFn; 3]; 2] = [
+    [
+        kernels::conv2d_mma_backward_weight_k3s1_halo_n16,
+        kernels::conv2d_mma_backward_weight_k3s1_halo_n32,
+        kernels::conv2d_mma_backward_weight_k3s1_halo_n64,
+    ],
+    [
+        kernels::conv2d_mma_backward_weight_k3s2_halo_n16,
+        kernels::conv2d_mma_backward_weight_k3s2_halo_n32,
+        kernels::conv2d_mma_backward_weight_k3s2_halo_n64,
+    ],
+];
+
+/// Whether every 16-deep K step (positions) of a weight gradient is part of one output row or whole
+/// rows of one image, as the halo kernels need: `w_out` a multiple of the step, or 8 or 4 with the
+/// image's positions a multiple of the step.
+fn weight_steps_along_rows(d: Conv2dDims) -> bool {
+    let w = d.w_out();
+    let rows_or_part = w % CONV_MMA_BK == 0 || (w >= 4 && CONV_MMA_BK % w == 0);
+    rows_or_part && (d.h_out() * w) % CONV_MMA_BK == 0
+}
+
 /// Threads of an FMA convolution block (kernels/conv.cu `CONV_THREADS`).
 const CONV_THREADS: u32 = 256;
 /// A weight-gradient split sums at least this many products per output before handing over: the
@@ -481,8 +506,14 @@ impl CudaBackend {
             let (threads, bm) = filter.weight_block();
             let (w, bn) = mma_width(c_out_g);
             let (tm, tn) = (ceil(sum, bm), ceil(c_out_g, bn));
+            let launch = match filter {
+                MmaFilter::K3S1 | MmaFilter::K3S2 if weight_steps_along_rows(d) => {
+                    WEIGHT_HALO[d.stride - 1][w]
+                }
+                _ => WEIGHT.mma[filter as usize][w],
+            };
             Plan {
-                launch: WEIGHT.mma[filter as usize][w],
+                launch,
                 tiles: tm * tn * d.groups,
                 threads,
                 tile: (bm, bn),
