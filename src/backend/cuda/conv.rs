@@ -332,8 +332,8 @@ const WEIGHT_HALO: [[WeightFn; 3]; 2] = [
 /// image's positions a multiple of the step.
 fn weight_steps_along_rows(d: Conv2dDims) -> bool {
     let w = d.w_out();
-    let rows_or_part = w % CONV_MMA_BK == 0 || (w >= 4 && CONV_MMA_BK % w == 0);
-    rows_or_part && (d.h_out() * w) % CONV_MMA_BK == 0
+    let rows_or_part = w.is_multiple_of(CONV_MMA_BK) || (w >= 4 && CONV_MMA_BK.is_multiple_of(w));
+    rows_or_part && (d.h_out() * w).is_multiple_of(CONV_MMA_BK)
 }
 
 /// Threads of an FMA convolution block (kernels/conv.cu `CONV_THREADS`).
