@@ -324,6 +324,195 @@ UNROLL
     }
 }
 
+// ---- forward and data gradient of a 3x3 stride-1 filter, tiles of whole output rows ----
+//
+// The gather above copies each input element into the A tile once per tap. When a 128-position tile
+// is whole output rows of one image (R = 128 / w_out rows) or whole images (128 / P of them), its
+// input is the halo under those rows, per channel I (R + 2) x (w_out + 2) with I images: the block
+// copies it once per 16 channels (a halo block), rounds it to tf32 in place, and the 9 taps' K steps
+// read their shifted views of it; only the weights' B tile is copied every step. The data gradient
+// of a stride-1 filter is the same product over dy with the filter turned round (tap 8 - tap,
+// input and output channels swapped, padding k - 1 - pad). src/backend/cuda/conv.rs
+// `rows_tiles` decides which layers run here.
+
+// A channel's halo pitch, CONV_MMA_ROWS_HALO_PITCH (src/backend/abi.rs): the 4 channels a fragment
+// read spans start 0, 24, 16 and 8 banks apart and its 8 positions (consecutive in one row) fill the
+// gaps, so no read has a bank conflict.
+constexpr int ROWS_HALO_PITCH = CONV_MMA_ROWS_HALO_PITCH;
+// Halo positions a thread copies (the same ones for every block of channels): 2 x 128 >= 216.
+constexpr int ROWS_HALO_COPIES = 2;
+
+template <int BN>
+struct RowsShared {
+    float halo[2][MMA_BK][ROWS_HALO_PITCH];  // by halo block, double-buffered
+    float b[MMA_STAGES][BN][MMA_BK + 4];     // the weights, by step
+};
+
+template <bool DATA, int BN, bool STATS>
+__device__ void conv_mma_rows(const float* in, const float* w, float* out, int n_img, ConvGeom g,
+                              int groups, bool accumulate, const StatsOut& st) {
+    constexpr int WARPS = MMA_THREADS / 32, MF = 2, BM = WARPS * MF * 16, NF = BN / 8;
+    static_assert(BM == 128 && ROWS_HALO_COPIES * MMA_THREADS >= ROWS_HALO_PITCH, "halo copies");
+    // The product's input and output planes: x -> y forward, dy -> dx for the data gradient.
+    const int Ci = DATA ? g.c_out_g : g.c_in_g, Co = DATA ? g.c_in_g : g.c_out_g;
+    const int in_channels = DATA ? g.c_out : g.c_in, out_channels = DATA ? g.c_in : g.c_out;
+    const int Hi = DATA ? g.h_out : g.h, Wi = DATA ? g.w_out : g.w;
+    const int Ho = DATA ? g.h : g.h_out, Wo = DATA ? g.w : g.w_out;
+    const int HWi = Hi * Wi, Po = Ho * Wo, pad = DATA ? 2 - g.pad : g.pad;
+    const int M = n_img * Po, N = Co;
+    const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
+    const int tiles = tiles_m * tiles_n * groups;
+    // A tile: I images of R rows; its halo I (R + 2) rows of HC columns a channel.
+    const int I = Po >= BM ? 1 : BM / Po, R = Po >= BM ? BM / Wo : Ho, HC = Wo + 2;
+    const int plane = I * (R + 2) * HC;
+    const FastDiv per_image = fast_div(unsigned(Po));
+    const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5, gq = lane >> 2, t = lane & 3;
+    STATIC_SMEM(RowsShared<BN>, sh);
+    // This thread's fragment rows (mf, g and g + 8) as offsets in a halo plane, before the tap's.
+    int row_off[MF][2];
+UNROLL
+    for (int mf = 0; mf < MF; ++mf)
+UNROLL
+        for (int h = 0; h < 2; ++h) {
+            const int m = warp * MF * 16 + mf * 16 + gq + 8 * h, i = m / (R * Wo), r = m / Wo % R;
+            row_off[mf][h] = (i * (R + 2) + r) * HC + m % Wo;
+            keep_in_register(row_off[mf][h]);
+        }
+    for (int ti = int(blockIdx.x); ti < tiles; ti += int(gridDim.x)) {
+        const MmaTile tile = mma_tile(ti, tiles_m, tiles_n, BM, BN);
+        const int s0 = tile.m0 / Po, oh0 = tile.m0 % Po / Wo;
+        // This thread's halo positions: offset from `in` at the first channel, and whether inside.
+        int h_src[ROWS_HALO_COPIES];
+        bool h_ok[ROWS_HALO_COPIES];
+UNROLL
+        for (int c = 0; c < ROWS_HALO_COPIES; ++c) {
+            const int p = tid + c * MMA_THREADS, i = p / ((R + 2) * HC);
+            const int ih = oh0 - pad + p / HC % (R + 2), iw = p % HC - pad;
+            h_ok[c] = p < plane && s0 + i < n_img && unsigned(ih) < unsigned(Hi) &&
+                      unsigned(iw) < unsigned(Wi);
+            h_src[c] = h_ok[c] ? ((s0 + i) * in_channels + tile.group * Ci) * HWi + ih * Wi + iw : 0;
+        }
+        // The weights of the tile's output channels: forward w[co, ci, tap], data w[ci', co', 8 - tap]
+        // (ci' the product's K channel, co' its column).
+        const float* wg = w + size_t(tile.group) * g.c_out_g * g.c_in_g * 9;
+        const int kq = tid % MMA_BK;
+        // Copies step `block` 9 + `tap`'s weights, and at a block's first tap its halo.
+        auto load = [&](int block, int tap) {
+            const int k_ch = block * MMA_BK + kq;
+            float(&b)[BN][MMA_BK + 4] = sh.b[(block * 9 + tap) % MMA_STAGES];
+UNROLL
+            for (int j = 0; j < b_rows_per_thread<BN, MMA_THREADS>(); ++j) {
+                const int n = tid / MMA_BK + j * (MMA_THREADS / MMA_BK), co = tile.n0 + n;
+                const bool ok = co < N;
+                const int at = DATA ? (k_ch * Co + co) * 9 + 8 - tap : (co * Ci + k_ch) * 9 + tap;
+                if (n < BN) cp_async_4_zfill(&b[n][kq], wg + (ok ? at : 0), ok);
+            }
+            if (tap == 0) {
+                const float* base = in + size_t(block) * MMA_BK * HWi;
+UNROLL
+                for (int c = 0; c < ROWS_HALO_COPIES; ++c) {
+                    const int p = tid + c * MMA_THREADS;
+                    if (p < ROWS_HALO_PITCH) {
+UNROLL
+                        for (int ch = 0; ch < MMA_BK; ++ch)
+                            cp_async_4_zfill(&sh.halo[block % 2][ch][p],
+                                             h_ok[c] ? base + h_src[c] + ch * HWi : in, h_ok[c]);
+                    }
+                }
+            }
+        };
+        float acc[MF][NF][4] = {};
+        const int blocks = Ci / MMA_BK;
+        static_assert(MMA_STAGES == 3, "the loads run 2 steps ahead");
+        load(0, 0);
+        cp_async_commit();
+        load(0, 1);
+        cp_async_commit();
+        // A halo block's 9 taps unrolled: which step copies a halo, and each tap's offset, are
+        // known when compiled (so the hot loop is one block, its halo copy included).
+        for (int block = 0; block < blocks; ++block) {
+UNROLL
+            for (int tap = 0; tap < 9; ++tap) {
+                cp_async_wait<MMA_STAGES - 2>();
+                if (tap == 0)  // this thread's halo copies of the block are in: round them
+UNROLL
+                    for (int c = 0; c < ROWS_HALO_COPIES; ++c) {
+                        const int p = tid + c * MMA_THREADS;
+                        if (p < ROWS_HALO_PITCH)
+UNROLL
+                            for (int ch = 0; ch < MMA_BK; ++ch) {
+                                float& v = sh.halo[block % 2][ch][p];
+                                v = __uint_as_float(tf32_round_bits(v));
+                            }
+                    }
+                // This step is in everywhere, and the one before, whose stage the next load
+                // overwrites, is done (as is the halo block two back, which a load at a block's
+                // first tap overwrites).
+                __syncthreads();
+                const int ahead = tap + MMA_STAGES - 1;  // the step 2 ahead: this block's or the next's
+                if (ahead < 9)
+                    load(block, ahead);
+                else if (block + 1 < blocks)
+                    load(block + 1, ahead - 9);
+                cp_async_commit();
+                const float* a_at = &sh.halo[block % 2][t][tap / 3 * HC + tap % 3];
+                const float(&b)[BN][MMA_BK + 4] = sh.b[(block * 9 + tap) % MMA_STAGES];
+UNROLL
+                for (int kq8 = 0; kq8 < MMA_BK; kq8 += 8) {
+                    unsigned a[MF][4], bf[NF][2];
+UNROLL
+                    for (int mf = 0; mf < MF; ++mf) {
+                        const float* r0 = a_at + row_off[mf][0] + kq8 * ROWS_HALO_PITCH;
+                        const float* r1 = a_at + row_off[mf][1] + kq8 * ROWS_HALO_PITCH;
+                        a[mf][0] = __float_as_uint(r0[0]);
+                        a[mf][1] = __float_as_uint(r1[0]);
+                        a[mf][2] = __float_as_uint(r0[4 * ROWS_HALO_PITCH]);
+                        a[mf][3] = __float_as_uint(r1[4 * ROWS_HALO_PITCH]);
+                    }
+UNROLL
+                    for (int nf = 0; nf < NF; ++nf) {
+                        bf[nf][0] = tf32_round_bits(b[nf * 8 + gq][kq8 + t]);
+                        bf[nf][1] = tf32_round_bits(b[nf * 8 + gq][kq8 + t + 4]);
+                    }
+UNROLL
+                    for (int mf = 0; mf < MF; ++mf)
+UNROLL
+                        for (int nf = 0; nf < NF; ++nf)
+                            mma_m16n8k8_tf32(acc[mf][nf], a[mf], bf[nf], acc[mf][nf]);
+                }
+            }
+        }
+        cp_async_wait<0>();
+        __syncthreads();  // the buffers are refilled by the next tile
+UNROLL
+        for (int mf = 0; mf < MF; ++mf)
+UNROLL
+            for (int half = 0; half < 2; ++half) {
+                const int q = tile.m0 + warp * MF * 16 + mf * 16 + gq + 8 * half;
+                if (q >= M) continue;
+                const unsigned sq = divide(unsigned(q), per_image);
+                const unsigned p = unsigned(q) - sq * unsigned(Po);
+                float* o = out + (size_t(sq) * out_channels + size_t(tile.group) * Co) * Po + p;
+UNROLL
+                for (int nf = 0; nf < NF; ++nf)
+UNROLL
+                    for (int c = 0; c < 2; ++c) {
+                        const int co = tile.n0 + nf * 8 + 2 * t + c;
+                        if (co >= N) continue;
+                        float* oc = o + size_t(co) * Po;
+                        const float v = acc[mf][nf][2 * half + c];
+                        *oc = DATA && accumulate ? *oc + v : v;
+                    }
+            }
+        if (STATS) {
+            const int tile_m = tile.m0 / BM, col_block = tile.group * tiles_n + tile.n0 / BN;
+            add_mma_tile_stats<WARPS, MF, BN>(st, acc, tile, tile_m, tiles_m, col_block, N,
+                                              unsigned(tile.group * g.c_out_g + tile.n0),
+                                              unsigned(M));
+        }
+    }
+}
+
 // ---- backward data ----
 
 template <int KS, int S, int BM, int BN>
@@ -872,3 +1061,34 @@ CONV_MMA_HALO_KERNEL(k3s1_halo_n64, 1, 64)
 CONV_MMA_HALO_KERNEL(k3s2_halo_n16, 2, 16)
 CONV_MMA_HALO_KERNEL(k3s2_halo_n32, 2, 32)
 CONV_MMA_HALO_KERNEL(k3s2_halo_n64, 2, 64)
+
+// Forward (with statistics or without) and data gradient of a 3x3 stride-1 filter on row tiles
+// (src/backend/cuda/conv.rs `FORWARD_ROWS`, `FORWARD_STATS_ROWS`, `DATA_ROWS`); shapes and buffers
+// as the kernels above.
+#define CONV_MMA_ROWS_KERNELS(BN)                                                                 \
+    KERNEL void __launch_bounds__(MMA_THREADS) conv2d_mma_forward_k3s1_rows_n##BN(                \
+        const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,          \
+        CONV_SHAPE_ARGS) {                                                                        \
+        conv_mma_rows<false, BN, false>(x, w, y, int(n), CONV_GEOM, int(groups), false,           \
+                                        StatsOut{});                                              \
+    }                                                                                             \
+    KERNEL void __launch_bounds__(MMA_THREADS) conv2d_mma_forward_stats_k3s1_rows_n##BN(          \
+        const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,          \
+        double* __restrict__ partial, unsigned* __restrict__ counters,                            \
+        float* __restrict__ saved_mean, float* __restrict__ saved_inv_std,                        \
+        float* __restrict__ running_mean, float* __restrict__ running_var, CONV_SHAPE_ARGS,       \
+        float eps, float momentum) {                                                              \
+        const StatsOut st = {partial,      counters,    saved_mean, saved_inv_std,               \
+                             running_mean, running_var, eps,        momentum};                    \
+        conv_mma_rows<false, BN, true>(x, w, y, int(n), CONV_GEOM, int(groups), false, st);       \
+    }                                                                                             \
+    KERNEL void __launch_bounds__(MMA_THREADS) conv2d_mma_backward_data_k3s1_rows_n##BN(          \
+        const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,        \
+        CONV_SHAPE_ARGS, int accumulate) {                                                        \
+        conv_mma_rows<true, BN, false>(dy, w, dx, int(n), CONV_GEOM, int(groups), accumulate != 0, \
+                                       StatsOut{});                                               \
+    }
+
+CONV_MMA_ROWS_KERNELS(16)
+CONV_MMA_ROWS_KERNELS(32)
+CONV_MMA_ROWS_KERNELS(64)

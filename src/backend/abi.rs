@@ -43,6 +43,10 @@ shared_constants! {
     /// Threads of the 3x3 weight gradient: 9 warps of one m16 fragment, 144 rows (16 input channels
     /// x 9 taps, so that 9 c_in rows fill whole tiles), two threads a row.
     CONV_MMA_THREADS_K3_WEIGHT: usize = 288;
+    /// Floats a channel's halo may take in the row-tile kernels (a 3x3 stride-1 forward or data
+    /// gradient over whole output rows): 204 for 32 x 32 positions; 216 = 24 mod 32 keeps their
+    /// fragment reads free of bank conflicts.
+    CONV_MMA_ROWS_HALO_PITCH: usize = 216;
 
     // ---- the packed augmentation parameters (layout: src/backend/augment_params.rs) ----
     /// `f32` words of one sample's packed row.

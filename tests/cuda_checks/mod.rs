@@ -180,9 +180,13 @@ pub fn convolutions_over_many_tiles_and_splits_match_the_cpu(cuda: &CudaBackend)
     // 64 channels; stride 2 in phases), grouped, 1x1 of stride 2 (phases without a tap), two
     // channel tiles, and weight gradients split across blocks; 3x3 weight gradients whose steps run
     // along output rows of 16, 8 and 4 positions (the halo kernels), over several tiles of input
-    // channels, the last one partial.
+    // channels, the last one partial; 3x3 stride-1 forward and data gradients on tiles of whole
+    // rows (32 x 32: 4 a tile, over 2 and 3 halo blocks of 16 channels) and whole images (8 x 8,
+    // grouped, the last tile one image).
     for (i, d) in [
         d(16, 4, 16, 16, 20, 3, 1, 1, 1),
+        d(2, 32, 32, 32, 48, 3, 1, 1, 1),
+        d(3, 32, 8, 8, 64, 3, 1, 1, 2),
         d(2, 8, 32, 32, 16, 3, 2, 1, 1),
         d(2, 40, 8, 8, 16, 3, 1, 1, 1),
         d(4, 16, 4, 4, 8, 3, 1, 1, 1),

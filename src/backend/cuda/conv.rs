@@ -15,7 +15,9 @@ use anyhow::Result;
 
 use super::device::Device;
 use super::{kernels, to_u32, CudaBackend, CudaBuf, LaunchConfig};
-use crate::backend::abi::{CONV_MMA_BK, CONV_MMA_THREADS, CONV_MMA_THREADS_K3_WEIGHT};
+use crate::backend::abi::{
+    CONV_MMA_BK, CONV_MMA_ROWS_HALO_PITCH, CONV_MMA_THREADS, CONV_MMA_THREADS_K3_WEIGHT,
+};
 use crate::backend::{
     BatchNormAct, BatchNormStats, BatchNormTrain, Conv2dDims, ConvBatchNormOut, ConvOps, WriteMode,
 };
@@ -336,6 +338,48 @@ fn weight_steps_along_rows(d: Conv2dDims) -> bool {
     rows_or_part && (d.h_out() * w).is_multiple_of(CONV_MMA_BK)
 }
 
+/// The 3x3 stride-1 forward and data-gradient kernels whose tiles are whole output rows, reading
+/// their input once per 16 channels as a halo (kernels/conv_mma.cu `conv2d_mma_*_k3s1_rows_*`), by
+/// channel width: for the layers [`rows_tiles`] accepts.
+const FORWARD_ROWS: [ForwardFn; 3] = [
+    kernels::conv2d_mma_forward_k3s1_rows_n16,
+    kernels::conv2d_mma_forward_k3s1_rows_n32,
+    kernels::conv2d_mma_forward_k3s1_rows_n64,
+];
+const FORWARD_STATS_ROWS: [ForwardStatsFn; 3] = [
+    kernels::conv2d_mma_forward_stats_k3s1_rows_n16,
+    kernels::conv2d_mma_forward_stats_k3s1_rows_n32,
+    kernels::conv2d_mma_forward_stats_k3s1_rows_n64,
+];
+const DATA_ROWS: [DataFn; 3] = [
+    kernels::conv2d_mma_backward_data_k3s1_rows_n16,
+    kernels::conv2d_mma_backward_data_k3s1_rows_n32,
+    kernels::conv2d_mma_backward_data_k3s1_rows_n64,
+];
+
+/// Whether a 3x3 stride-1 product suits the row-tile kernels: its K channels a multiple of the
+/// step, its `out` plane's positions (`h x w`) in 128-position tiles of whole rows of one image or
+/// of whole images, their halo (2 rows and 2 columns more) within [`CONV_MMA_ROWS_HALO_PITCH`].
+fn rows_tiles(d: Conv2dDims, k_channels: usize, (h, w): (usize, usize)) -> bool {
+    let p = h * w;
+    let (images, rows) = if p >= MMA_ROWS {
+        (1, MMA_ROWS / w)
+    } else {
+        (MMA_ROWS / p.max(1), h)
+    };
+    let whole = if p >= MMA_ROWS {
+        p.is_multiple_of(MMA_ROWS) && MMA_ROWS.is_multiple_of(w)
+    } else {
+        p > 0 && MMA_ROWS.is_multiple_of(p)
+    };
+    d.k == 3
+        && d.stride == 1
+        && d.pad <= 2
+        && k_channels.is_multiple_of(CONV_MMA_BK)
+        && whole
+        && images * (rows + 2) * (w + 2) <= CONV_MMA_ROWS_HALO_PITCH
+}
+
 /// Threads of an FMA convolution block (kernels/conv.cu `CONV_THREADS`).
 const CONV_THREADS: u32 = 256;
 /// A weight-gradient split sums at least this many products per output before handing over: the
@@ -414,14 +458,25 @@ fn ceil(a: usize, b: usize) -> usize {
 }
 
 impl CudaBackend {
-    fn forward_plan<F: Copy>(&self, d: Conv2dDims, kernels: &PassKernels<F>) -> Plan<F> {
+    fn forward_plan<F: Copy>(
+        &self,
+        d: Conv2dDims,
+        kernels: &PassKernels<F>,
+        rows: &[F; 3],
+    ) -> Plan<F> {
         let (channels, positions, sum) = forward_sizes(d);
         let flops = 2 * (channels * positions * sum * d.groups) as u64;
         if self.options.tf32 {
             let (w, bn) = mma_width(channels);
             let (tm, tn) = (ceil(positions, MMA_ROWS), ceil(channels, bn));
+            let c_in_g = d.c_in / d.groups;
+            let launch = if rows_tiles(d, c_in_g, (d.h_out(), d.w_out())) {
+                rows[w]
+            } else {
+                kernels.mma[MmaFilter::of(d, Some(c_in_g)) as usize][w]
+            };
             Plan {
-                launch: kernels.mma[MmaFilter::of(d, Some(d.c_in / d.groups)) as usize][w],
+                launch,
                 tiles: tm * tn * d.groups,
                 threads: CONV_MMA_THREADS as u32,
                 tile: (MMA_ROWS, bn),
@@ -468,8 +523,13 @@ impl CudaBackend {
                     flops += 2 * (rows * sum * c_in_g * d.groups) as u64;
                 }
             }
+            let launch = if rows_tiles(d, c_out_g, (d.h, d.w)) {
+                DATA_ROWS[w]
+            } else {
+                DATA.mma[MmaFilter::of(d, Some(c_out_g)) as usize][w]
+            };
             Plan {
-                launch: DATA.mma[MmaFilter::of(d, Some(c_out_g)) as usize][w],
+                launch,
                 tiles: tm * tn * s * s * d.groups,
                 threads: CONV_MMA_THREADS as u32,
                 tile: (MMA_ROWS, bn),
@@ -569,7 +629,7 @@ impl ConvOps for CudaBackend {
         let mut y = self.alloc(d.output_len())?;
         let mut saved_mean = self.alloc(d.c_out)?;
         let mut saved_inv_std = self.alloc(d.c_out)?;
-        let plan = self.forward_plan(d, &FORWARD_STATS);
+        let plan = self.forward_plan(d, &FORWARD_STATS, &FORWARD_STATS_ROWS);
         if let Some(cfg) = self.conv_launch(&plan, plan.tiles) {
             let mut partial = self
                 .alloc::<f64>(plan.channel_blocks * plan.position_tiles * plan.channel_width * 2)?;
@@ -617,7 +677,7 @@ impl ConvOps for CudaBackend {
     fn conv2d_forward_unchecked(&self, x: &CudaBuf, w: &CudaBuf, d: Conv2dDims) -> Result<CudaBuf> {
         let a = ConvArgs::new("conv2d_forward", d)?;
         let mut y = self.alloc(d.output_len())?;
-        let plan = self.forward_plan(d, &FORWARD);
+        let plan = self.forward_plan(d, &FORWARD, &FORWARD_ROWS);
         let Some(cfg) = self.conv_launch(&plan, plan.tiles) else {
             return Ok(y);
         };
