@@ -992,6 +992,157 @@ UNROLL
     }
 }
 
+// ---- backward weight of a 1x1 stride-1 filter: 16-byte copies ----
+//
+// dW[ci, co] = sum over positions of x[ci, p] dy[co, p]: both operands run along the positions, so
+// when an image's positions are a multiple of 4 (src/backend/cuda/conv.rs `weight_pieces_whole`) a
+// 16-deep K step is four 16-byte pieces of each row, each inside one image, with no bounds to check
+// but the tile's last channels and the end of the sum. Both tiles are stored [row][k] (pitch BK + 4:
+// fragment reads at bank 20 g + t, conflict-free) and rounded to tf32 in place by the thread that
+// copied. A thread's pieces all sit at one column of the step.
+
+template <int BN>
+struct alignas(16) VecStage {
+    float a[CONV_MMA_THREADS / 2][MMA_BK + 4];  // x [ci][position]
+    float b[BN][MMA_BK + 4];                    // dy [co][position]
+};
+
+// This thread's `n`-th 16-byte piece of a [rows][BK] tile: row and first column, and whether it
+// has one (a tile has rows x 4 pieces).
+struct VecPiece {
+    int row, col;
+    bool has;
+};
+__device__ __forceinline__ VecPiece vec_piece(int n, int rows) {
+    const int c = int(threadIdx.x) + n * MMA_THREADS;
+    return VecPiece{c / 4, c % 4 * 4, c < rows * 4};
+}
+
+template <int BN>
+__device__ void conv_mma_backward_weight_k1_vec(const float* x, const float* dy, float* partial,
+                                                float* dw, unsigned* counters, int n_img,
+                                                ConvGeom g, int groups, int splits) {
+    constexpr int WARPS = MMA_THREADS / 32, BM = WARPS * 16, NF = BN / 8;
+    constexpr int A_PIECES = BM * 4 / MMA_THREADS, B_PIECES = (BN * 4 + MMA_THREADS - 1) / MMA_THREADS;
+    const int M = g.c_in_g, N = g.c_out_g, K = n_img * g.P;
+    const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
+    const int tiles = tiles_m * tiles_n * groups;
+    const int per_split = ((K + splits - 1) / splits + MMA_BK - 1) / MMA_BK * MMA_BK;
+    const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5, gq = lane >> 2, t = lane & 3;
+    STATIC_SMEM(VecStage<BN>, stages, [MMA_STAGES]);
+    for (int item = int(blockIdx.x); item < tiles * splits; item += int(gridDim.x)) {
+        // Split-major: blocks running at the same time work on different splits of one tile.
+        const int ti = item % tiles, split = item / tiles;
+        const MmaTile tile = mma_tile(ti, tiles_m, tiles_n, BM, BN);
+        const int k0 = split * per_split, k1 = min(K, k0 + per_split);
+        const int steps = k1 > k0 ? (k1 - k0 + MMA_BK - 1) / MMA_BK : 0;
+        const int col = vec_piece(0, BM).col;  // every piece of this thread's
+        // Offsets (32 bits: the sizes are checked to fit) of this thread's pieces at image 0,
+        // position 0; a piece past the tile's channels, or the sum's end, copies zeros.
+        int a_at[A_PIECES], b_at[B_PIECES];
+        bool a_ok[A_PIECES], b_ok[B_PIECES];
+UNROLL
+        for (int i = 0; i < A_PIECES; ++i) {
+            const VecPiece pc = vec_piece(i, BM);
+            a_ok[i] = tile.m0 + pc.row < M;
+            a_at[i] = (tile.group * g.c_in_g + tile.m0 + pc.row) * g.HW;
+        }
+UNROLL
+        for (int i = 0; i < B_PIECES; ++i) {
+            const VecPiece pc = vec_piece(i, BN);
+            b_ok[i] = pc.has && tile.n0 + pc.row < N;
+            b_at[i] = (tile.group * g.c_out_g + tile.n0 + pc.row) * g.P;
+        }
+        // The next step: its first position in the sum, and this thread's column's image and
+        // position in it.
+        int q = k0, s_img = (k0 + col) / g.P, pos = k0 + col - s_img * g.P;
+        auto load = [&](VecStage<BN>& st) {
+            const bool in_sum = q + col < k1;
+            const int x_off = s_img * g.c_in * g.HW + pos, dy_off = s_img * g.c_out * g.P + pos;
+UNROLL
+            for (int i = 0; i < A_PIECES; ++i) {
+                const VecPiece pc = vec_piece(i, BM);
+                const bool ok = a_ok[i] && in_sum;
+                cp_async_16_zfill(&st.a[pc.row][pc.col], x + unsigned(ok ? x_off + a_at[i] : 0), ok);
+            }
+UNROLL
+            for (int i = 0; i < B_PIECES; ++i) {
+                const VecPiece pc = vec_piece(i, BN);
+                const bool ok = b_ok[i] && in_sum;
+                if (pc.has)
+                    cp_async_16_zfill(&st.b[pc.row][pc.col], dy + unsigned(ok ? dy_off + b_at[i] : 0),
+                                      ok);
+            }
+            q += MMA_BK;
+            pos += MMA_BK;
+            if (pos >= g.P) {  // P >= 4, so a step of 16 crosses into the next image at most 4 times
+                pos -= g.P;
+                ++s_img;
+                while (pos >= g.P) {
+                    pos -= g.P;
+                    ++s_img;
+                }
+            }
+        };
+        auto round_own = [&](VecStage<BN>& st) {
+UNROLL
+            for (int i = 0; i < A_PIECES; ++i) {
+                const VecPiece pc = vec_piece(i, BM);
+UNROLL
+                for (int e = 0; e < 4; ++e) {
+                    float& v = st.a[pc.row][pc.col + e];
+                    v = __uint_as_float(tf32_round_bits(v));
+                }
+            }
+UNROLL
+            for (int i = 0; i < B_PIECES; ++i) {
+                const VecPiece pc = vec_piece(i, BN);
+                if (pc.has)
+UNROLL
+                    for (int e = 0; e < 4; ++e) {
+                        float& v = st.b[pc.row][pc.col + e];
+                        v = __uint_as_float(tf32_round_bits(v));
+                    }
+            }
+        };
+        float acc[NF][4] = {};
+        for (int s = 0; s < MMA_STAGES - 1; ++s) {
+            if (s < steps) load(stages[s]);
+            cp_async_commit();
+        }
+        int current = 0, refill = MMA_STAGES - 1;
+        for (int s = 0; s < steps; ++s) {
+            cp_async_wait<MMA_STAGES - 2>();
+            VecStage<BN>& st = stages[current];
+            round_own(st);
+            // Step s is in and rounded everywhere, and step s - 1, whose stage the next load
+            // overwrites, is done.
+            __syncthreads();
+            if (s + MMA_STAGES - 1 < steps) load(stages[refill]);
+            cp_async_commit();
+            current = current == MMA_STAGES - 1 ? 0 : current + 1;
+            refill = refill == MMA_STAGES - 1 ? 0 : refill + 1;
+            const int r = warp * 16 + gq;
+UNROLL
+            for (int kq = 0; kq < MMA_BK; kq += 8) {
+                const unsigned a[4] = {
+                    __float_as_uint(st.a[r][kq + t]), __float_as_uint(st.a[r + 8][kq + t]),
+                    __float_as_uint(st.a[r][kq + t + 4]), __float_as_uint(st.a[r + 8][kq + t + 4])};
+UNROLL
+                for (int nf = 0; nf < NF; ++nf) {
+                    const unsigned b[2] = {__float_as_uint(st.b[nf * 8 + gq][kq + t]),
+                                           __float_as_uint(st.b[nf * 8 + gq][kq + t + 4])};
+                    mma_m16n8k8_tf32(acc[nf], a, b, acc[nf]);
+                }
+            }
+        }
+        cp_async_wait<0>();
+        __syncthreads();  // the stages are refilled by the next item
+        finish_weight_tile<BM, BN>(acc, partial, dw, counters, tile, ti, split, tiles, splits, M, N,
+                                   g.c_out_g);
+    }
+}
+
 // The kernels, one per pass, filter (KS x KS, stride S; 0 0 = any, read from the arguments) and
 // channel tile BN; shapes and buffers as in conv.cu's kernels (src/backend/cuda/conv.rs picks them).
 // A compiled-filter forward (data gradient) also takes its input (output) channels per group to be a
@@ -1092,3 +1243,17 @@ CONV_MMA_HALO_KERNEL(k3s2_halo_n64, 2, 64)
 CONV_MMA_ROWS_KERNELS(16)
 CONV_MMA_ROWS_KERNELS(32)
 CONV_MMA_ROWS_KERNELS(64)
+
+// The 1x1 stride-1 weight gradient on 16-byte copies (src/backend/cuda/conv.rs `WEIGHT_K1_VEC`).
+#define CONV_MMA_K1_VEC_KERNEL(BN)                                                                \
+    KERNEL void __launch_bounds__(MMA_THREADS) conv2d_mma_backward_weight_k1s1_vec_n##BN(          \
+        const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ partial,   \
+        float* __restrict__ dw, unsigned* __restrict__ counters, CONV_SHAPE_ARGS,                 \
+        unsigned splits) {                                                                        \
+        conv_mma_backward_weight_k1_vec<BN>(x, dy, partial, dw, counters, int(n), CONV_GEOM,       \
+                                            int(groups), int(splits));                            \
+    }
+
+CONV_MMA_K1_VEC_KERNEL(16)
+CONV_MMA_K1_VEC_KERNEL(32)
+CONV_MMA_K1_VEC_KERNEL(64)

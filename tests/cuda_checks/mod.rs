@@ -182,8 +182,12 @@ pub fn convolutions_over_many_tiles_and_splits_match_the_cpu(cuda: &CudaBackend)
     // along output rows of 16, 8 and 4 positions (the halo kernels), over several tiles of input
     // channels, the last one partial; 3x3 stride-1 forward and data gradients on tiles of whole
     // rows (32 x 32: 4 a tile, over 2 and 3 halo blocks of 16 channels) and whole images (8 x 8,
-    // grouped, the last tile one image).
+    // grouped, the last tile one image); 1x1 weight gradients on 16-byte pieces (partial tiles of
+    // input and output channels, grouped, K steps across images and a last step past the sum).
     for (i, d) in [
+        d(3, 80, 8, 8, 72, 1, 1, 0, 1),
+        d(5, 24, 2, 6, 40, 1, 1, 0, 1),
+        d(2, 32, 4, 4, 48, 1, 1, 0, 2),
         d(16, 4, 16, 16, 20, 3, 1, 1, 1),
         d(2, 32, 32, 32, 48, 3, 1, 1, 1),
         d(3, 32, 8, 8, 64, 3, 1, 1, 2),

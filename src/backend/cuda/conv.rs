@@ -329,6 +329,21 @@ const WEIGHT_HALO: [[WeightFn; 3]; 2] = [
     ],
 ];
 
+/// The 1x1 stride-1 weight-gradient kernels on 16-byte copies (kernels/conv_mma.cu
+/// `conv2d_mma_backward_weight_k1s1_vec_*`), by channel width: for the layers
+/// [`weight_pieces_whole`] accepts.
+const WEIGHT_K1_VEC: [WeightFn; 3] = [
+    kernels::conv2d_mma_backward_weight_k1s1_vec_n16,
+    kernels::conv2d_mma_backward_weight_k1s1_vec_n32,
+    kernels::conv2d_mma_backward_weight_k1s1_vec_n64,
+];
+
+/// Whether a 1x1 weight gradient's K steps come in 16-byte pieces of 4 positions of one image:
+/// stride 1, no padding, an image's positions a multiple of 4.
+fn weight_pieces_whole(d: Conv2dDims) -> bool {
+    d.k == 1 && d.stride == 1 && d.pad == 0 && (d.h_out() * d.w_out()).is_multiple_of(4)
+}
+
 /// Whether every 16-deep K step (positions) of a weight gradient is part of one output row or whole
 /// rows of one image, as the halo kernels need: `w_out` a multiple of the step, or 8 or 4 with the
 /// image's positions a multiple of the step.
@@ -570,6 +585,7 @@ impl CudaBackend {
                 MmaFilter::K3S1 | MmaFilter::K3S2 if weight_steps_along_rows(d) => {
                     WEIGHT_HALO[d.stride - 1][w]
                 }
+                MmaFilter::K1S1 if weight_pieces_whole(d) => WEIGHT_K1_VEC[w],
                 _ => WEIGHT.mma[filter as usize][w],
             };
             Plan {
