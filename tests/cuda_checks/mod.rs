@@ -186,6 +186,7 @@ pub fn convolutions_over_many_tiles_and_splits_match_the_cpu(cuda: &CudaBackend)
     // input and output channels, grouped, K steps across images and a last step past the sum).
     for (i, d) in [
         d(3, 80, 8, 8, 72, 1, 1, 0, 1),
+        d(3, 48, 2, 6, 32, 1, 1, 0, 1),
         d(5, 24, 2, 6, 40, 1, 1, 0, 1),
         d(2, 32, 4, 4, 48, 1, 1, 0, 2),
         d(16, 4, 16, 16, 20, 3, 1, 1, 1),
