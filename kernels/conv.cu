@@ -286,12 +286,8 @@ __device__ void conv_backward_weight(const float* x, const float* dy, float* par
     }                                                                                            \
     KERNEL void conv2d_forward_stats_##TILE(                                                     \
         const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,         \
-        double* __restrict__ partial, unsigned* __restrict__ counters,                           \
-        float* __restrict__ saved_mean, float* __restrict__ saved_inv_std,                       \
-        float* __restrict__ running_mean, float* __restrict__ running_var, CONV_SHAPE_ARGS,      \
-        float eps, float momentum) {                                                             \
-        const StatsOut st = {partial,      counters,    saved_mean, saved_inv_std,              \
-                             running_mean, running_var, eps,        momentum};                   \
+        CONV_STATS_ARGS, CONV_SHAPE_ARGS, CONV_STATS_SCALARS) {                                  \
+        const StatsOut st = CONV_STATS_OUT;                                                      \
         conv_forward<BM, BN, TM, TN, true>(x, w, y, int(n), CONV_GEOM, int(groups), st);         \
     }                                                                                            \
     KERNEL void conv2d_backward_data_##TILE(const float* __restrict__ dy,                        \

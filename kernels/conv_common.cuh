@@ -38,6 +38,17 @@ __device__ ConvGeom conv_geom(unsigned c_in, unsigned h, unsigned w, unsigned c_
     unsigned n, unsigned c_in, unsigned h, unsigned w_in, unsigned c_out, unsigned k,            \
         unsigned stride, unsigned pad, unsigned h_out, unsigned w_out, unsigned groups
 #define CONV_GEOM conv_geom(c_in, h, w_in, c_out, k, stride, pad, h_out, w_out, groups)
+// A forward-with-statistics kernel's outputs besides y (StatsOut's buffers), its two trailing
+// scalars, and the StatsOut they make.
+#define CONV_STATS_ARGS                                                              \
+    double* __restrict__ partial, unsigned* __restrict__ counters,                   \
+        float* __restrict__ saved_mean, float* __restrict__ saved_inv_std,           \
+        float* __restrict__ running_mean, float* __restrict__ running_var
+#define CONV_STATS_SCALARS float eps, float momentum
+#define CONV_STATS_OUT                                                                            \
+    StatsOut {                                                                                    \
+        partial, counters, saved_mean, saved_inv_std, running_mean, running_var, eps, momentum    \
+    }
 
 // Division by a divisor fixed for a launch, as a multiply and a shift (Granlund and Montgomery,
 // "Division by invariant integers using multiplication", 1994, figure 4.1: l = ceil(log2 d),

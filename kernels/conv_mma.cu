@@ -262,6 +262,36 @@ UNROLL
     __syncthreads();  // `cols` is rewritten by the next tile
 }
 
+// Writes a tile of positions x channels (accumulators as mma_mainloop's): row q < M is position
+// q of `out`'s flattened (image, position) planes (per_image.d positions each, `channels` planes an
+// image, this group's from plane `first`), column co < N; added to what is there when `accumulate`.
+template <int WARPS, int MF, int BN>
+__device__ void store_position_tile(const float (&acc)[MF][BN / 8][4], float* out,
+                                    const MmaTile& tile, int M, int N, FastDiv per_image,
+                                    int channels, int first, bool accumulate) {
+    const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5;
+    const int gq = lane >> 2, t = lane & 3, P = int(per_image.d);
+UNROLL
+    for (int mf = 0; mf < MF; ++mf)
+UNROLL
+        for (int half = 0; half < 2; ++half) {
+            const int q = tile.m0 + warp * MF * 16 + mf * 16 + gq + 8 * half;
+            if (q >= M) continue;
+            const unsigned s = divide(unsigned(q), per_image), p = unsigned(q) - s * unsigned(P);
+            float* o = out + (size_t(s) * channels + size_t(first)) * P + p;
+UNROLL
+            for (int nf = 0; nf < BN / 8; ++nf)
+UNROLL
+                for (int c = 0; c < 2; ++c) {
+                    const int co = tile.n0 + nf * 8 + 2 * t + c;
+                    if (co >= N) continue;
+                    float* oc = o + size_t(co) * P;
+                    const float v = acc[mf][nf][2 * half + c];
+                    *oc = accumulate ? *oc + v : v;
+                }
+        }
+}
+
 template <int KS, int S, int BN, bool STATS>
 __device__ void conv_mma_forward(const float* x, const float* w, float* y, int n_img, ConvGeom g,
                                  int groups, const StatsOut& st) {
@@ -272,8 +302,6 @@ __device__ void conv_mma_forward(const float* x, const float* w, float* y, int n
     const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
     const int tiles = tiles_m * tiles_n * groups;
     const FastDiv per_image = fast_div(unsigned(g.P)), per_row = fast_div(unsigned(g.w_out));
-    const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5;
-    const int gq = lane >> 2, t = lane & 3;
     for (int ti = int(blockIdx.x); ti < tiles; ti += int(gridDim.x)) {
         const MmaTile tile = mma_tile(ti, tiles_m, tiles_n, BM, BN);
         ForwardLoader<KS, S, BM, BN> ld;
@@ -298,23 +326,8 @@ __device__ void conv_mma_forward(const float* x, const float* w, float* y, int n
         }
         float acc[MF][NF][4] = {};
         mma_mainloop<WARPS, MF, BN>(ld, 0, K, acc);
-UNROLL
-        for (int mf = 0; mf < MF; ++mf)
-UNROLL
-            for (int half = 0; half < 2; ++half) {
-                const int q = tile.m0 + warp * MF * 16 + mf * 16 + gq + 8 * half;
-                if (q >= M) continue;
-                const unsigned s = divide(unsigned(q), per_image);
-                const unsigned p = unsigned(q) - s * unsigned(g.P);
-                float* out = y + (size_t(s) * g.c_out + size_t(tile.group) * g.c_out_g) * g.P + p;
-UNROLL
-                for (int nf = 0; nf < NF; ++nf)
-UNROLL
-                    for (int c = 0; c < 2; ++c) {
-                        const int co = tile.n0 + nf * 8 + 2 * t + c;
-                        if (co < N) out[size_t(co) * g.P] = acc[mf][nf][2 * half + c];
-                    }
-            }
+        store_position_tile<WARPS, MF, BN>(acc, y, tile, M, N, per_image, g.c_out,
+                                           tile.group * g.c_out_g, false);
         if (STATS) {
             const int tile_m = tile.m0 / BM, col_block = tile.group * tiles_n + tile.n0 / BN;
             add_mma_tile_stats<WARPS, MF, BN>(st, acc, tile, tile_m, tiles_m, col_block, N,
@@ -484,26 +497,8 @@ UNROLL
         }
         cp_async_wait<0>();
         __syncthreads();  // the buffers are refilled by the next tile
-UNROLL
-        for (int mf = 0; mf < MF; ++mf)
-UNROLL
-            for (int half = 0; half < 2; ++half) {
-                const int q = tile.m0 + warp * MF * 16 + mf * 16 + gq + 8 * half;
-                if (q >= M) continue;
-                const unsigned sq = divide(unsigned(q), per_image);
-                const unsigned p = unsigned(q) - sq * unsigned(Po);
-                float* o = out + (size_t(sq) * out_channels + size_t(tile.group) * Co) * Po + p;
-UNROLL
-                for (int nf = 0; nf < NF; ++nf)
-UNROLL
-                    for (int c = 0; c < 2; ++c) {
-                        const int co = tile.n0 + nf * 8 + 2 * t + c;
-                        if (co >= N) continue;
-                        float* oc = o + size_t(co) * Po;
-                        const float v = acc[mf][nf][2 * half + c];
-                        *oc = DATA && accumulate ? *oc + v : v;
-                    }
-            }
+        store_position_tile<WARPS, MF, BN>(acc, out, tile, M, N, per_image, out_channels,
+                                           tile.group * Co, DATA && accumulate);
         if (STATS) {
             const int tile_m = tile.m0 / BM, col_block = tile.group * tiles_n + tile.n0 / BN;
             add_mma_tile_stats<WARPS, MF, BN>(st, acc, tile, tile_m, tiles_m, col_block, N,
@@ -1156,12 +1151,8 @@ UNROLL
     }                                                                                            \
     KERNEL void __launch_bounds__(MMA_THREADS) conv2d_mma_forward_stats_##NAME(                  \
         const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,         \
-        double* __restrict__ partial, unsigned* __restrict__ counters,                           \
-        float* __restrict__ saved_mean, float* __restrict__ saved_inv_std,                       \
-        float* __restrict__ running_mean, float* __restrict__ running_var, CONV_SHAPE_ARGS,      \
-        float eps, float momentum) {                                                             \
-        const StatsOut st = {partial,      counters,    saved_mean, saved_inv_std,              \
-                             running_mean, running_var, eps,        momentum};                   \
+        CONV_STATS_ARGS, CONV_SHAPE_ARGS, CONV_STATS_SCALARS) {                                  \
+        const StatsOut st = CONV_STATS_OUT;                                                      \
         conv_mma_forward<KS, S, BN, true>(x, w, y, int(n), CONV_GEOM, int(groups), st);          \
     }                                                                                            \
     KERNEL void __launch_bounds__(MMA_THREADS) conv2d_mma_backward_data_##NAME(                  \
@@ -1225,12 +1216,8 @@ CONV_MMA_HALO_KERNEL(k3s2_halo_n64, 2, 64)
     }                                                                                             \
     KERNEL void __launch_bounds__(MMA_THREADS) conv2d_mma_forward_stats_k3s1_rows_n##BN(          \
         const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,          \
-        double* __restrict__ partial, unsigned* __restrict__ counters,                            \
-        float* __restrict__ saved_mean, float* __restrict__ saved_inv_std,                        \
-        float* __restrict__ running_mean, float* __restrict__ running_var, CONV_SHAPE_ARGS,       \
-        float eps, float momentum) {                                                              \
-        const StatsOut st = {partial,      counters,    saved_mean, saved_inv_std,               \
-                             running_mean, running_var, eps,        momentum};                    \
+        CONV_STATS_ARGS, CONV_SHAPE_ARGS, CONV_STATS_SCALARS) {                                  \
+        const StatsOut st = CONV_STATS_OUT;                                                      \
         conv_mma_rows<false, BN, true>(x, w, y, int(n), CONV_GEOM, int(groups), false, st);       \
     }                                                                                             \
     KERNEL void __launch_bounds__(MMA_THREADS) conv2d_mma_backward_data_k3s1_rows_n##BN(          \
