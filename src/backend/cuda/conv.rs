@@ -805,3 +805,51 @@ impl ConvOps for CudaBackend {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The row-tile kernels' fragment reads (kernels/conv_mma.cu `conv_mma_rows`): a warp's
+    /// A-fragment load reads, for its 8 row groups `g` and 4 lanes `t`, channel `t` (or `t + 4`) at
+    /// the row's halo offset plus the tap's. With the halo pitch no load touches two words of one
+    /// bank, for every tile shape CIFAR's planes give and every tap.
+    #[test]
+    fn row_tile_fragment_reads_have_no_bank_conflicts() {
+        for (h, w) in [(32, 32), (16, 16), (8, 8)] {
+            let d = Conv2dDims {
+                n: 4,
+                c_in: 16,
+                h,
+                w,
+                c_out: 16,
+                k: 3,
+                stride: 1,
+                pad: 1,
+                groups: 1,
+            };
+            assert!(rows_tiles(d, 16, (h, w)), "{h}x{w} runs on row tiles");
+            let rows = if h * w >= MMA_ROWS { MMA_ROWS / w } else { h };
+            let hc = w + 2;
+            let row_off = |m: usize| (m / (rows * w) * (rows + 2) + m / w % rows) * hc + m % w;
+            for m0 in (0..MMA_ROWS).step_by(8) {
+                for tap in 0..9 {
+                    for upper in [0, 4] {
+                        let words: BTreeSet<usize> = (0..32)
+                            .map(|lane| {
+                                let channel = lane % 4 + upper;
+                                channel * CONV_MMA_ROWS_HALO_PITCH
+                                    + tap / 3 * hc
+                                    + tap % 3
+                                    + row_off(m0 + lane / 4)
+                            })
+                            .collect();
+                        let banks: BTreeSet<usize> = words.iter().map(|w| w % 32).collect();
+                        assert_eq!(banks.len(), words.len(), "{h}x{w}: rows {m0}.. tap {tap}");
+                    }
+                }
+            }
+        }
+    }
+}
