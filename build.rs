@@ -3,7 +3,8 @@
 //! 1. With nvcc (found via `NVCC`, then `$CUDA_HOME/bin`, `$CUDA_PATH/bin`, then `PATH`, then the
 //!    `.venv-nvcc` that `scripts/install-nvcc.sh` makes), every kernel file is compiled to a fatbin
 //!    holding the machine code for `$CUDA_ARCH` (default `sm_90`) and its PTX (`compute_90`, for
-//!    newer GPUs), `-lineinfo`, and embedded: the driver loads the machine code directly, so no PTX
+//!    newer GPUs; `LTRAIN_CUDA_PTX=0` leaves the PTX out, as the GPU pack does to fit its size
+//!    limit), `-lineinfo`, and embedded: the driver loads the machine code directly, so no PTX
 //!    JIT runs (and none can fail on a driver older than the compiler). A kernel that fails to
 //!    compile fails the build. Without nvcc the crate still builds (CPU and emulator only) with a
 //!    warning; with `LTRAIN_REQUIRE_CUDA=1` a missing nvcc, or one other than the pinned
@@ -45,6 +46,7 @@ fn main() {
         "CUDA_PATH",
         "CUDA_ARCH",
         "LTRAIN_REQUIRE_CUDA",
+        "LTRAIN_CUDA_PTX",
         "PATH",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -321,6 +323,7 @@ fn build_fatbins(root: &Path, sources: &[PathBuf], out_dir: &Path) -> Fatbins {
         }
         println!("cargo:warning={why}");
     }
+    let with_ptx = env::var("LTRAIN_CUDA_PTX").map_or(true, |v| v != "0");
     let jobs: Vec<_> = sources
         .iter()
         .map(|src| {
@@ -328,15 +331,13 @@ fn build_fatbins(root: &Path, sources: &[PathBuf], out_dir: &Path) -> Fatbins {
             let fatbin = out_dir.join(format!("{stem}.fatbin"));
             let mut cmd = Command::new(&nvcc);
             cmd.args(["-fatbin", "-lineinfo", "-O3", "-std=c++17"])
-                .arg(format!("-gencode=arch=compute_{number},code=sm_{number}"))
-                .arg(format!(
+                .arg(format!("-gencode=arch=compute_{number},code=sm_{number}"));
+            if with_ptx {
+                cmd.arg(format!(
                     "-gencode=arch=compute_{number},code=compute_{number}"
-                ))
-                .arg("-I")
-                .arg(out_dir)
-                .arg("-o")
-                .arg(&fatbin)
-                .arg(src);
+                ));
+            }
+            cmd.arg("-I").arg(out_dir).arg("-o").arg(&fatbin).arg(src);
             (src.clone(), fatbin, cmd)
         })
         .collect();

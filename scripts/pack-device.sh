@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Builds, here, everything scripts/device-check.sh runs on a GPU machine that has no Rust toolchain and
 # no internet, and packs it into device-pack/ (gitignored):
-#   executables.tar.xz      bin/ltrain (release, sm_90 fatbins embedded; LTRAIN_REQUIRE_CUDA=1),
+#   executables.tar.xz      bin/ltrain (release, sm_90 fatbins embedded, no PTX; LTRAIN_REQUIRE_CUDA=1),
 #                           tests/<name> for each of LTRAIN_GPU_TESTS (default: cuda_gpu
 #                           device_augment; their GPU tests are #[ignore]d: run with --ignored),
 #                           benches/<name> (every criterion bench; their CUDA groups run on a GPU)
 #   data/                   CIFAR-10-LT rho=100 training records and the first LTRAIN_TEST_RECORDS
-#                           (default 5000, 0 = all 10000) test records, xz-compressed
+#                           (default 2000, 175-225 a class; 0 = all 10000) test records, xz-compressed
 #   peers/                  the PyTorch peer for side-by-side timing
 #   device-check.sh, MANIFEST
 # Debug info is stripped (symbols kept) and everything is compressed: the device call carries at most
@@ -23,7 +23,7 @@ pack="${1:-device-pack}"
 data_src="${LTRAIN_DATA:-$root/../shared/data/cifar-10}"
 peer_src="${LTRAIN_PEERS:-$root/../shared/peers}"
 max_mib=60
-test_records="${LTRAIN_TEST_RECORDS:-5000}"
+test_records="${LTRAIN_TEST_RECORDS:-2000}"
 gpu_tests=()
 for t in ${LTRAIN_GPU_TESTS:-cuda_gpu device_augment}; do
     [ -f "tests/$t.rs" ] && gpu_tests+=(--test "$t")
@@ -35,6 +35,9 @@ if ! command -v nvcc >/dev/null 2>&1 && [ -z "${NVCC:-}" ] && ! ls .venv-nvcc/li
     exit 1
 fi
 export LTRAIN_REQUIRE_CUDA=1
+# sm_90 machine code only: the pack's GPU runs it directly, and the PTX beside it would double the
+# fatbins every executable embeds (the pack would not fit).
+export LTRAIN_CUDA_PTX=0
 
 # Executables of one cargo invocation, as "kind name path" lines (from --message-format=json).
 executables() {
