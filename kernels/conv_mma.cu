@@ -425,7 +425,7 @@ UNROLL
 UNROLL
                 for (int c = 0; c < ROWS_HALO_COPIES; ++c) {
                     const int p = tid + c * MMA_THREADS;
-                    if (p < ROWS_HALO_PITCH) {
+                    if (p < plane) {
 UNROLL
                         for (int ch = 0; ch < MMA_BK; ++ch)
                             cp_async_4_zfill(&sh.halo[block % 2][ch][p],
@@ -451,7 +451,7 @@ UNROLL
 UNROLL
                     for (int c = 0; c < ROWS_HALO_COPIES; ++c) {
                         const int p = tid + c * MMA_THREADS;
-                        if (p < ROWS_HALO_PITCH)
+                        if (p < plane)
 UNROLL
                             for (int ch = 0; ch < MMA_BK; ++ch) {
                                 float& v = sh.halo[block % 2][ch][p];
@@ -783,6 +783,36 @@ __device__ void conv_mma_backward_weight(const float* x, const float* dy, float*
     }
 }
 
+// The pipeline of the kernels whose threads round their own copies in place: `steps` stages filled
+// by `load(stage)` in step order, MMA_STAGES - 1 ahead; each step's stage rounded by `round(stage)`
+// once this thread's copies are in (before the barrier that shows them to the others), then
+// `multiply(stage)`. Every thread of the block calls it; the stages are free again on return.
+template <class Stage, class Load, class Round, class Multiply>
+__device__ __forceinline__ void rounded_pipeline(Stage (&stages)[MMA_STAGES], int steps, Load&& load,
+                                                 Round&& round, Multiply&& multiply) {
+    for (int s = 0; s < MMA_STAGES - 1; ++s) {
+        if (s < steps) load(stages[s]);
+        cp_async_commit();
+    }
+    // The stages of step s and of step s + MMA_STAGES - 1, turned round by one each step.
+    int current = 0, refill = MMA_STAGES - 1;
+    for (int s = 0; s < steps; ++s) {
+        cp_async_wait<MMA_STAGES - 2>();
+        Stage& st = stages[current];
+        round(st);
+        // Step s is in and rounded everywhere, and step s - 1, whose stage the next load
+        // overwrites, is done.
+        __syncthreads();
+        if (s + MMA_STAGES - 1 < steps) load(stages[refill]);
+        cp_async_commit();
+        current = current == MMA_STAGES - 1 ? 0 : current + 1;
+        refill = refill == MMA_STAGES - 1 ? 0 : refill + 1;
+        multiply(static_cast<const Stage&>(st));
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+}
+
 // ---- backward weight of a 3x3 filter, its K steps along output rows ----
 //
 // The gather above copies every input element into the A tile once per tap and walks every
@@ -949,39 +979,24 @@ UNROLL
 
         float acc[NF][4] = {};
         const int steps = k1 > k0 ? (k1 - k0) / MMA_BK : 0;
-        for (int s = 0; s < MMA_STAGES - 1; ++s) {
-            if (s < steps) load_stage(ld, stages[s]);
-            cp_async_commit();
-        }
-        // The stages of step s and of step s + MMA_STAGES - 1, turned round by one each step.
-        int current = 0, refill = MMA_STAGES - 1;
-        for (int s = 0; s < steps; ++s) {
-            cp_async_wait<MMA_STAGES - 2>();
-            HaloStage<BN>& st = stages[current];
-            round_own(ld, st);
-            // Step s is in and rounded everywhere, and step s - 1, whose stage the next load
-            // overwrites, is done.
-            __syncthreads();
-            if (s + MMA_STAGES - 1 < steps) load_stage(ld, stages[refill]);
-            cp_async_commit();
-            current = current == MMA_STAGES - 1 ? 0 : current + 1;
-            refill = refill == MMA_STAGES - 1 ? 0 : refill + 1;
+        rounded_pipeline(
+            stages, steps, [&](HaloStage<BN>& st) { load_stage(ld, st); },
+            [&](HaloStage<BN>& st) { round_own(ld, st); },
+            [&](const HaloStage<BN>& st) {
 UNROLL
-            for (int kq = 0; kq < 2; ++kq) {
-                const unsigned a[4] = {__float_as_uint(st.a[a_off[2 * kq][0]]),
-                                       __float_as_uint(st.a[a_off[2 * kq][1]]),
-                                       __float_as_uint(st.a[a_off[2 * kq + 1][0]]),
-                                       __float_as_uint(st.a[a_off[2 * kq + 1][1]])};
+                for (int kq = 0; kq < 2; ++kq) {
+                    const unsigned a[4] = {__float_as_uint(st.a[a_off[2 * kq][0]]),
+                                           __float_as_uint(st.a[a_off[2 * kq][1]]),
+                                           __float_as_uint(st.a[a_off[2 * kq + 1][0]]),
+                                           __float_as_uint(st.a[a_off[2 * kq + 1][1]])};
 UNROLL
-                for (int nf = 0; nf < NF; ++nf) {
-                    const unsigned b[2] = {__float_as_uint(st.b[nf * 8 + gq][8 * kq + t]),
-                                           __float_as_uint(st.b[nf * 8 + gq][8 * kq + t + 4])};
-                    mma_m16n8k8_tf32(acc[nf], a, b, acc[nf]);
+                    for (int nf = 0; nf < NF; ++nf) {
+                        const unsigned b[2] = {__float_as_uint(st.b[nf * 8 + gq][8 * kq + t]),
+                                               __float_as_uint(st.b[nf * 8 + gq][8 * kq + t + 4])};
+                        mma_m16n8k8_tf32(acc[nf], a, b, acc[nf]);
+                    }
                 }
-            }
-        }
-        cp_async_wait<0>();
-        __syncthreads();  // the stages are refilled by the next item
+            });
         finish_weight_tile<BM, BN>(acc, partial, dw, counters, tile, ti, split, tiles, splits, M, N,
                                    g.c_out_g);
     }
@@ -1101,23 +1116,8 @@ UNROLL
             }
         };
         float acc[NF][4] = {};
-        for (int s = 0; s < MMA_STAGES - 1; ++s) {
-            if (s < steps) load(stages[s]);
-            cp_async_commit();
-        }
-        int current = 0, refill = MMA_STAGES - 1;
-        for (int s = 0; s < steps; ++s) {
-            cp_async_wait<MMA_STAGES - 2>();
-            VecStage<BN>& st = stages[current];
-            round_own(st);
-            // Step s is in and rounded everywhere, and step s - 1, whose stage the next load
-            // overwrites, is done.
-            __syncthreads();
-            if (s + MMA_STAGES - 1 < steps) load(stages[refill]);
-            cp_async_commit();
-            current = current == MMA_STAGES - 1 ? 0 : current + 1;
-            refill = refill == MMA_STAGES - 1 ? 0 : refill + 1;
-            const int r = warp * 16 + gq;
+        const int r = warp * 16 + gq;
+        rounded_pipeline(stages, steps, load, round_own, [&](const VecStage<BN>& st) {
 UNROLL
             for (int kq = 0; kq < MMA_BK; kq += 8) {
                 const unsigned a[4] = {
@@ -1130,9 +1130,7 @@ UNROLL
                     mma_m16n8k8_tf32(acc[nf], a, b, acc[nf]);
                 }
             }
-        }
-        cp_async_wait<0>();
-        __syncthreads();  // the stages are refilled by the next item
+        });
         finish_weight_tile<BM, BN>(acc, partial, dw, counters, tile, ti, split, tiles, splits, M, N,
                                    g.c_out_g);
     }
